@@ -1,0 +1,1 @@
+"""Statistics and the report over the experiment history."""

@@ -1,0 +1,175 @@
+"""The ``crashsearch`` command line. Every command takes ``--home``.
+
+Argument parsing lives here and stays light (no torch import); each handler imports the module
+that does the work only when its command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from lab.settings import resolve_home
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=None, help="state directory (default: $CRASHSEARCH_HOME or ./crashsearch-data)")
+
+
+# ---- handlers -------------------------------------------------------------------------------
+# Each returns a process exit code. Owners: see the module each one imports.
+
+def cmd_space(args) -> int:
+    from lab.space import Space
+
+    space = Space.load(args.space)
+    print(space.describe())
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from lab.synth import main as synth_main
+
+    return synth_main(args)
+
+
+def cmd_extract(args) -> int:
+    from flows.extract import main as extract_main
+
+    return extract_main(args)
+
+
+def cmd_campaign(args) -> int:
+    from flows.campaign import main as campaign_main
+
+    return campaign_main(args)
+
+
+def cmd_demo(args) -> int:
+    from flows.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def cmd_store(args) -> int:
+    from lab.store import cli_main
+
+    return cli_main(args)
+
+
+def cmd_bugfix(args) -> int:
+    from lab.versions import cli_bugfix
+
+    return cli_bugfix(args)
+
+
+def cmd_analyze(args) -> int:
+    from flows.analyze import main as analyze_main
+
+    return analyze_main(args)
+
+
+def cmd_status(args) -> int:
+    from flows.status import main as status_main
+
+    return status_main(args)
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crashsearch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _add_home(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("space", cmd_space, "describe a configuration space")
+    p.add_argument("--space", default=None, help="space YAML (default: the 108,000-cell collision space)")
+
+    p = command("synth", cmd_synth, "write a synthetic dashcam dataset (H.264, Nexar layout)")
+    p.add_argument("--out", default=None, help="dataset folder (default: <home>/datasets/synth-<style>)")
+    p.add_argument("--videos", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", default="day", choices=["day", "night"])
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=8.0)
+
+    p = command("extract", cmd_extract, "extract backbone embeddings into the Parquet feature cache")
+    p.add_argument("--dataset", required=True, help="dataset folder (Nexar train.csv or generic CSV)")
+    p.add_argument("--backbone", required=True, help="backbone name, e.g. vjepa2_vitl, r2plus1d_18, pixels")
+    p.add_argument("--weights", default="auto", help="auto (pretrained if available, else random), random, or a local path / hub id")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2, help="decoder workers")
+
+    p = command("campaign", cmd_campaign, "run (or resume) a search campaign")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--campaign", default=None, help="campaign id (default: derived from the dataset); re-use to resume")
+    p.add_argument("--policies", default="evolution,tpe,random")
+    p.add_argument("--budget", type=int, default=60, help="experiments (new cells and replicates)")
+    p.add_argument("--hours", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--space", default=None)
+    p.add_argument("--backbones", default=None, help="comma list; default: every backbone with cached features")
+    p.add_argument("--seeds", type=int, default=3, help="replicates a leader gets before it is reported")
+    p.add_argument("--round-size", type=int, default=12)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerun-leaders-after-fix", type=int, default=0, metavar="K")
+
+    p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
+    p.add_argument("--videos", type=int, default=48)
+    p.add_argument("--budget", type=int, default=60)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run for tests")
+
+    p = command("query", cmd_store, "run read-only SQL over the history (views: experiments, campaigns, bugfix_events)")
+    p.add_argument("sql")
+    p.add_argument("--out", default=None, help="write the result to .csv or .parquet instead of printing")
+    p.set_defaults(store_command="query")
+
+    p = command("leaderboard", cmd_store, "best cells by mean validation AP with replicates and 95% interval")
+    p.add_argument("--campaign", default=None)
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(store_command="leaderboard")
+
+    p = command("import", cmd_store, "import an external experiment log (CSV or Parquet) as a campaign")
+    p.add_argument("file")
+    p.add_argument("--campaign", required=True)
+    p.add_argument("--space", default=None)
+    p.set_defaults(store_command="import")
+
+    p = command("export", cmd_store, "export one campaign as a single Parquet file")
+    p.add_argument("--campaign", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(store_command="export")
+
+    p = command("compact", cmd_store, "merge a campaign's small log files into one (safe while nothing writes)")
+    p.add_argument("--campaign", default=None, help="default: every campaign")
+    p.set_defaults(store_command="compact")
+
+    p = command("bugfix", cmd_bugfix, "declare a bug-fix event: the current code version fixes a bug")
+    p.add_argument("--note", required=True)
+
+    p = command("analyze", cmd_analyze, "statistics and the report for a campaign")
+    p.add_argument("--campaign", required=True)
+
+    p = command("status", cmd_status, "running and recent campaigns")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.home_dir = resolve_home(args.home)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished experiments are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The shared domain: configuration space, history store, datasets, settings, code versions."""

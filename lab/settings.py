@@ -1,0 +1,53 @@
+"""Where crashsearch keeps its state: one home directory.
+
+Layout under the home (``--home DIR``, else ``$CRASHSEARCH_HOME``, else ``./crashsearch-data``)::
+
+    datasets/<name>/          videos and manifests (synthetic or linked real data)
+    cache/<dataset>/<backbone>/<spec hash>/   Parquet feature cache
+    campaigns/<campaign id>/  experiment log (Parquet), state, report
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "crashsearch-data"
+
+
+@dataclass(frozen=True)
+class Home:
+    """The resolved home directory and its standard sub-folders (created on demand)."""
+
+    root: Path
+
+    @property
+    def datasets(self) -> Path:
+        return self._sub("datasets")
+
+    @property
+    def cache(self) -> Path:
+        return self._sub("cache")
+
+    @property
+    def campaigns(self) -> Path:
+        return self._sub("campaigns")
+
+    def campaign(self, campaign_id: str) -> Path:
+        """The folder of one campaign (created if missing)."""
+        path = self.campaigns / campaign_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _sub(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Home:
+    """Return the Home for an explicit path, ``$CRASHSEARCH_HOME`` or the default."""
+    raw = home or os.environ.get("CRASHSEARCH_HOME") or DEFAULT_HOME
+    root = Path(raw).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return Home(root)

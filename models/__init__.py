@@ -1,0 +1,1 @@
+"""Torch modules: backbones, temporal encoders (one file each, registered by name), losses."""

@@ -1,0 +1,1 @@
+"""Prefect tasks the flows compose: extract, propose, dedup, train, evaluate, heal, record."""
