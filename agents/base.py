@@ -23,6 +23,13 @@ import pandas as pd
 from lab.space import Cell, Space
 
 
+class PolicyUnavailable(RuntimeError):
+    """A policy that cannot run here (e.g. an LLM agent without an API key); one readable line.
+
+    ``create_policy`` raises it; the campaign prints it and goes on with the other policies.
+    """
+
+
 @dataclass
 class Proposal:
     """A cell a policy wants run, with why. Token counts and cost are for LLM policies."""
