@@ -43,6 +43,22 @@ class Proposal:
     cost_usd: float = 0.0
 
 
+@dataclass
+class HealAdvice:
+    """An LLM's answer about a failure the rules could not heal.
+
+    ``kind`` is "config_fix" (``cell`` is a validated replacement to retry as a healed run) or
+    "code_bug" (``diagnosis`` says what a person should fix; shown in the campaign summary).
+    """
+
+    kind: str
+    diagnosis: str = ""
+    cell: Cell | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
 # Columns of ``HistoryView.experiments`` that policies may read. Test metrics are never included:
 # agents see validation AP only.
 VIEW_COLUMNS = ["experiment_id", "cell_id", "status", "val_ap", "val_auc", "proposer", "rationale",
@@ -132,6 +148,10 @@ class Policy(abc.ABC):
 
     def observe(self, results: list[dict]) -> None:
         """Called with the recorded rows of the policy's finished experiments. Default: nothing."""
+
+    def diagnose(self, cell: Cell, error_class: str, traceback: str) -> HealAdvice | None:
+        """Advice on a failure the healing rules could not handle. Default: None (no opinion)."""
+        return None
 
     def get_state(self) -> dict:
         """JSON-serialisable state for resume. Default: nothing beyond the constructor."""
