@@ -1,1 +1,61 @@
-"""Proposal policies behind one interface (agents.base.Policy); create_policy(name) builds one."""
+"""Proposal policies behind one interface (agents.base.Policy); ``create_policy(name, space)`` builds one.
+
+A registry of lazy importers, as in Ray Tune's ``create_searcher``: each name maps to
+"module:Class", imported only when asked for, so listing or creating the offline policies never
+loads optuna, anthropic or google-genai.
+
+    >>> from agents import create_policy, list_policies
+    >>> policy = create_policy("evolution", space, seed=0, immigrant_rate=0.1)
+    >>> proposals = policy.propose(view, n=12)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.base import Policy
+    from lab.space import Space
+
+_REGISTRY: dict[str, str] = {
+    "random": "agents.random_search:RandomPolicy",
+    "tpe": "agents.tpe:TPEPolicy",
+    "evolution": "agents.evolution:EvolutionPolicy",
+    "claude": "agents.claude:ClaudePolicy",
+    "gemini": "agents.gemini:GeminiPolicy",
+}
+
+# Policies that need no API key or network: the demo's and the tests' default set.
+OFFLINE_POLICIES = ("random", "tpe", "evolution")
+
+
+def list_policies() -> list[str]:
+    """The registered policy names, in registration order."""
+    return list(_REGISTRY)
+
+
+def register_policy(name: str, target: str) -> None:
+    """Register (or replace) a policy as ``"module:Class"``; imported only when created."""
+    if ":" not in target:
+        raise ValueError(f"policy target {target!r} must look like 'package.module:ClassName'")
+    _REGISTRY[name.strip().lower()] = target
+
+
+def create_policy(name: str, space: "Space", seed: int = 0, **kwargs: Any) -> "Policy":
+    """Build the policy registered as ``name`` (case-insensitive) for ``space``.
+
+    Returns a Policy. Raises ValueError for an unknown name (listing the valid ones), and
+    PolicyUnavailable when the policy's module or a library it needs cannot be imported; the
+    policy's own constructor may raise PolicyUnavailable too (e.g. an LLM agent without a key).
+    """
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
+    module_name, class_name = _REGISTRY[key].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        from agents.base import PolicyUnavailable
+
+        raise PolicyUnavailable(f"policy {key!r} cannot be imported: {exc}") from exc
+    return getattr(module, class_name)(space, seed=seed, **kwargs)

@@ -1,0 +1,98 @@
+"""TPE search: Optuna's Tree-structured Parzen Estimator over the discrete space (Bergstra et al. 2011).
+
+Each axis is one Optuna CategoricalDistribution over its allowed values. Every ``propose`` builds a
+fresh in-memory study from the view, so the model is a function of the history alone (a resumed
+campaign rebuilds it exactly): each cell with a validation AP becomes one COMPLETE trial (its mean
+AP, maximised), each in-flight cell a RUNNING trial that the constant liar treats as a poor result,
+so one batch spreads out. Failed cells are left out of the model (a healed retry shows up as an ok
+row); they are still never proposed again. The sampler's seed comes from the policy's own
+generator, which is all the state there is.
+
+Optuna is imported on the first ``propose``, not when the module loads.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from agents.base import HistoryView, Proposal
+from agents.random_search import SeededPolicy
+from lab.space import InvalidCell, Space
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+class TPEPolicy(SeededPolicy):
+    """Multivariate TPE with ask/tell, warm-started from the history; random when it only finds tried cells."""
+
+    name = "tpe"
+
+    def __init__(self, space: Space, seed: int = 0, n_startup_trials: int = 10, n_ei_candidates: int = 24,
+                 reasks_per_proposal: int = 4, **kwargs: Any):
+        super().__init__(space, seed=seed, **kwargs)
+        if n_startup_trials < 0 or n_ei_candidates < 1 or reasks_per_proposal < 0:
+            raise ValueError(f"TPEPolicy needs n_startup_trials >= 0, n_ei_candidates >= 1, reasks_per_proposal >= 0; "
+                             f"got {n_startup_trials}, {n_ei_candidates}, {reasks_per_proposal}")
+        self.n_startup_trials = n_startup_trials
+        self.n_ei_candidates = n_ei_candidates
+        self.reasks_per_proposal = reasks_per_proposal
+
+    def propose(self, view: HistoryView, n: int) -> list[Proposal]:
+        """Up to n distinct untried cells sampled by TPE; uniform random for what TPE cannot find."""
+        if n <= 0:
+            return []
+        optuna = _optuna()
+        distributions = {a.name: optuna.distributions.CategoricalDistribution(list(a.choices)) for a in self.space.axes}
+        sampler = optuna.samplers.TPESampler(seed=self._rng.getrandbits(31), n_startup_trials=self.n_startup_trials,
+                                             n_ei_candidates=self.n_ei_candidates, multivariate=True,
+                                             constant_liar=True)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        trials = self._history_trials(optuna, view, distributions)
+        study.add_trials(trials)
+        n_results = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        if n_results < self.n_startup_trials:
+            rationale = f"TPE startup: random until {self.n_startup_trials} results ({n_results} so far)"
+        else:
+            rationale = f"TPE: best expected improvement of {self.n_ei_candidates} candidates, model of {n_results} results"
+
+        taken = view.tried_ids()
+        out: list[Proposal] = []
+        for _ in range(n * (1 + self.reasks_per_proposal)):
+            if len(out) == n:
+                break
+            trial = study.ask(distributions)
+            cell = self.space.validate(trial.params)
+            if cell.id in taken:
+                # not a result: FAIL keeps it out of the model; the next ask draws afresh
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            taken.add(cell.id)  # left RUNNING: the constant liar spreads the rest of the batch
+            out.append(self._proposal(cell, rationale))
+        return out + self._random_fill(taken, n - len(out), "uniform random sample (TPE kept proposing tried cells)")
+
+    def _history_trials(self, optuna, view: HistoryView, distributions: dict) -> list:
+        """One COMPLETE trial per cell with results (mean val AP), one RUNNING trial per in-flight cell."""
+        create, state = optuna.trial.create_trial, optuna.trial.TrialState
+        trials = []
+        ok = view.ok
+        if not ok.empty:
+            for cell_id, ap in ok.groupby("cell_id")["val_ap"].mean().items():
+                cell = self._cell_in_space(cell_id)
+                if cell is not None:
+                    trials.append(create(params=cell.to_dict(), distributions=distributions, value=float(ap)))
+        for cell_id in sorted(view.in_flight):
+            cell = self._cell_in_space(cell_id)
+            if cell is not None:
+                trials.append(create(state=state.RUNNING, params=cell.to_dict(), distributions=distributions))
+        return trials
+
+    def _cell_in_space(self, cell_id: Any):
+        """The cell of an id if it lies in this (possibly restricted) space, else None."""
+        try:
+            return self.space.cell(int(cell_id))
+        except (InvalidCell, TypeError, ValueError):
+            return None
