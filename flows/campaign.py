@@ -1,0 +1,514 @@
+"""The campaign flow: observe -> propose -> validate + dedup -> train -> record -> heal, until the budget is spent.
+
+One round:
+1. observe: a read-only HistoryView of this campaign's log (validation metrics only).
+2. replicates: leaders with fewer than ``seeds`` runs are re-run with new seeds first, so a
+   cell is reported as a leader only with a mean and an interval (noise-aware leaderboard).
+3. propose: every policy proposes its share of the round (in turns, each seeing the cells the
+   earlier ones claimed, or concurrently); the Deduper drops cells already run, in flight or
+   claimed this round, and the policy is asked for replacements a bounded number of times.
+4. train: jobs are grouped by shape and trained as vectorised batches (tasks.train).
+5. record + heal: each batch is appended to the store as soon as it finishes (a crash loses only
+   the batch in flight); failures are healed by rule (OOM -> smaller batch, NaN -> lower lr) or
+   by an LLM advisor, and the fix runs in the same round as a healed experiment.
+
+Re-running a campaign id resumes it: the budget counts what the log already holds, dedup sees
+every recorded cell, and the policies' state is restored from ``state.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback as tb
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from agents import create_policy
+from agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from lab.datasets import load_dataset
+from lab.settings import Home, resolve_home
+from lab.space import Space
+from lab.store import Store
+from lab.versions import bugfix_events, code_version
+from tasks.dedup import Deduper
+from tasks.heal import heal
+from tasks.record import Job, job_seed, make_row, one_line, utcnow
+
+REPLACEMENT_ASKS = 2  # extra propose calls per policy and round to replace dropped proposals
+LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are reported
+
+
+@dataclass
+class CampaignSummary:
+    """What a campaign run did; ``format()`` is the text the CLI prints."""
+
+    campaign: str
+    dataset: str
+    home: Path
+    recorded: int  # experiments in the log for this campaign (all runs so far)
+    new: int  # experiments this run added
+    budget: int
+    stopped: str  # "budget", "hours" or "exhausted"
+    wall_seconds: float
+    train_seconds: float
+    leaderboard: pd.DataFrame
+    per_policy: dict[str, dict[str, Any]]
+    dedup: dict[str, dict[str, int]]
+    failures: int
+    code_bugs: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    weights: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_ap(self) -> float | None:
+        return None if self.leaderboard.empty else float(self.leaderboard.iloc[0]["mean_ap"])
+
+    def format(self) -> str:
+        lines = [f"campaign {self.campaign} on {self.dataset}: {self.new} new experiments "
+                 f"({self.recorded}/{self.budget} recorded, stopped on {self.stopped}) in {self.wall_seconds:.1f}s "
+                 f"({self.train_seconds:.1f}s training, {self.failures} failed)"]
+        random_weights = sorted(b for b, w in self.weights.items() if w == "random")
+        if random_weights:
+            lines.append(f"note: backbones {', '.join(random_weights)} use RANDOM weights (offline); AP reflects that")
+        for line in self.unavailable:
+            lines.append(f"unavailable: {line}")
+        lines.append("policy        proposed  dedup-dropped  best val AP  tokens  cost $")
+        for name, stats in self.per_policy.items():
+            dropped = sum(self.dedup.get(name, {}).values())
+            best = stats.get("best_ap")
+            lines.append(f"{name:<13} {stats['proposed']:>8}  {dropped:>13}  {best if best is None else round(best, 4)!s:>11}"
+                         f"  {stats['tokens']:>6}  {stats['cost_usd']:>6.3f}")
+        if not self.leaderboard.empty:
+            lines.append("leaderboard (mean validation AP over replicates, 95% interval):")
+            for rank, row in enumerate(self.leaderboard.itertuples(), 1):
+                lines.append(f"  {rank}. AP {row.mean_ap:.4f} [{row.ci_lo:.4f}, {row.ci_hi:.4f}] n={row.n}  "
+                             f"{row.backbone}/{row.encoder}/{row.size} {row.loss} lr={row.lr} bs={row.batch_size} "
+                             f"window={row.window_s}s aug={row.augment}  (cell {row.cell_id})")
+        for bug in self.code_bugs:
+            lines.append(f"code bug flagged: {bug}  -> fix it, then `crashsearch bugfix --note ...`")
+        return "\n".join(lines)
+
+
+def default_campaign_id(dataset_name: str) -> str:
+    return f"{dataset_name}"
+
+
+def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLike, campaign_id: str | None = None,
+                 policies: tuple[str, ...] | list[str] = ("evolution", "tpe", "random"), budget: int = 60,
+                 hours: float | None = None, space_path: str | None = None, backbones: list[str] | None = None,
+                 seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
+                 policy_kwargs: dict[str, dict] | None = None, progress: bool = False, propose_mode: str = "turns",
+                 rerun_leaders_after_fix: int = 0, train_fn: Callable | None = None,
+                 log: Callable[[str], None] | None = None) -> CampaignSummary:
+    """Run or resume a campaign until ``budget`` experiments are recorded (or ``hours`` pass).
+
+    ``train_fn(cells, features, seeds, fixed, device)`` trains a batch (default: tasks.train.
+    train_batch, or a Prefect task wrapping it inside the flow). Returns a CampaignSummary.
+    Raises ValueError when the dataset has no cached features or no policy can run.
+    """
+    runner = _Campaign(home if isinstance(home, Home) else resolve_home(home), Path(dataset), campaign_id,
+                       list(policies), budget, hours, space_path, backbones, seeds, round_size, device, seed,
+                       policy_kwargs or {}, progress, propose_mode, train_fn, log or (lambda m: print(m, file=sys.stderr)))
+    return runner.run(rerun_leaders_after_fix)
+
+
+class _Campaign:
+    """The state of one campaign run; ``run()`` is the loop described in the module docstring."""
+
+    def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
+                 round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log):
+        from lab.cache import list_cached, load_features
+        from tasks.train import train_batch
+
+        assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
+        self.home, self.log, self.progress = home, log, progress
+        self.dataset = load_dataset(dataset_path)
+        self.campaign = campaign_id or default_campaign_id(self.dataset.name)
+        self.store = Store(home)
+        self.budget, self.hours, self.seeds, self.round_size, self.seed = budget, hours, seeds, round_size, seed
+        self.propose_mode = propose_mode
+        self.train_fn = train_fn or train_batch
+        self.device = _resolve_device(device)
+        self.started = time.monotonic()
+
+        cached = [c for c in list_cached(home, self.dataset.name) if c.get("complete", True)]
+        available = sorted({c["backbone"] for c in cached})
+        wanted = backbones or available
+        missing = sorted(set(wanted) - set(available))
+        if missing or not wanted:
+            raise ValueError(f"no cached features for dataset {self.dataset.name!r} and backbone(s) {missing or wanted}; "
+                             f"run `crashsearch extract --dataset {dataset_path} --backbone NAME` first "
+                             f"(cached: {available or 'none'})")
+        full_space = Space.load(space_path)
+        self.space = full_space.restrict(backbone=wanted)
+        self.features = {b: load_features(home, self.dataset.name, b, device=self.device) for b in wanted}
+        self.weights = {b: f.weights for b, f in self.features.items()}
+        self.version = code_version()
+
+        self.policies: list[Policy] = []
+        self.unavailable: list[str] = []
+        for i, name in enumerate(policy_names):
+            try:
+                self.policies.append(create_policy(name, self.space, seed=seed + i, **policy_kwargs.get(name, {})))
+            except PolicyUnavailable as exc:
+                self.unavailable.append(one_line(str(exc)))
+                log(f"policy {name} unavailable: {one_line(str(exc))}")
+        if not self.policies:
+            raise ValueError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
+        self.advisors = [p for p in self.policies if type(p).diagnose is not Policy.diagnose]
+        self.state_path = home.campaign(self.campaign) / "state.json"
+        self._restore_state()
+
+        self.history = self.store.experiments(self.campaign)
+        self.deduper = Deduper(self.space, seen=set(self.history["cell_id"].astype(int)) if len(self.history) else set())
+        self.new = 0
+        self.train_seconds = 0.0
+        self.code_bugs: list[str] = []
+        self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
+        self.store.write_campaign(self.campaign, {
+            "campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
+            "space": self.space.name, "backbones": wanted, "policies": [p.name for p in self.policies],
+            "budget": budget, "hours": hours, "seeds": seeds, "status": "running", "pid": os.getpid(),
+            "weights": self.weights, "updated_at": utcnow().isoformat(),
+        })
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, rerun_leaders_after_fix: int) -> CampaignSummary:
+        bar = _progress_bar(self.budget, self.recorded) if self.progress else None
+        stopped = "budget"
+        try:
+            if rerun_leaders_after_fix:
+                self._run_jobs(self._leader_reruns(rerun_leaders_after_fix), bar)
+            while self.recorded < self.budget:
+                if self.hours is not None and time.monotonic() - self.started > self.hours * 3600:
+                    stopped = "hours"
+                    break
+                slots = min(self.round_size, self.budget - self.recorded)
+                jobs = self._replicate_jobs(slots)
+                jobs += self._propose(slots - len(jobs))
+                if not jobs:
+                    stopped = "exhausted"
+                    self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
+                    break
+                self._run_jobs(jobs, bar)
+                self._save_state()
+                self.round += 1
+        finally:
+            if bar is not None:
+                bar.close()
+            self._save_state()
+            self.store.write_campaign(self.campaign, {**self._campaign_info(), "status": "finished",
+                                                      "updated_at": utcnow().isoformat()})
+        summary = self._summary(stopped)
+        _atomic_write(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
+        return summary
+
+    @property
+    def recorded(self) -> int:
+        """Experiments that count against the budget (invalid proposals do not)."""
+        if self.history.empty:
+            return 0
+        return int((self.history["status"] != "invalid").sum())
+
+    def view(self) -> HistoryView:
+        df = self.history
+        columns = [c for c in VIEW_COLUMNS + self.space.axis_names if c in df.columns]
+        return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
+                           in_flight=frozenset(self.deduper.seen), round=self.round)
+
+    def _replicate_jobs(self, slots: int) -> list[Job]:
+        """Re-runs of the current leaders that have fewer than ``seeds`` replicates."""
+        if self.seeds <= 1 or self.history.empty:
+            return []
+        board = self.view().leaderboard(LEADERS_TO_CONFIRM)
+        jobs: list[Job] = []
+        for row in board.itertuples():
+            for replicate in range(int(row.n), self.seeds):
+                if len(jobs) >= max(1, slots // 2):  # leave room for new proposals
+                    return jobs
+                cell = self.space.cell(int(row.cell_id))
+                jobs.append(Job(cell, job_seed(self.seed, cell.id, replicate), replicate, proposer="replicate",
+                                rationale=f"confirm leader with seed replicate {replicate}", round=self.round))
+        return jobs
+
+    def _propose(self, slots: int) -> list[Job]:
+        if slots <= 0:
+            return []
+        shares = _shares(slots, len(self.policies))
+        jobs: list[Job] = []
+        if self.propose_mode == "concurrent":
+            view = self.view()
+            with ThreadPoolExecutor(max_workers=len(self.policies)) as pool:
+                first = list(pool.map(lambda ps: self._ask(ps[0], view, ps[1]), zip(self.policies, shares)))
+            for policy, want, proposals in zip(self.policies, shares, first):
+                jobs += self._claim(policy, want, proposals)
+        else:
+            for policy, want in zip(self.policies, shares):
+                jobs += self._claim(policy, want, self._ask(policy, self.view(), want))
+        return jobs
+
+    def _ask(self, policy: Policy, view: HistoryView, n: int) -> list[Proposal]:
+        if n <= 0:
+            return []
+        try:
+            return list(policy.propose(view, n))[:n]
+        except Exception as exc:  # a broken policy sits out the round; the campaign goes on
+            self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
+            return []
+
+    def _claim(self, policy: Policy, want: int, proposals: list[Proposal]) -> list[Job]:
+        kept = self.deduper.claim(proposals, policy.name)
+        for _ in range(REPLACEMENT_ASKS):
+            if len(kept) >= want or not proposals:
+                break
+            proposals = self._ask(policy, self.view(), want - len(kept))
+            kept += self.deduper.claim(proposals, policy.name)
+        for proposal, reason in self.deduper.invalid:
+            self.log(f"invalid proposal from {proposal.policy or policy.name}: {reason}")
+        self.deduper.invalid.clear()
+        return [Job(p.cell, job_seed(self.seed, p.cell.id, 0), 0, proposer=p.policy or policy.name, model=p.model,
+                    rationale=p.rationale, round=self.round, tokens_in=p.tokens_in, tokens_out=p.tokens_out,
+                    cost_usd=p.cost_usd) for p in kept[:want]]
+
+    def _leader_reruns(self, k: int) -> list[Job]:
+        """Top k cells trained under code older than the latest bug-fix event, re-run once each."""
+        events = bugfix_events(self.home)
+        if not events or self.history.empty:
+            return []
+        declared = pd.Timestamp(events[-1]["declared_at"])
+        before = self.history[pd.to_datetime(self.history["finished_at"], utc=True) < declared]
+        after = self.history[pd.to_datetime(self.history["finished_at"], utc=True) >= declared]
+        view = HistoryView(self.space, before[[c for c in VIEW_COLUMNS + self.space.axis_names if c in before.columns]])
+        jobs = []
+        for row in view.leaderboard(k).itertuples():
+            if int(row.cell_id) in set(after.loc[after["proposer"] == "rerun", "cell_id"].astype(int)):
+                continue  # already re-run after this fix
+            cell = self.space.cell(int(row.cell_id))
+            replicate = int((self.history["cell_id"] == cell.id).sum())
+            jobs.append(Job(cell, job_seed(self.seed, cell.id, replicate), replicate, proposer="rerun", round=self.round,
+                            rationale=f"re-run leader trained before bug fix {events[-1].get('id', '')}"))
+        return jobs[: max(0, self.budget - self.recorded)]
+
+    # ---- training, recording, healing ---------------------------------------------------------
+    def _run_jobs(self, jobs: list[Job], bar) -> None:
+        from tasks.train import group_cells
+
+        pending = list(jobs)
+        while pending:
+            retries: list[Job] = []
+            for backbone in sorted({j.cell["backbone"] for j in pending}):
+                same = [j for j in pending if j.cell["backbone"] == backbone]
+                for group in group_cells([j.cell for j in same]):
+                    batch = [same[i] for i in group]
+                    retries += self._train_and_record(batch, bar)
+            pending = retries
+
+    def _train_and_record(self, batch: list[Job], bar) -> list[Job]:
+        started = utcnow()
+        features = self.features[batch[0].cell["backbone"]]
+        t0 = time.perf_counter()
+        try:
+            results = self.train_fn([j.cell for j in batch], features, [j.seed for j in batch], self.space.fixed, self.device)
+        except Exception as exc:  # the whole batch failed (e.g. a bug): record each job, go on
+            results = [exc] * len(batch)
+        finished = utcnow()
+        self.train_seconds += time.perf_counter() - t0
+        rows, retries = [], []
+        for job, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                error_class = getattr(result, "error_class", type(result).__name__)
+                trace = "".join(tb.format_exception(result))
+                outcome = heal(job, error_class, trace, self.space, self.advisors)
+                if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in self.deduper.seen:
+                    outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
+                    outcome.retry = None
+                if outcome.retry is not None:
+                    self.deduper.seen.add(outcome.retry.cell.id)
+                    retries.append(outcome.retry)
+                if outcome.code_bug:
+                    self.code_bugs.append(f"{job.cell!r}: {outcome.code_bug}")
+                rows.append(make_row(job, campaign=self.campaign, dataset=self.dataset.name, space=self.space,
+                                     code_version=self.version, status="failed", error=result, started_at=started,
+                                     finished_at=finished, device=str(self.device), heal_note=outcome.note))
+                self.log(f"experiment failed: {job.cell!r}: {getattr(result, 'error_class', type(result).__name__)}: "
+                         f"{one_line(str(result), 160)} -> {outcome.note}")
+            else:
+                status = "healed" if job.healed_from else "ok"
+                rows.append(make_row(job, campaign=self.campaign, dataset=self.dataset.name, space=self.space,
+                                     code_version=self.version, status=status, metrics=result.metrics,
+                                     started_at=started, finished_at=finished, train_seconds=result.train_seconds,
+                                     eval_seconds=result.eval_seconds, params=result.params,
+                                     peak_mem_mb=result.peak_mem_mb, device=result.device))
+        # budget guard: never record more than the budget allows (heal retries included)
+        room = self.budget - self.recorded
+        if len(rows) > room:
+            rows, retries = rows[:max(room, 0)], []
+        if rows:
+            self.store.append(self.campaign, rows, self.space)
+            self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
+            self.new += len(rows)
+            self._observe(rows)
+            if bar is not None:
+                bar.update(len(rows))
+                best = self.view().ok["val_ap"].max()
+                rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
+                bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
+        room = self.budget - self.recorded
+        return retries[:max(room, 0)]
+
+    def _observe(self, rows: list[dict]) -> None:
+        visible = [{k: v for k, v in r.items() if not k.startswith("test_")} for r in rows]
+        for policy in self.policies:
+            mine = [r for r in visible if r["proposer"] == policy.name]
+            if mine:
+                try:
+                    policy.observe(mine)
+                except Exception as exc:
+                    self.log(f"policy {policy.name} failed to observe: {one_line(str(exc), 200)}")
+
+    # ---- state and summary -------------------------------------------------------------------
+    def _restore_state(self) -> None:
+        if not self.state_path.exists():
+            return
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            self.log(f"ignoring unreadable policy state {self.state_path}: {exc}")
+            return
+        for policy in self.policies:
+            if policy.name in state.get("policies", {}):
+                policy.set_state(state["policies"][policy.name])
+
+    def _save_state(self) -> None:
+        state = {"round": self.round, "policies": {p.name: p.get_state() for p in self.policies}}
+        _atomic_write(self.state_path, json.dumps(state))
+
+    def _campaign_info(self) -> dict:
+        return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
+                "space": self.space.name, "backbones": sorted(self.features), "policies": [p.name for p in self.policies],
+                "budget": self.budget, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
+                "recorded": self.recorded, "pid": os.getpid()}
+
+    def _summary(self, stopped: str) -> CampaignSummary:
+        df = self.history
+        per_policy: dict[str, dict[str, Any]] = {}
+        for name in [p.name for p in self.policies] + ["replicate", "heal", "rerun"]:
+            mine = df[df["proposer"] == name] if len(df) else df
+            if name in ("replicate", "heal", "rerun") and mine.empty:
+                continue
+            ok = mine[mine["status"].isin(["ok", "healed"])] if len(mine) else mine
+            per_policy[name] = {
+                "proposed": int(len(mine)),
+                "best_ap": float(ok["val_ap"].max()) if len(ok) and ok["val_ap"].notna().any() else None,
+                "tokens": int(mine[["tokens_in", "tokens_out"]].fillna(0).to_numpy().sum()) if len(mine) else 0,
+                "cost_usd": float(mine["cost_usd"].fillna(0).sum()) if len(mine) else 0.0,
+            }
+        board = self.view().leaderboard(5)
+        confirmed = board[board["n"] >= min(self.seeds, board["n"].max() if len(board) else 1)]
+        return CampaignSummary(
+            campaign=self.campaign, dataset=self.dataset.name, home=self.home.root, recorded=self.recorded,
+            new=self.new, budget=self.budget, stopped=stopped, wall_seconds=time.monotonic() - self.started,
+            train_seconds=self.train_seconds, leaderboard=confirmed if len(confirmed) else board,
+            per_policy=per_policy, dedup=self.deduper.counts(),
+            failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
+            unavailable=self.unavailable, weights=self.weights)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _shares(slots: int, parts: int) -> list[int]:
+    """Split slots as evenly as possible, earlier parts first."""
+    base, extra = divmod(slots, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="experiments", unit="exp", file=sys.stderr, dynamic_ncols=True)
+
+
+# ---- Prefect ------------------------------------------------------------------------------
+
+def _prefect_train_task():
+    from prefect import task
+
+    from tasks.train import train_batch
+
+    # GPU training carries the `gpu` tag: a Prefect concurrency limit on that tag caps batches per GPU.
+    return task(train_batch, name="train-batch", tags=["gpu"], cache_policy=None, persist_result=False)
+
+
+def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None = None,
+                     policies: str = "evolution,tpe,random", budget: int = 60, hours: float | None = None,
+                     space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
+                     device: str = "auto", seed: int = 0, rerun_leaders_after_fix: int = 0,
+                     progress: bool = False) -> dict:
+    """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact."""
+    train_task = _prefect_train_task()
+    summary = run_campaign(home, dataset, campaign, [p.strip() for p in policies.split(",") if p.strip()], budget,
+                           hours, space, backbones.split(",") if backbones else None, seeds, round_size, device, seed,
+                           progress=progress, rerun_leaders_after_fix=rerun_leaders_after_fix,
+                           train_fn=lambda *a: train_task(*a))
+    _publish_leaderboard(summary)
+    return {"campaign": summary.campaign, "recorded": summary.recorded, "new": summary.new,
+            "best_ap": summary.best_ap, "stopped": summary.stopped}
+
+
+def _publish_leaderboard(summary: CampaignSummary) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        table = summary.leaderboard.drop(columns=["std_ap"], errors="ignore").round(4).to_dict(orient="records")
+        create_table_artifact(key=_artifact_key(summary.campaign) + "-leaderboard", table=table,
+                              description=f"Leaderboard of campaign {summary.campaign} ({summary.recorded} experiments)")
+    except Exception as exc:  # artifacts are a convenience; never fail a campaign over one
+        print(f"could not publish the leaderboard artifact: {one_line(str(exc), 160)}", file=sys.stderr)
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "campaign"
+
+
+def get_campaign_flow():
+    """The Prefect flow object (built lazily so importing this module stays light)."""
+    from prefect import flow
+
+    return flow(name="campaign", log_prints=True)(campaign_flow_fn)
+
+
+def main(args) -> int:
+    """`crashsearch campaign`: run the campaign flow and print the summary."""
+    from flows.runtime import quiet_prefect
+
+    with quiet_prefect():
+        result = get_campaign_flow()(
+            dataset=args.dataset, campaign=args.campaign, home=str(args.home_dir.root), policies=args.policies,
+            budget=args.budget, hours=args.hours, space=args.space, backbones=args.backbones, seeds=args.seeds,
+            round_size=args.round_size, device=args.device, seed=args.seed,
+            rerun_leaders_after_fix=args.rerun_leaders_after_fix, progress=True)
+    home = args.home_dir
+    summary_path = home.campaign(result["campaign"]) / "summary.txt"
+    print(summary_path.read_text() if summary_path.exists() else result)
+    print(f"history: {home.campaign(result['campaign']) / 'log'}  (query: crashsearch query \"SELECT * FROM experiments\" --home {home.root})")
+    return 0

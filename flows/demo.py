@@ -1,0 +1,84 @@
+"""`crashsearch demo`: the whole pipeline on a laptop, no GPU, API keys or downloads.
+
+synthetic dashcam videos (day, plus a night task for transfer) -> features with two backbones
+(pixels and a random-init V-JEPA 2) -> a campaign with evolution, TPE and random (and Claude or
+Gemini when their keys are set) -> leaderboard -> analysis report. Everything lands under the
+home directory; the last lines say where and how to query it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from lab.settings import Home
+
+DEMO_BACKBONES = ("pixels", "vjepa2_vitl")
+
+
+def demo_flow_fn(home: str, videos: int = 48, budget: int = 60, tiny: bool = False) -> dict:
+    """Prefect flow body of the demo; returns paths and headline numbers."""
+    from flows.analyze import analyze_flow
+    from flows.campaign import campaign_flow_fn
+    from flows.extract import extract_flow
+    from lab.settings import resolve_home
+    from lab.synth import generate
+
+    h = resolve_home(home)
+    size = dict(videos=12, width=64, height=48) if tiny else dict(videos=videos)
+    night_videos = max(12, size["videos"] * 2 // 3)
+    t0 = time.monotonic()
+    day = generate(h.datasets / "synth-day", seed=0, style="day", **size)
+    night = generate(h.datasets / "synth-night", seed=1, style="night", **{**size, "videos": night_videos})
+    _say(f"[1/4] synthetic datasets: {len(day.videos)} day and {len(night.videos)} night videos (H.264) "
+         f"in {h.datasets} ({time.monotonic() - t0:.0f}s)")
+
+    for ds in (day, night):
+        for backbone in DEMO_BACKBONES:
+            extract_flow(str(ds.root), backbone, home=str(h.root), weights="auto", device="auto")
+    _say(f"[2/4] features for backbones {', '.join(DEMO_BACKBONES)} cached in {h.cache} ({time.monotonic() - t0:.0f}s)")
+
+    policies = ["evolution", "tpe", "random"]
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        policies.append("claude")
+    if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):
+        policies.append("gemini")
+    round_size = 4 if tiny else 12
+    main = campaign_flow_fn(str(day.root), "demo-day", str(h.root), ",".join(policies), budget,
+                            seeds=2 if tiny else 3, round_size=round_size, progress=not tiny)
+    transfer = campaign_flow_fn(str(night.root), "demo-night", str(h.root), ",".join(policies), max(8, budget // 2),
+                                seeds=2 if tiny else 3, round_size=round_size, progress=not tiny)
+    _say(f"[3/4] campaigns: demo-day {main['recorded']} experiments (best val AP {_fmt(main['best_ap'])}), "
+         f"demo-night {transfer['recorded']} (best {_fmt(transfer['best_ap'])}) ({time.monotonic() - t0:.0f}s)")
+    print((h.campaign("demo-day") / "summary.txt").read_text())
+
+    report = analyze_flow("demo-day", home=str(h.root))
+    _say(f"[4/4] report: {report.get('report_dir')} ({time.monotonic() - t0:.0f}s)")
+    return {"home": str(h.root), "campaign": main, "transfer": transfer, "report": report}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(args) -> int:
+    from prefect import flow
+
+    from flows.runtime import quiet_prefect
+
+    home: Home = args.home_dir
+    print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "
+          "so absolute AP says little about real V-JEPA 2 features.", flush=True)
+    with quiet_prefect():
+        result = flow(name="demo", log_prints=True)(demo_flow_fn)(str(home.root), args.videos, args.budget, args.tiny)
+    print(f"\nhome:        {result['home']}")
+    print(f"history:     {home.campaigns}/demo-day/log/*.parquet")
+    print(f"cache:       {home.cache}")
+    print(f"report:      {result['report'].get('report_dir')}/report.md (and report.html)")
+    print(f"query it:    crashsearch query \"SELECT encoder, max(val_ap) FROM experiments GROUP BY 1 ORDER BY 2 DESC\" --home {home.root}")
+    print(f"leaderboard: crashsearch leaderboard --campaign demo-day --home {home.root}")
+    return 0
