@@ -1,0 +1,750 @@
+"""The history store: every experiment ever run, as an append-only Parquet log queried with DuckDB.
+
+Contract (what writers may rely on and readers may assume):
+
+* The system of record is the Parquet files under ``<home>/campaigns/<id>/log/``. Each finished
+  experiment or small batch is a new file ``part-<utc timestamp>-<uuid>.parquet``, written to a
+  hidden temp name in the same folder (``.part-....tmp``), fsynced, then ``os.replace``d into
+  place. The rename is atomic, so a row is complete or absent: a writer that crashes leaves at
+  most a hidden temp file that no reader ever globs.
+* Finished rows never change. Files are only ever added, except by ``compact``.
+* One row per (campaign, experiment_id). The ``experiments`` view keeps the first copy of an
+  experiment (earliest finished_at, then file name) and drops the rest, so re-appending a row
+  after a crash, or a compaction caught between its two steps, never shows a row twice.
+* ``compact`` writes the merged file atomically first and only then unlinks the originals. In
+  the window between the two, both copies exist on disk and the view's dedup shows each row
+  once. A reader that listed the originals just before they were unlinked may fail to open one;
+  ``Store.query`` and the other read methods retry such a read (bounded), and by then the rows
+  are in the merged file. Stale temp files (older than an hour: their writer is dead) are
+  removed by ``compact``.
+* DuckDB is the query layer only: ``connect()`` opens a fresh in-memory connection with views
+  over the files (and small tables rebuilt from ``campaign.json`` files and
+  ``bugfix_events.jsonl``). There is no database file and nothing to lock, so queries work while
+  campaigns write. Each query re-globs the log, so a connection sees files appended after it
+  opened (except when the home had no log file at all when it connected: open a new one).
+
+Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
+``campaigns`` (one row per campaign.json) and ``bugfix_events``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lab.schema import BASE_COLUMNS, BASE_FIELDS, STATUSES, experiment_schema
+from lab.settings import Home
+from lab.space import InvalidCell, Space
+from lab.versions import bugfix_events
+
+log = logging.getLogger(__name__)
+
+LOG_DIR = "log"
+PART_GLOB = "part-*.parquet"
+REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
+READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
+STALE_TEMP_SECONDS = 3600
+READ_RETRIES = 5
+IMPORT_BATCH = 50_000  # rows per log file when importing
+_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Store:
+    """The history of every campaign under one home. See the module docstring for the contract."""
+
+    def __init__(self, home: Home):
+        self.home = home
+
+    # ---- layout -----------------------------------------------------------------------------
+    def log_dir(self, campaign: str) -> Path:
+        """``<home>/campaigns/<id>/log/`` (created if missing). Raises ValueError on a bad id."""
+        path = self.home.campaign(check_campaign_id(campaign)) / LOG_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_files(self, campaign: str | None = None) -> list[Path]:
+        """The visible log files of one campaign (or all), oldest name first."""
+        if campaign is not None:
+            folder = self.home.campaigns / check_campaign_id(campaign) / LOG_DIR
+            return sorted(folder.glob(PART_GLOB))
+        return sorted(self.home.campaigns.glob(f"*/{LOG_DIR}/{PART_GLOB}"))
+
+    # ---- writing ----------------------------------------------------------------------------
+    def append(self, campaign: str, rows: list[dict], space: Space) -> Path:
+        """Validate ``rows`` and write them as one new log file; return its path.
+
+        Each row is a dict of schema columns (``experiment_schema(space)``). Missing optional
+        columns become null; ``campaign`` and ``space`` default to the campaign id and space name;
+        missing axis values and ``arch_group`` are filled from ``cell_id``, and axis values that
+        are given must agree with it (except for status ``invalid``); ``finished_at`` defaults
+        to now (a row is finished when it is appended). Raises ValueError naming the row and
+        column of the first bad row; nothing is written then.
+        """
+        check_campaign_id(campaign)
+        if not rows:
+            raise ValueError("append needs at least one row")
+        schema = experiment_schema(space)
+        now = datetime.now(timezone.utc)
+        clean = []
+        seen: set[str] = set()
+        for index, row in enumerate(rows):
+            try:
+                clean.append(_clean_row(row, campaign, space, schema, now))
+            except ValueError as exc:
+                raise ValueError(f"row {index}: {exc}") from None
+            if clean[-1]["experiment_id"] in seen:
+                raise ValueError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
+            seen.add(clean[-1]["experiment_id"])
+        table = pa.Table.from_pylist(clean, schema=schema)
+        return self._write(campaign, table)
+
+    def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
+        """Bulk path for trusted writers: one Arrow table, checked column-wise, written as one file.
+
+        Checks the columns are schema columns, required ones have no nulls, statuses are valid
+        and every row is of this campaign; casts to the schema (missing columns null). Does not
+        check axis values against cell_id (``append`` does). Raises ValueError naming the column.
+        """
+        check_campaign_id(campaign)
+        schema = experiment_schema(space)
+        unknown = [name for name in table.column_names if name not in schema.names]
+        if unknown:
+            raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
+        for name in REQUIRED:
+            if name not in table.column_names:
+                raise ValueError(f"column {name}: required but missing")
+            if table[name].null_count:
+                first = table[name].to_pylist().index(None)
+                raise ValueError(f"row {first} column {name}: required but null")
+        bad = pc.invert(pc.is_in(table["status"], value_set=pa.array(STATUSES)))
+        if pc.any(bad).as_py():
+            first = pc.index(bad, True).as_py()
+            raise ValueError(f"row {first} column status: {table['status'][first].as_py()!r} is not one of {', '.join(STATUSES)}")
+        other = pc.not_equal(table["campaign"], campaign)
+        if pc.any(other).as_py():
+            first = pc.index(other, True).as_py()
+            raise ValueError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
+        columns = []
+        for field in schema:
+            if field.name in table.column_names:
+                try:
+                    columns.append(table[field.name].cast(field.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise ValueError(f"column {field.name}: cannot be read as {field.type} ({exc})") from None
+            else:
+                columns.append(pa.nulls(table.num_rows, field.type))
+        return self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
+
+    def _write(self, campaign: str, table: pa.Table) -> Path:
+        folder = self.log_dir(campaign)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        final = folder / f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+        _atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
+        return final
+
+    def write_campaign(self, campaign: str, info: dict) -> None:
+        """Create or update ``campaigns/<id>/campaign.json`` atomically (merged with what is there).
+
+        ``id``, ``created_at`` (kept from the first write) and ``updated_at`` are set here; values
+        must be JSON-serialisable (others are written as strings).
+        """
+        path = self.home.campaign(check_campaign_id(campaign)) / "campaign.json"
+        current = _read_json(path) or {}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        merged = {**current, **info, "id": campaign,
+                  "created_at": current.get("created_at") or info.get("created_at") or now, "updated_at": now}
+        text = json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n"
+        _atomic_write(path, lambda f: f.write(text.encode()))
+
+    def campaigns(self) -> list[dict]:
+        """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
+        out = []
+        for folder in sorted(p for p in self.home.campaigns.iterdir() if p.is_dir() and _CAMPAIGN_ID.match(p.name)):
+            info = _read_json(folder / "campaign.json")
+            out.append({**(info or {}), "id": folder.name})
+        return out
+
+    # ---- reading ----------------------------------------------------------------------------
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events."""
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        if self.log_files():
+            pattern = str(self.home.campaigns / "*" / LOG_DIR / PART_GLOB).replace("'", "''")
+            source = f"read_parquet('{pattern}', union_by_name = true, filename = true)"
+            # first copy of each experiment wins: see the contract in the module docstring
+            con.execute(
+                f"CREATE VIEW experiments AS SELECT * EXCLUDE (filename) FROM {source} "
+                "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1"
+            )
+        else:
+            con.execute(f"CREATE VIEW experiments AS SELECT * FROM ({_empty_select(BASE_FIELDS)})")
+        con.register("_campaigns", _campaigns_table(self.campaigns()))
+        con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
+        con.register("_bugfix_events", _events_table(bugfix_events(self.home)))
+        con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
+        return con
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run one read-only statement over the views; return a DataFrame.
+
+        Raises ValueError (one line) for anything but a single read (SELECT, WITH, DESCRIBE,
+        SHOW, SUMMARIZE); duckdb.Error for a bad query.
+        """
+        check_read_only(sql)
+        return self._read(sql, params)
+
+    def _read(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        for attempt in range(READ_RETRIES):
+            con = self.connect()
+            try:
+                return con.execute(sql, params or []).df()
+            except duckdb.IOException:
+                # a compaction unlinked a file this query had listed; its rows are in the
+                # merged file now, so a fresh glob reads them
+                if attempt == READ_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+            finally:
+                con.close()
+        raise AssertionError("unreachable")
+
+    def experiments(self, campaign: str | None = None) -> pd.DataFrame:
+        """Every experiment (of one campaign, or all), ordered by finished_at, experiment_id."""
+        if campaign is None:
+            return self._read("SELECT * FROM experiments ORDER BY finished_at, experiment_id")
+        check_campaign_id(campaign)
+        return self._read("SELECT * FROM experiments WHERE campaign = ? ORDER BY finished_at, experiment_id", [campaign])
+
+    def leaderboard(self, campaign: str | None = None, k: int = 10, min_replicates: int = 1) -> pd.DataFrame:
+        """The best ``k`` cells by mean validation AP over their ok/healed replicates.
+
+        One row per (dataset, space, cell_id): ``rank, mean_val_ap, ci_low, ci_high`` (95%
+        t-interval; NaN with one replicate), ``std_val_ap, n`` (replicates with a val_ap),
+        ``cell_id, arch_group``, the axis values, ``dataset, space, campaigns`` and, apart at
+        the end, ``best_test_ap`` (max test AP: for people, never for policies). Cells with fewer
+        than ``min_replicates`` replicates are left out.
+        """
+        if k < 1 or min_replicates < 1:
+            raise ValueError("leaderboard needs k >= 1 and min_replicates >= 1")
+        columns = self._read("DESCRIBE experiments")["column_name"].tolist()
+        axes = [c for c in columns if c not in BASE_COLUMNS]
+        where, params = "status IN ('ok', 'healed') AND val_ap IS NOT NULL AND NOT isnan(val_ap)", []
+        if campaign is not None:
+            where += " AND campaign = ?"
+            params.append(check_campaign_id(campaign))
+        axis_sql = "".join(f", any_value({_ident(a)}) AS {_ident(a)}" for a in axes)
+        sql = f"""
+            SELECT avg(val_ap) AS mean_val_ap, stddev_samp(val_ap) AS std_val_ap, count(*) AS n,
+                   cell_id, any_value(arch_group) AS arch_group{axis_sql},
+                   dataset, space, string_agg(DISTINCT campaign, ',' ORDER BY campaign) AS campaigns,
+                   max(test_ap) AS best_test_ap
+            FROM experiments WHERE {where}
+            GROUP BY dataset, space, cell_id
+            HAVING count(*) >= ?
+            ORDER BY mean_val_ap DESC, n DESC, cell_id
+            LIMIT ?"""
+        board = self._read(sql, params + [int(min_replicates), int(k)])
+        n = board["n"].to_numpy(dtype=float)
+        half = t_quantile(n - 1) * board["std_val_ap"].to_numpy(dtype=float) / np.sqrt(n)
+        board.insert(1, "ci_low", board["mean_val_ap"] - half)
+        board.insert(2, "ci_high", board["mean_val_ap"] + half)
+        board.insert(0, "rank", np.arange(1, len(board) + 1))
+        # axes of other spaces are all null here: drop them
+        empty = [a for a in axes if board[a].isna().all()]
+        return board.drop(columns=empty)
+
+    # ---- import / export / compaction ----------------------------------------------------------
+    def import_log(self, file: str | Path, campaign: str, space: Space,
+                   on_error: Callable[[str], None] | None = None) -> int:
+        """Import an external experiment log (CSV or Parquet) into ``campaign``; return rows imported.
+
+        Columns: ``val_ap`` and either every axis of ``space`` or ``cell_id`` (both: they must
+        agree) are required; any other schema column is optional (``status`` defaults to ok when
+        val_ap is set and failed when it is empty, ``proposer`` to ``import``, ``experiment_id``
+        to a hash of the campaign, row number and row, so importing a file twice adds nothing).
+        A bad row is reported in one line through ``on_error`` (default: stderr) and skipped;
+        unknown columns are reported once and ignored. Raises ValueError when the file cannot be
+        read or lacks a required column.
+        """
+        report = on_error or (lambda line: print(line, file=sys.stderr))
+        path = Path(file)
+        frame = _read_table_file(path)
+        schema = experiment_schema(space)
+        fields = {f.name: f for f in schema}
+        if "val_ap" not in frame.columns:
+            raise ValueError(f"{path}: column val_ap is required")
+        has_axes = all(a in frame.columns for a in space.axis_names)
+        if not has_axes and "cell_id" not in frame.columns:
+            missing = [a for a in space.axis_names if a not in frame.columns]
+            raise ValueError(f"{path}: needs cell_id or every axis column; missing {missing}")
+        unknown = [c for c in frame.columns if c not in fields]
+        if unknown:
+            report(f"{path}: ignoring columns that are not in the experiment schema: {unknown}")
+        csv = path.suffix.lower() != ".parquet"
+        info = _read_json(self.home.campaigns / check_campaign_id(campaign) / "campaign.json") or {}
+        rows, total, seen = [], 0, set()
+        for index, record in enumerate(frame.to_dict("records")):
+            where = f"{path.name} line {index + 2}" if csv else f"{path.name} row {index + 1}"
+            try:
+                row = _import_row(record, fields, space, has_axes)
+            except (ValueError, InvalidCell) as exc:
+                report(f"{where}: {exc}; skipped")
+                continue
+            row["campaign"] = campaign
+            row.setdefault("dataset", info.get("dataset"))
+            row.setdefault("proposer", "import")
+            row.setdefault("status", "ok" if row.get("val_ap") is not None else "failed")
+            if row.get("experiment_id") is None:
+                key = json.dumps([campaign, index, record], sort_keys=True, default=str)
+                row["experiment_id"] = "imp-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+            if row["experiment_id"] in seen:
+                report(f"{where}: experiment_id {row['experiment_id']!r} appears earlier in the file; skipped")
+                continue
+            try:
+                rows.append(_clean_row(row, campaign, space, schema, datetime.now(timezone.utc)))
+            except ValueError as exc:
+                report(f"{where}: {exc}; skipped")
+                continue
+            seen.add(row["experiment_id"])
+            if len(rows) >= IMPORT_BATCH:
+                self._write(campaign, pa.Table.from_pylist(rows, schema=schema))
+                total, rows = total + len(rows), []
+        if rows:
+            self._write(campaign, pa.Table.from_pylist(rows, schema=schema))
+            total += len(rows)
+        if total and not info:
+            self.write_campaign(campaign, {"space": space.name, "status": "imported", "source": str(path.resolve()),
+                                           "dataset": None})
+        return total
+
+    def export(self, campaign: str, out: str | Path) -> Path:
+        """Write one campaign as a single Parquet file (schema columns, rows sorted by
+        finished_at, experiment_id), atomically; return its path. Raises ValueError if the
+        campaign has no experiments."""
+        files = self.log_files(campaign)
+        if not files:
+            raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root}")
+        table = self._merged(campaign, files)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out, lambda f: pq.write_table(table, f, compression="zstd"))
+        return out
+
+    def compact(self, campaign: str) -> tuple[int, int]:
+        """Merge a campaign's log files into one; return (files merged, rows in the merged file).
+
+        Safe beside readers and writers: the merged file (deduplicated, sorted) is renamed into
+        place before the originals are unlinked, and files appended meanwhile are left alone.
+        Returns (0, 0) when there is at most one file. Also removes temp files older than an hour.
+        """
+        folder = self.log_dir(campaign)
+        for temp in folder.glob(".part-*.tmp"):
+            try:
+                if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+            except FileNotFoundError:
+                pass
+        files = self.log_files(campaign)
+        if len(files) < 2:
+            return 0, 0
+        table = self._merged(campaign, files)
+        self._write(campaign, table)
+        for path in files:
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another compaction got there first
+                pass
+        _fsync_dir(folder)
+        return len(files), table.num_rows
+
+    def _merged(self, campaign: str, files: list[Path]) -> pa.Table:
+        """The deduplicated, sorted rows of exactly these files, with their own column types."""
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+        listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            table = con.sql(
+                f"SELECT * EXCLUDE (filename) FROM read_parquet([{listing}], union_by_name = true, filename = true) "
+                "WHERE campaign = $campaign "
+                "QUALIFY row_number() OVER (PARTITION BY experiment_id ORDER BY finished_at, filename) = 1 "
+                "ORDER BY finished_at, experiment_id",
+                params={"campaign": campaign},
+            ).to_arrow_table()
+        finally:
+            con.close()
+        return table.select(schema.names).cast(schema)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+def check_campaign_id(campaign: str) -> str:
+    """Return ``campaign`` if it is a safe folder name, else raise ValueError naming it."""
+    if not isinstance(campaign, str) or not _CAMPAIGN_ID.match(campaign):
+        raise ValueError(f"campaign id {campaign!r} must be letters, digits, '.', '_' or '-' (not starting with . _ -)")
+    return campaign
+
+
+def check_read_only(sql: str) -> None:
+    """Raise ValueError (one line) unless ``sql`` is exactly one read statement."""
+    try:
+        statements = duckdb.connect(":memory:").extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ValueError(f"cannot parse the query: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise ValueError(f"one statement per query, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_STATEMENTS:
+        raise ValueError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
+
+
+def _clean_row(row: dict, campaign: str, space: Space, schema: pa.Schema, now: datetime) -> dict:
+    """A copy of ``row`` with every schema column, values normalised; raises ValueError 'column X: ...'."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a row must be a dict, got {type(row).__name__}")
+    unknown = [k for k in row if k not in schema.names]
+    if unknown:
+        raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
+    out = {}
+    for field in schema:
+        try:
+            out[field.name] = _value(row.get(field.name), field.type)
+        except ValueError as exc:
+            raise ValueError(f"column {field.name}: {exc}") from None
+    if out["campaign"] is None:
+        out["campaign"] = campaign
+    elif out["campaign"] != campaign:
+        raise ValueError(f"column campaign: {out['campaign']!r} is not {campaign!r}")
+    for name in REQUIRED:
+        if out[name] is None or out[name] == "":
+            raise ValueError(f"column {name}: required but missing")
+    if out["status"] not in STATUSES:
+        raise ValueError(f"column status: {out['status']!r} is not one of {', '.join(STATUSES)}")
+    if out["space"] is None:
+        out["space"] = space.name
+    if out["finished_at"] is None:
+        out["finished_at"] = now
+    if out["status"] != "invalid":
+        expected = _decode(space, out["cell_id"])
+        for axis in space.axes:
+            given = out[axis.name]
+            if given is None:
+                out[axis.name] = expected[axis.name]
+            elif not _matches(expected[axis.name], given):
+                raise ValueError(f"column {axis.name}: {given!r} disagrees with cell_id {out['cell_id']} "
+                                 f"({axis.name}={expected[axis.name]!r})")
+            else:
+                out[axis.name] = expected[axis.name]
+        if out["arch_group"] is None and "backbone" in expected and "encoder" in expected:
+            out["arch_group"] = f"{expected['backbone']}/{expected['encoder']}"
+    return out
+
+
+def _decode(space: Space, cell_id: int) -> dict:
+    """Axis values of a full-space cell id (restrictions ignored: ids are the parent's)."""
+    size = math.prod(len(a.values) for a in space.axes)
+    if not 0 <= cell_id < size:
+        raise ValueError(f"column cell_id: {cell_id} is outside 0..{size - 1} of space {space.name}")
+    values, rest = {}, cell_id
+    for axis in reversed(space.axes):
+        rest, index = divmod(rest, len(axis.values))
+        values[axis.name] = axis.values[index]
+    return {a.name: values[a.name] for a in space.axes}
+
+
+def _matches(value: Any, given: Any) -> bool:
+    if isinstance(value, str) or isinstance(given, str):
+        return str(value) == str(given)
+    return math.isclose(float(value), float(given), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _value(value: Any, kind: pa.DataType) -> Any:
+    """``value`` as the Python type Arrow writes for ``kind``; None and NaN become None."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if pa.types.is_string(kind):
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if pa.types.is_integer(kind):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
+        bits = kind.bit_width - 1
+        if not -(2 ** bits) <= value < 2 ** bits:
+            raise ValueError(f"{value} does not fit in {kind}")
+        return value
+    if pa.types.is_floating(kind):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        return None if math.isnan(value) else value
+    if pa.types.is_timestamp(kind):
+        if isinstance(value, str):
+            try:
+                value = pd.Timestamp(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO-8601 time") from None
+        if isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+        if not isinstance(value, datetime):
+            raise ValueError(f"expected a datetime, got {type(value).__name__} {value!r}")
+        if value.tzinfo is None:
+            raise ValueError(f"{value.isoformat()} has no time zone; give UTC times (datetime.now(timezone.utc))")
+        return value.astimezone(timezone.utc)
+    raise ValueError(f"unsupported column type {kind}")
+
+
+def _import_row(record: dict, fields: dict, space: Space, has_axes: bool) -> dict:
+    """One imported record as a row dict of schema columns, its cell validated by the space."""
+    row = {}
+    for name, value in record.items():
+        if name not in fields or name in space.axis_names:
+            continue
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+            continue
+        kind = fields[name].type
+        if pa.types.is_string(kind) and not isinstance(value, str):
+            value = str(value)  # a CSV column of digits, e.g. a seed-like campaign tag
+        if pa.types.is_integer(kind) and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"column {name}: {value!r} is not an integer") from None
+        if pa.types.is_timestamp(kind) and isinstance(value, (str, pd.Timestamp, datetime)):
+            try:
+                value = pd.Timestamp(value)
+            except ValueError:
+                raise ValueError(f"column {name}: {value!r} is not an ISO-8601 time") from None
+            if value.tzinfo is None:  # external logs often write naive times; read them as UTC
+                value = value.tz_localize("UTC")
+        if pa.types.is_floating(kind) and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"column {name}: {value!r} is not a number") from None
+        try:
+            row[name] = _value(value, kind)
+        except ValueError as exc:
+            raise ValueError(f"column {name}: {exc}") from None
+    if has_axes:
+        cell = space.validate({a: record[a] for a in space.axis_names})
+        if row.get("cell_id") is not None and row["cell_id"] != cell.id:
+            raise ValueError(f"column cell_id: {row['cell_id']} disagrees with the axis values (cell {cell.id})")
+    else:
+        if row.get("cell_id") is None:
+            raise ValueError("column cell_id: required when the file has no axis columns")
+        cell = space.cell(row["cell_id"])
+    row["cell_id"] = cell.id
+    row.update(cell.to_dict())
+    row.setdefault("arch_group", cell.arch_group if {"backbone", "encoder"} <= set(cell.values) else None)
+    row.setdefault("space", space.name)
+    return row
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+def _atomic_write(final: Path, write: Callable) -> None:
+    """Write via a hidden temp file in the same folder, fsync, rename over ``final``, fsync the folder."""
+    temp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); treated as missing", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path).to_pandas()
+        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
+
+
+# ---- small DuckDB tables ------------------------------------------------------------------------
+
+_DUCK_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
+               pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
+
+
+def _empty_select(fields: list[pa.Field]) -> str:
+    cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {_ident(f.name)}" for f in fields)
+    return f"SELECT {cols} WHERE false"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+CAMPAIGN_FIELDS = pa.schema([
+    ("id", pa.string()), ("dataset", pa.string()), ("space", pa.string()), ("status", pa.string()),
+    ("policies", pa.string()), ("budget", pa.int64()),
+    ("created_at", pa.timestamp("us", tz="UTC")), ("updated_at", pa.timestamp("us", tz="UTC")),
+    ("info", pa.string()),  # the whole campaign.json, for fields without a column (json_extract works)
+])
+
+
+def _campaigns_table(campaigns: list[dict]) -> pa.Table:
+    rows = []
+    for info in campaigns:
+        policies = info.get("policies")
+        budget = info.get("budget")
+        rows.append({
+            "id": info["id"],
+            "dataset": None if info.get("dataset") is None else str(info["dataset"]),
+            "space": None if info.get("space") is None else str(info["space"]),
+            "status": None if info.get("status") is None else str(info["status"]),
+            "policies": ",".join(map(str, policies)) if isinstance(policies, list) else (None if policies is None else str(policies)),
+            "budget": budget if isinstance(budget, int) and not isinstance(budget, bool) else None,
+            "created_at": _time_or_none(info.get("created_at")),
+            "updated_at": _time_or_none(info.get("updated_at")),
+            "info": json.dumps(info, sort_keys=True, default=str),
+        })
+    return pa.Table.from_pylist(rows, schema=CAMPAIGN_FIELDS)
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    if ts is pd.NaT or pd.isna(ts):
+        return None
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+EVENT_FIELDS = pa.schema([("id", pa.string()), ("version", pa.string()), ("note", pa.string()),
+                          ("declared_at", pa.timestamp("us", tz="UTC"))])
+
+
+def _events_table(events: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(events, schema=EVENT_FIELDS)
+
+
+def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
+    """Student-t quantile per degrees of freedom (NaN where df < 1)."""
+    from scipy import stats
+
+    df = np.asarray(df, dtype=float)
+    out = np.full(df.shape, np.nan)
+    ok = df >= 1
+    out[ok] = stats.t.ppf(q, df[ok])
+    return out
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+def cli_main(args) -> int:
+    """``crashsearch query|leaderboard|import|export|compact``; returns the exit code."""
+    store = Store(args.home_dir)
+    command = args.store_command
+    try:
+        if command == "query":
+            return _cli_query(store, args)
+        if command == "leaderboard":
+            board = store.leaderboard(args.campaign, k=args.k, min_replicates=getattr(args, "min_replicates", 1))
+            if board.empty:
+                print("no finished experiments yet" + (f" in campaign {args.campaign}" if args.campaign else ""))
+                return 0
+            print(_table_text(board))
+            return 0
+        if command == "import":
+            space = Space.load(args.space)
+            count = store.import_log(args.file, args.campaign, space)
+            print(f"imported {count} rows into campaign {args.campaign} ({store.log_dir(args.campaign)})")
+            return 0 if count else 1
+        if command == "export":
+            path = store.export(args.campaign, args.out)
+            print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
+            return 0
+        if command == "compact":
+            targets = [args.campaign] if args.campaign else [c["id"] for c in store.campaigns()]
+            for campaign in targets:
+                merged, rows = store.compact(campaign)
+                print(f"{campaign}: " + (f"merged {merged} files into one ({rows} rows)" if merged else "nothing to compact"))
+            return 0
+    except (ValueError, duckdb.Error, OSError) as exc:
+        print(f"{command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(f"unknown store command {command!r}", file=sys.stderr)
+    return 2
+
+
+def _cli_query(store: Store, args) -> int:
+    frame = store.query(args.sql)
+    if args.out:
+        out = Path(args.out)
+        suffix = out.suffix.lower()
+        if suffix not in (".csv", ".parquet"):
+            raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
+        print(f"wrote {len(frame)} rows to {out}")
+        return 0
+    print(_table_text(frame))
+    return 0
+
+
+def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:
+    width = shutil.get_terminal_size((160, 40)).columns
+    with pd.option_context("display.float_format", "{:.4f}".format):
+        text = frame.to_string(index=False, max_rows=max_rows, max_colwidth=40, line_width=width)
+    return text + f"\n({len(frame)} rows)"
