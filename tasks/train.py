@@ -1,0 +1,380 @@
+"""The training engine: train temporal heads on cached features, many models at once.
+
+Cells that share a shape (backbone, encoder, size, window, batch size) train together as ONE
+vectorised model: their heads are stacked along a leading model axis and run through
+``torch.func.vmap(functional_call)``; each keeps its own learning rate, focal gamma,
+augmentation and seed (its own initialisation, batch order and noise). All parameters of a group
+live in one ``(M, P)`` tensor, so the AdamW step and the per-model NaN check are a handful of
+tensor ops whatever the architecture. A model whose loss or gradient turns non-finite stops
+updating and is reported as a NaNLossError; the other models of the group train on unharmed.
+
+The feature tensor stays on the device; every step gathers its ``(M, B, T, D)`` windows from it
+by index (no DataLoader). Training examples are, for each train video, the windows ending at the
+horizons (0.5, 1.0, 1.5 s before the event); ``augment=jitter`` instead draws each example's end
+offset uniformly between the first and last horizon, each epoch, and adds small Gaussian noise.
+
+``train_cell`` runs the same code with a group of one. Failures come back typed (tasks.errors).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import resource
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.func import functional_call, vmap
+
+from lab.features import FeatureSet
+from lab.space import Cell, Space
+from models.losses import binary_focal_loss, loss_for
+from models.registry import create_head
+from tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
+from tasks.evaluate import evaluate_heads
+
+DEFAULT_MAX_MODELS = 64  # models per vectorised group; the campaign may pass more on a big GPU
+JITTER_NOISE = 0.05  # std of the jitter feature noise, relative to each feature dimension's std (train split)
+
+
+@dataclass
+class TrainResult:
+    """A trained and evaluated cell.
+
+    ``train_seconds`` / ``eval_seconds`` are this cell's share of its group's wall time (group
+    time / group_size). ``peak_mem_mb`` is the group's peak: on CUDA the peak allocated device
+    memory (``torch.cuda.max_memory_allocated``) during the group; on CPU the process's peak
+    resident set size (``ru_maxrss``), which also counts everything else the process holds.
+    """
+
+    cell: Cell
+    seed: int
+    metrics: dict[str, float]  # tasks.evaluate.METRIC_KEYS
+    train_seconds: float
+    eval_seconds: float
+    params: int  # trainable parameters of one head
+    peak_mem_mb: float
+    device: str
+    group_size: int = 1  # how many models trained together with this one (itself included)
+    epochs: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The space's ``fixed`` settings that training reads."""
+
+    epochs: int = 20
+    weight_decay: float = 0.01
+    class_balance: bool = True
+    horizons_s: tuple[float, ...] = (0.5, 1.0, 1.5)
+
+    @classmethod
+    def from_fixed(cls, fixed: Mapping[str, Any] | None) -> "Recipe":
+        """The recipe from a space's ``fixed`` mapping; keys it lacks come from the default space."""
+        merged = {**_default_fixed(), **(fixed or {})}
+        return cls(epochs=int(merged["epochs"]), weight_decay=float(merged["weight_decay"]),
+                   class_balance=bool(merged["class_balance"]),
+                   horizons_s=tuple(float(h) for h in merged["horizons_s"]))
+
+
+@functools.lru_cache(maxsize=1)
+def _default_fixed() -> dict[str, Any]:
+    return dict(Space.load().fixed)
+
+
+# ---- grouping --------------------------------------------------------------------------------
+
+def shape_key(cell: Cell) -> tuple:
+    """What must be equal for cells to train as one vectorised model."""
+    return (cell["backbone"], cell["encoder"], cell["size"], float(cell["window_s"]), int(cell["batch_size"]))
+
+
+def group_cells(cells: Sequence[Cell], max_models: int = DEFAULT_MAX_MODELS) -> list[list[int]]:
+    """Indices of ``cells`` grouped by shape key (first appearance order), chunks of <= max_models."""
+    assert max_models >= 1, "max_models must be at least 1"
+    by_key: dict[tuple, list[int]] = {}
+    for i, cell in enumerate(cells):
+        by_key.setdefault(shape_key(cell), []).append(i)
+    return [idx[i:i + max_models] for idx in by_key.values() for i in range(0, len(idx), max_models)]
+
+
+# ---- public entry points ---------------------------------------------------------------------
+
+def resolve_device(device: str | torch.device | None, features: FeatureSet) -> torch.device:
+    """None -> the features' device; "auto" -> cuda if available, else cpu; else as given."""
+    if device is None:
+        return features.device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_cell(cell: Cell, features: FeatureSet, seed: int, fixed: Mapping[str, Any] | None = None,
+               device: str | torch.device | None = None) -> TrainResult:
+    """Train and evaluate one cell (a group of one through ``train_batch``).
+
+    Returns a TrainResult; raises the TrainingError subclass that ``train_batch`` would return.
+    """
+    result = train_batch([cell], features, [seed], fixed=fixed, device=device)[0]
+    if isinstance(result, TrainingError):
+        raise result
+    return result
+
+
+def train_batch(cells: Sequence[Cell], features: FeatureSet, seeds: Sequence[int],
+                fixed: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+                max_models: int = DEFAULT_MAX_MODELS) -> list[TrainResult | TrainingError]:
+    """Train and evaluate many cells; cells of the same shape train together as one vectorised model.
+
+    Returns one entry per cell, in order: a TrainResult, or the TrainingError that stopped it
+    (OOMError, NaNLossError, ShapeError, MissingFeaturesError, or a TrainingError wrapping an
+    unexpected exception with its traceback). Never raises for a cell's failure. A group that
+    runs out of memory is split in halves and retried; only a cell that runs out alone is an
+    OOMError.
+    """
+    if len(cells) != len(seeds):
+        raise ValueError(f"{len(cells)} cells but {len(seeds)} seeds")
+    recipe = Recipe.from_fixed(fixed)
+    features = features.to(resolve_device(device, features))
+    results: list[TrainResult | TrainingError | None] = [None] * len(cells)
+    for group in group_cells(cells, max_models):
+        outcomes = _run_group([cells[i] for i in group], [int(seeds[i]) for i in group], features, recipe)
+        for i, outcome in zip(group, outcomes):
+            results[i] = outcome
+    return results  # type: ignore[return-value]
+
+
+# ---- one group -------------------------------------------------------------------------------
+
+def _run_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
+               recipe: Recipe) -> list[TrainResult | TrainingError]:
+    """``_train_group`` with its failures turned into per-cell TrainingErrors (OOM: split and retry)."""
+    oom = None
+    try:
+        return _train_group(cells, seeds, features, recipe)
+    except TrainingError as exc:  # a problem of the whole group (shape, features): every cell gets it
+        return [type(exc)(c, exc.message, error_class=exc.error_class, traceback=exc.traceback) for c in cells]
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a row, never a crashed campaign
+        if not _is_oom(exc):
+            tb = traceback.format_exc()
+            return [TrainingError(c, f"{type(exc).__name__}: {exc}", error_class=type(exc).__name__, traceback=tb)
+                    for c in cells]
+        oom = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}"
+    # out of memory: handled outside the except block so the failed step's tensors are freed first
+    if features.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(cells) > 1:
+        half = len(cells) // 2
+        return (_run_group(cells[:half], seeds[:half], features, recipe)
+                + _run_group(cells[half:], seeds[half:], features, recipe))
+    return [OOMError(cells[0], f"out of memory training alone with batch_size={cells[0]['batch_size']} ({oom})")]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _check_features(cell: Cell, features: FeatureSet, recipe: Recipe) -> None:
+    """Raise MissingFeaturesError / ShapeError if the cell cannot train on these features."""
+    backbone = cell.values.get("backbone")
+    if backbone is not None and features.backbone != backbone:
+        raise MissingFeaturesError(cell, f"features are from backbone {features.backbone!r}, the cell needs {backbone!r}")
+    if features.x.dim() != 3 or not features.x.is_floating_point():
+        raise ShapeError(cell, f"features must be a float (videos, steps, dim) tensor, got {features.x.dtype} "
+                               f"{tuple(features.x.shape)}")
+    for split in ("train", "val"):
+        labels = features.y[features.indices(split)]
+        if labels.numel() == 0:
+            raise MissingFeaturesError(cell, f"the {split} split of {features.dataset!r} has no videos")
+        n_pos = int(labels.sum())
+        if n_pos == 0 or n_pos == labels.numel():
+            raise MissingFeaturesError(cell, f"the {split} split of {features.dataset!r} has only one class "
+                                             f"({n_pos} positives of {labels.numel()})")
+    try:  # the earliest window training or evaluation reads
+        features.window(features.indices("train")[:1], max(recipe.horizons_s), float(cell["window_s"]))
+    except IndexError:
+        needed = features.steps(float(cell["window_s"])) + round(max(recipe.horizons_s) * features.step_hz)
+        raise ShapeError(cell, f"window_s={cell['window_s']} ending {max(recipe.horizons_s)}s before the event "
+                               f"needs {needed} steps but the cache holds {features.x.shape[1]} "
+                               f"({features.x.shape[1] / features.step_hz:g}s at {features.step_hz:g} Hz)") from None
+
+
+def _init_head(cell: Cell, seed: int, in_dim: int) -> torch.nn.Module:
+    """The cell's head with its seed's initialisation, leaving the caller's global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return create_head(cell["encoder"], cell["size"], in_dim)
+        except (AssertionError, RuntimeError, ValueError) as exc:
+            raise ShapeError(cell, f"a {cell['encoder']}/{cell['size']} head cannot read {in_dim}-dim features: "
+                                   f"{exc}", traceback=traceback.format_exc()) from None
+
+
+class StackedAdamW:
+    """AdamW over a stack of models whose parameters are the rows of one ``(M, P)`` tensor.
+
+    Each model has its own learning rate; the step count, betas, eps and weight decay are shared.
+    Follows ``torch.optim.AdamW`` (decoupled weight decay, bias correction) exactly. A model
+    marked inactive in ``step`` does not move (its gradient is ignored, even if NaN).
+    """
+
+    def __init__(self, flat: torch.Tensor, lr: torch.Tensor, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        assert flat.dim() == 2 and lr.shape == flat.shape[:1], "flat is (M, P) and lr (M,)"
+        self.flat, self.lr = flat, lr[:, None]  # (M, 1)
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.exp_avg = torch.zeros_like(flat)
+        self.exp_avg_sq = torch.zeros_like(flat)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
+        """One update with ``grad`` (M, P); ``active`` (M,) bool selects the models that move."""
+        self.steps += 1
+        beta1, beta2 = self.betas
+        grad = torch.where(active[:, None], grad, 0.0)
+        lr = torch.where(active[:, None], self.lr, 0.0)  # (M, 1)
+        self.flat.mul_(1 - lr * self.weight_decay)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
+        self.flat.sub_(lr / (1 - beta1 ** self.steps) * self.exp_avg / denom)
+
+
+def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
+                 recipe: Recipe) -> list[TrainResult | TrainingError]:
+    """Train one group of same-shape cells as one vectorised model and evaluate every model."""
+    cell0, n_models = cells[0], len(cells)
+    assert all(shape_key(c) == shape_key(cell0) for c in cells), "a group must share one shape key"
+    _check_features(cell0, features, recipe)
+    dev = features.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    started = time.perf_counter()
+
+    # -- the models: M heads, one (M, P) parameter tensor, stacked buffers
+    heads = [_init_head(c, s, features.dim) for c, s in zip(cells, seeds)]
+    base = copy.deepcopy(heads[0]).to(dev)  # the module functional_call runs; its own weights are unused
+    names, shapes = zip(*[(n, p.shape) for n, p in heads[0].named_parameters()])
+    sizes = [math.prod(s) for s in shapes]
+    flat = torch.stack([torch.nn.utils.parameters_to_vector(h.parameters()) for h in heads]).to(dev)
+    flat.requires_grad_(True)  # (M, P)
+    buffers = {n: torch.stack([dict(h.named_buffers())[n] for h in heads]).to(dev) for n, _ in heads[0].named_buffers()}
+    del heads
+
+    def unflatten(rows: torch.Tensor) -> dict[str, torch.Tensor]:  # (M, P) -> {name: (M, *shape)} views
+        return {n: chunk.view(rows.shape[0], *s) for n, chunk, s in zip(names, rows.split(sizes, dim=1), shapes)}
+
+    def logits_of(params, bufs, x):  # one model: (B, T, D) -> (B,)
+        return functional_call(base, (params, bufs), (x,))
+
+    train_forward = vmap(logits_of, in_dims=(0, 0, 0), randomness="different")  # each model its own batch
+    eval_forward = vmap(logits_of, in_dims=(0, 0, None))  # every model the same windows
+
+    # -- the training examples: (train video, horizon) pairs; example e is row e % n at horizon e // n
+    window_s, batch = float(cell0["window_s"]), int(cell0["batch_size"])
+    t_steps, n_steps_cached = features.steps(window_s), features.x.shape[1]
+    train_rows = features.indices("train")
+    n_train, horizons = train_rows.numel(), recipe.horizons_s
+    n_examples = n_train * len(horizons)
+    example_rows = train_rows.repeat(len(horizons))  # (E,)
+    example_y = features.y[train_rows].float().repeat(len(horizons))  # (E,)
+    example_end = torch.tensor(horizons, dtype=torch.float32).repeat_interleave(n_train)  # (E,) on cpu
+    n_pos = float(features.y[train_rows].sum())
+    pos_weight = (n_train - n_pos) / n_pos if recipe.class_balance else None
+    offsets = torch.arange(-t_steps + 1, 1, device=dev)  # (T,)
+
+    with torch.no_grad():  # probe: the head must map (B, T, D) to (B,) logits
+        probe = features.window(train_rows[:2], horizons[0], window_s)
+        out = eval_forward(unflatten(flat), buffers, probe)
+        if out.shape != (n_models, probe.shape[0]):
+            raise ShapeError(cell0, f"the {cell0['encoder']} head returned logits of shape "
+                                    f"{tuple(out.shape[1:])} for a batch of {probe.shape[0]}; expected "
+                                    f"({probe.shape[0]},)")
+
+    lr = torch.tensor([float(c["lr"]) for c in cells], device=dev)
+    gamma = torch.tensor([loss_for(c["loss"]) for c in cells], device=dev)[:, None]  # (M, 1)
+    optimiser = StackedAdamW(flat, lr, recipe.weight_decay)
+    order_rngs = [torch.Generator().manual_seed(s) for s in seeds]  # batch order and jitter offsets
+    jittered = [m for m, c in enumerate(cells) if c["augment"] == "jitter"]
+    noise_rngs = [torch.Generator(device=dev).manual_seed(seeds[m]) for m in jittered]
+    jittered_idx = torch.tensor(jittered, dtype=torch.long, device=dev)
+    if jittered:
+        noise_scale = JITTER_NOISE * features.x[train_rows].float().std(dim=(0, 1))  # (D,)
+    low, high = min(horizons), max(horizons)
+
+    alive = torch.ones(n_models, dtype=torch.bool, device=dev)
+    failed_at = torch.full((n_models,), -1, dtype=torch.long, device=dev)  # global step of the first NaN
+    steps_per_epoch = math.ceil(n_examples / batch)
+    base.train()
+    epochs_run = 0
+    for epoch in range(recipe.epochs):
+        perms, ends = [], []
+        for m, cell in enumerate(cells):
+            perm = torch.randperm(n_examples, generator=order_rngs[m])
+            if cell["augment"] == "jitter":
+                end = low + (high - low) * torch.rand(n_examples, generator=order_rngs[m])
+            else:
+                end = example_end
+            perms.append(perm)
+            ends.append(end[perm])
+        perm = torch.stack(perms).to(dev)  # (M, E)
+        rows_epoch = example_rows[perm]  # (M, E)
+        y_epoch = example_y[perm]  # (M, E)
+        # index of each window's last step, as FeatureSet.window computes it
+        last_epoch = n_steps_cached - 1 - torch.round(torch.stack(ends).to(dev) * features.step_hz).long()  # (M, E)
+        for s in range(steps_per_epoch):
+            cols = slice(s * batch, (s + 1) * batch)
+            rows, last = rows_epoch[:, cols], last_epoch[:, cols]  # (M, b)
+            windows = features.x[rows[..., None], last[..., None] + offsets]  # (M, b, T, D)
+            if jittered:
+                noise = torch.stack([torch.randn(windows.shape[1:], generator=g, device=dev) for g in noise_rngs])
+                windows[jittered_idx] += noise * noise_scale
+            logits = train_forward(unflatten(flat), buffers, windows)  # (M, b)
+            losses = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none").mean(dim=1)
+            (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), flat)  # (M, P)
+            finite = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
+            failed_at = torch.where(alive & ~finite, epoch * steps_per_epoch + s, failed_at)
+            alive &= finite
+            optimiser.step(grad, alive)
+        epochs_run = epoch + 1
+        if not bool(alive.any()):  # one sync per epoch: stop when every model has failed
+            break
+    train_seconds = _elapsed(started, dev)
+
+    started = time.perf_counter()
+    base.eval()
+    params = unflatten(flat.detach())
+    metrics = evaluate_heads(lambda w: eval_forward(params, buffers, w), features, window_s, horizons)
+    eval_seconds = _elapsed(started, dev)
+
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    device_name = f"cuda:{dev.index or 0} {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
+    out: list[TrainResult | TrainingError] = []
+    for m, (cell, seed) in enumerate(zip(cells, seeds)):
+        step = int(failed_at[m])
+        if step >= 0:
+            out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // steps_per_epoch + 1}, "
+                                          f"step {step % steps_per_epoch + 1} (lr={cell['lr']}, loss={cell['loss']})"))
+        elif any(not math.isfinite(v) for k, v in metrics[m].items() if k.startswith("val_")):
+            out.append(NaNLossError(cell, f"evaluation scores are not finite after training (lr={cell['lr']})"))
+        else:
+            out.append(TrainResult(cell=cell, seed=seed, metrics=metrics[m],
+                                   train_seconds=train_seconds / n_models, eval_seconds=eval_seconds / n_models,
+                                   params=int(flat.shape[1]), peak_mem_mb=peak, device=device_name,
+                                   group_size=n_models, epochs=epochs_run))
+    return out
+
+
+def _elapsed(started: float, dev: torch.device) -> float:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - started
