@@ -1,0 +1,138 @@
+"""Mamba head: selective state-space blocks (Gu & Dao, 2023, arXiv 2312.00752).
+
+The selective SSM makes the step size delta and the matrices B and C functions of the input:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * x_t        h: (B, E, N) per step
+    y_t = C_t . h_t + D * x_t
+
+``selective_scan`` evaluates the recurrence with a parallel prefix scan (Hillis-Steele: log2(T)
+steps of the associative combine ``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``), built from
+slices and products only, so it is vmap-friendly and exact to float rounding;
+``selective_scan_ref`` is the plain sequential loop it is tested against. Simplified against the
+paper: no fused CUDA kernel (the full state sequence (B, T, E, N) is materialised, fine at T <= 16),
+no dropout; the head reads the last step.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import SizeSpec, register_encoder
+
+D_STATE = 16  # N: state size per channel
+D_CONV = 4  # causal depthwise convolution before the SSM
+EXPAND = 2  # E = EXPAND * width inner channels
+
+
+def _discretize(x, delta, A, B):
+    """Per-step decay a = exp(delta A) and input b = delta B x, both (Bt, T, E, N)."""
+    a = torch.exp(delta.unsqueeze(-1) * A)  # (Bt, T, E, N), in (0, 1]
+    b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # (Bt, T, E, N)
+    return a, b
+
+
+def selective_scan(x, delta, A, B, C, D, h0=None):
+    """Parallel selective scan; returns y (Bt, T, E).
+
+    x, delta: (Bt, T, E); A: (E, N) negative; B, C: (Bt, T, N); D: (E,); h0: initial state
+    (Bt, E, N), zeros if None (a non-zero h0 continues a sequence scanned in chunks).
+    """
+    a, b = _discretize(x, delta, A, B)
+    t, shift = x.shape[1], 1
+    while shift < t:  # log2(T) rounds; T is a shape, so this is not data-dependent control flow
+        # combine each step with the one `shift` earlier; earlier than step 0 is the identity (1, 0)
+        a_prev = torch.cat((torch.ones_like(a[:, :shift]), a[:, :-shift]), dim=1)
+        b_prev = torch.cat((torch.zeros_like(b[:, :shift]), b[:, :-shift]), dim=1)
+        b = a * b_prev + b
+        a = a * a_prev
+        shift *= 2
+    # now a_t = prod_{s<=t} a_s and b_t = h_t for a zero initial state
+    h0 = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    h = a * h0.unsqueeze(1) + b  # (Bt, T, E, N)
+    y = torch.einsum("btn,bten->bte", C, h)
+    return y + D * x
+
+
+def selective_scan_ref(x, delta, A, B, C, D, h0=None):
+    """Sequential reference for ``selective_scan`` (same arguments and result), one step at a time."""
+    a, b = _discretize(x, delta, A, B)
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0  # (Bt, E, N)
+    ys = []
+    for t in range(x.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        ys.append(torch.einsum("bn,ben->be", C[:, t], h))
+    return torch.stack(ys, dim=1) + D * x
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class MambaMixer(nn.Module):
+    """The Mamba block's mixer: gated branch, causal conv, selective SSM. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, width: int, dt_min: float = 1e-3, dt_max: float = 0.1):
+        super().__init__()
+        inner = EXPAND * width
+        self.dt_rank = math.ceil(width / 16)
+        self.in_proj = nn.Linear(width, 2 * inner)  # x branch and gate z
+        self.conv = nn.Conv1d(inner, inner, D_CONV, groups=inner)  # depthwise, padded causally
+        self.x_proj = nn.Linear(inner, self.dt_rank + 2 * D_STATE, bias=False)  # -> delta_low, B, C
+        self.dt_proj = nn.Linear(self.dt_rank, inner)
+        # the paper's initialisation: softplus(bias) log-uniform in [dt_min, dt_max], A = -(1..N)
+        dt = torch.exp(torch.rand(inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, D_STATE + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+        self.out_proj = nn.Linear(inner, width)
+        self.scan = selective_scan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
+        xs = self.conv(F.pad(xs.transpose(1, 2), (D_CONV - 1, 0))).transpose(1, 2)  # causal conv, (B, T, E)
+        xs = F.silu(xs)
+        dt_low, B, C = self.x_proj(xs).split([self.dt_rank, D_STATE, D_STATE], dim=-1)
+        delta = F.softplus(self.dt_proj(dt_low))  # (B, T, E), input-dependent step size
+        A = -torch.exp(self.A_log)  # (E, N), negative: the state decays
+        y = self.scan(xs, delta, A, B, C, self.D)  # (B, T, E)
+        return self.out_proj(y * F.silu(z))
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = RMSNorm(width)
+        self.mixer = MambaMixer(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        return x + self.mixer(self.norm(x))
+
+
+class MambaHead(nn.Module):
+    def __init__(self, in_dim: int, size: SizeSpec):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, size.width)
+        self.blocks = nn.ModuleList(MambaBlock(size.width) for _ in range(size.depth))
+        self.norm = RMSNorm(size.width)
+        self.out = nn.Linear(size.width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x = self.proj(x)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x[:, -1])).squeeze(-1)  # causal: the last step has seen the window
+
+
+@register_encoder
+def mamba(in_dim: int, size: SizeSpec) -> nn.Module:
+    return MambaHead(in_dim, size)
