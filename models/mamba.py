@@ -5,12 +5,13 @@ The selective SSM makes the step size delta and the matrices B and C functions o
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * x_t        h: (B, E, N) per step
     y_t = C_t . h_t + D * x_t
 
-``selective_scan`` evaluates the recurrence with a parallel prefix scan (Hillis-Steele: log2(T)
-steps of the associative combine ``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``), built from
-slices and products only, so it is vmap-friendly and exact to float rounding;
-``selective_scan_ref`` is the plain sequential loop it is tested against. Simplified against the
-paper: no fused CUDA kernel (the full state sequence (B, T, E, N) is materialised, fine at T <= 16),
-no dropout; the head reads the last step.
+``selective_scan`` evaluates the recurrence with a work-efficient parallel prefix scan: pairs of
+steps are combined with the associative rule ``(a1, b1), (a2, b2) -> (a2 a1, a2 b1 + b2)``, the
+half-length sequence is scanned recursively, and the even steps are filled in from their odd
+neighbours (log2(T) levels, O(T) work). It is built from slices and products only, so it is
+vmap-friendly and exact to float rounding; ``selective_scan_ref`` is the plain sequential loop it
+is tested against. Simplified against the paper: no fused CUDA kernel (the full state sequence
+(B, T, E, N) is materialised, fine at T <= 16), no dropout; the head reads the last step.
 """
 from __future__ import annotations
 
@@ -34,24 +35,33 @@ def _discretize(x, delta, A, B):
     return a, b
 
 
+def _linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t with h_{-1} = 0 for every t, by recursive pairing; a, b, h: (Bt, T, ...)."""
+    t = a.shape[1]
+    if t == 1:  # recursion depth is log2(T): it depends on the shape, never on tensor values
+        return b
+    if t % 2:  # pad with the identity step (a = 1, b = 0) to pair every step; cropped below
+        a = torch.cat((a, torch.ones_like(a[:, :1])), dim=1)
+        b = torch.cat((b, torch.zeros_like(b[:, :1])), dim=1)
+    a_even, a_odd, b_even, b_odd = a[:, 0::2], a[:, 1::2], b[:, 0::2], b[:, 1::2]
+    # one combined step per pair (2k, 2k+1): the states at the odd steps come from a half-length scan
+    h_odd = _linear_scan(a_odd * a_even, a_odd * b_even + b_odd)  # h_1, h_3, ...
+    h_before = torch.cat((torch.zeros_like(h_odd[:, :1]), h_odd[:, :-1]), dim=1)  # h_{2k-1}
+    h_even = a_even * h_before + b_even  # h_0, h_2, ...
+    return torch.stack((h_even, h_odd), dim=2).flatten(1, 2)[:, :t]  # interleave back to (Bt, T, ...)
+
+
 def selective_scan(x, delta, A, B, C, D, h0=None):
     """Parallel selective scan; returns y (Bt, T, E).
 
     x, delta: (Bt, T, E); A: (E, N) negative; B, C: (Bt, T, N); D: (E,); h0: initial state
     (Bt, E, N), zeros if None (a non-zero h0 continues a sequence scanned in chunks).
     """
-    a, b = _discretize(x, delta, A, B)
-    t, shift = x.shape[1], 1
-    while shift < t:  # log2(T) rounds; T is a shape, so this is not data-dependent control flow
-        # combine each step with the one `shift` earlier; earlier than step 0 is the identity (1, 0)
-        a_prev = torch.cat((torch.ones_like(a[:, :shift]), a[:, :-shift]), dim=1)
-        b_prev = torch.cat((torch.zeros_like(b[:, :shift]), b[:, :-shift]), dim=1)
-        b = a * b_prev + b
-        a = a * a_prev
-        shift *= 2
-    # now a_t = prod_{s<=t} a_s and b_t = h_t for a zero initial state
+    a, b = _discretize(x, delta, A, B)  # (Bt, T, E, N) each
     h0 = torch.zeros_like(b[:, 0]) if h0 is None else h0
-    h = a * h0.unsqueeze(1) + b  # (Bt, T, E, N)
+    # fold the initial state into the first step's input, so the scan itself starts from zero
+    b = torch.cat(((a[:, 0] * h0 + b[:, 0]).unsqueeze(1), b[:, 1:]), dim=1)
+    h = _linear_scan(a, b)  # (Bt, T, E, N)
     y = torch.einsum("btn,bten->bte", C, h)
     return y + D * x
 
