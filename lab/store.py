@@ -190,10 +190,17 @@ class Store:
             pattern = str(self.home.campaigns / "*" / LOG_DIR / PART_GLOB).replace("'", "''")
             source = f"read_parquet('{pattern}', union_by_name = true, filename = true)"
             # first copy of each experiment wins: see the contract in the module docstring
-            con.execute(
-                f"CREATE VIEW experiments AS SELECT * EXCLUDE (filename) FROM {source} "
-                "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1"
-            )
+            view = (f"CREATE OR REPLACE VIEW experiments AS SELECT * EXCLUDE (filename) FROM {source} "
+                    "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1")
+            for attempt in range(READ_RETRIES):
+                try:
+                    con.execute(view)  # binding reads the footers of the files it globs
+                    break
+                except duckdb.IOException:  # a compaction removed one meanwhile: glob again
+                    if attempt == READ_RETRIES - 1:
+                        con.close()
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
         else:
             con.execute(f"CREATE VIEW experiments AS SELECT * FROM ({_empty_select(BASE_FIELDS)})")
         con.register("_campaigns", _campaigns_table(self.campaigns()))
@@ -213,8 +220,9 @@ class Store:
 
     def _read(self, sql: str, params: list | None = None) -> pd.DataFrame:
         for attempt in range(READ_RETRIES):
-            con = self.connect()
+            con = None
             try:
+                con = self.connect()  # binding the view reads file footers: inside the retry too
                 return con.execute(sql, params or []).df()
             except duckdb.IOException:
                 # a compaction unlinked a file this query had listed; its rows are in the
@@ -223,7 +231,8 @@ class Store:
                     raise
                 time.sleep(0.05 * (attempt + 1))
             finally:
-                con.close()
+                if con is not None:
+                    con.close()
         raise AssertionError("unreachable")
 
     def experiments(self, campaign: str | None = None) -> pd.DataFrame:
