@@ -94,6 +94,7 @@ def declare_bugfix(home: Home, note: str, version: str | None = None) -> dict:
         "declared_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
     line = (json.dumps(event, ensure_ascii=False) + "\n").encode()
+    home.root.mkdir(parents=True, exist_ok=True)
     # One write() on an O_APPEND descriptor: concurrent writers' lines never interleave.
     fd = os.open(home.root / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
