@@ -172,16 +172,21 @@ class ZipformerBlock(nn.Module):
 
 
 class DownsampledStack(nn.Module):
-    """Blocks run at 1/factor of the input rate: downsample, process, upsample, crop, bypass."""
+    """Blocks at 1/factor of the input rate: downsample, process, upsample, crop, bypass (factor 1: blocks only)."""
 
     def __init__(self, width: int, heads: int, factor: int, n_blocks: int = 1):
         super().__init__()
         self.factor = factor
-        self.down_bias = nn.Parameter(torch.zeros(factor))  # softmax weights over each group of frames
         self.blocks = nn.ModuleList(ZipformerBlock(width, heads) for _ in range(n_blocks))
-        self.bypass = Bypass(width)
+        if factor > 1:  # as in the paper, the full-rate stack has no resampling and no stack bypass
+            self.down_bias = nn.Parameter(torch.zeros(factor))  # softmax weights over each group of frames
+            self.bypass = Bypass(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.factor == 1:
+            for block in self.blocks:
+                x = block(x)
+            return x
         b, t, c = x.shape
         f = self.factor
         pad = -t % f
