@@ -192,7 +192,7 @@ class DownsampledStack(nn.Module):
         pad = -t % f
         # repeat the last frame so every group of f frames is full (odd T included)
         y = torch.cat((x, x[:, -1:].expand(b, pad, c)), dim=1) if pad else x  # (B, T', C)
-        y = y.view(b, -1, f, c)  # (B, T'/f, f, C)
+        y = y.reshape(b, -1, f, c)  # (B, T'/f, f, C)
         y = (y * self.down_bias.softmax(0)[:, None]).sum(dim=2)  # (B, T'/f, C)
         for block in self.blocks:
             y = block(y)
