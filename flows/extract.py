@@ -1,0 +1,52 @@
+"""The ``extract`` flow: one dataset, one backbone, into the Parquet feature cache.
+
+``crashsearch extract --dataset DIR --backbone NAME`` runs it. The flow builds the backbone,
+derives the extraction spec (history = the default space's longest window plus its longest
+horizon), and runs the extraction as a Prefect task that retries transient cache I/O errors. A
+second run with the same manifest, backbone, weights, spec and extractor code finds the complete
+partition and does nothing ("cache hit: ..."); an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from prefect import flow
+
+from lab.settings import Home
+
+
+@flow(name="extract")
+def extract_flow(dataset: str, backbone: str, home: str | None = None, weights: str = "auto", device: str = "auto",
+                 workers: int = 2, batch_size: int | None = None, progress: bool = True) -> dict:
+    """Extract ``backbone`` features for the dataset at ``dataset``; returns the summary dict of
+    ``tasks.extract.extract_dataset`` (cache_hit, videos_ok, videos_failed, clips, clips_per_s, key, path...)."""
+    from tasks.extract import extract_dataset, extract_videos_task
+
+    return extract_dataset(dataset, backbone, home=home, weights=weights, device=device, workers=workers,
+                           batch_size=batch_size, progress=progress, runner=extract_videos_task)
+
+
+def main(args) -> int:
+    """CLI handler for ``crashsearch extract``: 0 on success (some videos may have failed), 1 when
+    nothing could be extracted, 2 for a bad dataset, backbone or weights argument."""
+    from lab.datasets import DatasetError
+    from models.backbones import WeightsUnavailable
+
+    home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
+    try:
+        summary = extract_flow(dataset=str(Path(args.dataset).expanduser()), backbone=args.backbone,
+                               home=str(home) if home else None, weights=args.weights, device=args.device,
+                               workers=args.workers)
+    except (DatasetError, WeightsUnavailable) as exc:
+        print(f"extract: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown backbone: the message lists the registered names
+        print(f"extract: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    if summary["videos_ok"] == 0:
+        print(f"extract: no video of {summary['dataset']} could be extracted; see {os.path.join(summary['path'], 'failures.json')}",
+              file=sys.stderr)
+        return 1
+    return 0

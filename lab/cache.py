@@ -1,0 +1,321 @@
+"""The Parquet feature cache: where extraction writes embedding sequences and training reads them.
+
+Layout, one partition per (dataset, backbone, extraction spec)::
+
+    <home>/cache/<dataset>/<backbone>/<key>/
+        part-00000-<rand>.parquet ...   one row per extracted video (schema below)
+        meta.json                       what the partition holds and whether it is complete
+        failures.json                   [{"video_id", "path", "reason"}] for skipped videos
+
+``key`` is 12 hex digits of a sha256 over the dataset's manifest hash, the backbone name, its
+weights id ("random", "none" or the pretrained id/path), the ExtractSpec and the extractor's code
+version (a hash of the extraction sources, EXTRACTOR_FILES). Any change to one of these is a new
+partition, so features from different weights or code never mix.
+
+Row schema of the part files:
+    video_id   string
+    split      string          "train" | "val" | "test" (the manifest's split at extraction time)
+    label      int8            1 = collision
+    event_time float64, null   seconds from the video start (null for negatives)
+    ref_time   float64         the reference time t_rel is relative to: the event for positives,
+                               the last frame for negatives (seconds from the video start)
+    t_rel      list<float32>   (S,) ascending, t_rel[-1] == 0, spacing 1/step_hz
+    emb        list<float32>   S*D values, row-major (S, D): emb[s*D:(s+1)*D] is the embedding of
+                               the clip ENDING at ref_time + t_rel[s]
+
+Contract: every file is written to a temporary name and then renamed (os.replace), so a reader or
+a crash never sees half a file. A part file is never modified. A partition is complete when
+meta.json says so, which happens after every video of the manifest is either in a part file or
+in failures.json; an incomplete partition resumes by skipping the videos already written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from lab.features import FeatureSet
+from lab.settings import Home, resolve_home
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The code that decides what a cached embedding is: a change here is a new partition key.
+EXTRACTOR_FILES = ("models/backbones.py", "lab/cache.py", "tasks/extract.py")
+
+ROW_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("split", pa.string()),
+    pa.field("label", pa.int8()),
+    pa.field("event_time", pa.float64()),
+    pa.field("ref_time", pa.float64()),
+    pa.field("t_rel", pa.list_(pa.float32())),
+    pa.field("emb", pa.list_(pa.float32())),
+])
+
+
+class FeaturesNotFound(FileNotFoundError):
+    """No complete cache partition for a dataset and backbone; the message names both."""
+
+
+# ---- the extraction spec ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What one partition's embedding sequences are: the time grid and the clips behind it."""
+
+    step_hz: float = 4.0  # embedding steps per second (the stride between clip ends)
+    history_s: float = 5.5  # seconds before the reference time covered: max window + max horizon
+    clip_frames: int = 16  # frames per clip (from the backbone)
+    frame_size: tuple[int, int] = (256, 256)  # (H, W) frames are decoded at (from the backbone)
+    decode_fps: float = 8.0  # sampling rate of the frames inside a clip
+
+    def __post_init__(self) -> None:
+        assert self.step_hz > 0 and self.decode_fps > 0, "step_hz and decode_fps must be positive"
+        assert self.history_s >= 0 and self.clip_frames >= 1, "history_s >= 0 and clip_frames >= 1"
+        object.__setattr__(self, "frame_size", (int(self.frame_size[0]), int(self.frame_size[1])))
+
+    @classmethod
+    def for_backbone(cls, backbone: Any, history_s: float = 5.5, step_hz: float = 4.0,
+                     decode_fps: float = 8.0) -> "ExtractSpec":
+        """The spec for a backbone (anything with ``clip_frames`` and ``frame_size``)."""
+        return cls(step_hz, history_s, backbone.clip_frames, tuple(backbone.frame_size), decode_fps)
+
+    @property
+    def n_steps(self) -> int:
+        """S: clip ends from -history_s to 0 inclusive."""
+        return int(round(self.history_s * self.step_hz)) + 1
+
+    def t_rel(self) -> np.ndarray:
+        """(S,) float32 clip-end times relative to the reference, ascending, last == 0."""
+        return (np.arange(-(self.n_steps - 1), 1, dtype=np.float64) / self.step_hz).astype(np.float32)
+
+    def frame_offsets(self) -> np.ndarray:
+        """(F,) seconds of a clip's frames relative to the clip end, ascending, last == 0."""
+        return np.arange(-(self.clip_frames - 1), 1, dtype=np.float64) / self.decode_fps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["frame_size"] = list(self.frame_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractSpec":
+        return cls(float(d["step_hz"]), float(d["history_s"]), int(d["clip_frames"]), tuple(d["frame_size"]),
+                   float(d["decode_fps"]))
+
+
+def history_from_space(space: Any) -> float:
+    """Seconds of history a space needs: its longest window plus its longest prediction horizon."""
+    window = max(float(v) for v in space.axis("window_s").values)
+    horizons = space.fixed.get("horizons_s", [0.0])
+    horizon = max(float(h) for h in (horizons if isinstance(horizons, (list, tuple)) else [horizons]))
+    return window + horizon
+
+
+def extractor_version(root: Path | None = None) -> str:
+    """12 hex of a sha256 over EXTRACTOR_FILES (a missing file hashes as its name)."""
+    h = hashlib.sha256()
+    for rel in EXTRACTOR_FILES:
+        path = Path(root or REPO_ROOT) / rel
+        h.update(rel.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h.hexdigest()[:12]
+
+
+def partition_key(manifest_hash: str, backbone: str, weights_id: str, spec: ExtractSpec,
+                  code_version: str | None = None) -> str:
+    """12 hex digits identifying a partition; see the module docstring."""
+    payload = {"manifest": manifest_hash, "backbone": backbone, "weights": weights_id, "spec": spec.to_dict(),
+               "code": code_version or extractor_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---- one partition ------------------------------------------------------------------------
+
+
+def _cache_root(home: Home | str | os.PathLike | None) -> Path:
+    return (home if isinstance(home, Home) else resolve_home(home)).cache
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Partition:
+    """One cache partition folder. Writers add part files and failures; ``finish`` marks it complete."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def open(cls, home: Home | str | os.PathLike | None, dataset: str, backbone: str, key: str) -> "Partition":
+        """The partition folder (created if missing) for a dataset, backbone and key."""
+        part = cls(_cache_root(home) / dataset / backbone / key)
+        part.path.mkdir(parents=True, exist_ok=True)
+        return part
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def meta(self) -> dict:
+        """meta.json's content ({} if absent or unreadable)."""
+        try:
+            return json.loads((self.path / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def write_meta(self, meta: dict) -> None:
+        _atomic_write(self.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
+    def done_ids(self) -> set[str]:
+        """Video ids already written to part files."""
+        ids: set[str] = set()
+        for f in self.part_files():
+            ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+        return ids
+
+    def failures(self) -> list[dict]:
+        """The recorded failures: [{"video_id", "path", "reason"}]."""
+        try:
+            return json.loads((self.path / "failures.json").read_text())
+        except (OSError, ValueError):
+            return []
+
+    def add_failures(self, failures: Iterable[dict]) -> None:
+        """Append failures (a video already listed keeps its first reason)."""
+        new = list(failures)
+        if not new:
+            return
+        old = self.failures()
+        seen = {f["video_id"] for f in old}
+        merged = old + [f for f in new if f["video_id"] not in seen]
+        _atomic_write(self.path / "failures.json", json.dumps(merged, indent=1).encode())
+
+    def write_rows(self, rows: list[dict]) -> Path | None:
+        """Write rows (dicts with ROW_SCHEMA's columns, ``emb`` an (S, D) array) as a new part file."""
+        if not rows:
+            return None
+        columns = {name: [] for name in ROW_SCHEMA.names}
+        for row in rows:
+            for name in ROW_SCHEMA.names:
+                value = row[name]
+                if name in ("emb", "t_rel"):
+                    value = np.asarray(value, dtype=np.float32).reshape(-1)
+                columns[name].append(value)
+        table = pa.table(columns, schema=ROW_SCHEMA)
+        n = len(self.part_files())
+        final = self.path / f"part-{n:05d}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        return final
+
+    def read_table(self) -> pa.Table:
+        """Every part file as one table (ROW_SCHEMA), sorted by video id."""
+        files = self.part_files()
+        if not files:
+            return ROW_SCHEMA.empty_table()
+        table = pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files])
+        return table.sort_by("video_id")
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def _partitions(cache: Path, dataset: str | None = None, backbone: str | None = None) -> list[Partition]:
+    pattern = f"{dataset or '*'}/{backbone or '*'}/*/meta.json"
+    return [Partition(p.parent) for p in sorted(cache.glob(pattern))]
+
+
+def list_cached(home: Home | str | os.PathLike | None, dataset_name: str | None = None) -> list[dict]:
+    """One dict per partition: dataset, backbone, key, weights, videos, failures, complete (and path, finished_at)."""
+    out = []
+    for part in _partitions(_cache_root(home), dataset_name):
+        meta = part.meta
+        out.append({
+            "dataset": meta.get("dataset", part.path.parent.parent.name),
+            "backbone": meta.get("backbone", part.path.parent.name),
+            "key": part.key,
+            "weights": meta.get("weights"),
+            "videos": meta.get("videos_ok", len(part.done_ids())),
+            "failures": meta.get("videos_failed", len(part.failures())),
+            "complete": bool(meta.get("complete")),
+            "finished_at": meta.get("finished_at"),
+            "path": str(part.path),
+        })
+    return out
+
+
+def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str) -> Partition:
+    """The most recently finished complete partition; raises FeaturesNotFound naming dataset and backbone."""
+    cache = _cache_root(home)
+    done = [p for p in _partitions(cache, dataset_name, backbone) if p.complete]
+    if not done:
+        found = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c["complete"]})
+        raise FeaturesNotFound(
+            f"no complete feature cache for dataset {dataset_name!r} and backbone {backbone!r} under {cache} "
+            f"(complete for this dataset: {', '.join(found) or 'none'}); "
+            f"run `crashsearch extract --dataset <dir> --backbone {backbone}`")
+    return max(done, key=lambda p: (p.meta.get("finished_at", ""), p.path.stat().st_mtime))
+
+
+def load_features(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str,
+                  device: str | torch.device = "cpu") -> FeatureSet:
+    """The FeatureSet of the latest complete partition for a dataset and backbone, on ``device``.
+
+    Rows are sorted by video id. Raises FeaturesNotFound if there is none, and ValueError if a
+    part file's embeddings do not have the S*D values meta.json promises.
+    """
+    part = latest_partition(home, dataset_name, backbone)
+    meta = part.meta
+    spec = ExtractSpec.from_dict(meta["spec"])
+    n_steps, dim = int(meta["n_steps"]), int(meta["dim"])
+    table = part.read_table()
+    n = table.num_rows
+    flat = table.column("emb").combine_chunks()
+    lengths = np.diff(flat.offsets.to_numpy()) if n else np.zeros(0, dtype=np.int64)
+    if n and not np.all(lengths == n_steps * dim):
+        bad = table.column("video_id")[int(np.flatnonzero(lengths != n_steps * dim)[0])].as_py()
+        raise ValueError(f"{part.path}: video {bad} has an embedding of the wrong size (expected {n_steps}x{dim})")
+    values = flat.flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=np.float32)
+    x = torch.from_numpy(np.array(values, dtype=np.float32).reshape(n, n_steps, dim))  # (N, S, D), a writable copy
+    y = torch.as_tensor(table.column("label").to_numpy(zero_copy_only=False).astype(np.float32))
+    t_rel = torch.from_numpy(spec.t_rel())
+    fs = FeatureSet(
+        dataset=dataset_name, backbone=backbone, x=x, y=y,
+        split=np.asarray(table.column("split").to_pylist(), dtype=object),
+        t_rel=t_rel, video_ids=table.column("video_id").to_pylist(), step_hz=spec.step_hz,
+        weights=str(meta.get("weights", "random")), meta={**meta, "path": str(part.path)},
+    )
+    return fs.to(device)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """A float for Parquet/JSON, or None for missing and non-finite values."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)

@@ -1,0 +1,367 @@
+"""Feature extraction: decode the frames the windows need, embed clips in batches, fill the cache.
+
+For each video the plan is a grid of S clip ends (``ExtractSpec.t_rel`` relative to the reference
+time: the event for positives, the last frame for negatives) and, per clip end, F frame times
+spaced 1/decode_fps. Clips overlap, so a video needs only the union of their frames (about
+(history + clip span) * decode_fps frames, not S*F); decord decodes exactly those, at the
+backbone's frame size, seeking to the keyframe before the first one.
+
+Decoding runs in a thread pool (decord's C calls release the GIL), a few videos ahead of the
+backbone, so on a GPU the model is fed while the next videos decode. Frames go to the device once
+per video and the overlapping clips are gathered there. Finished videos are flushed to the cache
+every few videos, so an interrupted run resumes where it stopped.
+
+A video that cannot be opened, is empty or too short becomes a failure row (video, path, reason)
+and the run goes on. Only writing the cache can raise, and the Prefect task retries that
+(``extract_videos_task``); a corrupt video is never retried.
+
+Frame timing: the frame shown at time t is index floor(t * fps); clip frames before the first
+frame of the video repeat the first frame (only the earliest clips of a video whose reference
+time is close to ``history_s`` reach that far back). A video is too short when its reference time
+is less than ``history_s`` after its start, or a positive's event lies after its last frame.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lab.cache import ExtractSpec, Partition, extractor_version, history_from_space, partition_key
+from lab.datasets import Dataset, VideoItem, load_dataset
+from lab.settings import Home, resolve_home
+from models.backbones import Backbone, create_backbone
+
+FLUSH_EVERY = 16  # videos per part file: bounds the work an interruption loses
+
+
+class VideoFailure(Exception):
+    """A video that cannot be used; ``str()`` is the one-line reason recorded in failures.json."""
+
+
+# ---- planning and decoding ----------------------------------------------------------------
+
+
+@dataclass
+class DecodedVideo:
+    item: VideoItem
+    ref_time: float  # seconds from the video start that t_rel is relative to
+    frames: np.ndarray  # (U, H, W, 3) uint8, the distinct frames the clips use
+    clip_index: np.ndarray  # (S, F) int64 indices into frames
+    decode_s: float = 0.0
+
+
+def plan_frames(n_frames: int, fps: float, ref_time: float, spec: ExtractSpec) -> np.ndarray:
+    """(S, F) frame indices of every clip: clip s ends at ref_time + t_rel[s]."""
+    ends = ref_time + spec.t_rel().astype(np.float64)  # (S,)
+    times = ends[:, None] + spec.frame_offsets()[None, :]  # (S, F)
+    index = np.floor(times * fps + 1e-6).astype(np.int64)
+    return np.clip(index, 0, n_frames - 1)
+
+
+def reference_time(item: VideoItem, n_frames: int, fps: float, history_s: float) -> float:
+    """The event time (positives) or the last frame's time (negatives); raises VideoFailure if too short."""
+    last = (n_frames - 1) / fps
+    if item.event_time is not None:
+        if item.event_time > last + 1.0 / fps:
+            raise VideoFailure(f"shorter than needed: event at {item.event_time:.2f} s but the video ends at {last:.2f} s")
+        ref = min(float(item.event_time), last)
+    else:
+        ref = last
+    if ref + 1e-6 < history_s:
+        raise VideoFailure(f"shorter than needed: {ref:.2f} s before the reference time, need {history_s:.2f} s of history")
+    return ref
+
+
+def _decord_reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    match = re.search(r"(?:ERROR opening: [^,]*, |Error: )(.+)$", text)
+    return (match.group(1) if match else text)[:200]
+
+
+def decode_video(item: VideoItem, spec: ExtractSpec) -> DecodedVideo:
+    """Decode the frames one video's clips need, at the spec's frame size. Raises VideoFailure."""
+    import decord
+
+    start = time.perf_counter()
+    path = Path(item.path)
+    if not path.is_file():
+        raise VideoFailure("file not found")
+    if path.stat().st_size == 0:
+        raise VideoFailure("empty file (0 bytes)")
+    height, width = spec.frame_size
+    try:
+        reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+    except Exception as exc:  # decord raises DECORDError (a RuntimeError) for anything unreadable
+        raise VideoFailure(f"cannot open video: {_decord_reason(exc)}") from None
+    n_frames, fps = len(reader), float(reader.get_avg_fps())
+    if n_frames == 0:
+        raise VideoFailure("empty video (0 frames)")
+    if not math.isfinite(fps) or fps <= 0:
+        raise VideoFailure(f"no usable frame rate ({fps})")
+    ref = reference_time(item, n_frames, fps, spec.history_s)
+    index = plan_frames(n_frames, fps, ref, spec)  # (S, F)
+    unique, inverse = np.unique(index, return_inverse=True)
+    try:
+        frames = reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3)
+    except Exception as exc:
+        raise VideoFailure(f"decode failed between frames {unique[0]} and {unique[-1]}: {_decord_reason(exc)}") from None
+    if frames.shape != (len(unique), height, width, 3):
+        raise VideoFailure(f"decoder returned frames of shape {frames.shape}, expected {(len(unique), height, width, 3)}")
+    return DecodedVideo(item, ref, frames, inverse.reshape(index.shape), time.perf_counter() - start)
+
+
+def _quiet_decord() -> None:
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # its errors reach us as exceptions; ffmpeg's log is noise
+
+
+# ---- the pipeline -------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractStats:
+    videos_ok: int = 0
+    videos_failed: int = 0
+    clips: int = 0
+    frames_decoded: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0  # time spent inside backbone.embed
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"videos_ok": self.videos_ok, "videos_failed": self.videos_failed, "clips": self.clips,
+                "frames_decoded": self.frames_decoded, "seconds": round(self.seconds, 3),
+                "embed_seconds": round(self.embed_seconds, 3), "clips_per_s": round(self.clips_per_s, 2)}
+
+
+def _failure(item: VideoItem, reason: str) -> dict:
+    return {"video_id": item.id, "path": str(item.path), "reason": reason}
+
+
+def extract_videos(videos: Sequence[VideoItem], backbone: Backbone, spec: ExtractSpec, partition: Partition,
+                   workers: int = 2, batch_size: int = 32, progress: bool = True,
+                   flush_every: int = FLUSH_EVERY) -> ExtractStats:
+    """Extract every video not yet in ``partition`` (part files or failures) and write the results.
+
+    Returns the stats of this call (videos written or failed now, clips embedded, seconds).
+    Raises only on errors writing the cache or inside the backbone; video problems become
+    failures.
+    """
+    _quiet_decord()
+    threads = torch.get_num_threads()
+    if backbone.device.type == "cpu":
+        # leave a core per decoder thread: oversubscribed OpenMP threads spin and the model slows
+        # down several-fold (measured: 10x on a busy 2-core machine)
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+    try:
+        return _extract(videos, backbone, spec, partition, workers, batch_size, progress, flush_every)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _extract(videos, backbone, spec, partition, workers, batch_size, progress, flush_every) -> ExtractStats:
+    from tqdm.auto import tqdm
+
+    skip = partition.done_ids() | {f["video_id"] for f in partition.failures()}
+    todo = [v for v in videos if v.id not in skip]
+    stats, rows, failures = ExtractStats(), [], []
+    t_rel = spec.t_rel()
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo, file=sys.stderr,
+               desc=f"extract {backbone.name}", dynamic_ncols=True)
+
+    def flush(force: bool = False) -> None:
+        if rows and (force or len(rows) >= flush_every):
+            partition.write_rows(rows)
+            rows.clear()
+        if failures:
+            partition.add_failures(failures)
+            failures.clear()
+
+    pending: list[tuple[DecodedVideo, torch.Tensor]] = []  # decoded videos waiting for a batch
+    n_pending = 0
+
+    def embed_pending() -> None:
+        nonlocal n_pending
+        if not pending:
+            return
+        clips = torch.cat([c for _, c in pending])  # (sum S, F, H, W, 3) on the backbone's device
+        t0 = time.perf_counter()
+        out = torch.cat([backbone.embed(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)])
+        stats.embed_seconds += time.perf_counter() - t0
+        offset = 0
+        for video, c in pending:
+            emb = out[offset:offset + len(c)].numpy()  # (S, D)
+            offset += len(c)
+            item = video.item
+            rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
+                         "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb})
+            stats.videos_ok += 1
+            stats.clips += len(c)
+        pending.clear()
+        n_pending = 0
+        flush()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        queue = deque(todo)
+        running: dict[Future, VideoItem] = {}
+        ahead = 2 * max(1, workers) + 1  # videos decoding or decoded but not yet embedded
+        try:
+            while queue or running:
+                while queue and len(running) < ahead:
+                    item = queue.popleft()
+                    running[pool.submit(decode_video, item, spec)] = item
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = running.pop(fut)
+                    try:
+                        video = fut.result()
+                    except VideoFailure as exc:
+                        failures.append(_failure(item, str(exc)))
+                        stats.videos_failed += 1
+                        bar.update(1)
+                        continue
+                    except Exception as exc:  # an unexpected decoder error is still this video's problem
+                        failures.append(_failure(item, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+                        stats.videos_failed += 1
+                        bar.update(1)
+                        continue
+                    stats.frames_decoded += len(video.frames)
+                    frames = torch.from_numpy(video.frames)
+                    if backbone.device.type == "cuda":
+                        frames = frames.pin_memory().to(backbone.device, non_blocking=True)
+                    index = torch.from_numpy(video.clip_index).to(frames.device)
+                    clips = frames[index]  # (S, F, H, W, 3), gathered where the model runs
+                    pending.append((video, clips))
+                    n_pending += len(clips)
+                    bar.update(1)
+                if n_pending >= batch_size or (not queue and not running):
+                    embed_pending()
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(clips_s=f"{stats.clips / elapsed:.1f}" if elapsed else "-", failed=stats.videos_failed)
+            embed_pending()
+            flush(force=True)
+        except BaseException:
+            # keep what is finished, even when interrupted: the next run resumes after it
+            for fut in running:
+                fut.cancel()
+            flush(force=True)
+            raise
+        finally:
+            bar.close()
+    stats.seconds = time.perf_counter() - start
+    stats.failures = partition.failures()
+    return stats
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only errors that may pass: I/O on the cache, timeouts. Not bugs, not bad videos."""
+    try:
+        state.result()
+    except (OSError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="extract-videos", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def extract_videos_task(videos: Sequence[VideoItem], backbone: Backbone, spec: ExtractSpec, partition: Partition,
+                        workers: int = 2, batch_size: int = 32, progress: bool = True) -> ExtractStats:
+    """Prefect task around ``extract_videos``; a retry resumes from the part files already written."""
+    return extract_videos(videos, backbone, spec, partition, workers=workers, batch_size=batch_size, progress=progress)
+
+
+# ---- one dataset and backbone -------------------------------------------------------------
+
+
+def default_batch_size(backbone: Backbone) -> int:
+    return 64 if backbone.device.type == "cuda" else 32
+
+
+def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, home: Home | str | Path | None = None,
+                    weights: str = "auto", device: str = "auto", workers: int = 2, batch_size: int | None = None,
+                    history_s: float | None = None, step_hz: float = 4.0, decode_fps: float = 8.0,
+                    progress: bool = True, runner: Callable[..., ExtractStats] = extract_videos,
+                    log: Callable[[str], None] = print) -> dict:
+    """Fill (or find) the cache partition for a dataset and backbone; returns a summary dict.
+
+    ``history_s`` defaults to what the default space needs (its longest window plus its longest
+    horizon). ``runner`` does the work (``extract_videos`` or its Prefect task). The summary has
+    dataset, backbone, weights, key, path, cache_hit, videos, videos_ok, videos_failed, clips,
+    seconds, clips_per_s, dim, n_steps. Raises DatasetError for an unreadable manifest, KeyError
+    for an unknown backbone and WeightsUnavailable for explicit weights that cannot be loaded.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    for problem in ds.problems:
+        log(f"dataset problem (skipped): {problem}")
+    bb = create_backbone(backbone, weights=weights, device=device) if isinstance(backbone, str) else backbone
+    if history_s is None:
+        from lab.space import Space
+
+        history_s = history_from_space(Space.load())
+    spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps)
+    code = extractor_version()
+    key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code)
+    part = Partition.open(home if isinstance(home, Home) else resolve_home(home), ds.name, bb.name, key)
+    summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": str(part.path),
+               "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
+
+    meta = part.meta
+    if meta.get("complete"):
+        summary.update(cache_hit=True, videos_ok=meta["videos_ok"], videos_failed=meta["videos_failed"], clips=0,
+                       seconds=0.0, clips_per_s=0.0)
+        log(f"cache hit: {ds.name}/{bb.name}/{key} already holds {meta['videos_ok']} videos "
+            f"({meta['videos_failed']} failed); nothing to extract")
+        return summary
+
+    resumed = len(part.done_ids()) + len(part.failures())
+    started = meta.get("started_at", _utc_now())
+    base = {"dataset": ds.name, "dataset_root": str(ds.root), "backbone": bb.name, "weights": bb.weights_id,
+            "spec": spec.to_dict(), "dim": bb.dim, "n_steps": spec.n_steps, "code_version": code,
+            "manifest_hash": ds.manifest_hash(), "videos_total": len(ds.videos), "started_at": started}
+    part.write_meta({**base, "complete": False})
+    if resumed:
+        log(f"resuming {ds.name}/{bb.name}/{key}: {resumed} of {len(ds.videos)} videos already done")
+    bsz = batch_size or default_batch_size(bb)
+    stats = runner(ds.videos, bb, spec, part, workers=workers, batch_size=bsz, progress=progress)
+
+    done, failed = part.done_ids(), part.failures()
+    all_ids = {v.id for v in ds.videos}
+    complete = all_ids <= done | {f["video_id"] for f in failed}
+    part.write_meta({**base, "complete": complete, "finished_at": _utc_now() if complete else None,
+                     "videos_ok": len(done & all_ids), "videos_failed": len(failed), "last_run": stats.to_dict()})
+    summary.update(cache_hit=False, videos_ok=len(done & all_ids), videos_failed=len(failed), clips=stats.clips,
+                   seconds=round(stats.seconds, 3), clips_per_s=round(stats.clips_per_s, 2),
+                   embed_seconds=round(stats.embed_seconds, 3), frames_decoded=stats.frames_decoded,
+                   complete=complete)
+    for f in failed[:10]:
+        log(f"failed: {f['video_id']} ({f['path']}): {f['reason']}")
+    if len(failed) > 10:
+        log(f"... and {len(failed) - 10} more in {part.path / 'failures.json'}")
+    weights_note = " (RANDOM weights)" if bb.weights_id == "random" else ""
+    log(f"extracted {bb.name}{weights_note} features for {ds.name}: {summary['videos_ok']} videos ok, "
+        f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
+        f"-> {part.path}")
+    return summary
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
