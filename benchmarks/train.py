@@ -84,7 +84,8 @@ def table(rows: list[dict], models: int, single_runs: int, epochs: int) -> str:
     threads = torch.get_num_threads()
     lines = [
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} {os.cpu_count()}-core CPU "
-        f"(shared with other jobs), torch {torch.__version__.split('+')[0]}, {threads} torch thread(s); "
+        f"shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"torch {torch.__version__.split('+')[0]}, {threads} torch thread(s); "
         f"`benchmarks/train.py`.",
         "",
         f"Demo-size features: 48 videos (33 train x 3 horizons = 99 examples), 23 steps at 4 Hz, 64 dims; "
