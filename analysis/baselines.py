@@ -185,7 +185,7 @@ def verdicts(df: pd.DataFrame, n: int = 50, seed: int = 0) -> list[dict]:
     controls = [c for c in CONTROL_POLICIES if c in seqs]
     llm = any(is_llm(a) for a in seqs)
     agents = [None] if llm else [a for a in seqs if a not in CONTROL_POLICIES and a != LLM_ARM]
-    if not controls:
+    if not controls or not agents:
         return [verdict(df, n, agent=agents[0] if agents else None, seed=seed)]
     return [verdict(df, n, agent=a, control=c, seed=seed) for a in agents for c in controls]
 

@@ -1,0 +1,173 @@
+"""`crashsearch analyze`: the report of a campaign, as a Prefect flow.
+
+The flow loads the campaign's history from the store together with what the report compares
+it with: its control-arm campaigns (ids ``<campaign>-baseline-<policy>[-s<k>]``), other datasets'
+campaigns (for the transfer section) and the bug-fix events; ``analysis.report.build_report``
+does the rest and writes ``<home>/campaigns/<id>/report/``. The flow publishes the report as a
+Prefect markdown artifact.
+
+``run_control_arms`` trains the control arms for real (random and TPE with the same budget on
+the same cached features and space), tagged by their campaign ids so the analysis finds them.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow
+
+from analysis.history import baseline_campaign_id, parse_baseline
+from analysis.report import build_report
+from lab.settings import Home, resolve_home
+from lab.store import Store
+from lab.versions import bugfix_events
+
+REPORT_DIR = "report"
+
+
+def load_inputs(home: Home, campaign: str) -> dict:
+    """The campaign's rows and what the report compares them with.
+
+    Returns {"history", "baselines" (rows of its control-arm campaigns or None), "others" (rows of
+    campaigns on other datasets or None), "events", "weights" (from campaign.json), "info"}.
+    Raises ValueError naming the campaign (and the known ones) when it has no experiments.
+    """
+    store = Store(home)
+    infos = {c["id"]: c for c in store.campaigns()}
+    history = store.experiments(campaign)
+    if history.empty:
+        known = ", ".join(sorted(i for i in infos if not parse_baseline(i))) or "none"
+        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+    baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign]
+    baselines = [store.experiments(cid) for cid in sorted(baseline_ids)]
+    datasets = set(history["dataset"].dropna().astype(str))
+    other_ids = [cid for cid, info in infos.items()
+                 if cid != campaign and not parse_baseline(cid) and info.get("dataset") and info["dataset"] not in datasets]
+    others = [store.experiments(cid) for cid in sorted(other_ids)]
+    return {
+        "history": history,
+        "baselines": _concat(baselines),
+        "others": _concat(others),
+        "events": bugfix_events(home),
+        "weights": infos.get(campaign, {}).get("weights"),
+        "info": infos.get(campaign, {}),
+    }
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def analyze(campaign: str, home: str | Path | Home | None = None) -> dict:
+    """Build the report of one campaign (no Prefect needed).
+
+    Returns {"campaign", "report_dir", "report", "html", "numbers_path", "headline", "numbers"}.
+    Raises ValueError when the campaign has no experiments.
+    """
+    h = home if isinstance(home, Home) else resolve_home(home)
+    inputs = load_inputs(h, campaign)
+    out_dir = h.campaign(campaign) / REPORT_DIR
+    numbers = build_report(inputs["history"], out_dir, events=inputs["events"], title=f"Campaign {campaign}",
+                           baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"])
+    return {"campaign": campaign, "report_dir": str(out_dir), "report": str(out_dir / "report.md"),
+            "html": str(out_dir / "report.html"), "numbers_path": str(out_dir / "numbers.json"),
+            "headline": numbers["headline"], "numbers": numbers}
+
+
+@flow(name="analyze", log_prints=True)
+def analyze_flow(campaign: str, home: str | None = None) -> dict:
+    """Prefect flow: build the report of ``campaign`` and publish it as a markdown artifact.
+
+    Returns what ``analyze`` returns minus the full numbers (they are in numbers.json).
+    """
+    result = analyze(campaign, home)
+    _publish(campaign, Path(result["report"]))
+    return {k: v for k, v in result.items() if k != "numbers"}
+
+
+def _publish(campaign: str, report_md: Path) -> None:
+    """The report as a Prefect markdown artifact (figures replaced by their paths); never fails the flow."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:  # called as a plain function (e.g. analyze_flow.fn): no run to attach to
+            return
+        lines = [f"*figure: {report_md.parent / line.split('](', 1)[1].rstrip(')')}*" if line.startswith("![") else line
+                 for line in report_md.read_text().splitlines()]
+        key = "".join(c if c.isalnum() else "-" for c in campaign.lower()).strip("-") or "campaign"
+        create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines),
+                                 description=f"Analysis report of campaign {campaign}")
+    except Exception as exc:  # an artifact is a convenience: the report files are written already
+        print(f"could not publish the report artifact: {str(exc).splitlines()[0][:160]}", file=sys.stderr)
+
+
+def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campaign_id: str, budget: int,
+                     policies: tuple[str, ...] = ("random", "tpe"), seeds: int = 1, replicates: int | None = None,
+                     **campaign_kwargs) -> list[str]:
+    """Train control-arm campaigns for ``campaign_id``: each policy alone, ``seeds`` independent runs.
+
+    Campaign ids are ``<campaign_id>-baseline-<policy>`` (``-s<k>`` for run k >= 1), so
+    ``analyze`` compares them with the campaign. ``replicates`` (seeds per leader) and
+    ``backbones`` default to the parent campaign's settings in its campaign.json; other keyword
+    arguments go to ``flows.campaign.run_campaign``. Returns the control campaign ids. A policy
+    that cannot run is reported on stderr and skipped.
+    """
+    from flows.campaign import run_campaign
+
+    h = home if isinstance(home, Home) else resolve_home(home)
+    parent = next((c for c in Store(h).campaigns() if c["id"] == campaign_id), {})
+    campaign_kwargs.setdefault("backbones", parent.get("backbones"))
+    replicates = replicates if replicates is not None else int(parent.get("seeds") or 3)
+    done = []
+    for policy in policies:
+        for rep in range(seeds):
+            cid = baseline_campaign_id(campaign_id, policy, rep)
+            try:
+                run_campaign(h, dataset, campaign_id=cid, policies=(policy,), budget=budget, seeds=replicates, seed=rep,
+                             **campaign_kwargs)
+            except ValueError as exc:
+                print(f"control arm {cid}: {str(exc).splitlines()[0]}", file=sys.stderr)
+                continue
+            done.append(cid)
+    return done
+
+
+def headline_text(result: dict) -> str:
+    """The lines the CLI prints: headline numbers and where the report is."""
+    h = result["headline"]
+
+    def f(v, fmt=".4f"):
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        f"campaign {result['campaign']}",
+        f"best validation AP  {f(h.get('best_val_ap'))}  ({h.get('best_arch_group') or 'n/a'})",
+        f"architecture eta^2  {f(h.get('eta2_arch'))}  (F = {f(h.get('F_arch'), '.1f')}; "
+        f"hyperparameters and seeds at most {f(h.get('within_share'))})",
+        f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
+        f"baselines           {h.get('verdict') or 'n/a'}",
+        f"report              {result['report']}",
+        f"                    {result['html']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """`crashsearch analyze --campaign ID`: run the flow, print the headline numbers and the report path."""
+    from flows.runtime import quiet_prefect
+
+    try:
+        # a wrong id fails here in one line, before a Prefect server starts
+        if not Store(args.home_dir).log_files(args.campaign):
+            known = ", ".join(c["id"] for c in Store(args.home_dir).campaigns()) or "none"
+            raise ValueError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
+        with quiet_prefect():
+            result = analyze_flow(campaign=args.campaign, home=str(args.home_dir.root))
+    except ValueError as exc:
+        print(f"analyze: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(headline_text(result))
+    return 0

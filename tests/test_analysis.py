@@ -1,0 +1,359 @@
+"""Analysis suite: planted structure is recovered, statistics match direct computations, the report is complete.
+
+Tolerances (stated here so a failure says what was promised):
+- eta^2 of a planted architecture effect: within 0.03 of the population value (n = 4000);
+- power-law exponent c: median over 5 seeds within 0.015 of the planted c;
+- JS divergence of planted agent distributions: within 0.03 of the exact value (1000 draws each);
+- entropy-cycle period: within 10% of the planted period; entropy of a uniform agent within 0.1 bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import anova, baselines, convergence, dynamics, transfer
+from analysis.history import prepare
+from analysis.report import build_report
+from analysis.synthetic import arch_effects, power_law_history, synthetic_history
+from lab.space import Space
+
+GROUPS = [f"b{i}/e{j}" for i in range(5) for j in range(8)]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return Space.load()
+
+
+def _frame(values, groups, proposer="random", campaign="c"):
+    n = len(values)
+    return pd.DataFrame({"campaign": campaign, "proposer": proposer, "arch_group": groups, "cell_id": np.arange(n),
+                         "status": "ok", "val_ap": values})
+
+
+# ---- ANOVA ----------------------------------------------------------------------------------
+
+def test_one_way_matches_sums_of_squares_by_hand_and_scipy():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["a", "b", "c", "d"], [5, 9, 4, 12])
+    values = rng.normal(0.7, 0.05, len(groups)) + np.select([groups == "b", groups == "c"], [0.05, -0.03], 0.0)
+    result = anova.one_way(_frame(values, groups))
+    grand = values.mean()
+    ss_between = sum(len(values[groups == g]) * (values[groups == g].mean() - grand) ** 2 for g in "abcd")
+    ss_within = sum(((values[groups == g] - values[groups == g].mean()) ** 2).sum() for g in "abcd")
+    f_hand = (ss_between / 3) / (ss_within / (len(values) - 4))
+    assert result["F"] == pytest.approx(f_hand, rel=1e-9)
+    assert result["eta2"] == pytest.approx(ss_between / (ss_between + ss_within), rel=1e-9)
+    assert result["within_share"] == pytest.approx(1 - result["eta2"])
+    scipy_result = stats.f_oneway(*[values[groups == g] for g in "abcd"])
+    assert result["F"] == pytest.approx(scipy_result.statistic, rel=1e-9)
+    assert result["p"] == pytest.approx(scipy_result.pvalue, rel=1e-6)
+    assert (result["k"], result["n"], result["df_between"], result["df_within"]) == (4, 30, 3, 26)
+
+
+def test_planted_architecture_effect_is_recovered(space):
+    df = synthetic_history(4000, seed=1, policies=("random",), replicate_share=0.15)
+    truth = df.attrs["truth"]
+    result = anova.one_way(df)
+    assert result["eta2"] == pytest.approx(truth["eta2_arch"], abs=0.03)
+    assert result["p"] < 1e-100
+    fac = anova.factorial(df)
+    table = fac["table"]
+    # arch terms carry the planted variance; an axis with a small planted effect gets a small share
+    arch_share = table.loc[["backbone", "encoder", "backbone x encoder"], "eta2"].sum()
+    assert arch_share == pytest.approx(truth["eta2_arch"], abs=0.04)
+    assert table.loc["lr", "eta2"] < 0.05
+    assert {"size", "loss", "batch_size", "window_s", "augment", "backbone x size", "Residual"} <= set(table.index)
+    # noise floor: replicate sd recovers the planted seed noise
+    assert fac["noise"]["sd"] == pytest.approx(truth["noise_sd"], rel=0.15)
+    assert table.loc["seed noise (pure error)", "sum_sq"] == pytest.approx(fac["noise"]["ss"])
+
+
+def test_tiny_or_degenerate_histories_give_reasons_not_crashes():
+    empty = _frame([], [])
+    assert anova.one_way(empty)["reason"] == "no experiment with a validation AP"
+    one_group = _frame([0.5, 0.6, 0.7], ["a/x"] * 3)
+    r = anova.one_way(one_group)
+    assert math.isnan(r["F"]) and "only 1 level" in r["reason"]
+    failed = _frame([np.nan, np.nan], ["a/x", "b/y"]).assign(status="failed")
+    assert anova.one_way(failed)["reason"] == "no experiment with a validation AP"
+    assert anova.factorial(one_group)["table"] is None
+    assert anova.noise_floor(one_group)["reason"].startswith("no cell was run more than once")
+    fit = convergence.fit_power_law([0.5, 0.4, 0.6])
+    assert math.isnan(fit["c"]) and "needs at least 3 rises" in fit["reason"]
+    assert baselines.verdict(one_group)["text"] == "No LLM agents in this history."
+    assert dynamics.windows(one_group)["agents"].empty
+
+
+# ---- convergence ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c", [0.11, 0.3])
+def test_planted_power_law_exponent_is_recovered(c):
+    fits = [convergence.fit_power_law(power_law_history(3000, 0.95, 0.3, c, noise_sd=0.001, seed=s, near_share=0.8)["val_ap"],
+                                      n_boot=40, seed=s) for s in range(5)]
+    assert float(np.median([f["c"] for f in fits])) == pytest.approx(c, abs=0.015)
+    assert all(f["r2"] > 0.95 for f in fits)
+    assert sum(f["c_ci"][0] <= c <= f["c_ci"][1] for f in fits) >= 4
+    fc = convergence.forecast(fits[0], 3000, 3000)
+    assert fc["expected"] > fc["now"] and fc["gain"] > 0
+    assert fc["expected"] <= fits[0]["a"] + 1e-12
+    assert fc["gain_ci"][0] <= fc["gain"] <= fc["gain_ci"][1] + 1e-9
+
+
+def test_curves_count_failures_and_gpu_hours():
+    df = _frame([0.5, np.nan, 0.7, 0.6], ["a/x"] * 4).assign(train_seconds=[3600, 1800, 1800, 3600],
+                                                             status=["ok", "failed", "ok", "ok"])
+    overall = convergence.curves(df).query("scope == 'overall'")
+    assert overall["best_ap"].tolist() == [0.5, 0.5, 0.7, 0.7]
+    assert overall["gpu_hours"].tolist() == [1.0, 1.5, 2.0, 3.0]
+
+
+# ---- baselines ------------------------------------------------------------------------------
+
+def _arms_history(seed=0, llm=True):
+    rng = np.random.default_rng(seed)
+    parts = []
+    if llm:
+        parts.append(_frame(rng.normal(0.90, 0.01, 120), "g/x", proposer="claude", campaign="main"))
+    for rep in range(3):
+        name = "main-baseline-random" + (f"-s{rep}" if rep else "")
+        parts.append(_frame(rng.normal(0.80, 0.02, 120), "g/x", proposer="random", campaign=name))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_best_at_n_intervals_and_verdict():
+    df = _arms_history()
+    table = baselines.best_at_n(df, ns=(10, 50, 100))
+    random_row = table.query("arm == 'random' and n == 50").iloc[0]
+    assert random_row["runs"] == 3 and random_row["method"] == "runs"
+    assert random_row["lo"] <= random_row["best"] <= random_row["hi"]
+    claude = table.query("arm == 'claude' and n == 50").iloc[0]
+    assert claude["method"] == "resample-first-N" and claude["hi"] == pytest.approx(claude["best"])
+    v = baselines.verdict(df, n=50)
+    assert v["beats"] is True and v["diff"] > 0.05 and v["diff_lo"] > 0
+    assert re.match(r"At N=50 the LLM agents \(claude\) reach 0\.9\d+ vs random 0\.8\d+ \(difference \+0\.\d+, 95% interval", v["text"])
+    assert baselines.verdict(df, n=500)["n"] == 120  # the largest N both arms reached, said in the text
+    assert "N=500 was not reached" in baselines.verdict(df, n=500)["text"]
+    assert baselines.verdict(_arms_history(llm=False))["text"] == "No LLM agents in this history."
+    regret = baselines.regret_curves(df)
+    assert (regret["regret"] >= -1e-12).all()
+    assert regret.groupby("arm")["regret"].apply(lambda r: r.is_monotonic_decreasing).all()
+
+
+class _ListPolicy:
+    """Proposes cell ids from a fixed list, in order."""
+
+    name = "listed"
+
+    def __init__(self, ids):
+        self.ids, self.seen = list(ids), []
+
+    def propose(self, view, n):
+        out, self.ids = self.ids[:n], self.ids[n:]
+        return out
+
+    def observe(self, rows):
+        self.seen += [r["cell_id"] for r in rows]
+        assert all("test_ap" not in r for r in rows)
+
+
+def test_replay_uses_the_history_as_a_lookup_table(space):
+    table = synthetic_history(300, seed=3, replicate_share=0.0, fail_share=0.0).drop_duplicates("cell_id")
+    present = table["cell_id"].drop_duplicates().tolist()
+    absent = [i for i in range(1000) if i not in set(present)][:5]
+    ids = present[:10] + absent + present[:3] + present[10:30]
+    policy = _ListPolicy(ids)
+    result = baselines.replay(policy, space, table, budget=25, round_size=6,
+                              view_factory=lambda space, experiments, in_flight, round: experiments)
+    assert result.hits == 25 and len(result.history) == 25 and result.stopped == "budget"
+    assert (result.misses, result.duplicates) == (5, 3)
+    assert result.history["cell_id"].tolist() == present[:25] == policy.seen
+    lookup = table.set_index("cell_id")["val_ap"]
+    assert np.allclose(result.history["val_ap"], lookup.loc[present[:25]].to_numpy())
+    assert set(result.history["proposer"]) == {"listed"}
+
+
+def test_replay_drives_a_real_policy_through_the_history_view(space):
+    from agents import create_policy
+
+    small = space.restrict(backbone=["pixels"], encoder=["gru", "tcn"], size=["small"])
+    table = synthetic_history(500, seed=4, space=small, policies=("random",))
+    result = baselines.replay(create_policy("random", small, seed=0), small, table, budget=8)
+    assert result.hits == 8 and result.misses > 0 and result.stopped == "budget"
+    assert result.history["cell_id"].isin(table["cell_id"]).all()
+
+
+# ---- dynamics -------------------------------------------------------------------------------
+
+def test_js_divergence_of_planted_distributions():
+    p = np.array([0.5, 0.3, 0.2, 0.0, 0.0])
+    q = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    exact = dynamics.js_divergence(p, q)
+    assert dynamics.js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert dynamics.js_divergence(np.array([1, 0]), np.array([0, 1])) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    n = 4000
+    agent = np.where(np.arange(n) % 2 == 0, "claude", "gemini")
+    groups = np.where(agent == "claude", rng.choice(GROUPS[:5], n, p=p), rng.choice(GROUPS[:5], n, p=q))
+    w = dynamics.windows(_frame(rng.random(n), groups).assign(proposer=agent), window=2000, step=1000)
+    assert len(w["js"]) == 3
+    assert w["js"]["js"].to_numpy() == pytest.approx(exact, abs=0.03)
+    # entropy of each agent's window matches the planted distribution's entropy
+    ent = w["agents"].set_index(["window", "agent"])["entropy"]
+    assert ent.xs("claude", level="agent").to_numpy() == pytest.approx(stats.entropy(p, base=2), abs=0.05)
+
+
+def test_entropy_cycle_period_is_recovered():
+    rng = np.random.default_rng(1)
+    n, period = 6000, 600
+    t = np.arange(n)
+    agent = np.where(t % 2 == 0, "claude", "gemini")
+    explore = np.sin(2 * np.pi * t / period) > 0
+    # claude alternates between exploring all 40 groups and exploiting 2; gemini stays uniform
+    groups = np.where(explore | (agent == "gemini"), rng.choice(GROUPS, n), np.array(GROUPS)[rng.integers(0, 2, n)])
+    dyn = dynamics.dynamics(_frame(rng.random(n), groups).assign(proposer=agent), window=100, step=20)
+    assert dyn["cycles"]["claude"]["period"] == pytest.approx(period, rel=0.10)
+    assert dyn["cycles"]["claude"]["strength"] > 0.5
+    assert dyn["cycles"]["claude"]["n_peaks"] == pytest.approx(n / period, abs=2)
+    uniform = dyn["windows"]["agents"].query("agent == 'gemini'")["entropy"]
+    # 50 draws over 40 groups: the plug-in entropy sits below log2(40) = 5.32; its expectation by simulation
+    expected = stats.entropy(rng.multinomial(50, [1 / 40] * 40, size=4000).T, base=2).mean()
+    assert uniform.mean() == pytest.approx(expected, abs=0.1)
+    assert dyn["cycles"]["gemini"]["strength"] < dyn["cycles"]["claude"]["strength"]
+
+
+def test_innovation_and_credit():
+    df = pd.DataFrame({
+        "campaign": "c", "proposer": ["claude", "gemini", "claude", "replicate", "gemini", "random"],
+        "arch_group": ["a/x", "a/x", "b/y", "b/y", "c/z", "a/x"], "cell_id": [1, 2, 3, 3, 4, 5],
+        "status": "ok", "val_ap": [0.5, 0.4, 0.6, 0.65, 0.7, 0.1],
+        "tokens_in": [100, 200, 100, 0, 200, 0], "tokens_out": [10, 20, 10, 0, 20, 0],
+        "cost_usd": [0.01, 0.02, 0.01, 0.0, 0.02, 0.0],
+    })
+    inn = dynamics.innovation(df).set_index("agent")
+    assert inn.loc["claude", "new_groups"] == 2 and inn.loc["gemini", "new_groups"] == 1
+    assert "replicate" not in inn.index and inn.loc["random", "new_cells"] == 1
+    credit = dynamics.credit(df).set_index("arm")
+    # claude: the first AP, its own 0.6 and the replicate of its cell (0.65); gemini: 0.7
+    assert credit.loc["claude", "improvements"] == 3 and credit.loc["gemini", "improvements"] == 1
+    assert credit.loc["gemini", "gain"] == pytest.approx(0.05)
+    assert credit.loc["claude", "tokens_per_improvement"] == pytest.approx(220 / 3)
+    assert math.isnan(credit.loc["random", "usd_per_improvement"])
+
+
+# ---- transfer -------------------------------------------------------------------------------
+
+def test_transfer_winners_and_rank_correlation(space):
+    effects = arch_effects(space, sd=0.03, seed=7)
+    effects["vjepa2_vitl/zipformer"] = 0.2  # a clear winner on both datasets
+    noise = arch_effects(space, sd=0.03, seed=8)
+    night = {k: v + 0.3 * noise[k] for k, v in effects.items()}
+    df = pd.concat([synthetic_history(3000, seed=1, policies=("random",), effects=effects),
+                    synthetic_history(3000, seed=2, policies=("random",), effects=night, dataset="synth-night",
+                                      campaign="night")], ignore_index=True)
+    tr = transfer.transfer(df)
+    per = tr["datasets"].set_index("dataset")
+    assert (per["top_arch_group"] == "vjepa2_vitl/zipformer").all()
+    assert (per["top_encoder"] == "zipformer").all() and per["eta2_arch"].gt(0.5).all()
+    row = tr["arch_group"].iloc[0]
+    assert row["common"] == 40 and row["spearman"] > 0.8 and row["kendall"] > 0.6 and row["spearman_p"] < 1e-6
+    expected = stats.spearmanr(*transfer.group_means(df).dropna().to_numpy().T).statistic
+    assert row["spearman"] == pytest.approx(expected)
+
+
+# ---- report and flow ------------------------------------------------------------------------
+
+def _check_report(out: Path, numbers: dict) -> None:
+    import matplotlib.image as mpimg
+
+    for name in ("report.md", "report.html", "numbers.json"):
+        assert (out / name).stat().st_size > 0, name
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert {p.stem for p in pngs} == {"convergence", "best_at_n", "dynamics", "eta2", "coverage"}
+    for png in pngs:
+        assert mpimg.imread(png).ndim == 3
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "figures/" not in html
+    assert json.loads((out / "numbers.json").read_text()) == numbers
+
+
+@pytest.mark.slow
+def test_build_report_writes_every_file_and_number(tmp_path, space):
+    df = synthetic_history(600, seed=2)
+    base = synthetic_history(200, seed=3, campaign="synthetic-baseline-random", policies=("random",))
+    other = synthetic_history(300, seed=4, campaign="night", dataset="synth-night")
+    events = [{"declared_at": df["finished_at"].iloc[200], "note": "fixed the window slicing"}]
+    numbers = build_report(df, tmp_path, events=events, title="test", baselines_df=base, other_datasets=other,
+                           weights="random")
+    _check_report(tmp_path, numbers)
+    md = (tmp_path / "report.md").read_text()
+    assert "Backbones were random-init" in md and "## Top 5 cells" in md
+    assert re.search(r"At N=50 the LLM agents \(claude, gemini\) reach", md)
+    h = numbers["headline"]
+    assert h["eta2_arch"] == pytest.approx(anova.one_way(df)["eta2"])
+    assert h["agents_beat_controls"] in (True, False, None)
+    assert numbers["convergence"]["post_start"] == 200 and numbers["anova"]["post_bugfix"]["arch_group"]["n"] < 600
+    assert len(numbers["top5"]) == 5 and numbers["top5"][0]["rank"] == 1
+    assert numbers["transfer"]["datasets"][1]["dataset"] == "synth-night"
+    terms = {t["term"] for t in numbers["anova"]["full"]["factorial"]["terms"]}
+    assert {"backbone x encoder", "Residual"} <= terms
+
+
+def test_build_report_on_a_tiny_history(tmp_path):
+    df = _frame([0.5, np.nan, 0.55], ["pixels/gru", "pixels/tcn", "pixels/gru"]).assign(status=["ok", "failed", "ok"])
+    numbers = build_report(df, tmp_path)
+    _check_report(tmp_path, numbers)
+    assert numbers["anova"]["full"]["factorial"]["reason"]
+    assert numbers["headline"]["verdict"] == "No LLM agents in this history."
+    assert "not recorded" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_analyze_reads_the_store_with_baselines_and_other_datasets(tmp_path, space):
+    import pyarrow as pa
+
+    from flows.analyze import analyze, main
+    from lab.schema import experiment_schema
+    from lab.settings import resolve_home
+    from lab.store import Store
+
+    home = resolve_home(tmp_path)
+    store = Store(home)
+    names = set(experiment_schema(space).names)
+
+    def put(df, campaign, dataset):
+        df = df.assign(campaign=campaign, dataset=dataset)
+        store.append_table(campaign, pa.Table.from_pandas(df[[c for c in df.columns if c in names]], preserve_index=False), space)
+        store.write_campaign(campaign, {"dataset": dataset, "weights": {"pixels": "none", "vjepa2_vitl": "random"}})
+
+    put(synthetic_history(200, seed=1), "day", "synth-day")
+    put(synthetic_history(100, seed=2, policies=("random",)), "day-baseline-random", "synth-day")
+    put(synthetic_history(100, seed=3), "night", "synth-night")
+    result = analyze("day", home)
+    out = Path(result["report_dir"])
+    assert out == home.root / "campaigns" / "day" / "report"
+    _check_report(out, json.loads((out / "numbers.json").read_text()))
+    n = result["numbers"]
+    assert n["history"]["campaigns"] == ["day"] and n["history"]["experiments"] == 200
+    assert any(r["arm"] == "random" and r["runs"] == 2 for r in n["baselines"]["best_at_n"])  # in-campaign + control
+    assert n["transfer"]["datasets"][1]["dataset"] == "synth-night"
+    assert "vjepa2_vitl were random-init" in (out / "report.md").read_text()
+    # a wrong campaign id: one line, exit code 2, no Prefect server started
+    assert main(Namespace(campaign="nope", home_dir=home)) == 2
+
+
+def test_analysis_imports_only_lab_and_libraries():
+    # dependency rule: analysis -> lab (agents only lazily, for the replay view)
+    for path in Path(__file__).resolve().parent.parent.joinpath("analysis").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) (flows|tasks)\b", text, re.M), path.name
+        assert not re.search(r"^(from|import) agents\b", text, re.M), path.name
