@@ -20,6 +20,7 @@ lives here, once for both providers:
 """
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import json
 import logging
@@ -287,7 +288,8 @@ def prefect_secret(name: str, timeout_s: float = 10.0) -> str | None:
         except Exception:  # no such block, no server: the caller reports a missing key
             result["value"] = None
 
-    worker = threading.Thread(target=load, name=f"prefect-secret-{name}", daemon=True)
+    # copy_context: the thread must see the caller's Prefect settings (they live in contextvars)
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(load,), name=f"prefect-secret-{name}", daemon=True)
     worker.start()
     worker.join(timeout_s)
     return result["value"]

@@ -8,8 +8,11 @@ what the clients sent. Scripted replies are built with the helpers below:
     server.anthropic(tool_reply("propose_experiments", {"proposals": [...]}), error(429, retry_after=0))
     server.gemini(json_reply({"proposals": [...]}), text_reply("{not json"), slow(json_reply(...), 2.0))
 
-When a queue runs dry the server answers 500 "no scripted reply left" and counts it in
-``unscripted``, so a test that made more calls than it scripted notices.
+A queue entry may also be a function of the received request that returns a Scripted, and
+``respond_with(api, fn)`` sets such a function for every request once the queue is empty (for
+long runs such as a whole campaign). Otherwise, when a queue runs dry, the server answers 500
+"no scripted reply left" and counts it in ``unscripted``, so a test that made more calls than it
+scripted notices.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Union
 
 _ids = itertools.count(1)
 
@@ -111,6 +114,8 @@ def _message(content: list, stop_reason: str, input_tokens: int, output_tokens: 
 
 # ---- the server ------------------------------------------------------------------------------------
 
+Responder = Callable[[Recorded], Scripted]
+
 _GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/(?P<model>[^/:]+):generateContent")  # the SDK picks v1 or v1beta
 
 
@@ -118,7 +123,8 @@ class FakeLLMServer:
     """The server; ``start()`` / ``stop()`` (or a ``with`` block), ``base_url``, queues and ``requests``."""
 
     def __init__(self) -> None:
-        self.queues: dict[str, deque[Scripted]] = {"anthropic": deque(), "gemini": deque()}
+        self.queues: dict[str, deque[Union[Scripted, Responder]]] = {"anthropic": deque(), "gemini": deque()}
+        self.responders: dict[str, Responder] = {}
         self.requests: list[Recorded] = []
         self.unscripted = 0
         self._lock = threading.Lock()
@@ -127,11 +133,15 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
 
     # scripting
-    def anthropic(self, *replies: Scripted) -> None:
+    def anthropic(self, *replies: Scripted | Responder) -> None:
         self.queues["anthropic"].extend(replies)
 
-    def gemini(self, *replies: Scripted) -> None:
+    def gemini(self, *replies: Scripted | Responder) -> None:
         self.queues["gemini"].extend(replies)
+
+    def respond_with(self, api: str, responder: Responder) -> None:
+        """Answer every request to ``api`` that finds its queue empty with ``responder(request)``."""
+        self.responders[api] = responder
 
     def received(self, api: str) -> list[Recorded]:
         """The requests one API received, oldest first."""
@@ -164,14 +174,19 @@ class FakeLLMServer:
                 else:
                     self._send(Scripted(404, {"error": {"message": f"fake server: unknown path {path}"}}))
                     return
-                with server._lock:
-                    server.requests.append(Recorded(api, self.path, {k.lower(): v for k, v in self.headers.items()}, raw))
+                request = Recorded(api, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
+                with server._lock:  # one reply at a time, so responders need no locking of their own
+                    server.requests.append(request)
                     queue = server.queues[api]
                     if queue:
                         reply = queue.popleft()
+                    elif api in server.responders:
+                        reply = server.responders[api]
                     else:
                         server.unscripted += 1
                         reply = error(500, "fake server: no scripted reply left")
+                    if callable(reply):
+                        reply = reply(request)
                 if reply.delay_s and server._stopping.wait(reply.delay_s):
                     return
                 self._send(reply)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 
 import numpy as np
@@ -283,6 +284,17 @@ def test_missing_key_makes_the_agent_unavailable(monkeypatch):
     assert time.monotonic() - start < 5  # no Prefect server is started or waited for
 
 
+def test_an_unreachable_prefect_server_does_not_hang_the_key_lookup(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    start = time.monotonic()
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens there
+        with pytest.raises(PolicyUnavailable, match="Prefect Secret 'anthropic-api-key'"):
+            ClaudePolicy(SPACE)
+    assert time.monotonic() - start < 15  # bounded by the lookup's own timeout
+
+
 def test_google_api_key_is_accepted(server, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY")
     monkeypatch.setenv("GOOGLE_API_KEY", GEMINI_KEY)
@@ -439,3 +451,83 @@ def test_helpers():
     assert "abcdefghijklmnop" not in clean and "AIzaSyA" not in clean and "secret123" not in clean
     assert "mysecretvalue" not in clean
     assert trim_traceback("\n".join(map(str, range(100)))).splitlines() == [str(i) for i in range(60, 100)]
+
+
+# ---- end to end ------------------------------------------------------------------------------------
+
+
+CHEAP_SPACE = """
+name: cheap
+groups:
+  arch:
+    backbone: [pixels]
+    encoder: [meanpool_mlp, gru, tcn]
+    size: [small]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.001, 0.003, 0.01]
+    batch_size: [16, 32]
+  data:
+    window_s: [1.0, 2.0]
+    augment: [none, jitter]
+fixed: {epochs: 2, weight_decay: 0.01, class_balance: true, horizons_s: [0.5, 1.0, 1.5]}
+"""
+
+
+def _proposer(api: str, pool: list, counter: dict):
+    """A fake-server responder that hands out the next cells of a pool shared by both agents."""
+
+    def reply(request):
+        text = request.text
+        if "Diagnose a failed experiment" in text:
+            diag = {"kind": "code_bug", "diagnosis": "fake diagnosis"}
+            return tool_reply("diagnose_failure", diag) if api == "anthropic" else json_reply(diag)
+        wanted = re.search(r"Propose (\d+) replacement", text) or re.search(r"propose exactly (\d+) new", text)
+        n = int(wanted.group(1))
+        start = counter[api]
+        counter[api] += n
+        obj = answer(pool[start:start + n], rationale=f"{api} pick {start}")
+        return tool_reply("propose_experiments", obj, input_tokens=2000, output_tokens=150) if api == "anthropic" \
+            else json_reply(_stringify(obj), prompt_tokens=2000, output_tokens=150)
+
+    return reply
+
+
+@pytest.mark.slow
+def test_campaign_with_claude_gemini_and_random_against_the_fake_server(server, tmp_path):
+    from flows.campaign import run_campaign
+    from lab.synth import generate
+    from tasks.extract import extract_dataset
+
+    home = tmp_path / "home"
+    dataset = generate(tmp_path / "tiny", videos=8, seed=5, width=64, height=48, seconds=8.0)
+    extract_dataset(dataset.root, "pixels", home=home, device="cpu", progress=False, log=lambda m: None)
+    space_path = tmp_path / "cheap.yaml"  # the collision axes with cheap values and 2 epochs: CPU-fast training
+    space_path.write_text(CHEAP_SPACE)
+    space = Space.load(space_path)
+    # Both agents draw from the same pool, so in concurrent mode they propose the same cells and
+    # dedup must settle the collisions (first claim wins, the loser is asked for replacements).
+    pool = [space.cell(i) for i in range(space.full_size)]
+    random.Random(0).shuffle(pool)
+    counter = {"anthropic": 0, "gemini": 0}
+    server.respond_with("anthropic", _proposer("anthropic", pool, counter))
+    server.respond_with("gemini", _proposer("gemini", pool, counter))
+    fast = dict(timeout_s=10.0, retry_base_s=0.001, retry_max_s=0.01)
+    summary = run_campaign(home, dataset.root, "llm-e2e", policies=("claude", "gemini", "random"), budget=12, seeds=1,
+                           round_size=6, device="cpu", space_path=str(space_path), policy_kwargs={"claude": fast, "gemini": fast},
+                           propose_mode="concurrent", log=lambda m: None)
+    assert summary.recorded == 12 and not summary.unavailable
+    for name, model in (("claude", "claude-opus-5-5"), ("gemini", "gemini-3.1-pro-preview")):
+        stats = summary.per_policy[name]
+        assert stats["proposed"] > 0 and stats["tokens"] > 0 and stats["cost_usd"] > 0, (name, stats)
+    assert summary.dedup.get("gemini", {}).get("duplicate", 0) > 0  # claude claimed first
+    from lab.settings import resolve_home
+    from lab.store import Store
+
+    rows = Store(resolve_home(home)).experiments("llm-e2e")
+    llm = rows[rows["proposer"].isin(["claude", "gemini"])]
+    assert (llm["tokens_in"] > 0).all() and (llm["cost_usd"] > 0).all()
+    assert set(llm.loc[llm["proposer"] == "claude", "model"]) == {"claude-opus-5-5"}
+    assert llm["rationale"].str.contains("pick").all()
+    assert llm["cell_id"].is_unique and server.unscripted == 0
