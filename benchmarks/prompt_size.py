@@ -13,6 +13,7 @@ No network, no API key.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import time
@@ -22,7 +23,7 @@ import pandas as pd
 
 from agents.base import VIEW_COLUMNS, HistoryView
 from agents.llm import parse_proposals
-from agents.prompt import approx_tokens, propose_prompt, static_prompt
+from agents.prompt import approx_tokens, diagnosis_schema, propose_prompt, proposals_schema, static_prompt
 from lab.space import Space
 
 PROPOSERS = ["claude", "gemini", "evolution", "random"]
@@ -96,7 +97,10 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for row in measure_prompts(space, args.sizes, args.repeat):
         print(f"| {row['experiments']:,} | {row['static_tokens']:,} | {row['round_tokens']:,} | {row['total_tokens']:,} | {row['build_ms']:.0f} |")
-    print(f"\nvalidation: {measure_validation(space):,.0f} proposals/s through parse_proposals (10% invalid)")
+    tools = json.dumps([proposals_schema(space), diagnosis_schema(space)])
+    static = static_prompt(space, "Answer only by calling the tool you are given; put nothing else in your reply.")
+    print(f"\nClaude's cacheable prefix (tool schemas + static system prompt): ~{approx_tokens(tools) + approx_tokens(static):,} tokens")
+    print(f"validation: {measure_validation(space):,.0f} proposals/s through parse_proposals (10% invalid)")
 
 
 if __name__ == "__main__":
