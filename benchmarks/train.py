@@ -33,6 +33,9 @@ from tasks.errors import TrainingError  # noqa: E402
 from tasks.train import train_batch, train_cell  # noqa: E402
 
 README = Path(__file__).with_name("README.md")
+GPU_NOTE = ("GPU throughput (experiments per GPU-hour, naive eager loop vs `train_batch`, 1500 x 16 x 1024 "
+            "features) is measured by `benchmarks/gpu_train.py --device cuda --out DIR`, which writes "
+            "`DIR/gpu_train.json`; `--device cpu --quick` is its smoke run.")
 
 
 def demo_like_features(videos: int = 48, steps: int = 23, dim: int = 64, hz: float = 4.0, seed: int = 0) -> FeatureSet:
@@ -102,6 +105,7 @@ def table(rows: list[dict], models: int, single_runs: int, epochs: int) -> str:
     total = sum(r["batched_s"] for r in rows) / len(rows)
     lines += ["", f"Mean over encoders, batched: {total:.3f} s per experiment "
                   f"(~{60 * total:.0f} s for a 60-experiment demo campaign's training)."]
+    lines += ["", GPU_NOTE]
     return "\n".join(lines)
 
 

@@ -247,6 +247,94 @@ class StackedAdamW:
         self.flat.sub_(lr / (1 - beta1 ** self.steps) * self.exp_avg / denom)
 
 
+class StackedHeads:
+    """M heads of one architecture as one vectorised model.
+
+    ``flat`` (M, P) holds every model's parameters (a leaf tensor: autograd gives one (M, P)
+    gradient), ``buffers`` the stacked buffers; ``forward`` runs each model on its own batch
+    ``(M, B, T, D) -> (M, B)`` and ``score`` every model on shared windows ``(B, T, D) -> (M, B)``.
+    """
+
+    def __init__(self, heads: list[torch.nn.Module], device: torch.device):
+        self.base = copy.deepcopy(heads[0]).to(device)  # the module functional_call runs; its own weights unused
+        self.names, self.shapes = zip(*[(n, p.shape) for n, p in heads[0].named_parameters()])
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.flat = torch.stack([torch.nn.utils.parameters_to_vector(h.parameters()) for h in heads]).to(device)
+        self.flat.requires_grad_(True)  # (M, P)
+        self.buffers = {n: torch.stack([dict(h.named_buffers())[n] for h in heads]).to(device)
+                        for n, _ in heads[0].named_buffers()}
+        self._train = vmap(self._one, in_dims=(0, 0, 0), randomness="different")  # each model its own batch
+        self._score = vmap(self._one, in_dims=(0, 0, None))  # every model the same windows
+
+    def _one(self, params, buffers, x):  # one model: (B, T, D) -> (B,)
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``flat`` (M, P) as {name: (M, *shape)}."""
+        return {n: chunk.view(flat.shape[0], *s) for n, chunk, s in zip(self.names, flat.split(self.sizes, dim=1),
+                                                                         self.shapes)}
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:  # (M, B, T, D) -> (M, B), training mode
+        if not self.base.training:
+            self.base.train()
+        return self._train(self.params(self.flat), self.buffers, windows)
+
+    @torch.no_grad()
+    def score(self, windows: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (M, B), evaluation mode
+        if self.base.training:
+            self.base.eval()
+        return self._score(self.params(self.flat.detach()), self.buffers, windows)
+
+
+class ExampleSampler:
+    """Each model's training examples for one epoch, in its own order, as device tensors.
+
+    Example e of the E = n_train x n_horizons examples is train video e % n_train at horizon
+    e // n_train. A model's generator (seeded with its seed) draws its permutation and, with
+    ``augment=jitter``, its end offsets (uniform between the first and last horizon) and noise.
+    """
+
+    def __init__(self, cells: list[Cell], seeds: list[int], features: FeatureSet, horizons_s: tuple[float, ...]):
+        self.features, self.horizons_s = features, horizons_s
+        dev = features.device
+        rows = features.indices("train")
+        self.n_examples = rows.numel() * len(horizons_s)
+        self.rows = rows.repeat(len(horizons_s))  # (E,)
+        self.y = features.y[rows].float().repeat(len(horizons_s))  # (E,)
+        self.end = torch.tensor(horizons_s, dtype=torch.float32).repeat_interleave(rows.numel())  # (E,) cpu
+        self.jitter = [c["augment"] == "jitter" for c in cells]
+        self.order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
+        self.noise_rngs = [torch.Generator(device=dev).manual_seed(s) for s, j in zip(seeds, self.jitter) if j]
+        self.jittered = torch.tensor([m for m, j in enumerate(self.jitter) if j], dtype=torch.long, device=dev)
+        if self.noise_rngs:
+            self.noise_scale = JITTER_NOISE * features.x[rows].float().std(dim=(0, 1))  # (D,)
+
+    def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, last step index, label), each (M, E): one epoch of every model, shuffled."""
+        low, high = min(self.horizons_s), max(self.horizons_s)
+        perms, ends = [], []
+        for rng, jitter in zip(self.order_rngs, self.jitter):
+            perm = torch.randperm(self.n_examples, generator=rng)
+            end = low + (high - low) * torch.rand(self.n_examples, generator=rng) if jitter else self.end
+            perms.append(perm)
+            ends.append(end[perm])
+        fs = self.features
+        perm = torch.stack(perms).to(fs.device)  # (M, E)
+        # the index of each window's last step, computed as FeatureSet.window does
+        last = fs.x.shape[1] - 1 - torch.round(torch.stack(ends).to(fs.device) * fs.step_hz).long()
+        return self.rows[perm], last, self.y[perm]
+
+    def windows(self, rows: torch.Tensor, last: torch.Tensor, t_steps: int) -> torch.Tensor:
+        """The (M, b, T, D) windows ending at ``last`` (M, b) of videos ``rows``, noised for jitter models."""
+        offsets = torch.arange(-t_steps + 1, 1, device=rows.device)  # (T,)
+        windows = self.features.x[rows[..., None], last[..., None] + offsets]  # (M, b, T, D)
+        if self.noise_rngs:
+            noise = torch.stack([torch.randn(windows.shape[1:], generator=g, device=windows.device)
+                                 for g in self.noise_rngs])  # (J, b, T, D)
+            windows[self.jittered] += noise * self.noise_scale
+        return windows
+
+
 def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
                  recipe: Recipe) -> list[TrainResult | TrainingError]:
     """Train one group of same-shape cells as one vectorised model and evaluate every model."""
@@ -259,87 +347,33 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
         torch.cuda.reset_peak_memory_stats(dev)
     started = time.perf_counter()
 
-    # -- the models: M heads, one (M, P) parameter tensor, stacked buffers
-    heads = [_init_head(c, s, features.dim) for c, s in zip(cells, seeds)]
-    base = copy.deepcopy(heads[0]).to(dev)  # the module functional_call runs; its own weights are unused
-    names, shapes = zip(*[(n, p.shape) for n, p in heads[0].named_parameters()])
-    sizes = [math.prod(s) for s in shapes]
-    flat = torch.stack([torch.nn.utils.parameters_to_vector(h.parameters()) for h in heads]).to(dev)
-    flat.requires_grad_(True)  # (M, P)
-    buffers = {n: torch.stack([dict(h.named_buffers())[n] for h in heads]).to(dev) for n, _ in heads[0].named_buffers()}
-    del heads
-
-    def unflatten(rows: torch.Tensor) -> dict[str, torch.Tensor]:  # (M, P) -> {name: (M, *shape)} views
-        return {n: chunk.view(rows.shape[0], *s) for n, chunk, s in zip(names, rows.split(sizes, dim=1), shapes)}
-
-    def logits_of(params, bufs, x):  # one model: (B, T, D) -> (B,)
-        return functional_call(base, (params, bufs), (x,))
-
-    train_forward = vmap(logits_of, in_dims=(0, 0, 0), randomness="different")  # each model its own batch
-    eval_forward = vmap(logits_of, in_dims=(0, 0, None))  # every model the same windows
-
-    # -- the training examples: (train video, horizon) pairs; example e is row e % n at horizon e // n
+    heads = StackedHeads([_init_head(c, s, features.dim) for c, s in zip(cells, seeds)], dev)
     window_s, batch = float(cell0["window_s"]), int(cell0["batch_size"])
-    t_steps, n_steps_cached = features.steps(window_s), features.x.shape[1]
-    train_rows = features.indices("train")
-    n_train, horizons = train_rows.numel(), recipe.horizons_s
-    n_examples = n_train * len(horizons)
-    example_rows = train_rows.repeat(len(horizons))  # (E,)
-    example_y = features.y[train_rows].float().repeat(len(horizons))  # (E,)
-    example_end = torch.tensor(horizons, dtype=torch.float32).repeat_interleave(n_train)  # (E,) on cpu
-    n_pos = float(features.y[train_rows].sum())
-    pos_weight = (n_train - n_pos) / n_pos if recipe.class_balance else None
-    offsets = torch.arange(-t_steps + 1, 1, device=dev)  # (T,)
-
-    with torch.no_grad():  # probe: the head must map (B, T, D) to (B,) logits
-        probe = features.window(train_rows[:2], horizons[0], window_s)
-        out = eval_forward(unflatten(flat), buffers, probe)
-        if out.shape != (n_models, probe.shape[0]):
-            raise ShapeError(cell0, f"the {cell0['encoder']} head returned logits of shape "
-                                    f"{tuple(out.shape[1:])} for a batch of {probe.shape[0]}; expected "
-                                    f"({probe.shape[0]},)")
-
-    lr = torch.tensor([float(c["lr"]) for c in cells], device=dev)
+    probe = features.window(features.indices("train")[:2], recipe.horizons_s[0], window_s)  # (2, T, D)
+    if (shape := tuple(heads.score(probe).shape)) != (n_models, 2):
+        raise ShapeError(cell0, f"the {cell0['encoder']} head returned logits of shape {shape[1:]} for a batch "
+                                f"of 2; expected (2,)")
+    sampler = ExampleSampler(cells, seeds, features, recipe.horizons_s)
+    train_y = features.y[features.indices("train")]
+    n_pos = float(train_y.sum())
+    pos_weight = (train_y.numel() - n_pos) / n_pos if recipe.class_balance else None
     gamma = torch.tensor([loss_for(c["loss"]) for c in cells], device=dev)[:, None]  # (M, 1)
-    optimiser = StackedAdamW(flat, lr, recipe.weight_decay)
-    order_rngs = [torch.Generator().manual_seed(s) for s in seeds]  # batch order and jitter offsets
-    jittered = [m for m, c in enumerate(cells) if c["augment"] == "jitter"]
-    noise_rngs = [torch.Generator(device=dev).manual_seed(seeds[m]) for m in jittered]
-    jittered_idx = torch.tensor(jittered, dtype=torch.long, device=dev)
-    if jittered:
-        noise_scale = JITTER_NOISE * features.x[train_rows].float().std(dim=(0, 1))  # (D,)
-    low, high = min(horizons), max(horizons)
+    optimiser = StackedAdamW(heads.flat, torch.tensor([float(c["lr"]) for c in cells], device=dev),
+                             recipe.weight_decay)
 
     alive = torch.ones(n_models, dtype=torch.bool, device=dev)
     failed_at = torch.full((n_models,), -1, dtype=torch.long, device=dev)  # global step of the first NaN
-    steps_per_epoch = math.ceil(n_examples / batch)
-    base.train()
+    steps_per_epoch = math.ceil(sampler.n_examples / batch)
+    t_steps = features.steps(window_s)
     epochs_run = 0
     for epoch in range(recipe.epochs):
-        perms, ends = [], []
-        for m, cell in enumerate(cells):
-            perm = torch.randperm(n_examples, generator=order_rngs[m])
-            if cell["augment"] == "jitter":
-                end = low + (high - low) * torch.rand(n_examples, generator=order_rngs[m])
-            else:
-                end = example_end
-            perms.append(perm)
-            ends.append(end[perm])
-        perm = torch.stack(perms).to(dev)  # (M, E)
-        rows_epoch = example_rows[perm]  # (M, E)
-        y_epoch = example_y[perm]  # (M, E)
-        # index of each window's last step, as FeatureSet.window computes it
-        last_epoch = n_steps_cached - 1 - torch.round(torch.stack(ends).to(dev) * features.step_hz).long()  # (M, E)
+        rows_epoch, last_epoch, y_epoch = sampler.epoch()  # (M, E) each
         for s in range(steps_per_epoch):
             cols = slice(s * batch, (s + 1) * batch)
-            rows, last = rows_epoch[:, cols], last_epoch[:, cols]  # (M, b)
-            windows = features.x[rows[..., None], last[..., None] + offsets]  # (M, b, T, D)
-            if jittered:
-                noise = torch.stack([torch.randn(windows.shape[1:], generator=g, device=dev) for g in noise_rngs])
-                windows[jittered_idx] += noise * noise_scale
-            logits = train_forward(unflatten(flat), buffers, windows)  # (M, b)
+            logits = heads.forward(sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], t_steps))  # (M, b)
             losses = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none").mean(dim=1)
-            (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), flat)  # (M, P)
+            # a failed model's loss is left out, so its NaN never reaches the others' gradients
+            (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), heads.flat)  # (M, P)
             finite = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
             failed_at = torch.where(alive & ~finite, epoch * steps_per_epoch + s, failed_at)
             alive &= finite
@@ -350,9 +384,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     train_seconds = _elapsed(started, dev)
 
     started = time.perf_counter()
-    base.eval()
-    params = unflatten(flat.detach())
-    metrics = evaluate_heads(lambda w: eval_forward(params, buffers, w), features, window_s, horizons)
+    metrics = evaluate_heads(heads.score, features, window_s, recipe.horizons_s)
     eval_seconds = _elapsed(started, dev)
 
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
@@ -369,7 +401,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
         else:
             out.append(TrainResult(cell=cell, seed=seed, metrics=metrics[m],
                                    train_seconds=train_seconds / n_models, eval_seconds=eval_seconds / n_models,
-                                   params=int(flat.shape[1]), peak_mem_mb=peak, device=device_name,
+                                   params=int(heads.flat.shape[1]), peak_mem_mb=peak, device=device_name,
                                    group_size=n_models, epochs=epochs_run))
     return out
 
