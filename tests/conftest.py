@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # Before anything imports prefect: every test session gets its own Prefect home and ephemeral
 # server, so tests never touch a user's Prefect state or a running server.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="crashsearch-prefect-")
@@ -16,3 +18,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for key in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
     os.environ.pop(key, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory):
+    """A tiny synthetic day dataset made once per session: 12 videos (6 positive), 64x48, 8 fps, 8 s.
+
+    Positive events sit at 6.8-7.7 s, so extraction has its 6.5 s of history. Returns the loaded
+    lab.datasets.Dataset; treat its files as read-only.
+    """
+    from lab.synth import generate  # lazy, so conftest stays cheap to import
+
+    return generate(tmp_path_factory.mktemp("synth") / "synth-day", videos=12, seed=0, style="day",
+                    width=64, height=48, fps=8, seconds=8.0)
