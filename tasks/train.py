@@ -391,8 +391,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     device_name = f"cuda:{dev.index or 0} {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
     out: list[TrainResult | TrainingError] = []
-    for m, (cell, seed) in enumerate(zip(cells, seeds)):
-        step = int(failed_at[m])
+    for m, (cell, seed, step) in enumerate(zip(cells, seeds, failed_at.tolist())):
         if step >= 0:
             out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // steps_per_epoch + 1}, "
                                           f"step {step % steps_per_epoch + 1} (lr={cell['lr']}, loss={cell['loss']})"))
