@@ -6,22 +6,27 @@ Contract (what writers may rely on and readers may assume):
   experiment or small batch is a new file ``part-<utc timestamp>-<uuid>.parquet``, written to a
   hidden temp name in the same folder (``.part-....tmp``), fsynced, then ``os.replace``d into
   place. The rename is atomic, so a row is complete or absent: a writer that crashes leaves at
-  most a hidden temp file that no reader ever globs.
-* Finished rows never change. Files are only ever added, except by ``compact``.
-* One row per (campaign, experiment_id). The ``experiments`` view keeps the first copy of an
-  experiment (earliest finished_at, then file name) and drops the rest, so re-appending a row
-  after a crash, or a compaction caught between its two steps, never shows a row twice.
-* ``compact`` writes the merged file atomically first and only then unlinks the originals. In
-  the window between the two, both copies exist on disk and the view's dedup shows each row
-  once. A reader that listed the originals just before they were unlinked may fail to open one;
-  ``Store.query`` and the other read methods retry such a read (bounded), and by then the rows
-  are in the merged file. Stale temp files (older than an hour: their writer is dead) are
-  removed by ``compact``.
+  most a hidden temp file that no reader ever lists.
+* Finished rows never change. Files are only ever added, except by ``compact``. Within one file
+  experiment ids are unique (``append`` refuses a batch that repeats one).
+* One row per (campaign, experiment_id), whatever happens on disk. Compaction uses generations:
+  it writes the merged rows as ``part-<ts>-<uuid>.merged.parquet`` whose footer lists the files
+  it replaces, renames it into place, and only then unlinks those files. Readers ignore every file
+  a merged file replaces, so in the window between rename and unlink (or after a compaction that
+  died there) nobody sees a row twice; the next compaction removes the leftovers. Per campaign
+  the newest merged file is the *base*; every other file is *recent*. The ``experiments`` view is
+  the base plus the recent rows whose id is not in the base, deduplicated among themselves
+  (earliest finished_at, then file name, wins). So a re-appended row never shows twice, and the
+  dedup costs in proportion to the recent rows: a compacted history of a million rows reads at
+  the speed of a single Parquet file.
 * DuckDB is the query layer only: ``connect()`` opens a fresh in-memory connection with views
   over the files (and small tables rebuilt from ``campaign.json`` files and
   ``bugfix_events.jsonl``). There is no database file and nothing to lock, so queries work while
-  campaigns write. Each query re-globs the log, so a connection sees files appended after it
-  opened (except when the home had no log file at all when it connected: open a new one).
+  campaigns write. A connection sees the files that existed when it opened (the Store's read
+  methods open one per call). A compaction may unlink a file a reader listed just before; the
+  read then fails with an IO error, and ``connect`` and the read methods retry (bounded) with a
+  fresh listing, in which the rows are in the merged file.
+* Stale temp files (older than an hour: their writer is dead) are removed by ``compact``.
 
 Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
 ``campaigns`` (one row per campaign.json) and ``bugfix_events``.
@@ -58,6 +63,8 @@ log = logging.getLogger(__name__)
 
 LOG_DIR = "log"
 PART_GLOB = "part-*.parquet"
+MERGED_SUFFIX = ".merged.parquet"
+REPLACES_KEY = b"crashsearch.replaces"  # footer metadata of a merged file: the file names it replaces
 REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 STALE_TEMP_SECONDS = 3600
@@ -80,11 +87,34 @@ class Store:
         return path
 
     def log_files(self, campaign: str | None = None) -> list[Path]:
-        """The visible log files of one campaign (or all), oldest name first."""
+        """Every log file on disk of one campaign (or all), replaced ones included; by name."""
         if campaign is not None:
             folder = self.home.campaigns / check_campaign_id(campaign) / LOG_DIR
             return sorted(folder.glob(PART_GLOB))
         return sorted(self.home.campaigns.glob(f"*/{LOG_DIR}/{PART_GLOB}"))
+
+    def generations(self, campaign: str | None = None) -> "Generations":
+        """The files readers use, split into bases and recent, and the replaced files to ignore.
+
+        Raises FileNotFoundError if a compaction removes a merged file while it is being read
+        (callers retry)."""
+        folders: dict[Path, list[Path]] = {}
+        for path in self.log_files(campaign):
+            folders.setdefault(path.parent, []).append(path)
+        gens = Generations([], [], [])
+        for files in folders.values():
+            merged = [f for f in files if f.name.endswith(MERGED_SUFFIX)]
+            replaced = set()
+            for path in merged:
+                raw = (pq.read_metadata(path).metadata or {}).get(REPLACES_KEY, b"[]")
+                replaced.update(json.loads(raw))
+            live = [f for f in files if f.name not in replaced]
+            live_merged = [f for f in live if f.name.endswith(MERGED_SUFFIX)]
+            base = live_merged[-1:]  # the newest generation; older live merged files are recent
+            gens.bases.extend(base)
+            gens.recent.extend(f for f in live if f not in base)
+            gens.replaced.extend(f for f in files if f.name in replaced)
+        return gens
 
     # ---- writing ----------------------------------------------------------------------------
     def append(self, campaign: str, rows: list[dict], space: Space) -> Path:
@@ -152,10 +182,15 @@ class Store:
                 columns.append(pa.nulls(table.num_rows, field.type))
         return self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
 
-    def _write(self, campaign: str, table: pa.Table) -> Path:
+    def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None) -> Path:
         folder = self.log_dir(campaign)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        final = folder / f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+        if replaces is None:
+            final = folder / f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+        else:
+            final = folder / f"part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX}"
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
         _atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
         return final
 
@@ -183,26 +218,21 @@ class Store:
 
     # ---- reading ----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events."""
+        """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events.
+
+        Raises duckdb.IOException only if compactions keep removing files for several retries."""
         con = duckdb.connect(":memory:")
         con.execute("SET TimeZone = 'UTC'")
-        if self.log_files():
-            pattern = str(self.home.campaigns / "*" / LOG_DIR / PART_GLOB).replace("'", "''")
-            source = f"read_parquet('{pattern}', union_by_name = true, filename = true)"
-            # first copy of each experiment wins: see the contract in the module docstring
-            view = (f"CREATE OR REPLACE VIEW experiments AS SELECT * EXCLUDE (filename) FROM {source} "
-                    "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1")
-            for attempt in range(READ_RETRIES):
-                try:
-                    con.execute(view)  # binding reads the footers of the files it globs
-                    break
-                except duckdb.IOException:  # a compaction removed one meanwhile: glob again
-                    if attempt == READ_RETRIES - 1:
-                        con.close()
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
-        else:
-            con.execute(f"CREATE VIEW experiments AS SELECT * FROM ({_empty_select(BASE_FIELDS)})")
+        for attempt in range(READ_RETRIES):
+            try:
+                gens = self.generations()
+                con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments_sql(gens.bases, gens.recent)}")
+                break
+            except (duckdb.IOException, FileNotFoundError):  # a compaction removed a file: list again
+                if attempt == READ_RETRIES - 1:
+                    con.close()
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         con.register("_campaigns", _campaigns_table(self.campaigns()))
         con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
         con.register("_bugfix_events", _events_table(bugfix_events(self.home)))
@@ -218,15 +248,19 @@ class Store:
         check_read_only(sql)
         return self._read(sql, params)
 
-    def _read(self, sql: str, params: list | None = None) -> pd.DataFrame:
+    def _read(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+        return self._with_connection(lambda con: con.execute(sql, params or []).df())
+
+    def _with_connection(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """Run ``work`` on a fresh connection, retrying when a compaction removes a listed file."""
         for attempt in range(READ_RETRIES):
             con = None
             try:
-                con = self.connect()  # binding the view reads file footers: inside the retry too
-                return con.execute(sql, params or []).df()
-            except duckdb.IOException:
+                con = self.connect()
+                return work(con)
+            except (duckdb.IOException, FileNotFoundError):
                 # a compaction unlinked a file this query had listed; its rows are in the
-                # merged file now, so a fresh glob reads them
+                # merged file now, so a fresh listing reads them
                 if attempt == READ_RETRIES - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -249,28 +283,43 @@ class Store:
         t-interval; NaN with one replicate), ``std_val_ap, n`` (replicates with a val_ap),
         ``cell_id, arch_group``, the axis values, ``dataset, space, campaigns`` and, apart at
         the end, ``best_test_ap`` (max test AP: for people, never for policies). Cells with fewer
-        than ``min_replicates`` replicates are left out.
+        than ``min_replicates`` replicates are left out. Raises ValueError on k or
+        min_replicates below 1 or a bad campaign id.
         """
         if k < 1 or min_replicates < 1:
             raise ValueError("leaderboard needs k >= 1 and min_replicates >= 1")
-        columns = self._read("DESCRIBE experiments")["column_name"].tolist()
-        axes = [c for c in columns if c not in BASE_COLUMNS]
-        where, params = "status IN ('ok', 'healed') AND val_ap IS NOT NULL AND NOT isnan(val_ap)", []
+        params: dict[str, Any] = {"min_n": int(min_replicates), "k": int(k)}
+        where = "status IN ('ok', 'healed') AND val_ap IS NOT NULL AND NOT isnan(val_ap)"
         if campaign is not None:
-            where += " AND campaign = ?"
-            params.append(check_campaign_id(campaign))
-        axis_sql = "".join(f", any_value({_ident(a)}) AS {_ident(a)}" for a in axes)
-        sql = f"""
-            SELECT avg(val_ap) AS mean_val_ap, stddev_samp(val_ap) AS std_val_ap, count(*) AS n,
-                   cell_id, any_value(arch_group) AS arch_group{axis_sql},
-                   dataset, space, string_agg(DISTINCT campaign, ',' ORDER BY campaign) AS campaigns,
-                   max(test_ap) AS best_test_ap
-            FROM experiments WHERE {where}
-            GROUP BY dataset, space, cell_id
-            HAVING count(*) >= ?
-            ORDER BY mean_val_ap DESC, n DESC, cell_id
-            LIMIT ?"""
-        board = self._read(sql, params + [int(min_replicates), int(k)])
+            where += " AND campaign = $campaign"
+            params["campaign"] = check_campaign_id(campaign)
+
+        def run(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, list[str]]:
+            columns = [row[0] for row in con.execute("DESCRIBE experiments").fetchall()]
+            axes = [c for c in columns if c not in BASE_COLUMNS]
+            axis_any = "".join(f", any_value({_ident(a)}) AS {_ident(a)}" for a in axes)
+            axis_out = "".join(f", detail.{_ident(a)}" for a in axes)
+            # rank on the cheap aggregates first; fetch the descriptive columns for k cells only
+            sql = f"""
+                WITH top AS (
+                    SELECT dataset, space, cell_id, avg(val_ap) AS mean_val_ap, stddev_samp(val_ap) AS std_val_ap,
+                           count(*) AS n, max(test_ap) AS best_test_ap
+                    FROM experiments WHERE {where}
+                    GROUP BY dataset, space, cell_id HAVING count(*) >= $min_n
+                    ORDER BY mean_val_ap DESC, n DESC, cell_id LIMIT $k),
+                detail AS (
+                    SELECT dataset, space, cell_id, any_value(arch_group) AS arch_group{axis_any},
+                           string_agg(DISTINCT campaign, ',' ORDER BY campaign) AS campaigns
+                    FROM experiments WHERE {where} AND cell_id IN (SELECT cell_id FROM top)
+                    GROUP BY dataset, space, cell_id)
+                SELECT top.mean_val_ap, top.std_val_ap, top.n, top.cell_id, detail.arch_group{axis_out},
+                       top.dataset, top.space, detail.campaigns, top.best_test_ap
+                FROM top JOIN detail ON top.cell_id = detail.cell_id
+                    AND top.dataset IS NOT DISTINCT FROM detail.dataset AND top.space IS NOT DISTINCT FROM detail.space
+                ORDER BY top.mean_val_ap DESC, top.n DESC, top.cell_id"""
+            return con.execute(sql, params).df(), axes
+
+        board, axes = self._with_connection(run)
         n = board["n"].to_numpy(dtype=float)
         half = t_quantile(n - 1) * board["std_val_ap"].to_numpy(dtype=float) / np.sqrt(n)
         board.insert(1, "ci_low", board["mean_val_ap"] - half)
@@ -348,21 +397,30 @@ class Store:
         """Write one campaign as a single Parquet file (schema columns, rows sorted by
         finished_at, experiment_id), atomically; return its path. Raises ValueError if the
         campaign has no experiments."""
-        files = self.log_files(campaign)
-        if not files:
-            raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root}")
-        table = self._merged(campaign, files)
+        for attempt in range(READ_RETRIES):
+            gens = self.generations(campaign)
+            if not gens.live:
+                raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root}")
+            try:
+                table = self._merged(gens)
+                break
+            except (duckdb.IOException, FileNotFoundError):  # compacted meanwhile: list again
+                if attempt == READ_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out, lambda f: pq.write_table(table, f, compression="zstd"))
+        _atomic_write(out, lambda f: pq.write_table(table.replace_schema_metadata(None), f, compression="zstd"))
         return out
 
     def compact(self, campaign: str) -> tuple[int, int]:
         """Merge a campaign's log files into one; return (files merged, rows in the merged file).
 
-        Safe beside readers and writers: the merged file (deduplicated, sorted) is renamed into
-        place before the originals are unlinked, and files appended meanwhile are left alone.
-        Returns (0, 0) when there is at most one file. Also removes temp files older than an hour.
+        Safe beside readers, writers and other compactions (see the module docstring): the merged
+        file names the files it replaces and is renamed into place before they are unlinked;
+        files appended meanwhile are left alone. Returns (0, 0) when there is at most one live
+        file; then it still removes leftovers of an interrupted compaction and temp files older
+        than an hour.
         """
         folder = self.log_dir(campaign)
         for temp in folder.glob(".part-*.tmp"):
@@ -371,36 +429,72 @@ class Store:
                     temp.unlink()
             except FileNotFoundError:
                 pass
-        files = self.log_files(campaign)
-        if len(files) < 2:
-            return 0, 0
-        table = self._merged(campaign, files)
-        self._write(campaign, table)
-        for path in files:
+        gens = self.generations(campaign)
+        merged, rows = 0, 0
+        if len(gens.live) >= 2:
+            table = self._merged(gens)
+            # leftovers stay listed: if their unlink fails again, they must stay replaced
+            self._write(campaign, table, replaces=[f.name for f in gens.live + gens.replaced])
+            merged, rows = len(gens.live), table.num_rows
+            remove = gens.live + gens.replaced
+        else:
+            remove = gens.replaced  # the merged file that replaces them is live: finish its job
+        for path in remove:
             try:
                 path.unlink()
             except FileNotFoundError:  # another compaction got there first
                 pass
         _fsync_dir(folder)
-        return len(files), table.num_rows
+        return merged, rows
 
-    def _merged(self, campaign: str, files: list[Path]) -> pa.Table:
-        """The deduplicated, sorted rows of exactly these files, with their own column types."""
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files])
-        listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    def _merged(self, gens: "Generations") -> pa.Table:
+        """The rows the view shows for exactly these files, sorted, with the files' column types."""
+        schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in gens.live])
         con = duckdb.connect(":memory:")
         try:
             con.execute("SET TimeZone = 'UTC'")
-            table = con.sql(
-                f"SELECT * EXCLUDE (filename) FROM read_parquet([{listing}], union_by_name = true, filename = true) "
-                "WHERE campaign = $campaign "
-                "QUALIFY row_number() OVER (PARTITION BY experiment_id ORDER BY finished_at, filename) = 1 "
-                "ORDER BY finished_at, experiment_id",
-                params={"campaign": campaign},
-            ).to_arrow_table()
+            sql = f"SELECT * FROM ({experiments_sql(gens.bases, gens.recent)}) ORDER BY finished_at, experiment_id"
+            table = con.sql(sql).to_arrow_table()
         finally:
             con.close()
         return table.select(schema.names).cast(schema)
+
+
+class Generations:
+    """A listing of log files: ``bases`` (one merged file per campaign at most), ``recent`` (every
+    other live file) and ``replaced`` (on disk but replaced by a merged file; readers skip them)."""
+
+    def __init__(self, bases: list[Path], recent: list[Path], replaced: list[Path]):
+        self.bases, self.recent, self.replaced = bases, recent, replaced
+
+    @property
+    def live(self) -> list[Path]:
+        return self.bases + self.recent
+
+
+def experiments_sql(bases: list[Path], recent: list[Path]) -> str:
+    """The SELECT behind the experiments view: one row per (campaign, experiment_id).
+
+    Base rows are unique by construction and always win; recent rows are deduplicated among
+    themselves and against the bases' ids (an anti join: its cost follows the recent rows).
+    """
+    def files(paths: list[Path]) -> str:
+        return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+    if not bases and not recent:
+        return _empty_select(BASE_FIELDS)
+    parts = []
+    if bases:
+        parts.append(f"SELECT * FROM read_parquet({files(bases)}, union_by_name = true)")
+    if recent:
+        fresh = (f"SELECT * EXCLUDE (filename) FROM read_parquet({files(recent)}, union_by_name = true, filename = true) "
+                 "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1")
+        if bases:
+            fresh = (f"SELECT * FROM ({fresh}) AS recent ANTI JOIN "
+                     f"(SELECT campaign, experiment_id FROM read_parquet({files(bases)}, union_by_name = true)) AS base "
+                     "USING (campaign, experiment_id)")
+        parts.append(fresh)
+    return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -690,12 +784,12 @@ def _events_table(events: list[dict]) -> pa.Table:
 
 def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
     """Student-t quantile per degrees of freedom (NaN where df < 1)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # the t quantile; much lighter to import than scipy.stats
 
     df = np.asarray(df, dtype=float)
     out = np.full(df.shape, np.nan)
     ok = df >= 1
-    out[ok] = stats.t.ppf(q, df[ok])
+    out[ok] = stdtrit(df[ok], q)
     return out
 
 

@@ -361,9 +361,51 @@ def test_compaction_interrupted_before_unlink_is_finished_by_the_next_one(store,
         store.compact("c1")
     monkeypatch.undo()
     assert len(store.log_files("c1")) == 4  # three originals and the merged copy
+    assert len(store.generations("c1").replaced) == 3  # readers skip the originals
     assert len(store.experiments("c1")) == 12
-    assert store.compact("c1") == (4, 12)
-    assert len(store.experiments("c1")) == 12
+    assert store.compact("c1") == (0, 0)  # nothing left to merge: it only removes the leftovers
+    assert len(store.log_files("c1")) == 1 and len(store.experiments("c1")) == 12
+
+
+def test_rows_reappended_after_compaction_show_once(store, space):
+    rows = make_rows(space, 6)
+    store.append("c1", rows[:3], space)
+    store.append("c1", rows[3:], space)
+    store.compact("c1")
+    changed = [{**r, "val_ap": 0.0} for r in rows[1:3]]  # a re-append may even differ: the first copy wins
+    store.append("c1", changed + make_rows(space, 2, seed=7, start=100), space)
+    store.append("c1", changed[:1], space)
+    frame = store.experiments("c1")
+    assert len(frame) == 8 and frame["experiment_id"].is_unique
+    assert (frame.set_index("experiment_id").loc[[r["experiment_id"] for r in rows], "val_ap"]
+            == [r["val_ap"] for r in rows]).all()
+    store.compact("c1")
+    pd.testing.assert_frame_equal(store.experiments("c1"), frame)
+
+
+def test_two_compactions_at_once_and_interrupted_chains_never_duplicate(store, space, monkeypatch):
+    for batch in range(3):
+        store.append("c1", make_rows(space, 4, seed=batch, start=batch * 4), space)
+    # two compactors list the same files and both rename their merged copy into place
+    gens = store.generations("c1")
+    for _ in range(2):
+        store._write("c1", store._merged(gens), replaces=[f.name for f in gens.live])
+    assert len(store.generations("c1").live) == 2 and len(store.experiments("c1")) == 12
+    # a compaction that dies before unlinking, twice in a row, with an append in between
+    monkeypatch.setattr(Path, "unlink", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        store.compact("c1")
+    store.append("c1", make_rows(space, 2, seed=9, start=50), space)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact("c1")
+    monkeypatch.undo()
+    assert len(store.log_files("c1")) == 8
+    assert len(store.generations("c1").live) == 1
+    frame = store.experiments("c1")
+    assert len(frame) == 14 and frame["experiment_id"].is_unique
+    assert store.compact("c1") == (0, 0)
+    assert len(store.log_files("c1")) == 1
+    pd.testing.assert_frame_equal(store.experiments("c1"), frame)
 
 
 READER = textwrap.dedent("""
