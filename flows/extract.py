@@ -34,7 +34,19 @@ def main(args) -> int:
     from lab.datasets import DatasetError
     from models.backbones import WeightsUnavailable
 
+    from lab.datasets import load_dataset
+    from models.backbones import list_backbones
+
     home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
+    # argument errors fail here, before a Prefect server starts for nothing
+    if args.backbone not in list_backbones():
+        print(f"extract: unknown backbone {args.backbone!r}; registered: {', '.join(list_backbones())}", file=sys.stderr)
+        return 2
+    try:
+        load_dataset(args.dataset)
+    except DatasetError as exc:
+        print(f"extract: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = extract_flow(dataset=str(Path(args.dataset).expanduser()), backbone=args.backbone,
                                home=str(home) if home else None, weights=args.weights, device=args.device,

@@ -59,9 +59,12 @@ class WeightsUnavailable(RuntimeError):
 class Backbone:
     """A frozen video model behind one interface; subclasses implement ``_forward``.
 
-    ``_forward`` receives the clips already on the device as float (B, F, 3, H, W), scaled to
-    [0, 1] and resized to ``frame_size``, and returns (B, dim).
+    ``_forward`` receives the clips already on the device as float (B, F, 3, H, W), resized to
+    ``frame_size`` and normalized per channel as ``(x / 255 - mean) / std``, and returns (B, dim).
     """
+
+    mean: tuple = (0.0, 0.0, 0.0)  # the defaults leave pixels in [0, 1]
+    std: tuple = (1.0, 1.0, 1.0)
 
     def __init__(self, name: str, dim: int, clip_frames: int, frame_size: tuple[int, int], weights_id: str,
                  device: torch.device, module: nn.Module | None = None):
@@ -98,11 +101,15 @@ class Backbone:
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, F, 3, H, W)
+            # reorder while still bytes, then scale in place: 7x faster on a CPU than the other way round
+            x = x.permute(0, 1, 4, 2, 3).contiguous().float()  # (B, F, 3, H, W)
             if tuple(x.shape[-2:]) != self.frame_size:
                 b, f = x.shape[:2]
                 x = F.interpolate(x.flatten(0, 1), size=self.frame_size, mode="bilinear", align_corners=False)
                 x = x.view(b, f, 3, *self.frame_size)
+            mean = torch.tensor(self.mean, device=x.device).view(1, 1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 1, 3, 1, 1)
+            x = x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
             out = self._forward(x)  # (B, dim)
         assert out.shape == (x.shape[0], self.dim), f"{self.name}: output {tuple(out.shape)} != (B, {self.dim})"
         return out.float().cpu()
@@ -111,21 +118,15 @@ class Backbone:
         raise NotImplementedError
 
 
-def _normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """(B, F, 3, H, W) in [0, 1] -> normalized per channel."""
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
-    return (x - m) / s
-
-
 # ---- V-JEPA 2 (transformers) ---------------------------------------------------------------
 
 
 class VJEPA2Backbone(Backbone):
     """V-JEPA 2 encoder (Assran et al. 2025, arXiv 2506.09985); embedding = mean of the patch tokens."""
 
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # what VJEPA2VideoProcessor normalizes with
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _normalize(x, IMAGENET_MEAN, IMAGENET_STD)
         tokens = self.module(pixel_values_videos=x, skip_predictor=True).last_hidden_state  # (B, N, D)
         return tokens.mean(dim=1)
 
@@ -205,11 +206,10 @@ class TorchvisionBackbone(Backbone):
 
     def __init__(self, *args, mean: tuple, std: tuple, **kwargs):
         super().__init__(*args, **kwargs)
-        self.mean, self.std = mean, std
+        self.mean, self.std = mean, std  # the weights enum's preset
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _normalize(x, self.mean, self.std).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
-        return self.module(x)
+        return self.module(x.permute(0, 2, 1, 3, 4))  # (B, 3, F, H, W)
 
 
 @dataclass(frozen=True)

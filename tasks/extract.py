@@ -195,29 +195,43 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
             partition.add_failures(failures)
             failures.clear()
 
-    pending: list[tuple[DecodedVideo, torch.Tensor]] = []  # decoded videos waiting for a batch
-    n_pending = 0
+    # decoded videos whose clips are (partly) waiting for the backbone: [video, clips, outputs, next clip]
+    pending: deque[list] = deque()
+    waiting = 0  # clips decoded but not embedded yet
 
-    def embed_pending() -> None:
-        nonlocal n_pending
-        if not pending:
-            return
-        clips = torch.cat([c for _, c in pending])  # (sum S, F, H, W, 3) on the backbone's device
-        t0 = time.perf_counter()
-        out = torch.cat([backbone.embed(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)])
-        stats.embed_seconds += time.perf_counter() - t0
-        offset = 0
-        for video, c in pending:
-            emb = out[offset:offset + len(c)].numpy()  # (S, D)
-            offset += len(c)
-            item = video.item
-            rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
-                         "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb})
-            stats.videos_ok += 1
-            stats.clips += len(c)
-        pending.clear()
-        n_pending = 0
+    def embed_ready(final: bool = False) -> None:
+        """Embed full batches (and, when final, the rest), taking clips across video boundaries."""
+        nonlocal waiting
+        while waiting >= batch_size or (final and waiting):
+            chunks, owners, need = [], [], batch_size
+            for entry in pending:
+                take = min(need, len(entry[1]) - entry[3])
+                if take:
+                    chunks.append(entry[1][entry[3]:entry[3] + take])
+                    owners.append((entry, take))
+                    entry[3] += take
+                    need -= take
+                if need == 0:
+                    break
+            t0 = time.perf_counter()
+            out = backbone.embed(torch.cat(chunks) if len(chunks) > 1 else chunks[0])  # (B, D) on the CPU
+            stats.embed_seconds += time.perf_counter() - t0
+            offset = 0
+            for entry, take in owners:
+                entry[2].append(out[offset:offset + take])
+                offset += take
+            waiting -= offset
+            while pending and pending[0][3] == len(pending[0][1]):
+                finish(*pending.popleft()[:3])
         flush()
+
+    def finish(video: DecodedVideo, clips: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        item = video.item
+        emb = torch.cat(outputs).numpy()  # (S, D)
+        rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
+                     "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb})
+        stats.videos_ok += 1
+        stats.clips += len(clips)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         queue = deque(todo)
@@ -249,14 +263,14 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
                         frames = frames.pin_memory().to(backbone.device, non_blocking=True)
                     index = torch.from_numpy(video.clip_index).to(frames.device)
                     clips = frames[index]  # (S, F, H, W, 3), gathered where the model runs
-                    pending.append((video, clips))
-                    n_pending += len(clips)
+                    pending.append([video, clips, [], 0])
+                    waiting += len(clips)
                     bar.update(1)
-                if n_pending >= batch_size or (not queue and not running):
-                    embed_pending()
+                if waiting >= batch_size:
+                    embed_ready()
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(clips_s=f"{stats.clips / elapsed:.1f}" if elapsed else "-", failed=stats.videos_failed)
-            embed_pending()
+                    bar.set_postfix(clips_s=f"{stats.clips / elapsed:.1f}", failed=stats.videos_failed)
+            embed_ready(final=True)
             flush(force=True)
         except BaseException:
             # keep what is finished, even when interrupted: the next run resumes after it
