@@ -227,6 +227,8 @@ class Store:
             try:
                 gens = self.generations()
                 con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments_sql(gens.bases, gens.recent)}")
+                # every live row before the dedup: for lookups where a duplicate cannot matter
+                con.execute(f"CREATE OR REPLACE VIEW _log_rows AS {experiments_sql(gens.live, [])}")
                 break
             except (duckdb.IOException, FileNotFoundError):  # a compaction removed a file: list again
                 if attempt == READ_RETRIES - 1:
@@ -299,9 +301,10 @@ class Store:
             axes = [c for c in columns if c not in BASE_COLUMNS]
             axis_any = "".join(f", any_value({_ident(a)}) AS {_ident(a)}" for a in axes)
             axis_out = "".join(f", detail.{_ident(a)}" for a in axes)
-            # rank on the cheap aggregates first; fetch the descriptive columns for k cells only
+            # Rank on the cheap aggregates first, then fetch the descriptive columns for the k cells
+            # from the rows before dedup: a duplicate repeats its cell's axis values and campaign.
             sql = f"""
-                WITH top AS (
+                WITH top AS MATERIALIZED (  -- referenced twice: compute once
                     SELECT dataset, space, cell_id, avg(val_ap) AS mean_val_ap, stddev_samp(val_ap) AS std_val_ap,
                            count(*) AS n, max(test_ap) AS best_test_ap
                     FROM experiments WHERE {where}
@@ -310,7 +313,7 @@ class Store:
                 detail AS (
                     SELECT dataset, space, cell_id, any_value(arch_group) AS arch_group{axis_any},
                            string_agg(DISTINCT campaign, ',' ORDER BY campaign) AS campaigns
-                    FROM experiments WHERE {where} AND cell_id IN (SELECT cell_id FROM top)
+                    FROM _log_rows WHERE {where} AND cell_id IN (SELECT cell_id FROM top)
                     GROUP BY dataset, space, cell_id)
                 SELECT top.mean_val_ap, top.std_val_ap, top.n, top.cell_id, detail.arch_group{axis_out},
                        top.dataset, top.space, detail.campaigns, top.best_test_ap
