@@ -64,9 +64,14 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         else:
             out["arch_group"] = "unknown"
     out["arch_group"] = out["arch_group"].astype(str)
+    if (len(out) and ("backbone" not in out.columns or "encoder" not in out.columns)
+            and out["arch_group"].str.contains("/").all()):
+        parts = out["arch_group"].str.split("/", n=1, expand=True)
+        out["backbone"], out["encoder"] = parts[0], parts[1]
     if "cell_id" not in out.columns:
-        # an external log without ids: every distinct arch group plus axes row is a cell
-        out["cell_id"] = pd.factorize(out["arch_group"])[0]
+        # an external log without ids: each distinct combination of the axis values it has is a cell
+        keys = ["arch_group"] + [c for c in axis_columns(out) if c not in ("backbone", "encoder")]
+        out["cell_id"] = out.groupby(keys, sort=False, dropna=False).ngroup()
     out["ok"] = out["status"].isin(OK_STATUSES) & out["val_ap"].notna()
     out["arm"] = _arms(out)
     out["run"] = out["campaign"] + "::" + out["arm"]

@@ -286,6 +286,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _stack(df: pd.DataFrame, extra: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
+    """``df`` alone when there is nothing extra, else the given columns of both (extra prepared)."""
+    if extra is None or extra.empty:
+        return df
+    extra = prepare(extra)
+    cols = [c for c in columns if c in df.columns and c in extra.columns]
+    return pd.concat([df[cols], extra[cols]], ignore_index=True)
+
+
 def _fit_summary(fit: dict) -> dict:
     keys = ("a", "b", "c", "r2", "rmse", "a_ci", "b_ci", "c_ci", "n", "points", "improvements", "n_boot", "reason")
     return {k: fit.get(k) for k in keys}
@@ -371,7 +380,9 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     curves_post = convergence.curves(post, by_arm=False) if post is not None else None
     main_conv = conv_post or conv_full
     lap("convergence")
-    base_df = df if baselines_df is None or baselines_df.empty else prepare(pd.concat([history_df, baselines_df], ignore_index=True))
+    # the extra campaigns are prepared on their own (arms and order are per campaign) and only the
+    # columns a section reads are stacked, so a 1M-row history is not copied whole again
+    base_df = _stack(df, baselines_df, ["campaign", "arm", "val_ap", "ok", "order"])
     bat = baselines.best_at_n(base_df, seed=seed)
     regret = baselines.regret_curves(base_df)
     verdicts = baselines.verdicts(base_df, n=50, seed=seed)
@@ -383,12 +394,12 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     dyn = dynamics.dynamics(df)
     lap("dynamics")
     tr = None
-    if other_datasets is not None:
-        others = pd.concat(list(other_datasets.values()), ignore_index=True) if isinstance(other_datasets, dict) else other_datasets
-        if others is not None and len(others):
-            both = prepare(pd.concat([history_df, others], ignore_index=True))
-            if both["dataset"].nunique() >= 2:
-                tr = transfer.transfer(both)
+    if isinstance(other_datasets, dict):
+        other_datasets = pd.concat(list(other_datasets.values()), ignore_index=True) if other_datasets else None
+    both = _stack(df, other_datasets, ["dataset", "campaign", "arch_group", "backbone", "encoder", "cell_id", "val_ap",
+                                       "ok", "order"])
+    if both is not df and both["dataset"].nunique() >= 2:
+        tr = transfer.transfer(both)
     lap("transfer")
 
     # ---- figures ----

@@ -94,6 +94,19 @@ def test_tiny_or_degenerate_histories_give_reasons_not_crashes():
     assert dynamics.windows(one_group)["agents"].empty
 
 
+def test_external_log_with_only_groups_and_partial_coverage():
+    # an imported log: no ids, no backbone/encoder columns, and only 4 of 9 backbone x encoder pairs tried
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["a/x", "b/y", "c/z", "a/y"], 400)
+    df = pd.DataFrame({"arch_group": groups, "lr": rng.choice([0.1, 0.01], 400),
+                       "val_ap": rng.normal(0.7, 0.02, 400) + np.where(groups == "a/x", 0.1, 0.0)})
+    prepared = prepare(df)
+    assert prepared["cell_id"].nunique() == 8 and set(prepared["backbone"]) == {"a", "b", "c"}
+    fac = anova.factorial(df)
+    assert "interactions dropped" in fac["note"] and fac["terms"] == ["C(backbone)", "C(encoder)", "C(lr)"]
+    assert fac["table"]["sum_sq"].notna().all() and fac["table"].loc["lr", "eta2"] < 0.01
+
+
 # ---- convergence ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("c", [0.11, 0.3])
