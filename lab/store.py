@@ -26,10 +26,15 @@ Contract (what writers may rely on and readers may assume):
   methods open one per call). A compaction may unlink a file a reader listed just before; the
   read then fails with an IO error, and ``connect`` and the read methods retry (bounded) with a
   fresh listing, in which the rows are in the merged file.
-* Stale temp files (older than an hour: their writer is dead) are removed by ``compact``.
+* Minor compactions keep the recent files few: ``append`` merges a campaign's recent files
+  (not its base) into one ``.minor.parquet`` file, by the same rename-then-unlink steps, once
+  there are MINOR_COMPACT_FILES of them. Stale temp files (older than an hour: their writer is
+  dead) are removed by ``compact``.
 
 Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
-``campaigns`` (one row per campaign.json) and ``bugfix_events``.
+``campaigns`` (one row per campaign.json) and ``bugfix_events``; ``_log_rows`` is the live rows
+before dedup, for internal lookups. Compact a campaign fully after it runs (``crashsearch
+compact``): readers then read one file per campaign.
 """
 from __future__ import annotations
 
@@ -63,8 +68,10 @@ log = logging.getLogger(__name__)
 
 LOG_DIR = "log"
 PART_GLOB = "part-*.parquet"
-MERGED_SUFFIX = ".merged.parquet"
+MERGED_SUFFIX = ".merged.parquet"  # a full compaction: the campaign's base
+MINOR_SUFFIX = ".minor.parquet"  # a minor compaction: recent files merged, still recent
 REPLACES_KEY = b"crashsearch.replaces"  # footer metadata of a merged file: the file names it replaces
+MINOR_COMPACT_FILES = 50  # append merges a campaign's recent files once there are this many
 REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 STALE_TEMP_SECONDS = 3600
@@ -103,7 +110,7 @@ class Store:
             folders.setdefault(path.parent, []).append(path)
         gens = Generations([], [], [])
         for files in folders.values():
-            merged = [f for f in files if f.name.endswith(MERGED_SUFFIX)]
+            merged = [f for f in files if f.name.endswith((MERGED_SUFFIX, MINOR_SUFFIX))]
             replaced = set()
             for path in merged:
                 raw = (pq.read_metadata(path).metadata or {}).get(REPLACES_KEY, b"[]")
@@ -143,7 +150,19 @@ class Store:
                 raise ValueError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
             seen.add(clean[-1]["experiment_id"])
         table = pa.Table.from_pylist(clean, schema=schema)
-        return self._write(campaign, table)
+        path = self._write(campaign, table)
+        self._maybe_minor_compact(campaign)
+        return path
+
+    def _maybe_minor_compact(self, campaign: str) -> None:
+        """Merge the campaign's recent files once there are many: each costs readers a file open."""
+        folder = self.log_dir(campaign)
+        if sum(1 for _ in folder.glob(PART_GLOB)) < MINOR_COMPACT_FILES:
+            return
+        try:
+            self.compact(campaign, full=False)
+        except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
+            log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
     def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
         """Bulk path for trusted writers: one Arrow table, checked column-wise, written as one file.
@@ -182,13 +201,13 @@ class Store:
                 columns.append(pa.nulls(table.num_rows, field.type))
         return self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
 
-    def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None) -> Path:
+    def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None, full: bool = True) -> Path:
         folder = self.log_dir(campaign)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         if replaces is None:
             final = folder / f"part-{stamp}-{uuid.uuid4().hex}.parquet"
         else:
-            final = folder / f"part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX}"
+            final = folder / f"part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX if full else MINOR_SUFFIX}"
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
         _atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
@@ -416,14 +435,16 @@ class Store:
         _atomic_write(out, lambda f: pq.write_table(table.replace_schema_metadata(None), f, compression="zstd"))
         return out
 
-    def compact(self, campaign: str) -> tuple[int, int]:
+    def compact(self, campaign: str, full: bool = True) -> tuple[int, int]:
         """Merge a campaign's log files into one; return (files merged, rows in the merged file).
 
-        Safe beside readers, writers and other compactions (see the module docstring): the merged
-        file names the files it replaces and is renamed into place before they are unlinked;
-        files appended meanwhile are left alone. Returns (0, 0) when there is at most one live
-        file; then it still removes leftovers of an interrupted compaction and temp files older
-        than an hour.
+        ``full`` merges every live file into a new base (cost: the whole campaign). ``full=False``
+        merges only the recent files (cost: those rows), which ``append`` does by itself once a
+        campaign has MINOR_COMPACT_FILES files. Safe beside readers, writers and other
+        compactions (see the module docstring): the merged file names the files it replaces and
+        is renamed into place before they are unlinked; files appended meanwhile are left alone.
+        Returns (0, 0) when there are fewer than two files to merge; it still removes leftovers
+        of an interrupted compaction, and temp files older than an hour.
         """
         folder = self.log_dir(campaign)
         for temp in folder.glob(".part-*.tmp"):
@@ -433,15 +454,15 @@ class Store:
             except FileNotFoundError:
                 pass
         gens = self.generations(campaign)
+        inputs = Generations(gens.bases, gens.recent, []) if full else Generations([], gens.recent, [])
         merged, rows = 0, 0
-        if len(gens.live) >= 2:
-            table = self._merged(gens)
+        remove = list(gens.replaced)  # a live merged file replaces them: finish its job
+        if len(inputs.live) >= 2:
+            table = self._merged(inputs)
             # leftovers stay listed: if their unlink fails again, they must stay replaced
-            self._write(campaign, table, replaces=[f.name for f in gens.live + gens.replaced])
-            merged, rows = len(gens.live), table.num_rows
-            remove = gens.live + gens.replaced
-        else:
-            remove = gens.replaced  # the merged file that replaces them is live: finish its job
+            self._write(campaign, table, replaces=[f.name for f in inputs.live + gens.replaced], full=full)
+            merged, rows = len(inputs.live), table.num_rows
+            remove += inputs.live
         for path in remove:
             try:
                 path.unlink()

@@ -408,6 +408,31 @@ def test_two_compactions_at_once_and_interrupted_chains_never_duplicate(store, s
     pd.testing.assert_frame_equal(store.experiments("c1"), frame)
 
 
+def test_append_merges_recent_files_without_touching_the_base(store, space, monkeypatch):
+    monkeypatch.setattr(store_module, "MINOR_COMPACT_FILES", 4)
+    first = make_rows(space, 6)
+    store.append("c1", first[:3], space)
+    store.append("c1", first[3:], space)
+    store.compact("c1")
+    base = store.generations("c1").bases
+    for batch in range(1, 11):
+        store.append("c1", make_rows(space, 2, seed=batch, start=10 * batch), space)
+        assert len(store.log_files("c1")) <= 4
+    store.append("c1", first[:2], space)  # re-appended ids of the base stay hidden after minor merges
+    store.append("c1", make_rows(space, 2, seed=99, start=500), space)
+    gens = store.generations("c1")
+    assert gens.bases == base and any(f.name.endswith(store_module.MINOR_SUFFIX) for f in gens.recent)
+    frame = store.experiments("c1")
+    assert len(frame) == 28 and frame["experiment_id"].is_unique
+    assert len(gens.recent) == 2  # the last minor merge (which took the re-append) and one new file
+    assert store.compact("c1", full=False)[0] == len(gens.recent)
+    after = store.generations("c1")
+    assert after.bases == base and len(after.recent) == 1
+    pd.testing.assert_frame_equal(store.experiments("c1"), frame)
+    assert store.compact("c1")[1] == 28 and len(store.log_files("c1")) == 1
+    pd.testing.assert_frame_equal(store.experiments("c1"), frame)
+
+
 READER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
@@ -447,7 +472,9 @@ def test_reader_process_queries_while_a_writer_process_appends(store, space, hom
         from pathlib import Path
         from lab.settings import Home
         from lab.space import Space
+        import lab.store
         from lab.store import Store
+        lab.store.MINOR_COMPACT_FILES = 6  # the writer also merges its files now and then
         space, store = Space.load(), Store(Home(Path({str(home.root)!r})))
         rng = random.Random(1)
         for batch in range(25):
@@ -466,6 +493,7 @@ def test_reader_process_queries_while_a_writer_process_appends(store, space, hom
     assert all(n == d for n, d in result["counts"])
     assert counts == sorted(counts) and counts[-1] == 101
     assert len(store.experiments()) == 101
+    assert len(store.log_files("c1")) < 6  # minor compactions ran under the reader
 
 
 @pytest.mark.slow
