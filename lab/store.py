@@ -48,6 +48,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -167,12 +168,15 @@ class Store:
     def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
         """Bulk path for trusted writers: one Arrow table, checked column-wise, written as one file.
 
-        Checks the columns are schema columns, required ones have no nulls, statuses are valid
-        and every row is of this campaign; casts to the schema (missing columns null). Does not
+        Checks the columns are schema columns, required ones have no nulls, statuses are valid,
+        ids are unique and every row is of this campaign (a missing campaign column is filled);
+        casts to the schema (missing columns null). Does not
         check axis values against cell_id (``append`` does). Raises ValueError naming the column.
         """
         check_campaign_id(campaign)
         schema = experiment_schema(space)
+        if "campaign" not in table.column_names:
+            table = table.append_column("campaign", pa.array([campaign] * table.num_rows, pa.string()))
         unknown = [name for name in table.column_names if name not in schema.names]
         if unknown:
             raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
@@ -190,6 +194,8 @@ class Store:
         if pc.any(other).as_py():
             first = pc.index(other, True).as_py()
             raise ValueError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
+        if pc.count_distinct(table["experiment_id"]).as_py() != table.num_rows:
+            raise ValueError("column experiment_id: the table repeats an id")
         columns = []
         for field in schema:
             if field.name in table.column_names:
@@ -199,7 +205,9 @@ class Store:
                     raise ValueError(f"column {field.name}: cannot be read as {field.type} ({exc})") from None
             else:
                 columns.append(pa.nulls(table.num_rows, field.type))
-        return self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
+        path = self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
+        self._maybe_minor_compact(campaign)
+        return path
 
     def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None, full: bool = True) -> Path:
         folder = self.log_dir(campaign)
@@ -484,12 +492,14 @@ class Store:
         return table.select(schema.names).cast(schema)
 
 
+@dataclass
 class Generations:
     """A listing of log files: ``bases`` (one merged file per campaign at most), ``recent`` (every
     other live file) and ``replaced`` (on disk but replaced by a merged file; readers skip them)."""
 
-    def __init__(self, bases: list[Path], recent: list[Path], replaced: list[Path]):
-        self.bases, self.recent, self.replaced = bases, recent, replaced
+    bases: list[Path]
+    recent: list[Path]
+    replaced: list[Path]
 
     @property
     def live(self) -> list[Path]:

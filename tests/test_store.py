@@ -118,12 +118,15 @@ def test_bulk_append_table_checks_columns(store, space):
     import pyarrow as pa
 
     table = pa.Table.from_pylist(make_rows(space, 5))
-    table = table.append_column("campaign", pa.array(["c1"] * 5))
-    store.append_table("c1", table, space)
+    store.append_table("c1", table, space)  # the campaign column is filled in
     assert len(store.experiments()) == 5
     bad = table.set_column(table.schema.get_field_index("status"), "status", pa.array(["ok"] * 4 + ["nope"]))
     with pytest.raises(ValueError, match="row 4 column status"):
         store.append_table("c1", bad, space)
+    with pytest.raises(ValueError, match="column experiment_id"):
+        store.append_table("c1", pa.concat_tables([table, table.slice(0, 1)]), space)
+    with pytest.raises(ValueError, match="row 0 column campaign"):
+        store.append_table("c1", table.append_column("campaign", pa.array(["c2"] * 5)), space)
 
 
 def test_crash_before_rename_leaves_no_visible_rows(store, space, monkeypatch):
