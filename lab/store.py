@@ -34,7 +34,8 @@ Contract (what writers may rely on and readers may assume):
 Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
 ``campaigns`` (one row per campaign.json) and ``bugfix_events``; ``_log_rows`` is the live rows
 before dedup, for internal lookups. Compact a campaign fully after it runs (``crashsearch
-compact``): readers then read one file per campaign.
+compact``): readers then read one file per campaign. A raw ``read_parquet('.../part-*.parquet')``
+in the duckdb shell also reads replaced files and re-appended copies: query through these views.
 """
 from __future__ import annotations
 
