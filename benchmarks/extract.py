@@ -99,26 +99,31 @@ def hd_dataset(folder: Path, videos: int, width: int = 1280, height: int = 720, 
 # ---- measurements -------------------------------------------------------------------------
 
 
-def decode_rate(ds: Dataset, spec: ExtractSpec, workers: int) -> tuple[float, int]:
-    """(frames/s, frames) decoding what the clip grid needs, with ``workers`` threads."""
+def decode_rate(ds: Dataset, spec: ExtractSpec, workers: int) -> dict:
+    """Decoding what the clip grid needs with ``workers`` threads: videos/s, source frames/s (the
+    span from the first to the last frame used, which the decoder walks through) and frames used per video."""
     from concurrent.futures import ThreadPoolExecutor
 
     _quiet_decord()
 
     def one(item):
         try:
-            return len(decode_video(item, spec).frames)
+            video = decode_video(item, spec)
+            return video.span_frames, len(video.frames)
         except VideoFailure:
-            return 0
+            return 0, 0
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        frames = sum(pool.map(one, ds.videos))
-    return frames / (time.perf_counter() - start), frames
+        done = list(pool.map(one, ds.videos))
+    took = time.perf_counter() - start
+    n = max(1, len(done))
+    return {"videos_s": len(done) / took, "frames_s": sum(d[0] for d in done) / took,
+            "used_per_video": sum(d[1] for d in done) / n, "span_per_video": sum(d[0] for d in done) / n}
 
 
-def full_decode_rate(ds: Dataset, spec: ExtractSpec, workers: int) -> float:
-    """frames/s decoding every frame of every video at the spec's size (what we avoid)."""
+def full_decode_rate(ds: Dataset, spec: ExtractSpec, workers: int) -> dict:
+    """Decoding every frame of every video at the spec's size instead (what we avoid): videos/s, frames/s."""
     from concurrent.futures import ThreadPoolExecutor
 
     import decord
@@ -130,7 +135,8 @@ def full_decode_rate(ds: Dataset, spec: ExtractSpec, workers: int) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         frames = sum(pool.map(one, ds.videos))
-    return frames / (time.perf_counter() - start)
+    took = time.perf_counter() - start
+    return {"videos_s": len(ds.videos) / took, "frames_s": frames / took, "frames_per_video": frames / max(1, len(ds.videos))}
 
 
 def model_rate(backbone, batch_size: int, seconds: float) -> float:
@@ -173,16 +179,17 @@ def bench_backbone(name: str, ds: Dataset, args, device: str) -> dict:
         model = model_rate(backbone, batch, args.model_seconds)
     finally:
         torch.set_num_threads(threads)
-    dec1, frames = decode_rate(sub, spec, 1)
-    decw, _ = decode_rate(sub, spec, args.workers)
+    dec1 = decode_rate(sub, spec, 1)
+    decw = decode_rate(sub, spec, args.workers)
     full = full_decode_rate(sub, spec, args.workers)
     pipe = pipeline_rate(sub, backbone, spec, args.workers, batch)
     row = {"backbone": name, "weights": backbone.weights_id, "clip": f"{backbone.clip_frames}x{spec.frame_size[0]}x{spec.frame_size[1]}",
-           "dim": backbone.dim, "videos": len(sub.videos), "frames_per_video": frames / max(1, len(sub.videos)),
-           "decode_1": dec1, "decode_w": decw, "full_decode_w": full, "model": model,
-           "pipeline": pipe["clips_per_s"], "pipeline_s": pipe["seconds"], "clips": pipe["clips"], "build_s": build_s}
-    print(f"{name:12s} decode {dec1:7.0f} / {decw:7.0f} frames/s (1 / {args.workers} threads)  "
-          f"model {model:8.1f} clips/s  pipeline {pipe['clips_per_s']:8.1f} clips/s "
+           "dim": backbone.dim, "videos": len(sub.videos), "decode_1": dec1, "decode_w": decw, "full": full,
+           "feeds": decw["videos_s"] * spec.n_steps, "model": model, "pipeline": pipe["clips_per_s"],
+           "pipeline_s": pipe["seconds"], "clips": pipe["clips"], "build_s": build_s}
+    print(f"{name:12s} decode {dec1['frames_s']:7.0f} / {decw['frames_s']:7.0f} frames/s (1 / {args.workers} threads), "
+          f"{decw['videos_s']:.1f} videos/s vs {full['videos_s']:.1f} decoding all frames; "
+          f"model {model:8.1f} clips/s, pipeline {pipe['clips_per_s']:8.1f} clips/s "
           f"({pipe['clips']} clips in {pipe['seconds']:.1f} s)", flush=True)
     return row
 
@@ -198,30 +205,47 @@ def machine(device: str) -> str:
     return f"{cpu} shared with other jobs (load average {load:.1f} at the end)"
 
 
-def table(rows: list[dict], args, device: str, data: str, demo_s: float | None) -> str:
+def table(rows: list[dict], args, device: str, data: str, demo_s: float | None = None,
+          cli_s: dict[str, float] | None = None) -> str:
     today = dt.date.today().isoformat()
     lines = [
         f"Measured {today} on {machine(device)}, torch {torch.__version__}; `benchmarks/extract.py"
         f"{' --device cuda' if device == 'cuda' else ''}`.",
         "",
         f"Data: {data}. Clip grid: 23 clip ends at 4 Hz covering 5.5 s before the reference time, clip frames "
-        f"sampled at 8 fps. *Decode*: frames/s for the frames the grid needs, decoded at the backbone's frame "
-        f"size, with 1 and {args.workers} decoder threads; *all frames*: decoding every frame instead "
-        f"({args.workers} threads). *Model alone*: `embed` on clips already in memory. *Pipeline*: "
-        f"`extract_videos` end to end (decode threads ahead of batched embedding, Parquet writes).",
+        f"sampled at 8 fps. *Decode*: the frames the grid needs, decoded at the backbone's frame size "
+        f"(frames/s counts the source frames from the first to the last one used, which the decoder walks "
+        f"through), with 1 and {args.workers} decoder threads; *all frames*: decoding every frame instead "
+        f"({args.workers} threads); *decode feeds*: clips/s the {args.workers} decoder threads could supply. "
+        f"*Model alone*: `embed` on clips already in memory. *Pipeline*: `extract_videos` end to end "
+        f"(decode threads ahead of batched embedding, Parquet writes).",
         "",
-        "| backbone | weights | clip (F x H x W) | dim | videos | frames decoded / video | decode frames/s (1 thr) "
-        f"| decode frames/s ({args.workers} thr) | all frames/s | model alone clips/s | pipeline clips/s | pipeline / model |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backbone | weights | clip (F x H x W) | dim | videos | frames used / walked / all per video "
+        f"| decode frames/s (1 thr) | decode frames/s ({args.workers} thr) | videos/s: grid / all frames "
+        "| decode feeds clips/s | model alone clips/s | pipeline clips/s | pipeline / model |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        d1, dw, full = r["decode_1"], r["decode_w"], r["full"]
         lines.append(f"| {r['backbone']} | {r['weights']} | {r['clip']} | {r['dim']} | {r['videos']} | "
-                     f"{r['frames_per_video']:.0f} | {r['decode_1']:,.0f} | {r['decode_w']:,.0f} | {r['full_decode_w']:,.0f} | "
-                     f"{r['model']:,.1f} | {r['pipeline']:,.1f} | {r['pipeline'] / r['model']:.0%} |")
+                     f"{dw['used_per_video']:.0f} / {dw['span_per_video']:.0f} / {full['frames_per_video']:.0f} | "
+                     f"{d1['frames_s']:,.0f} | {dw['frames_s']:,.0f} | {dw['videos_s']:,.1f} / {full['videos_s']:,.1f} | "
+                     f"{r['feeds']:,.0f} | {r['model']:,.1f} | {r['pipeline']:,.1f} | {r['pipeline'] / r['model']:.0%} |")
     if demo_s is not None:
-        lines += ["", f"The default demo extraction (48 videos, backbones pixels and vjepa2_vitl with random "
-                      f"weights, plain function calls, backbone construction and imports included) took "
-                      f"{demo_s:.1f} s."]
+        lines += ["", f"**Demo extraction** (48 videos, backbones pixels and vjepa2_vitl, random weights): "
+                      f"{demo_s:.1f} s for both through `extract_dataset` in a warm process (backbone construction "
+                      f"and Parquet writes included)."]
+    if cli_s:
+        total = sum(cli_s.values())
+        each = ", ".join(f"{k} {v:.1f} s" for k, v in cli_s.items())
+        lines += [f"Cold `crashsearch extract`, one fresh process per backbone: {each} ({total:.1f} s in all); "
+                  f"nearly all of it is imports and Prefect's temporary server starting, the extraction itself "
+                  f"is the few seconds above."]
+    if device == "cpu":
+        lines += ["", "The CPU figures are noisy: the 2 cores were shared with other jobs, and on 2 cores the "
+                      "decoder threads and the model compete for the same cores (extraction gives the model "
+                      "the cores the decoders leave: here 1 torch thread). r2plus1d_18 and mvit_v2_s ran on 8 "
+                      "videos only. GPU figures: `--device cuda`, section \"Extraction on GPU\"."]
     return "\n".join(lines)
 
 
@@ -248,6 +272,23 @@ def demo_extraction_seconds(ds: Dataset) -> float:
         return time.perf_counter() - start
 
 
+def cold_cli_seconds(ds: Dataset) -> dict[str, float]:
+    """Wall time of ``crashsearch extract`` in a fresh process per backbone (imports, Prefect's
+    temporary server, backbone construction and extraction), into a fresh home."""
+    import subprocess
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        for name in ("pixels", "vjepa2_vitl"):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "flows.cli", "extract", "--home", str(Path(tmp) / "home"),
+                            "--dataset", str(ds.root), "--backbone", name, "--weights", "random"],
+                           cwd=ROOT, env=env, check=True, capture_output=True)
+            out[name] = time.perf_counter() - start
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -262,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-seconds", type=float, default=3.0, help="timing budget of the model-alone loop")
     p.add_argument("--work-dir", default=None, help="where generated videos are kept (default: a temp folder)")
     p.add_argument("--no-readme", action="store_true", help="print only; do not update benchmarks/README.md")
+    p.add_argument("--no-cli", action="store_true", help="skip timing the cold `crashsearch extract` runs")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -289,10 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data ready in {time.perf_counter() - t0:.1f} s: {data}", flush=True)
 
     rows = [bench_backbone(n, ds, args, args.device) for n in names]
-    demo_s = None if (cuda or args.dataset) else demo_extraction_seconds(ds)
-    if demo_s is not None:
+    demo_s = cli_s = None
+    if not (cuda or args.dataset):
+        demo_s = demo_extraction_seconds(ds)
         print(f"demo extraction (pixels + vjepa2_vitl, 48 videos): {demo_s:.1f} s")
-    body = table(rows, args, args.device, data, demo_s)
+        if not args.no_cli:
+            cli_s = cold_cli_seconds(ds)
+            print(f"cold `crashsearch extract`: {cli_s}")
+    body = table(rows, args, args.device, data, demo_s, cli_s)
     print("\n" + body)
     if not args.no_readme:
         title = "Extraction on GPU" if cuda else "Extraction"

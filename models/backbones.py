@@ -97,8 +97,8 @@ class Backbone:
         if x.shape[1] != self.clip_frames:
             raise ValueError(f"{self.name}: clips have {x.shape[1]} frames, the backbone takes {self.clip_frames}")
         cuda = self.device.type == "cuda"
-        if cuda and not x.is_pinned():
-            x = x.pin_memory()
+        if cuda and x.device.type == "cpu" and not x.is_pinned():
+            x = x.pin_memory()  # lets the copy below run asynchronously
         x = x.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             # reorder while still bytes, then scale in place: 7x faster on a CPU than the other way round
@@ -107,12 +107,19 @@ class Backbone:
                 b, f = x.shape[:2]
                 x = F.interpolate(x.flatten(0, 1), size=self.frame_size, mode="bilinear", align_corners=False)
                 x = x.view(b, f, 3, *self.frame_size)
-            mean = torch.tensor(self.mean, device=x.device).view(1, 1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 1, 3, 1, 1)
-            x = x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+            scale, shift = self._affine()
+            x = x.mul_(scale).sub_(shift)  # (x / 255 - mean) / std
             out = self._forward(x)  # (B, dim)
         assert out.shape == (x.shape[0], self.dim), f"{self.name}: output {tuple(out.shape)} != (B, {self.dim})"
         return out.float().cpu()
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of the normalization, (1, 1, 3, 1, 1) each, made once on the device."""
+        if getattr(self, "_affine_cache", None) is None:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
+            self._affine_cache = ((1.0 / (255.0 * std)).to(self.device), (mean / std).to(self.device))
+        return self._affine_cache
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -59,6 +59,7 @@ class DecodedVideo:
     ref_time: float  # seconds from the video start that t_rel is relative to
     frames: np.ndarray  # (U, H, W, 3) uint8, the distinct frames the clips use
     clip_index: np.ndarray  # (S, F) int64 indices into frames
+    span_frames: int = 0  # source frames from the first to the last one used: what the decoder walks through
     decode_s: float = 0.0
 
 
@@ -119,7 +120,8 @@ def decode_video(item: VideoItem, spec: ExtractSpec) -> DecodedVideo:
         raise VideoFailure(f"decode failed between frames {unique[0]} and {unique[-1]}: {_decord_reason(exc)}") from None
     if frames.shape != (len(unique), height, width, 3):
         raise VideoFailure(f"decoder returned frames of shape {frames.shape}, expected {(len(unique), height, width, 3)}")
-    return DecodedVideo(item, ref, frames, inverse.reshape(index.shape), time.perf_counter() - start)
+    return DecodedVideo(item, ref, frames, inverse.reshape(index.shape), int(unique[-1] - unique[0] + 1),
+                        time.perf_counter() - start)
 
 
 def _quiet_decord() -> None:
