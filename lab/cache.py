@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import uuid
@@ -241,8 +240,11 @@ class Partition:
         files = self.part_files()
         if not files:
             return ROW_SCHEMA.empty_table()
-        table = pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files])
-        return table.sort_by("video_id")
+        table = pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files]).sort_by("video_id")
+        # two writers racing on one partition could both write a video: keep one row per id
+        ids = table.column("video_id").to_pylist()
+        first = [i for i, vid in enumerate(ids) if i == 0 or vid != ids[i - 1]]
+        return table if len(first) == len(ids) else table.take(first)
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -309,13 +311,8 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
     t_rel = torch.from_numpy(spec.t_rel())
     fs = FeatureSet(
         dataset=dataset_name, backbone=backbone, x=x, y=y,
-        split=np.asarray(table.column("split").to_pylist(), dtype=object),
+        split=np.asarray(table.column("split").to_pylist(), dtype=str),
         t_rel=t_rel, video_ids=table.column("video_id").to_pylist(), step_hz=spec.step_hz,
         weights=str(meta.get("weights", "random")), meta={**meta, "path": str(part.path)},
     )
     return fs.to(device)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """A float for Parquet/JSON, or None for missing and non-finite values."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)

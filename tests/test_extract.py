@@ -215,3 +215,30 @@ def test_cli_runs_the_prefect_flow_end_to_end(synth, tmp_path, capsys):
 
     assert main(args[:6] + ["no_such_net"]) == 2
     assert "unknown backbone 'no_such_net'" in capsys.readouterr().err
+
+
+def test_partition_writes_are_atomic_and_duplicates_are_read_once(tmp_path):
+    from lab.cache import Partition
+
+    part = Partition.open(tmp_path, "ds", "pixels", "k" * 12)
+    row = {"video_id": "a", "split": "train", "label": 1, "event_time": 7.0, "ref_time": 7.0,
+           "t_rel": np.zeros(3, np.float32), "emb": np.ones((3, 2), np.float32)}
+    part.write_rows([row])
+    part.write_rows([row, {**row, "video_id": "b", "label": 0, "event_time": None}])  # a racing writer's duplicate
+    assert part.read_table().column("video_id").to_pylist() == ["a", "b"]
+    assert part.done_ids() == {"a", "b"}
+    assert not list(part.path.glob(".*tmp")), "no temporary files are left behind"
+    part.add_failures([{"video_id": "c", "path": "/x/c.mp4", "reason": "empty file (0 bytes)"}])
+    part.add_failures([{"video_id": "c", "path": "/x/c.mp4", "reason": "another reason"}])
+    assert part.failures() == [{"video_id": "c", "path": "/x/c.mp4", "reason": "empty file (0 bytes)"}]
+
+
+def test_only_transient_errors_are_retried():
+    from prefect.states import Failed
+
+    from tasks.extract import _transient
+
+    assert _transient(None, None, Failed(data=OSError("No space left on device")))
+    assert _transient(None, None, Failed(data=TimeoutError("slow disk")))
+    assert not _transient(None, None, Failed(data=ValueError("a bug")))
+    assert not _transient(None, None, Failed(data=RuntimeError("CUDA out of memory")))
