@@ -144,9 +144,9 @@ def verdict(df: pd.DataFrame, n: int = 50, agent: str | None = None, control: st
             out["text"] = "No LLM agents in this history."
             return out
         agent = LLM_ARM if LLM_ARM in seqs else llm[0]
-        label = f"the LLM agents ({', '.join(sorted(llm))})"
+        label, verb = f"the LLM agents ({', '.join(sorted(llm))})", "reach"
     else:
-        label = agent
+        label, verb = agent, "reaches"
     out["agent"] = agent
     if agent not in seqs:
         out["text"] = f"No {agent} arm in this history."
@@ -171,7 +171,7 @@ def verdict(df: pd.DataFrame, n: int = 50, agent: str | None = None, control: st
             None: "no clear difference at this budget"}[beats]
     out.update(agent_best=a_est, control_best=c_est, diff=diff, diff_lo=lo, diff_hi=hi, n=used_n,
                method=f"{a_m} / {c_m}", beats=beats)
-    out["text"] = (f"At N={used_n}{short} {label} reach {a_est:.4f} vs {control} {c_est:.4f} "
+    out["text"] = (f"At N={used_n}{short} {label} {verb} {a_est:.4f} vs {control} {c_est:.4f} "
                    f"(difference {diff:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]; bootstrap: {a_m} / {c_m}): {call}.")
     return out
 

@@ -114,7 +114,8 @@ def fit_power_law(values, n_boot: int = 200, seed: int = 0, a_max: float = 1.0, 
     defined = ~np.isnan(best)
     out["improvements"] = int(np.sum(np.diff(best[defined]) > 0)) if defined.any() else 0
     if out["improvements"] < 3:
-        out["reason"] = (f"the running best rose {out['improvements']} times in {len(vals)} experiments; "
+        k = out["improvements"]
+        out["reason"] = (f"the running best rose {k} time{'' if k == 1 else 's'} in {len(vals)} experiments; "
                          "a three-parameter fit needs at least 3 rises")
         return out
     idx = _grid_points(len(vals), max_points)

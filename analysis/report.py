@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import anova, baselines, convergence, dynamics, plots, transfer
-from analysis.history import SYSTEM_PROPOSERS, is_llm, prepare
+from analysis.history import prepare
 
 
 # ---- subsets --------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 from argparse import Namespace
 from pathlib import Path
