@@ -369,3 +369,26 @@ def test_analysis_imports_only_lab_and_libraries():
         text = path.read_text()
         assert not re.search(r"^\s*(from|import) (flows|tasks)\b", text, re.M), path.name
         assert not re.search(r"^(from|import) agents\b", text, re.M), path.name
+
+
+def test_control_arms_are_tagged_so_the_analysis_finds_them(tmp_path, monkeypatch):
+    import flows.campaign
+    from analysis.history import parse_baseline
+    from flows.analyze import run_control_arms
+    from lab.settings import resolve_home
+    from lab.store import Store
+
+    home = resolve_home(tmp_path)
+    Store(home).write_campaign("day", {"dataset": "synth-day", "backbones": ["pixels"], "seeds": 2})
+    calls = []
+
+    def fake_run_campaign(home_, dataset, campaign_id=None, policies=(), budget=0, seeds=3, seed=0, **kw):
+        calls.append((campaign_id, tuple(policies), budget, seeds, seed, kw.get("backbones")))
+        if policies == ("tpe",) and seed == 1:
+            raise ValueError("no cached features for backbone pixels")
+
+    monkeypatch.setattr(flows.campaign, "run_campaign", fake_run_campaign)
+    done = run_control_arms(home, "datasets/synth-day", "day", budget=60, seeds=2)
+    assert done == ["day-baseline-random", "day-baseline-random-s1", "day-baseline-tpe"]
+    assert calls[1] == ("day-baseline-random-s1", ("random",), 60, 2, 1, ["pixels"])
+    assert [parse_baseline(c) for c in done] == [("day", "random"), ("day", "random"), ("day", "tpe")]
