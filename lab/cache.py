@@ -7,8 +7,8 @@ Layout, one partition per (dataset, backbone, extraction spec)::
         meta.json                       what the partition holds and whether it is complete
         failures.json                   [{"video_id", "path", "reason"}] for skipped videos
 
-``key`` is 12 hex digits of a sha256 over the dataset's manifest hash, the backbone name, its
-weights id ("random", "none" or the pretrained id/path), the ExtractSpec and the extractor's code
+``key`` is 12 hex digits of a sha256 over the dataset's manifest hash and the sizes of its video
+files, the backbone name, its weights id ("random", "none" or the pretrained id/path), the ExtractSpec and the extractor's code
 version (a hash of the extraction sources, EXTRACTOR_FILES). Any change to one of these is a new
 partition, so features from different weights or code never mix.
 
@@ -132,11 +132,25 @@ def extractor_version(root: Path | None = None) -> str:
     return h.hexdigest()[:12]
 
 
+def videos_fingerprint(videos: Iterable[Any]) -> str:
+    """16 hex over each video's id and file size: a re-rendered dataset with the same manifest
+    (same ids, labels and times, other pixels) is new data. Sizes, not contents: hashing
+    gigabytes of video on every run would cost more than the check is worth."""
+    h = hashlib.sha256()
+    for v in sorted(videos, key=lambda v: v.id):
+        try:
+            size = Path(v.path).stat().st_size
+        except OSError:
+            size = -1
+        h.update(f"{v.id}:{size};".encode())
+    return h.hexdigest()[:16]
+
+
 def partition_key(manifest_hash: str, backbone: str, weights_id: str, spec: ExtractSpec,
-                  code_version: str | None = None) -> str:
+                  code_version: str | None = None, fingerprint: str = "") -> str:
     """12 hex digits identifying a partition; see the module docstring."""
-    payload = {"manifest": manifest_hash, "backbone": backbone, "weights": weights_id, "spec": spec.to_dict(),
-               "code": code_version or extractor_version()}
+    payload = {"manifest": manifest_hash, "files": fingerprint, "backbone": backbone, "weights": weights_id,
+               "spec": spec.to_dict(), "code": code_version or extractor_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -153,7 +167,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with seconds, as meta.json records it."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -12,8 +12,9 @@ per video and the overlapping clips are gathered there. Finished videos are flus
 every few videos, so an interrupted run resumes where it stopped.
 
 A video that cannot be opened, is empty or too short becomes a failure row (video, path, reason)
-and the run goes on. Only writing the cache can raise, and the Prefect task retries that
-(``extract_videos_task``); a corrupt video is never retried.
+and the run goes on; it is not retried by later runs of the same partition (remove the partition
+folder to retry). Errors writing the cache or inside the backbone raise; the Prefect task
+(``extract_videos_task``) retries the transient ones (I/O, timeouts), never a corrupt video.
 
 Frame timing: the frame shown at time t is index floor(t * fps); clip frames before the first
 frame of the video repeat the first frame (only the earliest clips of a video whose reference
@@ -38,7 +39,8 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lab.cache import ExtractSpec, Partition, extractor_version, history_from_space, partition_key
+from lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space, partition_key, utc_now,
+                       videos_fingerprint)
 from lab.datasets import Dataset, VideoItem, load_dataset
 from lab.settings import Home, resolve_home
 from models.backbones import Backbone, create_backbone
@@ -335,7 +337,8 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
         history_s = history_from_space(Space.load())
     spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps)
     code = extractor_version()
-    key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code)
+    fingerprint = videos_fingerprint(ds.videos)
+    key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code, fingerprint)
     part = Partition.open(home if isinstance(home, Home) else resolve_home(home), ds.name, bb.name, key)
     summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": str(part.path),
                "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
@@ -349,10 +352,10 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
         return summary
 
     resumed = len(part.done_ids()) + len(part.failures())
-    started = meta.get("started_at", _utc_now())
+    started = meta.get("started_at", utc_now())
     base = {"dataset": ds.name, "dataset_root": str(ds.root), "backbone": bb.name, "weights": bb.weights_id,
             "spec": spec.to_dict(), "dim": bb.dim, "n_steps": spec.n_steps, "code_version": code,
-            "manifest_hash": ds.manifest_hash(), "videos_total": len(ds.videos), "started_at": started}
+            "manifest_hash": ds.manifest_hash(), "files_fingerprint": fingerprint, "videos_total": len(ds.videos), "started_at": started}
     part.write_meta({**base, "complete": False})
     if resumed:
         log(f"resuming {ds.name}/{bb.name}/{key}: {resumed} of {len(ds.videos)} videos already done")
@@ -362,7 +365,7 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     done, failed = part.done_ids(), part.failures()
     all_ids = {v.id for v in ds.videos}
     complete = all_ids <= done | {f["video_id"] for f in failed}
-    part.write_meta({**base, "complete": complete, "finished_at": _utc_now() if complete else None,
+    part.write_meta({**base, "complete": complete, "finished_at": utc_now() if complete else None,
                      "videos_ok": len(done & all_ids), "videos_failed": len(failed), "last_run": stats.to_dict()})
     summary.update(cache_hit=False, videos_ok=len(done & all_ids), videos_failed=len(failed), clips=stats.clips,
                    seconds=round(stats.seconds, 3), clips_per_s=round(stats.clips_per_s, 2),
@@ -377,7 +380,3 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
         f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
         f"-> {part.path}")
     return summary
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -142,6 +142,17 @@ def test_second_run_is_a_cache_hit_with_no_backbone_calls(synth, tmp_path):
     assert entry["backbone"] == "pixels" and entry["complete"] and entry["videos"] == 6 and entry["weights"] == "none"
 
 
+def test_new_pixels_under_the_same_manifest_are_a_new_partition(synth, tmp_path):
+    data = tmp_path / synth.name
+    shutil.copytree(synth.root, data)
+    first = _run(data, tmp_path / "home", _pixels())
+    videos = sorted((data / "train").glob("*.mp4"))
+    shutil.copyfile(videos[0], videos[1])  # same ids, labels and times; other video bytes
+    second = _run(data, tmp_path / "home", _pixels())
+    assert second["cache_hit"] is False and second["key"] != first["key"]
+    assert len(list_cached(tmp_path / "home", synth.name)) == 2
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(synth, tmp_path):
     runner = functools.partial(extract_videos, flush_every=1)
     crashing = _pixels(fail_on_call=3)  # batch = one video's 23 clips: two videos finish, the third crashes
