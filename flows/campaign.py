@@ -18,11 +18,9 @@ every recorded cell, and the policies' state is restored from ``state.json``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
-import traceback as tb
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from lab.space import Space
 from lab.store import Store
 from lab.versions import bugfix_events, code_version
 from tasks.dedup import Deduper
+from tasks.execute import BatchContext, run_batch
 from tasks.heal import heal
 from tasks.record import Job, job_seed, make_row, one_line, utcnow
 
@@ -106,26 +105,43 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
                  seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
                  policy_kwargs: dict[str, dict] | None = None, progress: bool = False, propose_mode: str = "turns",
                  rerun_leaders_after_fix: int = 0, train_fn: Callable | None = None,
-                 log: Callable[[str], None] | None = None) -> CampaignSummary:
+                 log: Callable[[str], None] | None = None, executor: Any = None) -> CampaignSummary:
     """Run or resume a campaign until ``budget`` experiments are recorded (or ``hours`` pass).
 
     ``train_fn(cells, features, seeds, fixed, device)`` trains a batch (default: tasks.train.
-    train_batch, or a Prefect task wrapping it inside the flow). Returns a CampaignSummary.
+    train_batch, or a Prefect task wrapping it inside the flow). ``executor`` replaces the local
+    in-process one (see LocalExecutor), e.g. to dispatch batches to a work pool. Returns a
+    CampaignSummary.
     Raises ValueError when the dataset has no cached features or no policy can run.
     """
     runner = _Campaign(home if isinstance(home, Home) else resolve_home(home), Path(dataset), campaign_id,
                        list(policies), budget, hours, space_path, backbones, seeds, round_size, device, seed,
-                       policy_kwargs or {}, progress, propose_mode, train_fn, log or (lambda m: print(m, file=sys.stderr)))
+                       policy_kwargs or {}, progress, propose_mode, train_fn, log or (lambda m: print(m, file=sys.stderr)),
+                       executor)
     return runner.run(rerun_leaders_after_fix)
+
+
+class LocalExecutor:
+    """Runs batches one after another in this process; rows are in the store as each one returns.
+
+    An executor's ``run(batches)`` yields ``(batch, rows)`` as batches finish, in any order.
+    A distributed executor (flows/distributed.py) has the same shape.
+    """
+
+    def __init__(self, features: dict, ctx: BatchContext, store: Store, train_fn: Callable | None = None):
+        self.features, self.ctx, self.store, self.train_fn = features, ctx, store, train_fn
+
+    def run(self, batches: list[list[Job]]):
+        for batch in batches:
+            yield batch, run_batch(batch, self.features[batch[0].cell["backbone"]], self.ctx, self.store, self.train_fn)
 
 
 class _Campaign:
     """The state of one campaign run; ``run()`` is the loop described in the module docstring."""
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
-                 round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log):
+                 round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None):
         from lab.cache import list_cached, load_features
-        from tasks.train import train_batch
 
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
         self.home, self.log, self.progress = home, log, progress
@@ -134,7 +150,7 @@ class _Campaign:
         self.store = Store(home)
         self.budget, self.hours, self.seeds, self.round_size, self.seed = budget, hours, seeds, round_size, seed
         self.propose_mode = propose_mode
-        self.train_fn = train_fn or train_batch
+        self.train_fn = train_fn
         self.device = _resolve_device(device)
         self.started = time.monotonic()
 
@@ -151,6 +167,8 @@ class _Campaign:
         self.features = {b: load_features(home, self.dataset.name, b, device=self.device) for b in wanted}
         self.weights = {b: f.weights for b, f in self.features.items()}
         self.version = code_version()
+        ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
+        self.executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)
 
         self.policies: list[Policy] = []
         self.unavailable: list[str] = []
@@ -206,6 +224,10 @@ class _Campaign:
             self._save_state()
             self.store.write_campaign(self.campaign, {**self._campaign_info(), "status": "finished",
                                                       "updated_at": utcnow().isoformat()})
+            try:  # one file per campaign keeps queries fast; safe while others read
+                self.store.compact(self.campaign)
+            except Exception as exc:
+                self.log(f"could not compact the log of {self.campaign}: {one_line(str(exc), 160)}")
         summary = self._summary(stopped)
         _atomic_write(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
         return summary
@@ -258,10 +280,13 @@ class _Campaign:
         if n <= 0:
             return []
         try:
-            return list(policy.propose(view, n))[:n]
+            proposals = list(policy.propose(view, n))[:n]
         except Exception as exc:  # a broken policy sits out the round; the campaign goes on
             self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
             return []
+        if not proposals and getattr(policy, "last_error", None):
+            self.log(f"policy {policy.name} sits out round {self.round}: {one_line(str(policy.last_error), 200)}")
+        return proposals
 
     def _claim(self, policy: Policy, want: int, proposals: list[Proposal]) -> list[Job]:
         kept = self.deduper.claim(proposals, policy.name)
@@ -298,70 +323,59 @@ class _Campaign:
 
     # ---- training, recording, healing ---------------------------------------------------------
     def _run_jobs(self, jobs: list[Job], bar) -> None:
+        """Run jobs in shape-grouped batches through the executor; heal failures; repeat for retries."""
         from tasks.train import group_cells
 
-        pending = list(jobs)
+        pending = [j for j in jobs][: max(0, self.budget - self.recorded)]
         while pending:
-            retries: list[Job] = []
+            batches = []
             for backbone in sorted({j.cell["backbone"] for j in pending}):
                 same = [j for j in pending if j.cell["backbone"] == backbone]
-                for group in group_cells([j.cell for j in same]):
-                    batch = [same[i] for i in group]
-                    retries += self._train_and_record(batch, bar)
-            pending = retries
+                batches += [[same[i] for i in group] for group in group_cells([j.cell for j in same])]
+            retries: list[Job] = []
+            for batch, rows in self.executor.run(batches):
+                retries += self._after_batch(batch, rows, bar)
+            pending = retries[: max(0, self.budget - self.recorded)]
 
-    def _train_and_record(self, batch: list[Job], bar) -> list[Job]:
-        started = utcnow()
-        features = self.features[batch[0].cell["backbone"]]
-        t0 = time.perf_counter()
-        try:
-            results = self.train_fn([j.cell for j in batch], features, [j.seed for j in batch], self.space.fixed, self.device)
-        except Exception as exc:  # the whole batch failed (e.g. a bug): record each job, go on
-            results = [exc] * len(batch)
-        finished = utcnow()
-        self.train_seconds += time.perf_counter() - t0
-        rows, retries = [], []
-        for job, result in zip(batch, results):
-            if isinstance(result, BaseException):
-                error_class = getattr(result, "error_class", type(result).__name__)
-                trace = "".join(tb.format_exception(result))
-                outcome = heal(job, error_class, trace, self.space, self.advisors)
-                if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in self.deduper.seen:
-                    outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
-                    outcome.retry = None
-                if outcome.retry is not None:
-                    self.deduper.seen.add(outcome.retry.cell.id)
-                    retries.append(outcome.retry)
-                if outcome.code_bug:
-                    self.code_bugs.append(f"{job.cell!r}: {outcome.code_bug}")
-                rows.append(make_row(job, campaign=self.campaign, dataset=self.dataset.name, space=self.space,
-                                     code_version=self.version, status="failed", error=result, started_at=started,
-                                     finished_at=finished, device=str(self.device), heal_note=outcome.note))
-                self.log(f"experiment failed: {job.cell!r}: {getattr(result, 'error_class', type(result).__name__)}: "
-                         f"{one_line(str(result), 160)} -> {outcome.note}")
-            else:
-                status = "healed" if job.healed_from else "ok"
-                rows.append(make_row(job, campaign=self.campaign, dataset=self.dataset.name, space=self.space,
-                                     code_version=self.version, status=status, metrics=result.metrics,
-                                     started_at=started, finished_at=finished, train_seconds=result.train_seconds,
-                                     eval_seconds=result.eval_seconds, params=result.params,
-                                     peak_mem_mb=result.peak_mem_mb, device=result.device))
-        # budget guard: never record more than the budget allows (heal retries included)
-        room = self.budget - self.recorded
-        if len(rows) > room:
-            rows, retries = rows[:max(room, 0)], []
-        if rows:
-            self.store.append(self.campaign, rows, self.space)
-            self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
-            self.new += len(rows)
-            self._observe(rows)
-            if bar is not None:
-                bar.update(len(rows))
-                best = self.view().ok["val_ap"].max()
-                rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
-                bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
-        room = self.budget - self.recorded
-        return retries[:max(room, 0)]
+    def _after_batch(self, batch: list[Job], rows: list[dict], bar) -> list[Job]:
+        """Take in a recorded batch: history, progress, policies' observe, and healing of failures."""
+        t = [r.get("train_seconds") or 0.0 for r in rows]
+        self.train_seconds += sum(t)
+        self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
+        self.new += len(rows)
+        self._observe(rows)
+        retries = []
+        by_id = {j.experiment_id: j for j in batch}
+        for row in rows:
+            if row["status"] != "failed":
+                continue
+            job = by_id[row["experiment_id"]]
+            outcome = heal(job, row["error_class"], row.get("traceback") or row["error_message"] or "", self.space, self.advisors)
+            if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in self.deduper.seen:
+                outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
+                outcome.retry = None
+            if outcome.retry is not None:
+                self.deduper.seen.add(outcome.retry.cell.id)
+                retries.append(outcome.retry)
+            if outcome.code_bug:
+                self.code_bugs.append(f"{job.cell!r}: {outcome.code_bug}")
+            if outcome.note != row.get("heal_action"):  # what the advisor said, beside the failure's row
+                self._note_diagnosis(job, row, outcome.note)
+            self.log(f"experiment failed: {job.cell!r}: {row['error_class']}: {one_line(row['error_message'] or '', 160)}"
+                     f" -> {outcome.note}")
+        if bar is not None:
+            bar.update(len(rows))
+            best = self.view().ok["val_ap"].max()
+            rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
+            bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
+        return retries
+
+    def _note_diagnosis(self, job: Job, row: dict, note: str) -> None:
+        """Append an LLM diagnosis for a failed experiment to diagnoses.jsonl (the row itself never changes)."""
+        line = json.dumps({"experiment_id": row["experiment_id"], "cell_id": job.cell.id, "error_class": row["error_class"],
+                           "note": note, "at": utcnow().isoformat()})
+        with open(self.home.campaign(self.campaign) / "diagnoses.jsonl", "a") as fh:
+            fh.write(line + "\n")
 
     def _observe(self, rows: list[dict]) -> None:
         visible = [{k: v for k, v in r.items() if not k.startswith("test_")} for r in rows]
@@ -410,6 +424,11 @@ class _Campaign:
                 "tokens": int(mine[["tokens_in", "tokens_out"]].fillna(0).to_numpy().sum()) if len(mine) else 0,
                 "cost_usd": float(mine["cost_usd"].fillna(0).sum()) if len(mine) else 0.0,
             }
+        for policy in self.policies:  # LLM agents know their true totals (rejected proposals, diagnoses)
+            usage = policy.usage() if hasattr(policy, "usage") else None
+            if usage and policy.name in per_policy:
+                per_policy[policy.name]["tokens"] = int(usage.get("tokens_in", 0) + usage.get("tokens_out", 0))
+                per_policy[policy.name]["cost_usd"] = float(usage.get("cost_usd", 0.0))
         board = self.view().leaderboard(5)
         confirmed = board[board["n"] >= min(self.seeds, board["n"].max() if len(board) else 1)]
         return CampaignSummary(

@@ -26,6 +26,7 @@ def demo_flow_fn(home: str, videos: int = 48, budget: int = 60, tiny: bool = Fal
 
     h = resolve_home(home)
     size = dict(videos=12, width=64, height=48) if tiny else dict(videos=videos)
+    budget = min(budget, 10) if tiny else budget
     night_videos = max(12, size["videos"] * 2 // 3)
     t0 = time.monotonic()
     day = generate(h.datasets / "synth-day", seed=0, style="day", **size)

@@ -38,18 +38,26 @@ def _step(space: Space, cell: Cell, axis: str, direction: int) -> Cell | None:
     return space.validate({**cell.to_dict(), axis: values[index]})
 
 
-def heal(job: Job, error_class: str, traceback: str, space: Space, advisors: list[Policy] = ()) -> HealOutcome:
-    """Decide how to heal a failed job. Never raises: an advisor's failure just means no fix."""
+def rule_fix(job: Job, error_class: str, space: Space) -> HealOutcome:
+    """The healing rules alone (deterministic, no network): a retry job or why there is none."""
     if job.heal_depth >= MAX_HEAL_DEPTH:
         return HealOutcome(note=f"not healed: already healed {job.heal_depth} times")
-    if error_class in RULES:
-        axis, direction = RULES[error_class]
-        fixed = _step(space, job.cell, axis, direction)
-        if fixed is None:
-            return HealOutcome(note=f"not healed: {axis} is already at its lowest value")
-        action = f"{axis} {job.cell[axis]}->{fixed[axis]}"
-        return HealOutcome(retry=_retry(job, fixed, action), note=f"retried with {action}")
-    notes = []
+    if error_class not in RULES:
+        return HealOutcome(note=f"no healing rule for {error_class}")
+    axis, direction = RULES[error_class]
+    fixed = _step(space, job.cell, axis, direction)
+    if fixed is None:
+        return HealOutcome(note=f"not healed: {axis} is already at its lowest value")
+    action = f"{axis} {job.cell[axis]}->{fixed[axis]}"
+    return HealOutcome(retry=_retry(job, fixed, action), note=f"retry with {action}")
+
+
+def heal(job: Job, error_class: str, traceback: str, space: Space, advisors: list[Policy] = ()) -> HealOutcome:
+    """Decide how to heal a failed job: the rules, else the advisors. Never raises."""
+    outcome = rule_fix(job, error_class, space)
+    if outcome.retry is not None or error_class in RULES or job.heal_depth >= MAX_HEAL_DEPTH:
+        return outcome
+    notes = [outcome.note]
     for advisor in advisors:
         try:
             advice = advisor.diagnose(job.cell, error_class, traceback)
@@ -66,11 +74,12 @@ def heal(job: Job, error_class: str, traceback: str, space: Space, advisors: lis
             action = f"{advisor.name}: {one_line(advice.diagnosis, 160)}"
             retry = _retry(job, fixed, action)
             retry.tokens_in, retry.tokens_out, retry.cost_usd = advice.tokens_in, advice.tokens_out, advice.cost_usd
-            return HealOutcome(retry=retry, note=f"retried with {advisor.name}'s fix")
+            return HealOutcome(retry=retry, note=f"retry with {advisor.name}'s fix")
         if advice.kind == "code_bug":
             diagnosis = one_line(advice.diagnosis, 300)
             return HealOutcome(note=f"code bug ({advisor.name}): {diagnosis}", code_bug=diagnosis)
-    return HealOutcome(note="; ".join(["not healed: no rule for " + error_class, *notes]))
+        notes.append(f"{advisor.name} gave up: {one_line(advice.diagnosis, 160)}")
+    return HealOutcome(note="; ".join(notes))
 
 
 def _retry(job: Job, cell: Cell, action: str) -> Job:

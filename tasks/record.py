@@ -42,6 +42,16 @@ class Job:
     heal_depth: int = 0
     experiment_id: str = field(default_factory=new_experiment_id)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe form (the cell as its id), e.g. for a flow-run parameter."""
+        out = {k: v for k, v in self.__dict__.items() if k != "cell"}
+        return {"cell_id": self.cell.id, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], space: Space) -> "Job":
+        data = dict(data)
+        return cls(cell=space.cell(int(data.pop("cell_id"))), **data)
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

@@ -46,7 +46,7 @@ def test_oom_heals_with_smaller_batch_nan_with_lower_lr(space):
     job = _job(space, batch_size=64, lr=0.01)
     oom = heal(job, "OOMError", "", space)
     assert oom.retry.cell["batch_size"] == 32 and oom.retry.healed_from == job.experiment_id
-    assert oom.retry.proposer == "heal" and oom.retry.heal_action == "batch_size 64->32"
+    assert oom.retry.proposer == "heal" and oom.retry.heal_action == "batch_size 64->32" and oom.note == "retry with batch_size 64->32"
     nan = heal(job, "NaNLossError", "", space)
     assert nan.retry.cell["lr"] == 0.003 and nan.retry.cell["batch_size"] == 64
 

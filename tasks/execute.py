@@ -1,0 +1,76 @@
+"""One unit of work, the same on a laptop and on a GPU worker: train a batch of jobs, record its rows.
+
+``run_batch`` trains jobs of one backbone (vectorised where shapes match), turns each result
+or typed failure into a history row, annotates failures with what the healing rules will do,
+and appends the rows to the store in one atomic file. The campaign calls it in-process (local
+mode) or through the ``train-batch`` flow on a work pool (distributed mode); either way the
+rows are in the store when it returns, so a crash loses at most the batch in flight.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from lab.features import FeatureSet
+from lab.space import Space
+from lab.store import Store
+from tasks.heal import rule_fix
+from tasks.record import Job, make_row, utcnow
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a row needs besides the job and its result."""
+
+    campaign: str
+    dataset: str
+    space: Space
+    code_version: str
+    device: str
+
+
+def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: Store,
+              train_fn: Callable | None = None) -> list[dict]:
+    """Train ``jobs`` (same backbone) and append their rows to the store. Returns the rows
+    (failed ones with an extra ``traceback`` key that is not stored).
+
+    A failure of the whole batch (an unexpected exception in training) becomes a failed row
+    per job: nothing is lost and the campaign goes on.
+    """
+    from tasks.train import train_batch
+
+    train_fn = train_fn or train_batch
+    started = utcnow()
+    t0 = time.perf_counter()
+    try:
+        results = train_fn([j.cell for j in jobs], features, [j.seed for j in jobs], ctx.space.fixed, ctx.device)
+    except Exception as exc:
+        results = [exc] * len(jobs)
+    finished = utcnow()
+    wall = time.perf_counter() - t0
+    rows = []
+    for job, result in zip(jobs, results):
+        common = dict(campaign=ctx.campaign, dataset=ctx.dataset, space=ctx.space, code_version=ctx.code_version,
+                      started_at=started, finished_at=finished)
+        if isinstance(result, BaseException):
+            error_class = getattr(result, "error_class", type(result).__name__)
+            fix = rule_fix(job, error_class, ctx.space)
+            rows.append(make_row(job, status="failed", error=result, device=ctx.device, heal_note=fix.note,
+                                 train_seconds=wall / len(jobs), **common))
+        else:
+            rows.append(make_row(job, status="healed" if job.healed_from else "ok", metrics=result.metrics,
+                                 train_seconds=result.train_seconds, eval_seconds=result.eval_seconds,
+                                 params=result.params, peak_mem_mb=result.peak_mem_mb, device=result.device, **common))
+    store.append(ctx.campaign, rows, ctx.space)
+    # tracebacks ride along for the healer (an LLM advisor reads them) but are not history columns
+    for row, result in zip(rows, results):
+        if isinstance(result, BaseException):
+            row["traceback"] = _trimmed_traceback(result)
+    return rows
+
+
+def _trimmed_traceback(error: BaseException, lines: int = 40) -> str:
+    text = getattr(error, "traceback", "") or "".join(traceback.format_exception(error))
+    return "\n".join(text.splitlines()[-lines:])
