@@ -1,0 +1,190 @@
+"""The campaign engine end to end on a tiny synthetic dataset: budget, dedup, replicates, healing, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import register_policy
+from agents.base import Policy
+from agents.random_search import RandomPolicy
+from flows.campaign import run_campaign
+from lab.settings import resolve_home
+from lab.space import Space
+from lab.store import Store
+from tasks.errors import NaNLossError, OOMError
+from tasks.train import train_batch
+
+TINY_SPACE = """
+name: tiny
+groups:
+  arch:
+    backbone: [pixels, vjepa2_vitl]
+    encoder: [meanpool_mlp, gru]
+    size: [small]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.001, 0.003, 0.01]
+    batch_size: [16, 32, 64]
+  data:
+    window_s: [1.0, 2.0]
+    augment: [none, jitter]
+fixed:
+  epochs: 2
+  weight_decay: 0.01
+  class_balance: true
+  horizons_s: [0.5, 1.0, 1.5]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_home(synth_dataset, tmp_path_factory):
+    """A home with the tiny dataset's pixels features cached and a 288-cell space file."""
+    from tasks.extract import extract_dataset
+
+    home = resolve_home(tmp_path_factory.mktemp("home"))
+    extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
+    space_path = home.root / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    return home, synth_dataset, str(space_path)
+
+
+def _history(home, campaign):
+    return Store(home).experiments(campaign)
+
+
+def test_campaign_spends_its_budget_on_distinct_cells_and_confirms_leaders(lab_home):
+    home, ds, space = lab_home
+    logs = []
+    summary = run_campaign(home, ds.root, "c-basic", budget=14, round_size=6, space_path=space, seeds=2,
+                           log=logs.append)
+    df = _history(home, "c-basic")
+    assert len(df) == summary.recorded == 14 and df["experiment_id"].is_unique
+    assert set(df["backbone"]) == {"pixels"}  # only cached backbones are proposed
+    firsts = df[df["replicate"] == 0]
+    assert firsts["cell_id"].is_unique  # dedup: no cell proposed twice
+    assert set(firsts["proposer"]) <= {"evolution", "tpe", "random"}
+    replicates = df[df["proposer"] == "replicate"]
+    assert len(replicates) >= 1 and set(replicates["cell_id"]) <= set(firsts["cell_id"])
+    assert df.loc[df["status"] == "ok", "val_ap"].between(0, 1).all()
+    assert df["code_version"].str.len().gt(8).all()
+    assert summary.leaderboard["n"].max() == 2  # the reported leader has its replicates
+    text = summary.format()
+    assert "c-basic" in text and "leaderboard" in text
+    assert (home.campaign("c-basic") / "summary.txt").read_text().strip() == text.strip()
+
+
+def test_rerunning_a_campaign_extends_it_without_repeating_a_cell(lab_home):
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-resume", budget=6, round_size=6, space_path=space, seeds=1)
+    first = _history(home, "c-resume")
+    run_campaign(home, ds.root, "c-resume", budget=12, round_size=6, space_path=space, seeds=1)
+    df = _history(home, "c-resume")
+    assert len(df) == 12 and df["cell_id"].is_unique and df["experiment_id"].is_unique
+    assert set(first["experiment_id"]) <= set(df["experiment_id"])  # finished rows never change
+    assert json.loads((home.campaign("c-resume") / "state.json").read_text())["policies"].keys() == {"evolution", "tpe", "random"}
+    # a narrowed space extends the same history (same cell ids)
+    again = run_campaign(home, ds.root, "c-resume", budget=14, round_size=2, space_path=space, seeds=1,
+                         policies=["random"], backbones=["pixels"])
+    assert again.recorded == 14 and _history(home, "c-resume")["cell_id"].is_unique
+
+
+def _faulty_train(cells, features, seeds, fixed, device):
+    """Real training, except batch size 64 'runs out of memory' and lr 0.01 'diverges'."""
+    out = train_batch(cells, features, seeds, fixed, device)
+    for i, cell in enumerate(cells):
+        if cell["batch_size"] == 64:
+            out[i] = OOMError(cell, "CUDA out of memory (injected)")
+        elif cell["lr"] == 0.01:
+            out[i] = NaNLossError(cell, "loss is NaN at epoch 1 (injected)")
+    return out
+
+
+class BadCellFirst(Policy):
+    """Proposes ``BAD`` (set by the test) first, then random cells."""
+
+    name = "bad-first"
+    BAD = None
+
+    def __init__(self, space, seed=0, **kw):
+        super().__init__(space, seed)
+        self.fallback = RandomPolicy(space, seed=seed)
+
+    def propose(self, view, n):
+        if self.BAD.id not in view.tried_ids():
+            return [self._proposal(self.BAD, "known to fail")]
+        return self.fallback.propose(view, n)
+
+
+def test_oom_and_nan_failures_are_healed_and_linked(lab_home):
+    home, ds, space_path = lab_home
+    space = Space.load(space_path)
+    bad = space.validate({"backbone": "pixels", "encoder": "gru", "size": "small", "loss": "bce", "lr": 0.01,
+                          "batch_size": 64, "window_s": 1.0, "augment": "none"})
+    BadCellFirst.BAD = bad
+    register_policy("bad-first", f"{__name__}:BadCellFirst")
+    run_campaign(home, ds.root, "c-heal", policies=["bad-first"], budget=4, round_size=1, space_path=space_path,
+                 seeds=1, train_fn=_faulty_train)
+    df = _history(home, "c-heal").set_index("experiment_id")
+    first = df[df["cell_id"] == bad.id].iloc[0]
+    assert first["status"] == "failed" and first["error_class"] == "OOMError"
+    assert first["heal_action"] == "retry with batch_size 64->32"
+    oom_fix = df[df["healed_from"] == first.name].iloc[0]  # batch 32 but still lr 0.01 -> NaN
+    assert oom_fix["batch_size"] == 32 and oom_fix["status"] == "failed" and oom_fix["error_class"] == "NaNLossError"
+    nan_fix = df[df["healed_from"] == oom_fix.name].iloc[0]
+    assert nan_fix["lr"] == 0.003 and nan_fix["status"] == "healed" and nan_fix["proposer"] == "heal"
+    assert len(df) == 4  # heal retries count against the budget
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from flows.campaign import run_campaign
+    home, dataset, space = sys.argv[1:4]
+    run_campaign(home, dataset, "c-kill", budget=int(sys.argv[4]), round_size=2, space_path=space, seeds=1,
+                 policies=["random", "evolution"])
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_campaign_resumes_without_loss_or_duplicates(lab_home):
+    home, ds, space = lab_home
+    args = [sys.executable, "-c", CHILD, str(home.root), str(ds.root), space]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args + ["40"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(_history(home, "c-kill")) >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the campaign ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = _history(home, "c-kill")
+    assert 4 <= len(before) < 40
+    subprocess.run(args + ["16"], env=env, check=True, capture_output=True, timeout=300)
+    after = _history(home, "c-kill")
+    assert set(before["experiment_id"]) <= set(after["experiment_id"])  # nothing finished is lost
+    assert after["experiment_id"].is_unique and after["cell_id"].is_unique
+    assert len(after) == max(16, len(before))  # the budget holds (a kill past 16 leaves nothing to do)
+
+
+def test_missing_features_and_unavailable_policies_fail_clearly(lab_home, tmp_path):
+    home, ds, space = lab_home
+    with pytest.raises(ValueError, match=r"no cached features for dataset 'synth-day' and backbone\(s\) \['r2plus1d_18'\]"):
+        run_campaign(home, ds.root, "c-x", backbones=["r2plus1d_18"], space_path=None)
+    logs = []
+    summary = run_campaign(home, ds.root, "c-nokey", policies=["claude", "random"], budget=2, round_size=2,
+                           space_path=space, seeds=1, log=logs.append)
+    assert summary.recorded == 2 and any("ANTHROPIC_API_KEY" in line for line in summary.unavailable)
