@@ -124,12 +124,15 @@ class BadCellFirst(Policy):
         return self.fallback.propose(view, n)
 
 
-def test_oom_and_nan_failures_are_healed_and_linked(lab_home):
+def test_oom_and_nan_failures_are_healed_and_linked(lab_home, monkeypatch):
     home, ds, space_path = lab_home
     space = Space.load(space_path)
     bad = space.validate({"backbone": "pixels", "encoder": "gru", "size": "small", "loss": "bce", "lr": 0.01,
                           "batch_size": 64, "window_s": 1.0, "augment": "none"})
     BadCellFirst.BAD = bad
+    import agents
+
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))  # the registration ends with the test
     register_policy("bad-first", f"{__name__}:BadCellFirst")
     run_campaign(home, ds.root, "c-heal", policies=["bad-first"], budget=4, round_size=1, space_path=space_path,
                  seeds=1, train_fn=_faulty_train)
