@@ -164,6 +164,13 @@ def main(args) -> int:
         if not Store(args.home_dir).log_files(args.campaign):
             known = ", ".join(c["id"] for c in Store(args.home_dir).campaigns()) or "none"
             raise ValueError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
+        if getattr(args, "control_arms", None):
+            parent = next((c for c in Store(args.home_dir).campaigns() if c["id"] == args.campaign), {})
+            if not parent.get("dataset_path") or not parent.get("budget"):
+                raise ValueError(f"campaign {args.campaign!r} has no dataset path or budget in its campaign.json")
+            arms = run_control_arms(args.home_dir, parent["dataset_path"], args.campaign, int(parent["budget"]),
+                                    policies=tuple(p.strip() for p in args.control_arms.split(",") if p.strip()))
+            print(f"control arms trained: {', '.join(arms) or 'none'}")
         with quiet_prefect():
             result = analyze_flow(campaign=args.campaign, home=str(args.home_dir.root))
     except ValueError as exc:

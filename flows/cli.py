@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rerun-leaders-after-fix", type=int, default=0, metavar="K")
+    p.add_argument("--distributed", default=None, metavar="DEPLOYMENT",
+                   help="train batches as flow runs of this deployment, e.g. train-batch/gpu (needs PREFECT_API_URL)")
+    p.add_argument("--max-in-flight", type=int, default=4, help="distributed: batches dispatched at once")
+    p.add_argument("--dispatch-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="distributed: re-dispatch a batch not recorded this long after a worker took it")
 
     p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
     p.add_argument("--videos", type=int, default=48)
@@ -147,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(store_command="export")
 
-    p = command("compact", cmd_store, "merge a campaign's small log files into one (safe while nothing writes)")
+    p = command("compact", cmd_store, "merge a campaign's small log files into one (safe while campaigns read and write)")
     p.add_argument("--campaign", default=None, help="default: every campaign")
     p.set_defaults(store_command="compact")
 
@@ -156,14 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("analyze", cmd_analyze, "statistics and the report for a campaign")
     p.add_argument("--campaign", required=True)
+    p.add_argument("--control-arms", default=None, metavar="POLICIES",
+                   help="first train control arms (e.g. random,tpe) with the campaign's budget, dataset and backbones")
 
     p = command("status", cmd_status, "running and recent campaigns")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.runtime import configure_prefect_env  # light: no prefect import
+
     args = build_parser().parse_args(argv)
     args.home_dir = resolve_home(args.home)
+    configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
