@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -46,8 +45,8 @@ from lab.cache import ExtractSpec, Partition  # noqa: E402
 from lab.datasets import Dataset, load_dataset  # noqa: E402
 from models.backbones import create_backbone, list_backbones  # noqa: E402
 from tasks.extract import VideoFailure, _quiet_decord, decode_video, extract_videos  # noqa: E402
+from readme import README, write_section  # benchmarks/ is on sys.path when run as a script
 
-README = Path(__file__).with_name("README.md")
 HEAVY_ON_CPU = ("r2plus1d_18", "mvit_v2_s")  # about 0.1 s per clip on one core even at 8x64x64
 
 
@@ -247,18 +246,6 @@ def table(rows: list[dict], args, device: str, data: str, demo_s: float | None =
                       "the cores the decoders leave: here 1 torch thread). r2plus1d_18 and mvit_v2_s ran on 8 "
                       "videos only. GPU figures: `--device cuda`, section \"Extraction on GPU\"."]
     return "\n".join(lines)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the ``## <title>`` section of a Markdown file, leaving the others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 def demo_extraction_seconds(ds: Dataset) -> float:

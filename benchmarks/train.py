@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ from lab.space import Space  # noqa: E402
 from models.registry import list_encoders  # noqa: E402
 from tasks.errors import TrainingError  # noqa: E402
 from tasks.train import train_batch, train_cell  # noqa: E402
+from readme import README, write_section  # benchmarks/ is on sys.path when run as a script
 
-README = Path(__file__).with_name("README.md")
 GPU_NOTE = ("GPU throughput (experiments per GPU-hour, naive eager loop vs `train_batch`, 1500 x 16 x 1024 "
             "features) is measured by `benchmarks/gpu_train.py --device cuda --out DIR`, which writes "
             "`DIR/gpu_train.json`; `--device cpu --quick` is its smoke run.")
@@ -107,18 +106,6 @@ def table(rows: list[dict], models: int, single_runs: int, epochs: int) -> str:
                   f"(~{60 * total:.0f} s for a 60-experiment demo campaign's training)."]
     lines += ["", GPU_NOTE]
     return "\n".join(lines)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the ``## <title>`` section of a Markdown file, leaving the others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
