@@ -185,6 +185,8 @@ class _Campaign:
         self._restore_state()
 
         self.history = self.store.experiments(self.campaign)
+        previous = next((c for c in self.store.campaigns() if c["id"] == self.campaign), {})
+        self.dedup_before = previous.get("dedup_dropped") or {}  # totals of earlier runs (nights)
         self.deduper = Deduper(self.space, seen=set(self.history["cell_id"].astype(int)) if len(self.history) else set())
         self.new = 0
         self.train_seconds = 0.0
@@ -408,7 +410,15 @@ class _Campaign:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
                 "space": self.space.name, "backbones": sorted(self.features), "policies": [p.name for p in self.policies],
                 "budget": self.budget, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
-                "recorded": self.recorded, "pid": os.getpid()}
+                "recorded": self.recorded, "pid": os.getpid(), "dedup_dropped": self._dedup_totals()}
+
+    def _dedup_totals(self) -> dict[str, dict[str, int]]:
+        """Proposals dropped per policy and reason, over every run of this campaign."""
+        totals = {p: dict(r) for p, r in self.dedup_before.items()}
+        for policy, reasons in self.deduper.counts().items():
+            for reason, count in reasons.items():
+                totals.setdefault(policy, {})[reason] = totals.get(policy, {}).get(reason, 0) + count
+        return totals
 
     def _summary(self, stopped: str) -> CampaignSummary:
         df = self.history
@@ -435,7 +445,7 @@ class _Campaign:
             campaign=self.campaign, dataset=self.dataset.name, home=self.home.root, recorded=self.recorded,
             new=self.new, budget=self.budget, stopped=stopped, wall_seconds=time.monotonic() - self.started,
             train_seconds=self.train_seconds, leaderboard=confirmed if len(confirmed) else board,
-            per_policy=per_policy, dedup=self.deduper.counts(),
+            per_policy=per_policy, dedup=self._dedup_totals(),
             failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
             unavailable=self.unavailable, weights=self.weights)
 
@@ -481,13 +491,24 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      policies: str = "evolution,tpe,random", budget: int = 60, hours: float | None = None,
                      space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
                      device: str = "auto", seed: int = 0, rerun_leaders_after_fix: int = 0,
-                     progress: bool = False) -> dict:
-    """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact."""
+                     progress: bool = False, distributed: str | None = None, max_in_flight: int = 4,
+                     dispatch_timeout_s: float = 1800.0) -> dict:
+    """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact.
+
+    ``distributed`` ("flow/deployment", e.g. "train-batch/gpu") trains the batches as flow runs of
+    that deployment on its work pool (flows/distributed.py), up to ``max_in_flight`` at once; a
+    batch not recorded ``dispatch_timeout_s`` after a worker took it is re-dispatched."""
     train_task = _prefect_train_task()
+    executor = None
+    if distributed:  # seam: the executor (owned by flows/distributed.py)
+        from flows.distributed import executor_for_campaign
+
+        executor = executor_for_campaign(distributed, home, dataset, campaign, space, device, max_in_flight,
+                                         dispatch_timeout_s)
     summary = run_campaign(home, dataset, campaign, [p.strip() for p in policies.split(",") if p.strip()], budget,
                            hours, space, backbones.split(",") if backbones else None, seeds, round_size, device, seed,
                            progress=progress, rerun_leaders_after_fix=rerun_leaders_after_fix,
-                           train_fn=lambda *a: train_task(*a))
+                           train_fn=lambda *a: train_task(*a), executor=executor)
     _publish_leaderboard(summary)
     return {"campaign": summary.campaign, "recorded": summary.recorded, "new": summary.new,
             "best_ap": summary.best_ap, "stopped": summary.stopped}
@@ -525,7 +546,9 @@ def main(args) -> int:
             dataset=args.dataset, campaign=args.campaign, home=str(args.home_dir.root), policies=args.policies,
             budget=args.budget, hours=args.hours, space=args.space, backbones=args.backbones, seeds=args.seeds,
             round_size=args.round_size, device=args.device, seed=args.seed,
-            rerun_leaders_after_fix=args.rerun_leaders_after_fix, progress=True)
+            rerun_leaders_after_fix=args.rerun_leaders_after_fix, progress=True,
+            distributed=getattr(args, "distributed", None), max_in_flight=getattr(args, "max_in_flight", 4),
+            dispatch_timeout_s=getattr(args, "dispatch_timeout", 1800.0))
     home = args.home_dir
     summary_path = home.campaign(result["campaign"]) / "summary.txt"
     print(summary_path.read_text() if summary_path.exists() else result)

@@ -91,6 +91,8 @@ def test_rerunning_a_campaign_extends_it_without_repeating_a_cell(lab_home):
     assert len(df) == 12 and df["cell_id"].is_unique and df["experiment_id"].is_unique
     assert set(first["experiment_id"]) <= set(df["experiment_id"])  # finished rows never change
     assert json.loads((home.campaign("c-resume") / "state.json").read_text())["policies"].keys() == {"evolution", "tpe", "random"}
+    info = json.loads((home.campaign("c-resume") / "campaign.json").read_text())
+    assert info["status"] == "finished" and info["recorded"] == 12 and isinstance(info["dedup_dropped"], dict)
     # a narrowed space extends the same history (same cell ids)
     again = run_campaign(home, ds.root, "c-resume", budget=14, round_size=2, space_path=space, seeds=1,
                          policies=["random"], backbones=["pixels"])
