@@ -1,0 +1,106 @@
+"""`crashsearch status`: crashed campaigns, experiments in flight, best AP and the last error, from the store alone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from flows.status import campaign_status, format_status, main
+from lab.settings import resolve_home
+from lab.space import Space
+from lab.store import Store
+from tasks.record import Job, make_row
+
+SPACE = Space.from_dict({
+    "name": "status-test",
+    "groups": {"arch": {"backbone": ["pixels"], "encoder": ["meanpool_mlp", "gru"], "size": ["small"]},
+               "loss": {"loss": ["bce"]}, "train": {"lr": [0.001, 0.01], "batch_size": [32]},
+               "data": {"window_s": [1.0]}},
+})
+
+
+def _row(cell_id: int, status: str, val_ap: float | None = None, error: Exception | None = None, minutes: int = 0,
+         campaign: str = "c") -> dict:
+    job = Job(SPACE.cell(cell_id), seed=cell_id)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    return make_row(job, campaign=campaign, dataset="d", space=SPACE, code_version="v", status=status,
+                    metrics={"val_ap": val_ap} if val_ap is not None else None, error=error,
+                    started_at=at, finished_at=at)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def home(tmp_path):
+    return resolve_home(tmp_path / "home")
+
+
+def test_status_shows_done_best_ap_last_error_and_crashed_campaigns(home, capsys):
+    store = Store(home)
+    store.append("alive", [_row(0, "ok", 0.61, campaign="alive"), _row(1, "ok", 0.83, campaign="alive"),
+                           _row(2, "failed", error=RuntimeError("old failure"), minutes=1, campaign="alive"),
+                           _row(3, "failed", error=ValueError("newest failure\nsecond line"), minutes=2, campaign="alive"),
+                           _row(0, "invalid", campaign="alive")], SPACE)
+    store.write_campaign("alive", {"status": "running", "pid": os.getpid(), "budget": 10, "dataset": "d"})
+    store.append("dead", [_row(1, "ok", 0.5, campaign="dead")], SPACE)
+    store.write_campaign("dead", {"status": "running", "pid": _dead_pid(), "budget": 4, "dataset": "d"})
+    store.append("done", [_row(2, "ok", float("nan"), campaign="done")], SPACE)
+    store.write_campaign("done", {"status": "finished", "pid": _dead_pid(), "budget": 1, "dataset": "d"})
+
+    rows = {r["campaign"]: r for r in campaign_status(home)}
+    alive = rows["alive"]
+    assert alive["status"] == "running" and alive["done"] == 4 and alive["budget"] == 10  # invalid does not count
+    assert alive["failed"] == 2 and alive["best_val_ap"] == pytest.approx(0.83)
+    assert alive["last_error"] == "ValueError: newest failure second line"  # the latest, on one line
+    assert rows["dead"]["status"] == "stopped (crashed?)"
+    assert rows["done"]["status"] == "finished" and rows["done"]["best_val_ap"] is None  # NaN AP is no best
+    assert list(rows)[0] == "alive"  # running campaigns come first
+
+    assert main(SimpleNamespace(home_dir=home)) == 0
+    out = capsys.readouterr().out
+    assert "stopped (crashed?)" in out and "4/10" in out and "0.8300" in out and "ValueError: newest failure" in out
+
+
+def test_status_counts_distributed_batches_in_flight_until_recorded(home):
+    store = Store(home)
+    store.append("dist", [_row(0, "ok", 0.7, campaign="dist")], SPACE)
+    store.write_campaign("dist", {"status": "running", "pid": os.getpid(), "budget": 8})
+    recorded = store.experiments("dist")["experiment_id"].iloc[0]
+    doc = {"runs": [{"flow_run_id": "x", "experiment_ids": [recorded, "pending-1", "pending-2"]},
+                    {"flow_run_id": "y", "experiment_ids": ["pending-3"]}]}
+    (home.campaign("dist") / "inflight.json").write_text(json.dumps(doc))
+    assert campaign_status(home)[0]["in_flight"] == 3  # the recorded one is no longer in flight
+
+    store.write_campaign("dist", {"status": "finished"})  # a stale file of a finished campaign counts nothing
+    assert campaign_status(home)[0]["in_flight"] == 0
+
+
+def test_status_of_a_campaign_on_another_host_does_not_judge_its_pid(home):
+    store = Store(home)
+    store.write_campaign("remote", {"status": "running", "pid": _dead_pid(), "host": "some-other-node", "budget": 3})
+    store.append("remote", [_row(0, "ok", 0.4, campaign="remote")], SPACE)
+    assert campaign_status(home)[0]["status"] == "running (on some-other-node)"
+
+
+def test_status_with_no_campaigns_says_so(home, capsys):
+    assert main(SimpleNamespace(home_dir=home)) == 0
+    assert "no campaigns under" in capsys.readouterr().out
+    assert format_status([]).startswith("campaign")
+
+
+def test_status_lists_only_the_most_recent_finished_campaigns(home):
+    store = Store(home)
+    for i in range(4):
+        store.append(f"c{i}", [_row(0, "ok", 0.5, minutes=i, campaign=f"c{i}")], SPACE)
+        store.write_campaign(f"c{i}", {"status": "finished", "budget": 1})
+    shown = campaign_status(home, recent=2)
+    assert len(shown) == 2
