@@ -195,6 +195,52 @@ def test_given_up_jobs_become_failed_rows_and_rows_come_back_in_batch_order(lab)
     assert len(_raw_rows(home, "ex-give-up")) == 3
 
 
+# ---- quiet local runs -----------------------------------------------------------------------
+
+def test_quiet_prefect_drops_cancellation_noise_and_keeps_real_errors():
+    import asyncio
+    import io
+    import logging
+
+    from flows.runtime import quiet_prefect
+
+    stream = io.StringIO()
+    logger = logging.getLogger("prefect.test-shutdown-noise")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        with quiet_prefect():
+            pass
+        for error in (asyncio.CancelledError(), ValueError("a real failure")):  # after the block: exit time
+            try:
+                raise error
+            except BaseException:
+                logger.exception("background task stopped")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "a real failure" in text and "CancelledError" not in text
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+@pytest.mark.slow
+def test_cli_flow_runs_on_the_temporary_server_print_no_traceback(lab, tmp_path):
+    """`crashsearch extract` and `crashsearch campaign` as a user runs them: a fresh Prefect home, INFO logs."""
+    _, ds, space_path, _ = lab
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    for key in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        env.pop(key, None)  # the CLI must set the quiet defaults itself
+    home = str(tmp_path / "home")
+    for args in (["extract", "--dataset", str(ds.root), "--backbone", "pixels"],
+                 ["campaign", "--dataset", str(ds.root), "--budget", "4", "--round-size", "4", "--seeds", "1",
+                  "--space", space_path, "--policies", "random"]):
+        run = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--home", home], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "Starting temporary server" in run.stderr  # the path under test
+        assert "Traceback" not in run.stderr, run.stderr[-5000:]
+
+
 # ---- a real server, two workers ---------------------------------------------------------------
 
 def _free_port() -> int:
