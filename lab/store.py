@@ -36,17 +36,15 @@ Views: ``experiments`` (every campaign under the home, ``union_by_name`` over sp
 before dedup, for internal lookups. Compact a campaign fully after it runs (``crashsearch
 compact``): readers then read one file per campaign. A raw ``read_parquet('.../part-*.parquet')``
 in the duckdb shell also reads replaced files and re-appended copies: query through these views.
+
+Code: this file holds the Store (layout, writes, views, compaction); the row checks are in
+lab/rows.py, import and export of external logs in lab/exchange.py, the commands in
+lab/store_cli.py and the crash-safe file writes in lab/_io.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import os
-import re
-import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,12 +56,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lab.schema import BASE_COLUMNS, BASE_FIELDS, STATUSES, experiment_schema
+from lab._io import atomic_write, fsync_dir, read_json
+from lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
+from lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from lab.settings import Home
-from lab.space import InvalidCell, Space
+from lab.space import Space
 from lab.versions import bugfix_events
 
 log = logging.getLogger(__name__)
@@ -74,12 +73,9 @@ MERGED_SUFFIX = ".merged.parquet"  # a full compaction: the campaign's base
 MINOR_SUFFIX = ".minor.parquet"  # a minor compaction: recent files merged, still recent
 REPLACES_KEY = b"crashsearch.replaces"  # footer metadata of a merged file: the file names it replaces
 MINOR_COMPACT_FILES = 50  # append merges a campaign's recent files once there are this many
-REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 STALE_TEMP_SECONDS = 3600
 READ_RETRIES = 5
-IMPORT_BATCH = 50_000  # rows per log file when importing
-_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class Store:
@@ -145,7 +141,7 @@ class Store:
         seen: set[str] = set()
         for index, row in enumerate(rows):
             try:
-                clean.append(_clean_row(row, campaign, space, schema, now))
+                clean.append(clean_row(row, campaign, space, schema, now))
             except ValueError as exc:
                 raise ValueError(f"row {index}: {exc}") from None
             if clean[-1]["experiment_id"] in seen:
@@ -175,38 +171,7 @@ class Store:
         check axis values against cell_id (``append`` does). Raises ValueError naming the column.
         """
         check_campaign_id(campaign)
-        schema = experiment_schema(space)
-        if "campaign" not in table.column_names:
-            table = table.append_column("campaign", pa.array([campaign] * table.num_rows, pa.string()))
-        unknown = [name for name in table.column_names if name not in schema.names]
-        if unknown:
-            raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
-        for name in REQUIRED:
-            if name not in table.column_names:
-                raise ValueError(f"column {name}: required but missing")
-            if table[name].null_count:
-                first = table[name].to_pylist().index(None)
-                raise ValueError(f"row {first} column {name}: required but null")
-        bad = pc.invert(pc.is_in(table["status"], value_set=pa.array(STATUSES)))
-        if pc.any(bad).as_py():
-            first = pc.index(bad, True).as_py()
-            raise ValueError(f"row {first} column status: {table['status'][first].as_py()!r} is not one of {', '.join(STATUSES)}")
-        other = pc.not_equal(table["campaign"], campaign)
-        if pc.any(other).as_py():
-            first = pc.index(other, True).as_py()
-            raise ValueError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
-        if pc.count_distinct(table["experiment_id"]).as_py() != table.num_rows:
-            raise ValueError("column experiment_id: the table repeats an id")
-        columns = []
-        for field in schema:
-            if field.name in table.column_names:
-                try:
-                    columns.append(table[field.name].cast(field.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise ValueError(f"column {field.name}: cannot be read as {field.type} ({exc})") from None
-            else:
-                columns.append(pa.nulls(table.num_rows, field.type))
-        path = self._write(campaign, pa.Table.from_arrays(columns, schema=schema))
+        path = self._write(campaign, clean_table(table, campaign, experiment_schema(space)))
         self._maybe_minor_compact(campaign)
         return path
 
@@ -219,7 +184,7 @@ class Store:
             final = folder / f"part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX if full else MINOR_SUFFIX}"
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
-        _atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
+        atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
         return final
 
     def write_campaign(self, campaign: str, info: dict) -> None:
@@ -229,18 +194,18 @@ class Store:
         must be JSON-serialisable (others are written as strings).
         """
         path = self.home.campaign(check_campaign_id(campaign)) / "campaign.json"
-        current = _read_json(path) or {}
+        current = read_json(path) or {}
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         merged = {**current, **info, "id": campaign,
                   "created_at": current.get("created_at") or info.get("created_at") or now, "updated_at": now}
         text = json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n"
-        _atomic_write(path, lambda f: f.write(text.encode()))
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     def campaigns(self) -> list[dict]:
         """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
         out = []
-        for folder in sorted(p for p in self.home.campaigns.iterdir() if p.is_dir() and _CAMPAIGN_ID.match(p.name)):
-            info = _read_json(folder / "campaign.json")
+        for folder in sorted(p for p in self.home.campaigns.iterdir() if p.is_dir() and CAMPAIGN_ID.match(p.name)):
+            info = read_json(folder / "campaign.json")
             out.append({**(info or {}), "id": folder.name})
         return out
 
@@ -373,76 +338,17 @@ class Store:
         unknown columns are reported once and ignored. Raises ValueError when the file cannot be
         read or lacks a required column.
         """
-        report = on_error or (lambda line: print(line, file=sys.stderr))
-        path = Path(file)
-        frame = _read_table_file(path)
-        schema = experiment_schema(space)
-        fields = {f.name: f for f in schema}
-        if "val_ap" not in frame.columns:
-            raise ValueError(f"{path}: column val_ap is required")
-        has_axes = all(a in frame.columns for a in space.axis_names)
-        if not has_axes and "cell_id" not in frame.columns:
-            missing = [a for a in space.axis_names if a not in frame.columns]
-            raise ValueError(f"{path}: needs cell_id or every axis column; missing {missing}")
-        unknown = [c for c in frame.columns if c not in fields]
-        if unknown:
-            report(f"{path}: ignoring columns that are not in the experiment schema: {unknown}")
-        csv = path.suffix.lower() != ".parquet"
-        info = _read_json(self.home.campaigns / check_campaign_id(campaign) / "campaign.json") or {}
-        rows, total, seen = [], 0, set()
-        for index, record in enumerate(frame.to_dict("records")):
-            where = f"{path.name} line {index + 2}" if csv else f"{path.name} row {index + 1}"
-            try:
-                row = _import_row(record, fields, space, has_axes)
-            except (ValueError, InvalidCell) as exc:
-                report(f"{where}: {exc}; skipped")
-                continue
-            row["campaign"] = campaign
-            row.setdefault("dataset", info.get("dataset"))
-            row.setdefault("proposer", "import")
-            row.setdefault("status", "ok" if row.get("val_ap") is not None else "failed")
-            if row.get("experiment_id") is None:
-                key = json.dumps([campaign, index, record], sort_keys=True, default=str)
-                row["experiment_id"] = "imp-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-            if row["experiment_id"] in seen:
-                report(f"{where}: experiment_id {row['experiment_id']!r} appears earlier in the file; skipped")
-                continue
-            try:
-                rows.append(_clean_row(row, campaign, space, schema, datetime.now(timezone.utc)))
-            except ValueError as exc:
-                report(f"{where}: {exc}; skipped")
-                continue
-            seen.add(row["experiment_id"])
-            if len(rows) >= IMPORT_BATCH:
-                self._write(campaign, pa.Table.from_pylist(rows, schema=schema))
-                total, rows = total + len(rows), []
-        if rows:
-            self._write(campaign, pa.Table.from_pylist(rows, schema=schema))
-            total += len(rows)
-        if total and not info:
-            self.write_campaign(campaign, {"space": space.name, "status": "imported", "source": str(path.resolve()),
-                                           "dataset": None})
-        return total
+        from lab.exchange import import_log  # exchange builds on Store: imported here, not at the top
+
+        return import_log(self, file, campaign, space, on_error)
 
     def export(self, campaign: str, out: str | Path) -> Path:
         """Write one campaign as a single Parquet file (schema columns, rows sorted by
         finished_at, experiment_id), atomically; return its path. Raises ValueError if the
         campaign has no experiments."""
-        for attempt in range(READ_RETRIES):
-            gens = self.generations(campaign)
-            if not gens.live:
-                raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root}")
-            try:
-                table = self._merged(gens)
-                break
-            except (duckdb.IOException, FileNotFoundError):  # compacted meanwhile: list again
-                if attempt == READ_RETRIES - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out, lambda f: pq.write_table(table.replace_schema_metadata(None), f, compression="zstd"))
-        return out
+        from lab.exchange import export  # exchange builds on Store: imported here, not at the top
+
+        return export(self, campaign, out)
 
     def compact(self, campaign: str, full: bool = True) -> tuple[int, int]:
         """Merge a campaign's log files into one; return (files merged, rows in the merged file).
@@ -477,7 +383,7 @@ class Store:
                 path.unlink()
             except FileNotFoundError:  # another compaction got there first
                 pass
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return merged, rows
 
     def _merged(self, gens: "Generations") -> pa.Table:
@@ -532,15 +438,6 @@ def experiments_sql(bases: list[Path], recent: list[Path]) -> str:
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
 
 
-# ---- validation ------------------------------------------------------------------------------
-
-def check_campaign_id(campaign: str) -> str:
-    """Return ``campaign`` if it is a safe folder name, else raise ValueError naming it."""
-    if not isinstance(campaign, str) or not _CAMPAIGN_ID.match(campaign):
-        raise ValueError(f"campaign id {campaign!r} must be letters, digits, '.', '_' or '-' (not starting with . _ -)")
-    return campaign
-
-
 def check_read_only(sql: str) -> None:
     """Raise ValueError (one line) unless ``sql`` is exactly one read statement."""
     try:
@@ -552,209 +449,6 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type
     if kind not in READ_STATEMENTS:
         raise ValueError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
-
-
-def _clean_row(row: dict, campaign: str, space: Space, schema: pa.Schema, now: datetime) -> dict:
-    """A copy of ``row`` with every schema column, values normalised; raises ValueError 'column X: ...'."""
-    if not isinstance(row, dict):
-        raise ValueError(f"a row must be a dict, got {type(row).__name__}")
-    unknown = [k for k in row if k not in schema.names]
-    if unknown:
-        raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
-    out = {}
-    for field in schema:
-        try:
-            out[field.name] = _value(row.get(field.name), field.type)
-        except ValueError as exc:
-            raise ValueError(f"column {field.name}: {exc}") from None
-    if out["campaign"] is None:
-        out["campaign"] = campaign
-    elif out["campaign"] != campaign:
-        raise ValueError(f"column campaign: {out['campaign']!r} is not {campaign!r}")
-    for name in REQUIRED:
-        if out[name] is None or out[name] == "":
-            raise ValueError(f"column {name}: required but missing")
-    if out["status"] not in STATUSES:
-        raise ValueError(f"column status: {out['status']!r} is not one of {', '.join(STATUSES)}")
-    if out["space"] is None:
-        out["space"] = space.name
-    if out["finished_at"] is None:
-        out["finished_at"] = now
-    if out["status"] != "invalid":
-        expected = _decode(space, out["cell_id"])
-        for axis in space.axes:
-            given = out[axis.name]
-            if given is None:
-                out[axis.name] = expected[axis.name]
-            elif not _matches(expected[axis.name], given):
-                raise ValueError(f"column {axis.name}: {given!r} disagrees with cell_id {out['cell_id']} "
-                                 f"({axis.name}={expected[axis.name]!r})")
-            else:
-                out[axis.name] = expected[axis.name]
-        if out["arch_group"] is None and "backbone" in expected and "encoder" in expected:
-            out["arch_group"] = f"{expected['backbone']}/{expected['encoder']}"
-    return out
-
-
-def _decode(space: Space, cell_id: int) -> dict:
-    """Axis values of a full-space cell id (restrictions ignored: ids are the parent's)."""
-    size = math.prod(len(a.values) for a in space.axes)
-    if not 0 <= cell_id < size:
-        raise ValueError(f"column cell_id: {cell_id} is outside 0..{size - 1} of space {space.name}")
-    values, rest = {}, cell_id
-    for axis in reversed(space.axes):
-        rest, index = divmod(rest, len(axis.values))
-        values[axis.name] = axis.values[index]
-    return {a.name: values[a.name] for a in space.axes}
-
-
-def _matches(value: Any, given: Any) -> bool:
-    if isinstance(value, str) or isinstance(given, str):
-        return str(value) == str(given)
-    return math.isclose(float(value), float(given), rel_tol=1e-9, abs_tol=1e-12)
-
-
-def _value(value: Any, kind: pa.DataType) -> Any:
-    """``value`` as the Python type Arrow writes for ``kind``; None and NaN become None."""
-    if value is None or value is pd.NaT or value is pd.NA:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if pa.types.is_string(kind):
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if pa.types.is_integer(kind):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
-        bits = kind.bit_width - 1
-        if not -(2 ** bits) <= value < 2 ** bits:
-            raise ValueError(f"{value} does not fit in {kind}")
-        return value
-    if pa.types.is_floating(kind):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
-        value = float(value)
-        return None if math.isnan(value) else value
-    if pa.types.is_timestamp(kind):
-        if isinstance(value, str):
-            try:
-                value = pd.Timestamp(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an ISO-8601 time") from None
-        if isinstance(value, pd.Timestamp):
-            value = value.to_pydatetime()
-        if not isinstance(value, datetime):
-            raise ValueError(f"expected a datetime, got {type(value).__name__} {value!r}")
-        if value.tzinfo is None:
-            raise ValueError(f"{value.isoformat()} has no time zone; give UTC times (datetime.now(timezone.utc))")
-        return value.astimezone(timezone.utc)
-    raise ValueError(f"unsupported column type {kind}")
-
-
-def _import_row(record: dict, fields: dict, space: Space, has_axes: bool) -> dict:
-    """One imported record as a row dict of schema columns, its cell validated by the space."""
-    row = {}
-    for name, value in record.items():
-        if name not in fields or name in space.axis_names:
-            continue
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-            continue
-        kind = fields[name].type
-        if pa.types.is_string(kind) and not isinstance(value, str):
-            value = str(value)  # a CSV column of digits, e.g. a seed-like campaign tag
-        if pa.types.is_integer(kind) and isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not an integer") from None
-        if pa.types.is_timestamp(kind) and isinstance(value, (str, pd.Timestamp, datetime)):
-            try:
-                value = pd.Timestamp(value)
-            except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not an ISO-8601 time") from None
-            if value.tzinfo is None:  # external logs often write naive times; read them as UTC
-                value = value.tz_localize("UTC")
-        if pa.types.is_floating(kind) and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not a number") from None
-        try:
-            row[name] = _value(value, kind)
-        except ValueError as exc:
-            raise ValueError(f"column {name}: {exc}") from None
-    if has_axes:
-        cell = space.validate({a: record[a] for a in space.axis_names})
-        if row.get("cell_id") is not None and row["cell_id"] != cell.id:
-            raise ValueError(f"column cell_id: {row['cell_id']} disagrees with the axis values (cell {cell.id})")
-    else:
-        if row.get("cell_id") is None:
-            raise ValueError("column cell_id: required when the file has no axis columns")
-        cell = space.cell(row["cell_id"])
-    row["cell_id"] = cell.id
-    row.update(cell.to_dict())
-    row.setdefault("arch_group", cell.arch_group if {"backbone", "encoder"} <= set(cell.values) else None)
-    row.setdefault("space", space.name)
-    return row
-
-
-# ---- files ---------------------------------------------------------------------------------
-
-def _atomic_write(final: Path, write: Callable) -> None:
-    """Write via a hidden temp file in the same folder, fsync, rename over ``final``, fsync the folder."""
-    temp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("%s is unreadable (%s); treated as missing", path, exc)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_table_file(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pq.read_table(path).to_pandas()
-        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
 
 
 # ---- small DuckDB tables ------------------------------------------------------------------------
@@ -831,58 +525,7 @@ def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
 # ---- CLI -------------------------------------------------------------------------------------
 
 def cli_main(args) -> int:
-    """``crashsearch query|leaderboard|import|export|compact``; returns the exit code."""
-    store = Store(args.home_dir)
-    command = args.store_command
-    try:
-        if command == "query":
-            return _cli_query(store, args)
-        if command == "leaderboard":
-            board = store.leaderboard(args.campaign, k=args.k, min_replicates=getattr(args, "min_replicates", 1))
-            if board.empty:
-                print("no finished experiments yet" + (f" in campaign {args.campaign}" if args.campaign else ""))
-                return 0
-            print(_table_text(board))
-            return 0
-        if command == "import":
-            space = Space.load(args.space)
-            count = store.import_log(args.file, args.campaign, space)
-            print(f"imported {count} rows into campaign {args.campaign} ({store.log_dir(args.campaign)})")
-            return 0 if count else 1
-        if command == "export":
-            path = store.export(args.campaign, args.out)
-            print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
-            return 0
-        if command == "compact":
-            targets = [args.campaign] if args.campaign else [c["id"] for c in store.campaigns()]
-            for campaign in targets:
-                merged, rows = store.compact(campaign)
-                print(f"{campaign}: " + (f"merged {merged} files into one ({rows} rows)" if merged else "nothing to compact"))
-            return 0
-    except (ValueError, duckdb.Error, OSError) as exc:
-        print(f"{command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    print(f"unknown store command {command!r}", file=sys.stderr)
-    return 2
+    """``crashsearch query|leaderboard|import|export|compact``; returns the exit code (lab/store_cli.py)."""
+    from lab.store_cli import cli_main as main  # the CLI builds on Store: imported here, not at the top
 
-
-def _cli_query(store: Store, args) -> int:
-    frame = store.query(args.sql)
-    if args.out:
-        out = Path(args.out)
-        suffix = out.suffix.lower()
-        if suffix not in (".csv", ".parquet"):
-            raise ValueError(f"--out {out}: use a .csv or .parquet file name")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
-        print(f"wrote {len(frame)} rows to {out}")
-        return 0
-    print(_table_text(frame))
-    return 0
-
-
-def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:
-    width = shutil.get_terminal_size((160, 40)).columns
-    with pd.option_context("display.float_format", "{:.4f}".format):
-        text = frame.to_string(index=False, max_rows=max_rows, max_colwidth=40, line_width=width)
-    return text + f"\n({len(frame)} rows)"
+    return main(args)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
+import lab._io as io_module  # the atomic writer: its os.replace is where a crash is simulated
 import lab.store as store_module
 from flows.cli import main as cli
 from lab.schema import BASE_COLUMNS
@@ -135,7 +136,7 @@ def test_crash_before_rename_leaves_no_visible_rows(store, space, monkeypatch):
     def crash(*args):
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr(store_module.os, "replace", crash)
+    monkeypatch.setattr(io_module.os, "replace", crash)
     with pytest.raises(OSError):
         store.append("c1", make_rows(space, 3, start=10), space)
     monkeypatch.undo()
@@ -149,11 +150,12 @@ def test_killed_writer_leaves_only_a_hidden_temp_file(store, space, home):
         import os
         from pathlib import Path
         from datetime import datetime, timezone
+        import lab._io
         import lab.store as s
         from lab.settings import Home
         from lab.space import Space
         space = Space.load()
-        s.os.replace = lambda *a: os._exit(9)
+        lab._io.os.replace = lambda *a: os._exit(9)
         cell = space.cell(7)
         s.Store(Home(Path({str(home.root)!r}))).append("c1", [{{"experiment_id": "lost", "cell_id": 7,
             "status": "ok", "val_ap": 0.5}}], space)

@@ -1,0 +1,79 @@
+"""The history store's commands: ``crashsearch query|leaderboard|import|export|compact``.
+
+flows/cli.py parses the arguments and calls ``cli_main`` (re-exported by lab.store); this module
+only runs the Store method and prints its result as a plain-text table or one line.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from lab.space import Space
+from lab.store import Store
+
+
+def cli_main(args) -> int:
+    """Run ``args.store_command`` on the store under ``args.home_dir``; return the exit code.
+
+    A bad argument, query or file prints one line to stderr and returns 2.
+    """
+    store = Store(args.home_dir)
+    command = args.store_command
+    try:
+        if command == "query":
+            return _cli_query(store, args)
+        if command == "leaderboard":
+            board = store.leaderboard(args.campaign, k=args.k, min_replicates=getattr(args, "min_replicates", 1))
+            if board.empty:
+                print("no finished experiments yet" + (f" in campaign {args.campaign}" if args.campaign else ""))
+                return 0
+            print(_table_text(board))
+            return 0
+        if command == "import":
+            space = Space.load(args.space)
+            count = store.import_log(args.file, args.campaign, space)
+            print(f"imported {count} rows into campaign {args.campaign} ({store.log_dir(args.campaign)})")
+            return 0 if count else 1
+        if command == "export":
+            path = store.export(args.campaign, args.out)
+            print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
+            return 0
+        if command == "compact":
+            targets = [args.campaign] if args.campaign else [c["id"] for c in store.campaigns()]
+            for campaign in targets:
+                merged, rows = store.compact(campaign)
+                print(f"{campaign}: " + (f"merged {merged} files into one ({rows} rows)" if merged else "nothing to compact"))
+            return 0
+    except (ValueError, duckdb.Error, OSError) as exc:
+        print(f"{command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(f"unknown store command {command!r}", file=sys.stderr)
+    return 2
+
+
+def _cli_query(store: Store, args) -> int:
+    frame = store.query(args.sql)
+    if args.out:
+        out = Path(args.out)
+        suffix = out.suffix.lower()
+        if suffix not in (".csv", ".parquet"):
+            raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
+        print(f"wrote {len(frame)} rows to {out}")
+        return 0
+    print(_table_text(frame))
+    return 0
+
+
+def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:
+    """``frame`` as an aligned text table fitted to the terminal, with a row count below."""
+    width = shutil.get_terminal_size((160, 40)).columns
+    with pd.option_context("display.float_format", "{:.4f}".format):
+        text = frame.to_string(index=False, max_rows=max_rows, max_colwidth=40, line_width=width)
+    return text + f"\n({len(frame)} rows)"
