@@ -241,6 +241,27 @@ def test_cli_flow_runs_on_the_temporary_server_print_no_traceback(lab, tmp_path)
         assert "Traceback" not in run.stderr, run.stderr[-5000:]
 
 
+@pytest.mark.slow
+def test_nightly_runs_the_campaign_its_control_arm_and_the_report_with_artifacts(lab):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
+
+    from flows.nightly import nightly_flow
+
+    home, ds, space_path, _ = lab
+    result = nightly_flow(dataset=str(ds.root), campaign="nightly-test", home=str(home.root), policies="random,tpe",
+                          budget=4, round_size=4, space=space_path, seeds=1, control_budget=2, control_policies="random")
+    assert result["campaign"]["recorded"] == 4 and result["controls"] == ["nightly-test-baseline-random"]
+    assert Path(result["analysis"]["report"]).exists()
+    assert len(Store(home).experiments("nightly-test-baseline-random")) == 2
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["nightly-test-leaderboard", "nightly-test-report"])))}
+        gpu_tasks = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
+    assert keys == {"nightly-test-leaderboard", "nightly-test-report"}  # results beside the runs in the UI
+    assert gpu_tasks and all(t.name.startswith("train-batch") for t in gpu_tasks)  # training is bound to the gpu limit
+
+
 # ---- a real server, two workers ---------------------------------------------------------------
 
 def _free_port() -> int:
@@ -438,6 +459,9 @@ def test_prefect_yaml_deploys_every_flow_with_pools_schedule_and_pull_steps(clus
     clone = deployments["campaign/gpu"].pull_steps[0]["prefect.deployments.steps.git_clone"]
     assert clone["repository"] == "{{ prefect.variables.crashsearch_repo }}"  # resolved on the worker at run time
     assert "pip install" in deployments["campaign/gpu"].pull_steps[1]["prefect.deployments.steps.run_shell_script"]["script"]
+    batches = deployments["train-batch/gpu"]
+    assert batches.global_concurrency_limit.limit == 8  # batches at once: one per GPU
+    assert batches.concurrency_options.collision_strategy.value == "ENQUEUE"
     assert deployments["train-batch/gpu"].pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CRASHSEARCH_CODE_DIR }}"}}]
 
