@@ -140,6 +140,10 @@ class DistributedExecutor:
                             self.redispatches += 1
                             queue.appendleft((d.batch, remaining, d.attempt + 1, history))
                 finished = True
+                if self.dispatches:
+                    by_worker = ", ".join(f"{w} {n}" for w, n in sorted(self.workers.items()))
+                    self.log(f"{self.deployment_name}: {self.dispatches} flow runs so far, {self.redispatches} "
+                             f"re-dispatched; batches per worker: {by_worker}")
             finally:
                 if not finished and inflight:  # the campaign stopped: its batches should not train on
                     for d in inflight.values():
