@@ -541,6 +541,14 @@ def main(args) -> int:
     """`crashsearch campaign`: run the campaign flow and print the summary."""
     from flows.runtime import quiet_prefect
 
+    if getattr(args, "distributed", None):  # seam: fail in one line before a flow run starts
+        from flows.distributed import check_deployment
+
+        try:
+            check_deployment(args.distributed)
+        except ValueError as exc:
+            print(f"campaign: {exc}", file=sys.stderr)
+            return 2
     with quiet_prefect():
         result = get_campaign_flow()(
             dataset=args.dataset, campaign=args.campaign, home=str(args.home_dir.root), policies=args.policies,

@@ -250,28 +250,39 @@ class DistributedExecutor:
             pass
 
 
+def check_deployment(deployment_name: str) -> None:
+    """Raise ValueError (one line) unless a Prefect server is configured and has the deployment.
+
+    A campaign run against Prefect's temporary server would dispatch to nobody, so distributed
+    mode needs PREFECT_API_URL (environment or profile)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ValueError(f"--distributed {deployment_name} needs a Prefect server with the workers: set PREFECT_API_URL "
+                         f"(e.g. prefect config set PREFECT_API_URL=http://<server>:4200/api)")
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(deployment_name)
+    except Exception as exc:
+        reason = one_line(str(exc), 120) if str(exc) not in ("", "None") else type(exc).__name__
+        raise ValueError(f"deployment {deployment_name!r} not found on {api} ({reason}); "
+                         f"deploy it from the repository root: prefect --no-prompt deploy --name {deployment_name}") from None
+
+
 def executor_for_campaign(deployment_name: str, home: str | None, dataset: str, campaign: str | None,
                           space_path: str | None, device: str = "auto", max_in_flight: int = 4,
                           timeout_s: float = 1800.0, log: Callable[[str], None] | None = None) -> DistributedExecutor:
     """The DistributedExecutor for a campaign as ``run_campaign`` will name it.
 
-    Checks that the deployment exists on the Prefect API in use. Raises ValueError (one line)
-    when it does not, e.g. when PREFECT_API_URL is unset and a temporary server answers.
+    Raises ValueError (one line) when no Prefect server is configured or it lacks the deployment
+    (see ``check_deployment``).
     """
-    from prefect.client.orchestration import get_client
-
     from flows.campaign import default_campaign_id
     from lab.datasets import load_dataset
 
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_deployment_by_name(deployment_name)
-    except Exception as exc:
-        from prefect.settings import PREFECT_API_URL
-
-        raise ValueError(f"deployment {deployment_name!r} not found on the Prefect API "
-                         f"{PREFECT_API_URL.value() or '(temporary server)'}: {one_line(str(exc), 120)}; "
-                         f"deploy it (prefect deploy --name train-batch) and set PREFECT_API_URL") from None
+    check_deployment(deployment_name)
     ds = load_dataset(dataset)
     return DistributedExecutor(deployment_name, home, campaign or default_campaign_id(ds.name), Space.load(space_path),
                                ds.name, space_path=str(Path(space_path).resolve()) if space_path else None,

@@ -133,11 +133,11 @@ def test_a_bad_job_is_reported_in_one_line_and_the_rest_run(lab, capsys):
 
 def test_features_are_loaded_once_per_worker_process(lab, monkeypatch):
     home, ds, space_path, space = lab
-    import lab.cache
+    import lab.cache as cache
 
     calls = []
-    real = lab.cache.load_features
-    monkeypatch.setattr(lab.cache, "load_features", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = cache.load_features
+    monkeypatch.setattr(cache, "load_features", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setattr(tb, "_FEATURES", {})
     for cell in (5, 6):
         tb.train_batch_fn(str(home.root), "tb-cache", ds.name, [_jobs(space, [cell])[0].to_dict()], space_path, device="cpu")
@@ -193,6 +193,17 @@ def test_given_up_jobs_become_failed_rows_and_rows_come_back_in_batch_order(lab)
     assert "2 dispatches" in failed["error_message"] and "boom" in failed["error_message"]
     assert failed["val_ap"] is None  # nulls come back as None, like freshly made rows
     assert len(_raw_rows(home, "ex-give-up")) == 3
+
+
+def test_distributed_mode_without_a_server_fails_in_one_line_before_any_flow_runs(lab, capsys):
+    from flows.cli import main as cli
+
+    home, ds, space_path, _ = lab
+    code = cli(["campaign", "--home", str(home.root), "--dataset", str(ds.root), "--space", space_path,
+                "--campaign", "no-server", "--budget", "2", "--distributed", "train-batch/gpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "set PREFECT_API_URL" in err and len(err.strip().splitlines()) == 1
+    assert not Store(home).log_files("no-server")
 
 
 # ---- quiet local runs -----------------------------------------------------------------------
@@ -462,6 +473,12 @@ def test_prefect_yaml_deploys_every_flow_with_pools_schedule_and_pull_steps(clus
     batches = deployments["train-batch/gpu"]
     assert batches.global_concurrency_limit.limit == 8  # batches at once: one per GPU
     assert batches.concurrency_options.collision_strategy.value == "ENQUEUE"
+    from flows.distributed import check_deployment
+
+    with cluster.client():
+        check_deployment("train-batch/gpu")
+        with pytest.raises(ValueError, match=r"deployment 'train-batch/nope' not found on http://127\.0\.0\.1.*prefect"):
+            check_deployment("train-batch/nope")
     assert deployments["train-batch/gpu"].pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CRASHSEARCH_CODE_DIR }}"}}]
 
