@@ -44,13 +44,41 @@ def register_policy(name: str, target: str) -> None:
 def create_policy(name: str, space: "Space", seed: int = 0, **kwargs: Any) -> "Policy":
     """Build the policy registered as ``name`` (case-insensitive) for ``space``.
 
-    Returns a Policy. Raises ValueError for an unknown name (listing the valid ones), and
+    Returns a Policy. Raises ValueError for an unknown name (listing the valid ones) or an option
+    the policy does not take (listing its options), and
     PolicyUnavailable when the policy's module or a library it needs cannot be imported; the
     policy's own constructor may raise PolicyUnavailable too (e.g. an LLM agent without a key).
     """
     key = str(name).strip().lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
+    cls = _policy_class(key)
+    unknown = sorted(set(kwargs) - set(policy_options(key)))
+    if unknown:
+        raise ValueError(f"policy {key!r} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(policy_options(key)) or 'none'}")
+    return cls(space, seed=seed, **kwargs)
+
+
+def policy_options(name: str) -> list[str]:
+    """The keyword options the policy ``name`` takes (beyond space and seed), from its constructors."""
+    import inspect
+
+    options: list[str] = []
+    for klass in _policy_class(str(name).strip().lower()).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and \
+                    param.name not in ("self", "space", "seed") and param.name not in options:
+                options.append(param.name)
+    return options
+
+
+def _policy_class(key: str) -> type:
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown policy {key!r}; valid policies: {', '.join(_REGISTRY)}")
     module_name, class_name = _REGISTRY[key].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -58,4 +86,4 @@ def create_policy(name: str, space: "Space", seed: int = 0, **kwargs: Any) -> "P
         from agents.base import PolicyUnavailable
 
         raise PolicyUnavailable(f"policy {key!r} cannot be imported: {exc}") from exc
-    return getattr(module, class_name)(space, seed=seed, **kwargs)
+    return getattr(module, class_name)

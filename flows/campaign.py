@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -175,7 +176,7 @@ class _Campaign:
         for i, name in enumerate(policy_names):
             try:
                 self.policies.append(create_policy(name, self.space, seed=seed + i, **policy_kwargs.get(name, {})))
-            except PolicyUnavailable as exc:
+            except (PolicyUnavailable, ValueError) as exc:  # no key or SDK; a bad option: the rest go on
                 self.unavailable.append(one_line(str(exc)))
                 log(f"policy {name} unavailable: {one_line(str(exc))}")
         if not self.policies:
@@ -196,7 +197,8 @@ class _Campaign:
             "campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
             "space": self.space.name, "backbones": wanted, "policies": [p.name for p in self.policies],
             "budget": budget, "hours": hours, "seeds": seeds, "status": "running", "pid": os.getpid(),
-            "weights": self.weights, "updated_at": utcnow().isoformat(),
+            "host": socket.gethostname(), "weights": self.weights, "updated_at": utcnow().isoformat(),
+            "propose_mode": propose_mode, "policy_args": policy_kwargs,
         })
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -492,10 +494,13 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
                      device: str = "auto", seed: int = 0, rerun_leaders_after_fix: int = 0,
                      progress: bool = False, distributed: str | None = None, max_in_flight: int = 4,
-                     dispatch_timeout_s: float = 1800.0) -> dict:
+                     dispatch_timeout_s: float = 1800.0, propose_mode: str = "turns",
+                     policy_args: dict[str, dict] | None = None) -> dict:
     """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact.
 
-    ``distributed`` ("flow/deployment", e.g. "train-batch/gpu") trains the batches as flow runs of
+    ``policy_args`` maps a policy name to keyword arguments for it, e.g. {"claude": {"model":
+    "claude-sonnet-4-5", "role": "explorer"}}; ``propose_mode`` "concurrent" asks all policies at
+    once each round instead of in turns. ``distributed`` ("flow/deployment", e.g. "train-batch/gpu") trains the batches as flow runs of
     that deployment on its work pool (flows/distributed.py), up to ``max_in_flight`` at once; a
     batch not recorded ``dispatch_timeout_s`` after a worker took it is re-dispatched."""
     train_task = _prefect_train_task()
@@ -507,7 +512,8 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                                          dispatch_timeout_s)
     summary = run_campaign(home, dataset, campaign, [p.strip() for p in policies.split(",") if p.strip()], budget,
                            hours, space, backbones.split(",") if backbones else None, seeds, round_size, device, seed,
-                           progress=progress, rerun_leaders_after_fix=rerun_leaders_after_fix,
+                           policy_kwargs=policy_args, progress=progress, propose_mode=propose_mode,
+                           rerun_leaders_after_fix=rerun_leaders_after_fix,
                            train_fn=lambda *a: train_task(*a), executor=executor)
     _publish_leaderboard(summary)
     return {"campaign": summary.campaign, "recorded": summary.recorded, "new": summary.new,
@@ -530,6 +536,39 @@ def _artifact_key(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "campaign"
 
 
+def parse_policy_args(items: list[str] | None, policies: str | None = None) -> dict[str, dict]:
+    """``["claude.model=claude-sonnet-4-5", "tpe.n_startup_trials=5"]`` -> {"claude": {...}, "tpe": {...}}.
+
+    A value is read as JSON when it parses (numbers, true/false, null, lists), else kept as a string.
+    With ``policies`` (the comma list the campaign runs) each name must be one of them and each key
+    one of that policy's options. Raises ValueError naming the bad item."""
+    from agents import policy_options
+    from agents.base import PolicyUnavailable
+
+    running = {p.strip().lower() for p in policies.split(",") if p.strip()} if policies is not None else None
+    out: dict[str, dict] = {}
+    for item in items or []:
+        target, sep, raw = item.partition("=")
+        name, dot, key = target.partition(".")
+        name, key = name.strip().lower(), key.strip()
+        if not (sep and dot and name and key):
+            raise ValueError(f"--policy-arg {item!r}: expected NAME.KEY=VALUE, e.g. claude.temperature=0.7")
+        if running is not None and name not in running:
+            raise ValueError(f"--policy-arg {item!r}: {name} is not among the policies ({', '.join(sorted(running))})")
+        try:
+            options = policy_options(name)
+        except PolicyUnavailable:
+            options = None  # its SDK is missing: the campaign reports that itself
+        if options is not None and key not in options:
+            raise ValueError(f"--policy-arg {item!r}: {name} has no option {key!r}; its options: {', '.join(options) or 'none'}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(name, {})[key] = value
+    return out
+
+
 def get_campaign_flow():
     """The Prefect flow object (built lazily so importing this module stays light)."""
     from prefect import flow
@@ -549,6 +588,11 @@ def main(args) -> int:
         except ValueError as exc:
             print(f"campaign: {exc}", file=sys.stderr)
             return 2
+    try:
+        policy_args = parse_policy_args(getattr(args, "policy_arg", None), args.policies)
+    except ValueError as exc:
+        print(f"campaign: {exc}", file=sys.stderr)
+        return 2
     with quiet_prefect():
         result = get_campaign_flow()(
             dataset=args.dataset, campaign=args.campaign, home=str(args.home_dir.root), policies=args.policies,
@@ -556,7 +600,8 @@ def main(args) -> int:
             round_size=args.round_size, device=args.device, seed=args.seed,
             rerun_leaders_after_fix=args.rerun_leaders_after_fix, progress=True,
             distributed=getattr(args, "distributed", None), max_in_flight=getattr(args, "max_in_flight", 4),
-            dispatch_timeout_s=getattr(args, "dispatch_timeout", 1800.0))
+            dispatch_timeout_s=getattr(args, "dispatch_timeout", 1800.0),
+            propose_mode=getattr(args, "propose_mode", "turns"), policy_args=policy_args)
     home = args.home_dir
     summary_path = home.campaign(result["campaign"]) / "summary.txt"
     print(summary_path.read_text() if summary_path.exists() else result)

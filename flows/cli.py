@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rerun-leaders-after-fix", type=int, default=0, metavar="K")
+    p.add_argument("--propose-mode", choices=["turns", "concurrent"], default="turns",
+                   help="turns: policies propose one after another, each seeing the last one's proposals; "
+                        "concurrent: all at once from the same history (LLM calls overlap)")
+    p.add_argument("--policy-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="a keyword argument for one policy, repeatable: claude.model=..., gemini.temperature=0.7, "
+                        "claude.role=explorer, tpe.n_startup_trials=5")
     p.add_argument("--distributed", default=None, metavar="DEPLOYMENT",
                    help="train batches as flow runs of this deployment, e.g. train-batch/gpu (needs PREFECT_API_URL)")
     p.add_argument("--max-in-flight", type=int, default=4, help="distributed: batches dispatched at once")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,3 +194,36 @@ def test_missing_features_and_unavailable_policies_fail_clearly(lab_home, tmp_pa
     summary = run_campaign(home, ds.root, "c-nokey", policies=["claude", "random"], budget=2, round_size=2,
                            space_path=space, seeds=1, log=logs.append)
     assert summary.recorded == 2 and any("ANTHROPIC_API_KEY" in line for line in summary.unavailable)
+
+
+def test_policy_args_parse_to_typed_options_and_bad_ones_are_named():
+    from flows.campaign import parse_policy_args
+
+    parsed = parse_policy_args(["claude.model=claude-x", "claude.temperature=0.7", "claude.role=explorer",
+                                "TPE.n_startup_trials=5"], "claude, tpe")
+    assert parsed == {"claude": {"model": "claude-x", "temperature": 0.7, "role": "explorer"},
+                      "tpe": {"n_startup_trials": 5}}
+    for bad, named in [("claude.model", "expected NAME.KEY=VALUE"), ("x=1", "expected NAME.KEY=VALUE"),
+                       ("tpe.n_startup=5", "tpe has no option 'n_startup'; its options: n_startup_trials"),
+                       ("gemini.model=x", "gemini is not among the policies (claude, tpe)")]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            parse_policy_args([bad], "claude,tpe")
+
+
+def test_cli_campaign_passes_policy_args_and_propose_mode_and_records_them(lab_home, capsys):
+    from flows.cli import main as cli
+
+    home, ds, space = lab_home
+    base = ["campaign", "--home", str(home.root), "--dataset", str(ds.root), "--space", space, "--budget", "4",
+            "--round-size", "2", "--seeds", "1", "--policies", "evolution,tpe"]
+    assert cli(base + ["--campaign", "c-bad-arg", "--policy-arg", "tpe.n_startup=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tpe has no option 'n_startup'" in err
+    assert not Store(home).log_files("c-bad-arg")
+
+    assert cli(base + ["--campaign", "c-args", "--propose-mode", "concurrent", "--policy-arg", "tpe.n_startup_trials=1",
+                       "--policy-arg", "evolution.min_results=2"]) == 0
+    info = json.loads((home.campaign("c-args") / "campaign.json").read_text())
+    assert info["propose_mode"] == "concurrent"
+    assert info["policy_args"] == {"tpe": {"n_startup_trials": 1}, "evolution": {"min_results": 2}}
+    assert len(_history(home, "c-args")) == 4

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import agents
-from agents import OFFLINE_POLICIES, create_policy, list_policies, register_policy
+from agents import OFFLINE_POLICIES, create_policy, list_policies, policy_options, register_policy
 from agents.base import VIEW_COLUMNS, HistoryView, PolicyUnavailable
 from lab.space import Cell, Space
 
@@ -226,6 +226,10 @@ def test_policy_constructors_reject_bad_settings(space):
         create_policy("evolution", space, immigrant_rate=1.5)
     with pytest.raises(ValueError, match="n_startup_trials >= 0"):
         create_policy("tpe", space, n_startup_trials=-1)
+    with pytest.raises(ValueError, match="policy 'tpe' has no option n_startup; its options: n_startup_trials, "):
+        create_policy("tpe", space, n_startup=5)  # a typo is an error, never silently ignored
+    assert "role" in policy_options("claude") and "immigrant_rate" in policy_options("evolution")
+    assert policy_options("random") == []
 
 
 # ---- the registry ---------------------------------------------------------------------------
