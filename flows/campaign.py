@@ -142,7 +142,7 @@ class _Campaign:
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
                  round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None):
-        from lab.cache import list_cached, load_features
+        from lab.cache import latest_partition, list_cached, load_features
 
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
         self.home, self.log, self.progress = home, log, progress
@@ -165,8 +165,14 @@ class _Campaign:
                              f"(cached: {available or 'none'})")
         full_space = Space.load(space_path)
         self.space = full_space.restrict(backbone=wanted)
-        self.features = {b: load_features(home, self.dataset.name, b, device=self.device) for b in wanted}
-        self.weights = {b: f.weights for b, f in self.features.items()}
+        self.backbones = sorted(wanted)
+        if executor is None:
+            self.features = {b: load_features(home, self.dataset.name, b, device=self.device) for b in wanted}
+            self.weights = {b: f.weights for b, f in self.features.items()}
+        else:  # the workers load the features; this process only needs their weights ids
+            self.features = {}
+            self.weights = {b: str(latest_partition(home, self.dataset.name, b).meta.get("weights", "random"))
+                            for b in wanted}
         self.version = code_version()
         ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
         self.executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)
@@ -410,7 +416,7 @@ class _Campaign:
 
     def _campaign_info(self) -> dict:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "space": self.space.name, "backbones": sorted(self.features), "policies": [p.name for p in self.policies],
+                "space": self.space.name, "backbones": self.backbones, "policies": [p.name for p in self.policies],
                 "budget": self.budget, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
                 "recorded": self.recorded, "pid": os.getpid(), "dedup_dropped": self._dedup_totals()}
 
