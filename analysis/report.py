@@ -472,8 +472,14 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.h(2, "Headline")
     items = []
     if best["cell_id"] is not None:
-        items.append(f"Best validation AP {_fmt(best['val_ap'])} (test AP {_fmt(best['test_ap'])}), "
+        items.append(f"Best single run: validation AP {_fmt(best['val_ap'])} (test AP {_fmt(best['test_ap'])}), "
                      f"{best['arch_group']}, cell {best['cell_id']}, found by {best['arm']}.")
+    if len(nb["top5"]):
+        lead = pd.DataFrame(nb["top5"]).iloc[0]
+        spread = f" ± {_fmt(lead['val_ap_sd'])}" if not math.isnan(_nan(lead["val_ap_sd"])) else ""
+        items.append(f"Leading cell by mean over its replicates: {lead['backbone']}/{lead['encoder']}, {lead['loss']}, "
+                     f"cell {lead['cell_id']}: validation AP {_fmt(lead['val_ap'])}{spread} over {lead['runs']} run(s) "
+                     f"(the top-5 table below).")
     if not math.isnan(_nan(h["eta2_arch"])):
         items.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance "
                      f"(F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}); hyperparameters and seeds at most "
