@@ -143,6 +143,7 @@ class ExtractStats:
     frames_decoded: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0  # time spent inside backbone.embed
+    fill_seconds: float = 0.0  # from the start to the first embed call: the decoders filling the pipeline
     failures: list[dict] = field(default_factory=list)
 
     @property
@@ -152,7 +153,8 @@ class ExtractStats:
     def to_dict(self) -> dict:
         return {"videos_ok": self.videos_ok, "videos_failed": self.videos_failed, "clips": self.clips,
                 "frames_decoded": self.frames_decoded, "seconds": round(self.seconds, 3),
-                "embed_seconds": round(self.embed_seconds, 3), "clips_per_s": round(self.clips_per_s, 2)}
+                "embed_seconds": round(self.embed_seconds, 3), "fill_seconds": round(self.fill_seconds, 3),
+                "clips_per_s": round(self.clips_per_s, 2)}
 
 
 def _failure(item: VideoItem, reason: str) -> dict:
@@ -218,6 +220,8 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
                 if need == 0:
                     break
             t0 = time.perf_counter()
+            if not stats.fill_seconds:
+                stats.fill_seconds = t0 - start
             out = backbone.embed(torch.cat(chunks) if len(chunks) > 1 else chunks[0])  # (B, D) on the CPU
             stats.embed_seconds += time.perf_counter() - t0
             offset = 0
