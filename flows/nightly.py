@@ -28,7 +28,8 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
                  space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
                  device: str = "auto", seed: int = 0, distributed: str | None = None, max_in_flight: int = 4,
                  dispatch_timeout_s: float = 1800.0, control_budget: int = 0,
-                 control_policies: str = "random,tpe") -> dict:
+                 control_policies: str = "random,tpe", propose_mode: str = "turns",
+                 policy_args: dict[str, dict] | None = None) -> dict:
     """Campaign, then control arms if ``control_budget`` > 0, then analyze.
 
     ``budget`` is the campaign's total: a nightly run of a campaign id that already holds its
@@ -39,7 +40,8 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
     result = campaign_flow(dataset=dataset, campaign=campaign, home=home, policies=policies, budget=budget,
                            hours=hours, space=space, backbones=backbones, seeds=seeds, round_size=round_size,
                            device=device, seed=seed, distributed=distributed, max_in_flight=max_in_flight,
-                           dispatch_timeout_s=dispatch_timeout_s)
+                           dispatch_timeout_s=dispatch_timeout_s, propose_mode=propose_mode,
+                           policy_args=policy_args)
     campaign_id = result["campaign"]
     controls: list[str] = []
     if control_budget > 0:

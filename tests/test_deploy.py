@@ -9,6 +9,7 @@ they start carries a marker in its environment and is killed at the end, also on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -261,8 +262,11 @@ def test_nightly_runs_the_campaign_its_control_arm_and_the_report_with_artifacts
 
     home, ds, space_path, _ = lab
     result = nightly_flow(dataset=str(ds.root), campaign="nightly-test", home=str(home.root), policies="random,tpe",
-                          budget=4, round_size=4, space=space_path, seeds=1, control_budget=2, control_policies="random")
+                          budget=4, round_size=4, space=space_path, seeds=1, control_budget=2, control_policies="random",
+                          propose_mode="concurrent", policy_args={"tpe": {"n_startup_trials": 1}})
     assert result["campaign"]["recorded"] == 4 and result["controls"] == ["nightly-test-baseline-random"]
+    info = json.loads((home.campaign("nightly-test") / "campaign.json").read_text())
+    assert info["propose_mode"] == "concurrent" and info["policy_args"] == {"tpe": {"n_startup_trials": 1}}
     assert Path(result["analysis"]["report"]).exists()
     assert len(Store(home).experiments("nightly-test-baseline-random")) == 2
     with get_client(sync_client=True) as client:
@@ -467,6 +471,7 @@ def test_prefect_yaml_deploys_every_flow_with_pools_schedule_and_pull_steps(clus
     (schedule,) = nightly.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
     assert nightly.parameters["distributed"] == "train-batch/gpu"
+    assert nightly.parameters["policy_args"] == {"claude": {"role": "explorer"}, "gemini": {"role": "exploiter"}}
     clone = deployments["campaign/gpu"].pull_steps[0]["prefect.deployments.steps.git_clone"]
     assert clone["repository"] == "{{ prefect.variables.crashsearch_repo }}"  # resolved on the worker at run time
     assert "pip install" in deployments["campaign/gpu"].pull_steps[1]["prefect.deployments.steps.run_shell_script"]["script"]
