@@ -506,9 +506,10 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
 
     ``policy_args`` maps a policy name to keyword arguments for it, e.g. {"claude": {"model":
     "claude-sonnet-4-5", "role": "explorer"}}; ``propose_mode`` "concurrent" asks all policies at
-    once each round instead of in turns. ``distributed`` ("flow/deployment", e.g. "train-batch/gpu") trains the batches as flow runs of
-    that deployment on its work pool (flows/distributed.py), up to ``max_in_flight`` at once; a
-    batch not recorded ``dispatch_timeout_s`` after a worker took it is re-dispatched."""
+    once each round instead of in turns. ``distributed`` ("flow/deployment", e.g.
+    "train-batch/gpu") trains the batches as flow runs of that deployment on its work pool
+    (flows/distributed.py), up to ``max_in_flight`` at once; a batch not recorded
+    ``dispatch_timeout_s`` after a worker took it is re-dispatched."""
     train_task = _prefect_train_task()
     executor = None
     if distributed:  # seam: the executor (owned by flows/distributed.py)
