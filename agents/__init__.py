@@ -49,14 +49,12 @@ def create_policy(name: str, space: "Space", seed: int = 0, **kwargs: Any) -> "P
     PolicyUnavailable when the policy's module or a library it needs cannot be imported; the
     policy's own constructor may raise PolicyUnavailable too (e.g. an LLM agent without a key).
     """
-    key = str(name).strip().lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
-    cls = _policy_class(key)
-    unknown = sorted(set(kwargs) - set(policy_options(key)))
+    cls = _policy_class(name)
+    options = policy_options(name)
+    unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ValueError(f"policy {key!r} has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(policy_options(key)) or 'none'}")
+        raise ValueError(f"policy {str(name).strip().lower()!r} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(options) or 'none'}")
     return cls(space, seed=seed, **kwargs)
 
 
@@ -65,7 +63,7 @@ def policy_options(name: str) -> list[str]:
     import inspect
 
     options: list[str] = []
-    for klass in _policy_class(str(name).strip().lower()).__mro__:
+    for klass in _policy_class(name).__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
@@ -76,9 +74,11 @@ def policy_options(name: str) -> list[str]:
     return options
 
 
-def _policy_class(key: str) -> type:
+def _policy_class(name: str) -> type:
+    """The class registered as ``name`` (case-insensitive), imported on first use."""
+    key = str(name).strip().lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown policy {key!r}; valid policies: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
     module_name, class_name = _REGISTRY[key].split(":")
     try:
         module = importlib.import_module(module_name)

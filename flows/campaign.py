@@ -142,7 +142,7 @@ class _Campaign:
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
                  round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None):
-        from lab.cache import latest_partition, list_cached, load_features
+        from lab.cache import latest_partition, list_cached, load_features, weights_id
 
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
         self.home, self.log, self.progress = home, log, progress
@@ -171,8 +171,7 @@ class _Campaign:
             self.weights = {b: f.weights for b, f in self.features.items()}
         else:  # the workers load the features; this process only needs their weights ids
             self.features = {}
-            self.weights = {b: str(latest_partition(home, self.dataset.name, b).meta.get("weights", "random"))
-                            for b in wanted}
+            self.weights = {b: weights_id(latest_partition(home, self.dataset.name, b).meta) for b in wanted}
         self.version = code_version()
         ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
         self.executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)

@@ -289,6 +289,11 @@ def list_cached(home: Home | str | os.PathLike | None, dataset_name: str | None 
     return out
 
 
+def weights_id(meta: dict) -> str:
+    """The weights id a partition's meta.json records ("random" for caches written before it did)."""
+    return str(meta.get("weights", "random"))
+
+
 def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str) -> Partition:
     """The most recently finished complete partition; raises FeaturesNotFound naming dataset and backbone."""
     cache = _cache_root(home)
@@ -328,6 +333,6 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
         dataset=dataset_name, backbone=backbone, x=x, y=y,
         split=np.asarray(table.column("split").to_pylist(), dtype=str),
         t_rel=t_rel, video_ids=table.column("video_id").to_pylist(), step_hz=spec.step_hz,
-        weights=str(meta.get("weights", "random")), meta={**meta, "path": str(part.path)},
+        weights=weights_id(meta), meta={**meta, "path": str(part.path)},
     )
     return fs.to(device)
