@@ -14,15 +14,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.base import Policy
-    from lab.space import Space
+    from crashsearch.agents.base import Policy
+    from crashsearch.lab.space import Space
 
 _REGISTRY: dict[str, str] = {
-    "random": "agents.random_search:RandomPolicy",
-    "tpe": "agents.tpe:TPEPolicy",
-    "evolution": "agents.evolution:EvolutionPolicy",
-    "claude": "agents.claude:ClaudePolicy",
-    "gemini": "agents.gemini:GeminiPolicy",
+    "random": "crashsearch.agents.random_search:RandomPolicy",
+    "tpe": "crashsearch.agents.tpe:TPEPolicy",
+    "evolution": "crashsearch.agents.evolution:EvolutionPolicy",
+    "claude": "crashsearch.agents.claude:ClaudePolicy",
+    "gemini": "crashsearch.agents.gemini:GeminiPolicy",
 }
 
 # Policies that need no API key or network: the demo's and the tests' default set.
@@ -83,7 +83,7 @@ def _policy_class(name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        from agents.base import PolicyUnavailable
+        from crashsearch.agents.base import PolicyUnavailable
 
         raise PolicyUnavailable(f"policy {key!r} cannot be imported: {exc}") from exc
     return getattr(module, class_name)

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from lab.space import Cell, Space
+from crashsearch.lab.space import Cell, Space
 
 
 class PolicyUnavailable(RuntimeError):

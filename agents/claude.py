@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agents.llm import LLMPolicy, Reply, classify_http_error, classify_transport_error, finite
-from agents.prompt import diagnosis_schema, proposals_schema
+from crashsearch.agents.llm import LLMPolicy, Reply, classify_http_error, classify_transport_error, finite
+from crashsearch.agents.prompt import diagnosis_schema, proposals_schema
 
 
 class ClaudePolicy(LLMPolicy):

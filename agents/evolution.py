@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.base import HistoryView, Proposal
-from agents.random_search import SeededPolicy
-from lab.space import GROUPS, Cell, InvalidCell, Space
+from crashsearch.agents.base import HistoryView, Proposal
+from crashsearch.agents.random_search import SeededPolicy
+from crashsearch.lab.space import GROUPS, Cell, InvalidCell, Space
 
 ATTEMPTS_PER_MOVE = 24
 

@@ -33,8 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from agents.base import HealAdvice, HistoryView, Policy, PolicyUnavailable, Proposal
-from agents.prompt import (
+from crashsearch.agents.base import HealAdvice, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.agents.prompt import (
     RATIONALE_CHARS,
     PromptLimits,
     clean_text,
@@ -44,7 +44,7 @@ from agents.prompt import (
     static_prompt,
     trim_traceback,
 )
-from lab.space import Cell, InvalidCell, Space
+from crashsearch.lab.space import Cell, InvalidCell, Space
 
 log = logging.getLogger("crashsearch.agents")
 

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from agents.base import HistoryView
-from lab.space import Cell, Space
+from crashsearch.agents.base import HistoryView
+from crashsearch.lab.space import Cell, Space
 
 RATIONALE_CHARS = 300  # what we keep of a model's rationale
 TRACEBACK_LINES = 40

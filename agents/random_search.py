@@ -10,8 +10,8 @@ import itertools
 import random
 from typing import Any
 
-from agents.base import HistoryView, Policy, Proposal
-from lab.space import Cell, Space
+from crashsearch.agents.base import HistoryView, Policy, Proposal
+from crashsearch.lab.space import Cell, Space
 
 # Below this many allowed cells a nearly exhausted space is enumerated instead of rejection-sampled,
 # so a small (restricted) space is searched to the last untried cell.

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.history import ARCH_AXES, axis_columns, ok_rows, prepare
+from crashsearch.analysis.history import ARCH_AXES, axis_columns, ok_rows, prepare
 
 FACTORIAL_MAX_ROWS = 100_000  # larger histories are fit on a seeded random subsample (stated in "note")
 

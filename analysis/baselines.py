@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from analysis.history import CONTROL_POLICIES, is_llm, prepare, running_best
+from crashsearch.analysis.history import CONTROL_POLICIES, is_llm, prepare, running_best
 
 DEFAULT_NS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000)
 LLM_ARM = "llm agents"
@@ -218,7 +218,7 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
     """
     if view_factory is None:
         # the Policy interface's own read-only view; imported here so analysis needs agents only for replay
-        from agents.base import VIEW_COLUMNS, HistoryView
+        from crashsearch.agents.base import VIEW_COLUMNS, HistoryView
 
         def view_factory(space, experiments, in_flight, round):  # noqa: A002 - mirrors HistoryView
             cols = [c for c in VIEW_COLUMNS + space.axis_names if c in experiments.columns]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
-from analysis.history import prepare, running_best
+from crashsearch.analysis.history import prepare, running_best
 
 C_GRID = np.geomspace(1e-3, 5.0, 160)
 BOOT_BUDGET = 20_000_000  # experiments resampled per fit in all; long histories get fewer resamples (>= 20)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import find_peaks
 
-from analysis.history import SYSTEM_PROPOSERS, prepare
+from crashsearch.analysis.history import SYSTEM_PROPOSERS, prepare
 
 
 def default_window(n: int) -> tuple[int, int]:

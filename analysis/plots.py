@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.convergence import power_law
+from crashsearch.analysis.convergence import power_law
 
 DPI = 110
 MAX_LINE_POINTS = 2000

@@ -58,8 +58,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from analysis import anova, baselines, convergence, dynamics, plots, transfer
-from analysis.history import prepare
+from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer
+from crashsearch.analysis.history import prepare
 
 
 # ---- subsets --------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def post_bugfix(df: pd.DataFrame, events: list[dict]) -> pd.DataFrame | None:
     if not events:
         return None
     try:
-        from lab.versions import post_bugfix as lab_post_bugfix
+        from crashsearch.lab.versions import post_bugfix as lab_post_bugfix
 
         sub = lab_post_bugfix(df, events)
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
@@ -128,7 +128,7 @@ def top_cells(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 
 def _gamma(loss) -> float:
-    from lab.space import loss_gamma
+    from crashsearch.lab.space import loss_gamma
 
     try:
         return loss_gamma(str(loss))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lab.schema import BASE_COLUMNS
-from lab.space import Space
+from crashsearch.lab.schema import BASE_COLUMNS
+from crashsearch.lab.space import Space
 
 # how strongly each proposer exploits the groups it believes best (0: uniform random)
 _EXPLOIT = {"random": 0.0, "tpe": 0.5, "evolution": 0.6, "claude": 0.85, "gemini": 0.8}

@@ -16,9 +16,9 @@ from itertools import combinations
 import pandas as pd
 from scipy import stats
 
-from analysis.anova import one_way
-from analysis.convergence import fit_power_law
-from analysis.history import prepare
+from crashsearch.analysis.anova import one_way
+from crashsearch.analysis.convergence import fit_power_law
+from crashsearch.analysis.history import prepare
 
 PER_DATASET_COLUMNS = ["dataset", "experiments", "ok", "best_ap", "best_arch_group", "best_cell_id",
                        "top_backbone", "top_encoder", "top_arch_group", "eta2_arch", "F_arch", "c"]

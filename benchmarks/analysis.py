@@ -23,8 +23,8 @@ from pathlib import Path
 # run as a script, this file's folder comes first on sys.path and its name would shadow the package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from analysis.report import build_report  # noqa: E402
-from analysis.synthetic import synthetic_history  # noqa: E402
+from crashsearch.analysis.report import build_report  # noqa: E402
+from crashsearch.analysis.synthetic import synthetic_history  # noqa: E402
 
 
 def run(size: int, n_boot: int) -> dict:

@@ -20,11 +20,11 @@ from datetime import date
 
 import torch
 
-from flows.campaign import run_campaign
-from lab.settings import resolve_home
-from lab.synth import generate
-from tasks.extract import extract_dataset
-from tasks.train import train_batch
+from crashsearch.flows.campaign import run_campaign
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.synth import generate
+from crashsearch.tasks.extract import extract_dataset
+from crashsearch.tasks.train import train_batch
 
 # "tiny": the real recipe on the demo dataset, restricted to the small heads of the cheap encoders
 TINY = """

@@ -138,7 +138,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _jobs(space, n: int, tag: str):
-    from tasks.record import Job, job_seed
+    from crashsearch.tasks.record import Job, job_seed
 
     assert n <= space.size, f"the benchmark space has {space.size} cells, fewer than {n}"
     return [Job(space.cell(c), job_seed(0, c, 0), proposer="bench", rationale=tag) for c in range(n)]
@@ -180,16 +180,16 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     root = Path(tempfile.mkdtemp(prefix="crashsearch-bench-dist-"))
-    from flows.campaign import LocalExecutor
-    from flows.distributed import DistributedExecutor
-    from lab.cache import load_features
-    from lab.settings import resolve_home
-    from lab.space import Space
-    from lab.store import Store
-    from lab.synth import generate
-    from lab.versions import code_version
-    from tasks.execute import BatchContext
-    from tasks.extract import extract_dataset
+    from crashsearch.flows.campaign import LocalExecutor
+    from crashsearch.flows.distributed import DistributedExecutor
+    from crashsearch.lab.cache import load_features
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+    from crashsearch.lab.synth import generate
+    from crashsearch.lab.versions import code_version
+    from crashsearch.tasks.execute import BatchContext
+    from crashsearch.tasks.extract import extract_dataset
 
     import torch
 

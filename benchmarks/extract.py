@@ -41,10 +41,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.cache import ExtractSpec, Partition  # noqa: E402
-from lab.datasets import Dataset, load_dataset  # noqa: E402
-from models.backbones import create_backbone, list_backbones  # noqa: E402
-from tasks.extract import VideoFailure, _quiet_decord, decode_video, extract_videos  # noqa: E402
+from crashsearch.lab.cache import ExtractSpec, Partition  # noqa: E402
+from crashsearch.lab.datasets import Dataset, load_dataset  # noqa: E402
+from crashsearch.models.backbones import create_backbone, list_backbones  # noqa: E402
+from crashsearch.tasks.extract import VideoFailure, _quiet_decord, decode_video, extract_videos  # noqa: E402
 from readme import README, write_section  # benchmarks/ is on sys.path when run as a script
 
 HEAVY_ON_CPU = ("r2plus1d_18", "mvit_v2_s")  # about 0.1 s per clip on one core even at 8x64x64
@@ -55,7 +55,7 @@ HEAVY_ON_CPU = ("r2plus1d_18", "mvit_v2_s")  # about 0.1 s per clip on one core 
 
 def demo_dataset(folder: Path, videos: int, seed: int = 0) -> Dataset:
     """The demo's synthetic dataset (160x96, 8 fps, 10 s), generated once and reused."""
-    from lab.synth import generate
+    from crashsearch.lab.synth import generate
 
     if (folder / "train.csv").exists():
         ds = load_dataset(folder)
@@ -89,7 +89,7 @@ def encode_hd_video(first: Path, width: int, height: int, fps: int, seconds: flo
     """A synthetic scene rendered at a quarter of the size, upscaled and encoded as H.264."""
     import av
 
-    from lab.synth import render_video
+    from crashsearch.lab.synth import render_video
 
     small, _ = render_video(0, 0, 1, "day", width // 4, height // 4, fps, seconds)  # (T, h, w, 3)
     with av.open(str(first), "w") as container:
@@ -267,7 +267,7 @@ def table(rows: list[dict], args, device: str, data: str, demo_s: float | None =
 
 def demo_extraction_seconds(ds: Dataset) -> float:
     """Wall time of the demo's extraction: pixels then vjepa2_vitl (random), into a fresh home."""
-    from tasks.extract import extract_dataset
+    from crashsearch.tasks.extract import extract_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as home:
         start = time.perf_counter()
@@ -286,7 +286,7 @@ def cold_cli_seconds(ds: Dataset) -> dict[str, float]:
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
         for name in ("pixels", "vjepa2_vitl"):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "flows.cli", "extract", "--home", str(Path(tmp) / "home"),
+            subprocess.run([sys.executable, "-m", "crashsearch.flows.cli", "extract", "--home", str(Path(tmp) / "home"),
                             "--dataset", str(ds.root), "--backbone", name, "--weights", "random"],
                            cwd=ROOT, env=env, check=True, capture_output=True)
             out[name] = time.perf_counter() - start

@@ -29,13 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.features import FeatureSet  # noqa: E402
-from lab.space import Space  # noqa: E402
-from models.losses import binary_focal_loss, loss_for  # noqa: E402
-from models.registry import create_head  # noqa: E402
-from tasks.errors import TrainingError  # noqa: E402
-from tasks.evaluate import evaluate_heads  # noqa: E402
-from tasks.train import Recipe, train_batch  # noqa: E402
+from crashsearch.lab.features import FeatureSet  # noqa: E402
+from crashsearch.lab.space import Space  # noqa: E402
+from crashsearch.models.losses import binary_focal_loss, loss_for  # noqa: E402
+from crashsearch.models.registry import create_head  # noqa: E402
+from crashsearch.tasks.errors import TrainingError  # noqa: E402
+from crashsearch.tasks.evaluate import evaluate_heads  # noqa: E402
+from crashsearch.tasks.train import Recipe, train_batch  # noqa: E402
 
 GOAL_PER_HOUR = 10_000
 

@@ -21,10 +21,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from agents.base import VIEW_COLUMNS, HistoryView
-from agents.llm import parse_proposals
-from agents.prompt import approx_tokens, diagnosis_schema, propose_prompt, proposals_schema, static_prompt
-from lab.space import Space
+from crashsearch.agents.base import VIEW_COLUMNS, HistoryView
+from crashsearch.agents.llm import parse_proposals
+from crashsearch.agents.prompt import approx_tokens, diagnosis_schema, propose_prompt, proposals_schema, static_prompt
+from crashsearch.lab.space import Space
 
 PROPOSERS = ["claude", "gemini", "evolution", "random"]
 ERRORS = [("OOMError", "CUDA out of memory. Tried to allocate 2.50 GiB (GPU 0; 79.10 GiB total capacity)"),

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lab.schema import experiment_schema
-from lab.settings import Home
-from lab.space import Space
-from lab.store import Store
+from crashsearch.lab.schema import experiment_schema
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
 
 GROUP_BY = """
     SELECT backbone, encoder, avg(val_ap) AS mean_val_ap, count(*) AS n

@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.features import FeatureSet  # noqa: E402
-from lab.space import Space  # noqa: E402
-from models.registry import list_encoders  # noqa: E402
-from tasks.errors import TrainingError  # noqa: E402
-from tasks.train import train_batch, train_cell  # noqa: E402
+from crashsearch.lab.features import FeatureSet  # noqa: E402
+from crashsearch.lab.space import Space  # noqa: E402
+from crashsearch.models.registry import list_encoders  # noqa: E402
+from crashsearch.tasks.errors import TrainingError  # noqa: E402
+from crashsearch.tasks.train import train_batch, train_cell  # noqa: E402
 from readme import README, write_section  # benchmarks/ is on sys.path when run as a script
 
 GPU_NOTE = ("GPU throughput (experiments per GPU-hour, naive eager loop vs `train_batch`, 1500 x 16 x 1024 "

@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
-from analysis.history import baseline_campaign_id, parse_baseline
-from analysis.report import build_report
-from lab.settings import Home, resolve_home
-from lab.store import Store
-from lab.versions import bugfix_events
+from crashsearch.analysis.history import baseline_campaign_id, parse_baseline
+from crashsearch.analysis.report import build_report
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.store import Store
+from crashsearch.lab.versions import bugfix_events
 
 REPORT_DIR = "report"
 
@@ -115,7 +115,7 @@ def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campai
     arguments go to ``flows.campaign.run_campaign``. Returns the control campaign ids. A policy
     that cannot run is reported on stderr and skipped.
     """
-    from flows.campaign import run_campaign
+    from crashsearch.flows.campaign import run_campaign
 
     h = home if isinstance(home, Home) else resolve_home(home)
     parent = next((c for c in Store(h).campaigns() if c["id"] == campaign_id), {})
@@ -157,7 +157,7 @@ def headline_text(result: dict) -> str:
 
 def main(args) -> int:
     """`crashsearch analyze --campaign ID`: run the flow, print the headline numbers and the report path."""
-    from flows.runtime import quiet_prefect
+    from crashsearch.flows.runtime import quiet_prefect
 
     try:
         # a wrong id fails here in one line, before a Prefect server starts

@@ -29,17 +29,17 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from agents import create_policy
-from agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
-from lab.datasets import load_dataset
-from lab.settings import Home, resolve_home
-from lab.space import Space
-from lab.store import Store
-from lab.versions import bugfix_events, code_version
-from tasks.dedup import Deduper
-from tasks.execute import BatchContext, run_batch
-from tasks.heal import heal
-from tasks.record import Job, job_seed, make_row, one_line, utcnow
+from crashsearch.agents import create_policy
+from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.lab.versions import bugfix_events, code_version
+from crashsearch.tasks.dedup import Deduper
+from crashsearch.tasks.execute import BatchContext, run_batch
+from crashsearch.tasks.heal import heal
+from crashsearch.tasks.record import Job, job_seed, make_row, one_line, utcnow
 
 REPLACEMENT_ASKS = 2  # extra propose calls per policy and round to replace dropped proposals
 LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are reported
@@ -142,7 +142,7 @@ class _Campaign:
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
                  round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None):
-        from lab.cache import latest_partition, list_cached, load_features, weights_id
+        from crashsearch.lab.cache import latest_partition, list_cached, load_features, weights_id
 
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
         self.home, self.log, self.progress = home, log, progress
@@ -333,7 +333,7 @@ class _Campaign:
     # ---- training, recording, healing ---------------------------------------------------------
     def _run_jobs(self, jobs: list[Job], bar) -> None:
         """Run jobs in shape-grouped batches through the executor; heal failures; repeat for retries."""
-        from tasks.train import group_cells
+        from crashsearch.tasks.train import group_cells
 
         pending = [j for j in jobs][: max(0, self.budget - self.recorded)]
         while pending:
@@ -488,7 +488,7 @@ def _progress_bar(total: int, initial: int):
 def _prefect_train_task():
     from prefect import task
 
-    from tasks.train import train_batch
+    from crashsearch.tasks.train import train_batch
 
     # GPU training carries the `gpu` tag: a Prefect concurrency limit on that tag caps batches per GPU.
     return task(train_batch, name="train-batch", tags=["gpu"], cache_policy=None, persist_result=False)
@@ -512,7 +512,7 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
     train_task = _prefect_train_task()
     executor = None
     if distributed:  # seam: the executor (owned by flows/distributed.py)
-        from flows.distributed import executor_for_campaign
+        from crashsearch.flows.distributed import executor_for_campaign
 
         executor = executor_for_campaign(distributed, home, dataset, campaign, space, device, max_in_flight,
                                          dispatch_timeout_s)
@@ -548,8 +548,8 @@ def parse_policy_args(items: list[str] | None, policies: str | None = None) -> d
     A value is read as JSON when it parses (numbers, true/false, null, lists), else kept as a string.
     With ``policies`` (the comma list the campaign runs) each name must be one of them and each key
     one of that policy's options. Raises ValueError naming the bad item."""
-    from agents import policy_options
-    from agents.base import PolicyUnavailable
+    from crashsearch.agents import policy_options
+    from crashsearch.agents.base import PolicyUnavailable
 
     running = {p.strip().lower() for p in policies.split(",") if p.strip()} if policies is not None else None
     out: dict[str, dict] = {}
@@ -584,10 +584,10 @@ def get_campaign_flow():
 
 def main(args) -> int:
     """`crashsearch campaign`: run the campaign flow and print the summary."""
-    from flows.runtime import quiet_prefect
+    from crashsearch.flows.runtime import quiet_prefect
 
     if getattr(args, "distributed", None):  # seam: fail in one line before a flow run starts
-        from flows.distributed import check_deployment
+        from crashsearch.flows.distributed import check_deployment
 
         try:
             check_deployment(args.distributed)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
-from lab.settings import resolve_home
+from crashsearch.lab.settings import resolve_home
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def _add_home(p: argparse.ArgumentParser) -> None:
 # Each returns a process exit code. Owners: see the module each one imports.
 
 def cmd_space(args) -> int:
-    from lab.space import Space
+    from crashsearch.lab.space import Space
 
     space = Space.load(args.space)
     print(space.describe())
@@ -28,49 +28,49 @@ def cmd_space(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from lab.synth import main as synth_main
+    from crashsearch.lab.synth import main as synth_main
 
     return synth_main(args)
 
 
 def cmd_extract(args) -> int:
-    from flows.extract import main as extract_main
+    from crashsearch.flows.extract import main as extract_main
 
     return extract_main(args)
 
 
 def cmd_campaign(args) -> int:
-    from flows.campaign import main as campaign_main
+    from crashsearch.flows.campaign import main as campaign_main
 
     return campaign_main(args)
 
 
 def cmd_demo(args) -> int:
-    from flows.demo import main as demo_main
+    from crashsearch.flows.demo import main as demo_main
 
     return demo_main(args)
 
 
 def cmd_store(args) -> int:
-    from lab.store import cli_main
+    from crashsearch.lab.store import cli_main
 
     return cli_main(args)
 
 
 def cmd_bugfix(args) -> int:
-    from lab.versions import cli_bugfix
+    from crashsearch.lab.versions import cli_bugfix
 
     return cli_bugfix(args)
 
 
 def cmd_analyze(args) -> int:
-    from flows.analyze import main as analyze_main
+    from crashsearch.flows.analyze import main as analyze_main
 
     return analyze_main(args)
 
 
 def cmd_status(args) -> int:
-    from flows.status import main as status_main
+    from crashsearch.flows.status import main as status_main
 
     return status_main(args)
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.runtime import configure_prefect_env  # light: no prefect import
+    from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
 
     args = build_parser().parse_args(argv)
     args.home_dir = resolve_home(args.home)

@@ -11,18 +11,18 @@ import os
 import sys
 import time
 
-from lab.settings import Home
+from crashsearch.lab.settings import Home
 
 DEMO_BACKBONES = ("pixels", "vjepa2_vitl")
 
 
 def demo_flow_fn(home: str, videos: int = 48, budget: int = 60, tiny: bool = False) -> dict:
     """Prefect flow body of the demo; returns paths and headline numbers."""
-    from flows.analyze import analyze_flow
-    from flows.campaign import campaign_flow_fn
-    from flows.extract import extract_flow
-    from lab.settings import resolve_home
-    from lab.synth import generate
+    from crashsearch.flows.analyze import analyze_flow
+    from crashsearch.flows.campaign import campaign_flow_fn
+    from crashsearch.flows.extract import extract_flow
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.synth import generate
 
     h = resolve_home(home)
     size = dict(videos=12, width=64, height=48) if tiny else dict(videos=videos)
@@ -69,7 +69,7 @@ def _say(line: str) -> None:
 def main(args) -> int:
     from prefect import flow
 
-    from flows.runtime import quiet_prefect
+    from crashsearch.flows.runtime import quiet_prefect
 
     home: Home = args.home_dir
     print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "

@@ -36,12 +36,12 @@ from uuid import UUID
 
 import pandas as pd
 
-from lab.settings import Home, resolve_home
-from lab.space import Space
-from lab.store import Store
-from flows.status import INFLIGHT_FILE
-from flows.train_batch import RecordOnceStore, recorded_ids
-from tasks.record import Job, make_row, one_line
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.flows.status import INFLIGHT_FILE
+from crashsearch.flows.train_batch import RecordOnceStore, recorded_ids
+from crashsearch.tasks.record import Job, make_row, one_line
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 STARTED_STATES = ("PENDING", "RUNNING", "CANCELLING")  # a worker has the run
@@ -220,7 +220,7 @@ class DistributedExecutor:
         return [by_id[i] for i in ids if i in by_id]
 
     def _record_failed(self, jobs: list[Job], history: list[str]) -> None:
-        from lab.versions import code_version
+        from crashsearch.lab.versions import code_version
 
         error = DispatchFailed(f"no worker recorded the job in {len(history)} dispatches: {'; '.join(history)}")
         rows = [make_row(job, campaign=self.campaign, dataset=self.dataset_name, space=self.space,
@@ -279,8 +279,8 @@ def executor_for_campaign(deployment_name: str, home: str | None, dataset: str, 
     Raises ValueError (one line) when no Prefect server is configured or it lacks the deployment
     (see ``check_deployment``).
     """
-    from flows.campaign import default_campaign_id
-    from lab.datasets import load_dataset
+    from crashsearch.flows.campaign import default_campaign_id
+    from crashsearch.lab.datasets import load_dataset
 
     check_deployment(deployment_name)
     ds = load_dataset(dataset)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from lab.settings import Home
+from crashsearch.lab.settings import Home
 
 
 @flow(name="extract")
@@ -22,7 +22,7 @@ def extract_flow(dataset: str, backbone: str, home: str | None = None, weights: 
                  workers: int = 2, batch_size: int | None = None, progress: bool = True) -> dict:
     """Extract ``backbone`` features for the dataset at ``dataset``; returns the summary dict of
     ``tasks.extract.extract_dataset`` (cache_hit, videos_ok, videos_failed, clips, clips_per_s, key, path...)."""
-    from tasks.extract import extract_dataset, extract_videos_task
+    from crashsearch.tasks.extract import extract_dataset, extract_videos_task
 
     return extract_dataset(dataset, backbone, home=home, weights=weights, device=device, workers=workers,
                            batch_size=batch_size, progress=progress, runner=extract_videos_task)
@@ -31,11 +31,11 @@ def extract_flow(dataset: str, backbone: str, home: str | None = None, weights: 
 def main(args) -> int:
     """CLI handler for ``crashsearch extract``: 0 on success (some videos may have failed), 1 when
     nothing could be extracted, 2 for a bad dataset, backbone or weights argument."""
-    from lab.datasets import DatasetError
-    from models.backbones import WeightsUnavailable
+    from crashsearch.lab.datasets import DatasetError
+    from crashsearch.models.backbones import WeightsUnavailable
 
-    from lab.datasets import load_dataset
-    from models.backbones import list_backbones
+    from crashsearch.lab.datasets import load_dataset
+    from crashsearch.models.backbones import list_backbones
 
     home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
     # argument errors fail here, before a Prefect server starts for nothing

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.analyze import analyze_flow, run_control_arms
-from flows.campaign import get_campaign_flow
+from crashsearch.flows.analyze import analyze_flow, run_control_arms
+from crashsearch.flows.campaign import get_campaign_flow
 
 campaign_flow = get_campaign_flow()
 

@@ -15,8 +15,8 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
-from lab.settings import Home
-from lab.store import Store
+from crashsearch.lab.settings import Home
+from crashsearch.lab.store import Store
 
 RECENT = 10  # campaigns shown besides the running ones
 INFLIGHT_FILE = "inflight.json"  # written by flows/distributed.py

@@ -25,11 +25,11 @@ from typing import Any
 
 from prefect import flow, task
 
-from lab.settings import Home, resolve_home
-from lab.space import Space
-from lab.store import Store
-from tasks.execute import BatchContext, run_batch
-from tasks.record import Job, one_line, worker_name
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.tasks.execute import BatchContext, run_batch
+from crashsearch.tasks.record import Job, one_line, worker_name
 
 GPU_TAG = "gpu"  # the tag a `prefect concurrency-limit create gpu N` limit binds to
 
@@ -69,7 +69,7 @@ def cached_features(home: Home, dataset: str, backbone: str, device: str):
     """The FeatureSet of ``dataset``/``backbone`` on ``device``, loaded once per process and partition.
 
     Raises lab.cache.FeaturesNotFound when the shared cache has no complete partition."""
-    from lab.cache import latest_partition, load_features
+    from crashsearch.lab.cache import latest_partition, load_features
 
     partition = latest_partition(home, dataset, backbone)  # a newer extraction is a new key
     key = (str(home.root), dataset, backbone, device, str(partition.path))
@@ -87,7 +87,7 @@ def _resolve_device(device: str) -> str:
 
 
 def _gpu_train_task():
-    from tasks.train import train_batch
+    from crashsearch.tasks.train import train_batch
 
     # the same tag as the campaign's in-process training task: one limit caps both
     return task(train_batch, name="train-batch", tags=[GPU_TAG], cache_policy=None, persist_result=False)
@@ -127,7 +127,7 @@ def train_batch_fn(home: str, campaign: str, dataset: str, jobs: list[dict], spa
         raise ValueError(f"a batch must be of one backbone, got {backbones}")
     dev = _resolve_device(device)
     if code_version is None:
-        from lab.versions import code_version as current_version
+        from crashsearch.lab.versions import code_version as current_version
 
         code_version = current_version()
     features = cached_features(h, dataset, backbones[0], dev)

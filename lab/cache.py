@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from lab.features import FeatureSet
-from lab.settings import Home, resolve_home
+from crashsearch.lab.features import FeatureSet
+from crashsearch.lab.settings import Home, resolve_home
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The code that decides what a cached embedding is: a change here is a new partition key.

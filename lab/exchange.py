@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lab._io import atomic_write, read_json
-from lab.rows import arrow_value, check_campaign_id, clean_row
-from lab.schema import experiment_schema
-from lab.space import InvalidCell, Space
-from lab.store import READ_RETRIES, Store
+from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab.rows import arrow_value, check_campaign_id, clean_row
+from crashsearch.lab.schema import experiment_schema
+from crashsearch.lab.space import InvalidCell, Space
+from crashsearch.lab.store import READ_RETRIES, Store
 
 IMPORT_BATCH = 50_000  # rows per log file when importing
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lab.schema import STATUSES
-from lab.space import Space
+from crashsearch.lab.schema import STATUSES
+from crashsearch.lab.space import Space
 
 REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a safe folder name

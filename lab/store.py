@@ -58,12 +58,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lab._io import atomic_write, fsync_dir, read_json
-from lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
-from lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
-from lab.settings import Home
-from lab.space import Space
-from lab.versions import bugfix_events
+from crashsearch.lab._io import atomic_write, fsync_dir, read_json
+from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
+from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.versions import bugfix_events
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class Store:
         unknown columns are reported once and ignored. Raises ValueError when the file cannot be
         read or lacks a required column.
         """
-        from lab.exchange import import_log  # exchange builds on Store: imported here, not at the top
+        from crashsearch.lab.exchange import import_log  # exchange builds on Store: imported here, not at the top
 
         return import_log(self, file, campaign, space, on_error)
 
@@ -346,7 +346,7 @@ class Store:
         """Write one campaign as a single Parquet file (schema columns, rows sorted by
         finished_at, experiment_id), atomically; return its path. Raises ValueError if the
         campaign has no experiments."""
-        from lab.exchange import export  # exchange builds on Store: imported here, not at the top
+        from crashsearch.lab.exchange import export  # exchange builds on Store: imported here, not at the top
 
         return export(self, campaign, out)
 
@@ -526,6 +526,6 @@ def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
 
 def cli_main(args) -> int:
     """``crashsearch query|leaderboard|import|export|compact``; returns the exit code (lab/store_cli.py)."""
-    from lab.store_cli import cli_main as main  # the CLI builds on Store: imported here, not at the top
+    from crashsearch.lab.store_cli import cli_main as main  # the CLI builds on Store: imported here, not at the top
 
     return main(args)

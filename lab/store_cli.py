@@ -13,8 +13,8 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lab.space import Space
-from lab.store import Store
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
 
 
 def cli_main(args) -> int:

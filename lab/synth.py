@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.datasets import Dataset, load_dataset
+from crashsearch.lab.datasets import Dataset, load_dataset
 
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
@@ -625,7 +625,7 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
         rows.append([k, "" if info["event_time"] is None else f"{info['event_time']:.3f}",
                      "" if info["alert_time"] is None else f"{info['alert_time']:.3f}", info["label"]])
 
-    meta = {"generator": "lab.synth", "seed": seed, "style": style, "width": width, "height": height, "fps": fps,
+    meta = {"generator": "crashsearch.lab.synth", "seed": seed, "style": style, "width": width, "height": height, "fps": fps,
             "seconds": seconds, "frames": int(round(seconds * fps)), "videos": truth}
     (out / TRUTH_FILE).write_text(json.dumps(meta, separators=(",", ":")))
     tmp = out / "train.csv.part"  # the manifest last: a half-written run is not a dataset

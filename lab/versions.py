@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lab.settings import Home
+from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 
 class GRULayer(nn.Module):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.mamba import MambaBlock
-from models.registry import SizeSpec, register_encoder
-from models.retention import RetentionBlock
+from crashsearch.models.mamba import MambaBlock
+from crashsearch.models.registry import SizeSpec, register_encoder
+from crashsearch.models.retention import RetentionBlock
 
 
 class HybridRMHead(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.space import loss_gamma
+from crashsearch.lab.space import loss_gamma
 
 _REDUCTIONS = ("mean", "sum", "none")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 D_STATE = 16  # N: state size per channel
 D_CONV = 4  # causal depthwise convolution before the SSM

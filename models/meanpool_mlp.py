@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 
 class MeanPoolMLP(nn.Module):

@@ -39,9 +39,9 @@ def register_encoder(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 def _load_all() -> None:
     for module in _ENCODER_MODULES:
         try:
-            importlib.import_module(f"models.{module}")
+            importlib.import_module(f"crashsearch.models.{module}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"models.{module}":
+            if exc.name != f"crashsearch.models.{module}":
                 raise
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
-from models.transformer import rotary
+from crashsearch.models.registry import SizeSpec, register_encoder
+from crashsearch.models.transformer import rotary
 
 HEAD_DIM = 16  # key/query size per head; heads = width // 16
 VALUE_FACTOR = 2  # the paper's value heads are twice as wide as the key heads

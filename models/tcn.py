@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 KERNEL = 3
 BLOCKS_PER_DEPTH = 2  # depth 1 -> dilations 1, 2 (receptive field 13 steps); depth 2 -> 1..8 (61)

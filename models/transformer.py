@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 HEAD_DIM = 16  # heads = width // 16: 2, 4, 8 for small, medium, large
 MLP_RATIO = 4

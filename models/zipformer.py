@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import SizeSpec, register_encoder
+from crashsearch.models.registry import SizeSpec, register_encoder
 
 QUERY_HEAD_DIM = 16
 VALUE_HEAD_DIM = 12  # as in the paper

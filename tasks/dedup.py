@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agents.base import Proposal
-from lab.space import InvalidCell, Space
+from crashsearch.agents.base import Proposal
+from crashsearch.lab.space import InvalidCell, Space
 
 
 @dataclass

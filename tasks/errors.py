@@ -7,7 +7,7 @@ to diagnosis. ``str(error)`` is always one line naming the class, the problem an
 """
 from __future__ import annotations
 
-from lab.space import Cell
+from crashsearch.lab.space import Cell
 
 
 class TrainingError(Exception):

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lab.features import FeatureSet
+from crashsearch.lab.features import FeatureSet
 
 HORIZONS_S = (0.5, 1.0, 1.5)
 METRIC_KEYS = ("val_ap", "val_ap_h05", "val_ap_h10", "val_ap_h15", "val_auc", "test_ap", "test_auc")

@@ -13,11 +13,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from lab.features import FeatureSet
-from lab.space import Space
-from lab.store import Store
-from tasks.heal import rule_fix
-from tasks.record import Job, make_row, utcnow
+from crashsearch.lab.features import FeatureSet
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.tasks.heal import rule_fix
+from crashsearch.tasks.record import Job, make_row, utcnow
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: S
     A failure of the whole batch (an unexpected exception in training) becomes a failed row
     per job: nothing is lost and the campaign goes on.
     """
-    from tasks.train import train_batch
+    from crashsearch.tasks.train import train_batch
 
     train_fn = train_fn or train_batch
     started = utcnow()

@@ -39,11 +39,11 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space, partition_key, utc_now,
+from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space, partition_key, utc_now,
                        videos_fingerprint)
-from lab.datasets import Dataset, VideoItem, load_dataset
-from lab.settings import Home, resolve_home
-from models.backbones import Backbone, create_backbone
+from crashsearch.lab.datasets import Dataset, VideoItem, load_dataset
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.models.backbones import Backbone, create_backbone
 
 FLUSH_EVERY = 16  # videos per part file: bounds the work an interruption loses
 
@@ -336,7 +336,7 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
         log(f"dataset problem (skipped): {problem}")
     bb = create_backbone(backbone, weights=weights, device=device) if isinstance(backbone, str) else backbone
     if history_s is None:
-        from lab.space import Space
+        from crashsearch.lab.space import Space
 
         history_s = history_from_space(Space.load())
     spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from agents.base import Policy
-from lab.space import Cell, InvalidCell, Space
-from tasks.record import Job, new_experiment_id, one_line
+from crashsearch.agents.base import Policy
+from crashsearch.lab.space import Cell, InvalidCell, Space
+from crashsearch.tasks.record import Job, new_experiment_id, one_line
 
 MAX_HEAL_DEPTH = 2
 

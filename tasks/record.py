@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from lab.space import Cell, Space
+from crashsearch.lab.space import Cell, Space
 
 
 def new_experiment_id() -> str:

@@ -29,12 +29,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.func import functional_call, vmap
 
-from lab.features import FeatureSet
-from lab.space import Cell, Space
-from models.losses import binary_focal_loss, loss_for
-from models.registry import create_head
-from tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
-from tasks.evaluate import evaluate_heads
+from crashsearch.lab.features import FeatureSet
+from crashsearch.lab.space import Cell, Space
+from crashsearch.models.losses import binary_focal_loss, loss_for
+from crashsearch.models.registry import create_head
+from crashsearch.tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
+from crashsearch.tasks.evaluate import evaluate_heads
 
 DEFAULT_MAX_MODELS = 64  # models per vectorised group; the campaign may pass more on a big GPU
 JITTER_NOISE = 0.05  # std of the jitter feature noise, relative to each feature dimension's std (train split)

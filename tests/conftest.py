@@ -27,7 +27,7 @@ def synth_dataset(tmp_path_factory):
     Positive events sit at 6.8-7.7 s, so extraction has its 6.5 s of history. Returns the loaded
     lab.datasets.Dataset; treat its files as read-only.
     """
-    from lab.synth import generate  # lazy, so conftest stays cheap to import
+    from crashsearch.lab.synth import generate  # lazy, so conftest stays cheap to import
 
     return generate(tmp_path_factory.mktemp("synth") / "synth-day", videos=12, seed=0, style="day",
                     width=64, height=48, fps=8, seconds=8.0)

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import anova, baselines, convergence, dynamics, transfer
-from analysis.history import prepare
-from analysis.report import build_report
-from analysis.synthetic import arch_effects, power_law_history, synthetic_history
-from lab.space import Space
+from crashsearch.analysis import anova, baselines, convergence, dynamics, transfer
+from crashsearch.analysis.history import prepare
+from crashsearch.analysis.report import build_report
+from crashsearch.analysis.synthetic import arch_effects, power_law_history, synthetic_history
+from crashsearch.lab.space import Space
 
 GROUPS = [f"b{i}/e{j}" for i in range(5) for j in range(8)]
 
@@ -195,7 +195,7 @@ def test_replay_uses_the_history_as_a_lookup_table(space):
 
 
 def test_replay_drives_a_real_policy_through_the_history_view(space):
-    from agents import create_policy
+    from crashsearch.agents import create_policy
 
     small = space.restrict(backbone=["pixels"], encoder=["gru", "tcn"], size=["small"])
     table = synthetic_history(500, seed=4, space=small, policies=("random",))
@@ -333,10 +333,10 @@ def test_build_report_on_a_tiny_history(tmp_path):
 def test_analyze_reads_the_store_with_baselines_and_other_datasets(tmp_path, space):
     import pyarrow as pa
 
-    from flows.analyze import analyze, main
-    from lab.schema import experiment_schema
-    from lab.settings import resolve_home
-    from lab.store import Store
+    from crashsearch.flows.analyze import analyze, main
+    from crashsearch.lab.schema import experiment_schema
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
 
     home = resolve_home(tmp_path)
     store = Store(home)
@@ -372,11 +372,11 @@ def test_analysis_imports_only_lab_and_libraries():
 
 
 def test_control_arms_are_tagged_so_the_analysis_finds_them(tmp_path, monkeypatch):
-    import flows.campaign
-    from analysis.history import parse_baseline
-    from flows.analyze import run_control_arms
-    from lab.settings import resolve_home
-    from lab.store import Store
+    import crashsearch.flows.campaign
+    from crashsearch.analysis.history import parse_baseline
+    from crashsearch.flows.analyze import run_control_arms
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
 
     home = resolve_home(tmp_path)
     Store(home).write_campaign("day", {"dataset": "synth-day", "backbones": ["pixels"], "seeds": 2})
@@ -387,7 +387,7 @@ def test_control_arms_are_tagged_so_the_analysis_finds_them(tmp_path, monkeypatc
         if policies == ("tpe",) and seed == 1:
             raise ValueError("no cached features for backbone pixels")
 
-    monkeypatch.setattr(flows.campaign, "run_campaign", fake_run_campaign)
+    monkeypatch.setattr(crashsearch.flows.campaign, "run_campaign", fake_run_campaign)
     done = run_control_arms(home, "datasets/synth-day", "day", budget=60, seeds=2)
     assert done == ["day-baseline-random", "day-baseline-random-s1", "day-baseline-tpe"]
     assert calls[1] == ("day-baseline-random-s1", ("random",), 60, 2, 1, ["pixels"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbones import (IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsUnavailable, create_backbone,
+from crashsearch.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsUnavailable, create_backbone,
                               list_backbones)
 
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from agents import register_policy
-from agents.base import Policy
-from agents.random_search import RandomPolicy
-from flows.campaign import run_campaign
-from lab.settings import resolve_home
-from lab.space import Space
-from lab.store import Store
-from tasks.errors import NaNLossError, OOMError
-from tasks.train import train_batch
+from crashsearch.agents import register_policy
+from crashsearch.agents.base import Policy
+from crashsearch.agents.random_search import RandomPolicy
+from crashsearch.flows.campaign import run_campaign
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.tasks.errors import NaNLossError, OOMError
+from crashsearch.tasks.train import train_batch
 
 TINY_SPACE = """
 name: tiny
@@ -49,7 +49,7 @@ fixed:
 @pytest.fixture(scope="module")
 def lab_home(synth_dataset, tmp_path_factory):
     """A home with the tiny dataset's pixels features cached and a 288-cell space file."""
-    from tasks.extract import extract_dataset
+    from crashsearch.tasks.extract import extract_dataset
 
     home = resolve_home(tmp_path_factory.mktemp("home"))
     extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
@@ -133,8 +133,7 @@ def test_oom_and_nan_failures_are_healed_and_linked(lab_home, monkeypatch):
     bad = space.validate({"backbone": "pixels", "encoder": "gru", "size": "small", "loss": "bce", "lr": 0.01,
                           "batch_size": 64, "window_s": 1.0, "augment": "none"})
     BadCellFirst.BAD = bad
-    import agents
-
+    from crashsearch import agents
     monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))  # the registration ends with the test
     register_policy("bad-first", f"{__name__}:BadCellFirst")
     run_campaign(home, ds.root, "c-heal", policies=["bad-first"], budget=4, round_size=1, space_path=space_path,
@@ -152,7 +151,7 @@ def test_oom_and_nan_failures_are_healed_and_linked(lab_home, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import sys
-    from flows.campaign import run_campaign
+    from crashsearch.flows.campaign import run_campaign
     home, dataset, space = sys.argv[1:4]
     run_campaign(home, dataset, "c-kill", budget=int(sys.argv[4]), round_size=2, space_path=space, seeds=1,
                  policies=["random", "evolution"])
@@ -197,7 +196,7 @@ def test_missing_features_and_unavailable_policies_fail_clearly(lab_home, tmp_pa
 
 
 def test_policy_args_parse_to_typed_options_and_bad_ones_are_named():
-    from flows.campaign import parse_policy_args
+    from crashsearch.flows.campaign import parse_policy_args
 
     parsed = parse_policy_args(["claude.model=claude-x", "claude.temperature=0.7", "claude.role=explorer",
                                 "TPE.n_startup_trials=5"], "claude, tpe")
@@ -211,7 +210,7 @@ def test_policy_args_parse_to_typed_options_and_bad_ones_are_named():
 
 
 def test_cli_campaign_passes_policy_args_and_propose_mode_and_records_them(lab_home, capsys):
-    from flows.cli import main as cli
+    from crashsearch.flows.cli import main as cli
 
     home, ds, space = lab_home
     base = ["campaign", "--home", str(home.root), "--dataset", str(ds.root), "--space", space, "--budget", "4",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.datasets import DatasetError, load_dataset, stratified_split
+from crashsearch.lab.datasets import DatasetError, load_dataset, stratified_split
 
 
 def _touch(path: Path) -> Path:

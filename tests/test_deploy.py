@@ -24,12 +24,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import flows.train_batch as tb
-from flows.distributed import DistributedExecutor, _Dispatch
-from lab.settings import resolve_home
-from lab.space import Space
-from lab.store import Store
-from tasks.record import Job, job_seed
+import crashsearch.flows.train_batch as tb
+from crashsearch.flows.distributed import DistributedExecutor, _Dispatch
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.tasks.record import Job, job_seed
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -62,7 +62,7 @@ fixed:
 @pytest.fixture(scope="module")
 def lab(synth_dataset, tmp_path_factory):
     """(home, dataset, space path, Space) with the tiny dataset's pixels features cached."""
-    from tasks.extract import extract_dataset
+    from crashsearch.tasks.extract import extract_dataset
 
     home = resolve_home(tmp_path_factory.mktemp("deploy-home"))
     extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
@@ -92,7 +92,7 @@ def test_train_batch_trains_only_the_jobs_missing_from_the_store(lab):
 
     def train(cells, *rest):  # what a re-dispatch trains: only what is missing
         seen.extend(cell.id for cell in cells)
-        from tasks.train import train_batch
+        from crashsearch.tasks.train import train_batch
         return train_batch(cells, *rest)
 
     again = tb.train_batch_fn(str(home.root), "tb-skip", ds.name, [j.to_dict() for j in (a, b, c)], space_path,
@@ -109,7 +109,7 @@ def test_a_row_recorded_during_training_is_not_written_again(lab):
     """The late original and its re-dispatch: whoever appends second finds the id and skips it."""
     home, ds, space_path, space = lab
     a, b = _jobs(space, [2, 3])
-    from tasks.train import train_batch
+    from crashsearch.tasks.train import train_batch
 
     def train_while_the_other_run_records_b(cells, *rest):
         tb.train_batch_fn(str(home.root), "tb-late", ds.name, [b.to_dict()], space_path, device="cpu")
@@ -134,7 +134,7 @@ def test_a_bad_job_is_reported_in_one_line_and_the_rest_run(lab, capsys):
 
 def test_features_are_loaded_once_per_worker_process(lab, monkeypatch):
     home, ds, space_path, space = lab
-    import lab.cache as cache
+    import crashsearch.lab.cache as cache
 
     calls = []
     real = cache.load_features
@@ -197,7 +197,7 @@ def test_given_up_jobs_become_failed_rows_and_rows_come_back_in_batch_order(lab)
 
 
 def test_distributed_mode_without_a_server_fails_in_one_line_before_any_flow_runs(lab, capsys):
-    from flows.cli import main as cli
+    from crashsearch.flows.cli import main as cli
 
     home, ds, space_path, _ = lab
     code = cli(["campaign", "--home", str(home.root), "--dataset", str(ds.root), "--space", space_path,
@@ -214,7 +214,7 @@ def test_quiet_prefect_drops_cancellation_noise_and_keeps_real_errors():
     import io
     import logging
 
-    from flows.runtime import quiet_prefect
+    from crashsearch.flows.runtime import quiet_prefect
 
     stream = io.StringIO()
     logger = logging.getLogger("prefect.test-shutdown-noise")
@@ -246,7 +246,7 @@ def test_cli_flow_runs_on_the_temporary_server_print_no_traceback(lab, tmp_path)
     for args in (["extract", "--dataset", str(ds.root), "--backbone", "pixels"],
                  ["campaign", "--dataset", str(ds.root), "--budget", "4", "--round-size", "4", "--seeds", "1",
                   "--space", space_path, "--policies", "random"]):
-        run = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--home", home], cwd=REPO, env=env,
+        run = subprocess.run([sys.executable, "-m", "crashsearch.flows.cli", *args, "--home", home], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=180)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Starting temporary server" in run.stderr  # the path under test
@@ -258,7 +258,7 @@ def test_nightly_runs_the_campaign_its_control_arm_and_the_report_with_artifacts
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
 
-    from flows.nightly import nightly_flow
+    from crashsearch.flows.nightly import nightly_flow
 
     home, ds, space_path, _ = lab
     result = nightly_flow(dataset=str(ds.root), campaign="nightly-test", home=str(home.root), policies="random,tpe",
@@ -431,7 +431,7 @@ def cluster(tmp_path_factory):
 
 def _campaign_cli(c: Cluster, lab, campaign: str, budget: int, round_size: int, timeout_s: int) -> subprocess.Popen:
     home, ds, space_path, _ = lab
-    args = [sys.executable, "-m", "flows.cli", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
+    args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
             "--campaign", campaign, "--budget", str(budget), "--round-size", str(round_size), "--seeds", "2",
             "--space", space_path, "--distributed", "train-batch/gpu", "--max-in-flight", "2",
             "--dispatch-timeout", str(timeout_s)]
@@ -478,7 +478,7 @@ def test_prefect_yaml_deploys_every_flow_with_pools_schedule_and_pull_steps(clus
     batches = deployments["train-batch/gpu"]
     assert batches.global_concurrency_limit.limit == 8  # batches at once: one per GPU
     assert batches.concurrency_options.collision_strategy.value == "ENQUEUE"
-    from flows.distributed import check_deployment
+    from crashsearch.flows.distributed import check_deployment
 
     with cluster.client():
         check_deployment("train-batch/gpu")

@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.testing import assert_close
 
-from models.registry import SIZES, create_head, list_encoders
+from crashsearch.models.registry import SIZES, create_head, list_encoders
 
 D = 24  # small feature size keeps the whole file fast on a 2-core CPU
 ENCODERS = list_encoders()
@@ -25,7 +25,7 @@ def _head(name: str, size: str, seed: int = 0) -> torch.nn.Module:
 
 
 def test_registry_has_every_space_encoder():
-    from lab.space import Space
+    from crashsearch.lab.space import Space
 
     assert set(Space.load().axis("encoder").values) <= set(ENCODERS)
 
@@ -114,7 +114,7 @@ def test_vmap_over_stacked_models_matches_loop(name, size):
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 7, 16])
 def test_mamba_parallel_scan_matches_sequential_loop(steps):
-    from models.mamba import selective_scan, selective_scan_ref
+    from crashsearch.models.mamba import selective_scan, selective_scan_ref
 
     torch.manual_seed(steps)
     b, e, n = 2, 6, 4
@@ -134,7 +134,7 @@ def test_mamba_parallel_scan_matches_sequential_loop(steps):
 
 
 def test_mamba_scan_is_causal():
-    from models.mamba import selective_scan
+    from crashsearch.models.mamba import selective_scan
 
     torch.manual_seed(0)
     x, delta = torch.randn(1, 8, 3), torch.rand(1, 8, 3)
@@ -149,7 +149,7 @@ def test_mamba_scan_is_causal():
 
 @pytest.mark.parametrize("steps", [1, 5, 16])
 def test_retention_parallel_matches_recurrent(steps):
-    from models.retention import retention_parallel, retention_recurrent
+    from crashsearch.models.retention import retention_parallel, retention_recurrent
 
     torch.manual_seed(steps)
     gamma = torch.tensor([0.5, 0.9, 0.99])
@@ -164,7 +164,7 @@ def test_retention_head_parallel_matches_recurrent():
 
 
 def test_gru_matches_torch_gru():
-    from models.gru import GRUHead
+    from crashsearch.models.gru import GRUHead
 
     head = _head("gru", "medium")
     assert isinstance(head, GRUHead)
@@ -185,7 +185,7 @@ def test_gru_matches_torch_gru():
 
 
 def test_zipformer_pieces():
-    from models.zipformer import BiasNorm, stack_factors, swoosh_r
+    from crashsearch.models.zipformer import BiasNorm, stack_factors, swoosh_r
 
     assert stack_factors(1) == [1, 2]
     assert stack_factors(3) == [1, 2, 4, 8, 4, 2]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from lab.features import FeatureSet
-from tasks.evaluate import METRIC_KEYS, average_precision, evaluate_heads, horizon_key, roc_auc
+from crashsearch.lab.features import FeatureSet
+from crashsearch.tasks.evaluate import METRIC_KEYS, average_precision, evaluate_heads, horizon_key, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lab.cache import ExtractSpec, FeaturesNotFound, history_from_space, list_cached, load_features
-from lab.datasets import VideoItem, load_dataset
-from lab.space import Space
-from models.backbones import create_backbone
-from tasks.extract import VideoFailure, extract_dataset, extract_videos, plan_frames, reference_time
+from crashsearch.lab.cache import ExtractSpec, FeaturesNotFound, history_from_space, list_cached, load_features
+from crashsearch.lab.datasets import VideoItem, load_dataset
+from crashsearch.lab.space import Space
+from crashsearch.models.backbones import create_backbone
+from crashsearch.tasks.extract import VideoFailure, extract_dataset, extract_videos, plan_frames, reference_time
 
 SECONDS = 8.0  # the shortest clip the generator allows: events sit at >= 6.8 s
 
@@ -23,7 +23,7 @@ SECONDS = 8.0  # the shortest clip the generator allows: events sit at >= 6.8 s
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """Six small synthetic videos (3 positive) in the Nexar layout."""
-    from lab.synth import generate
+    from crashsearch.lab.synth import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "tiny", videos=6, seed=3, seconds=SECONDS)
 
@@ -211,7 +211,7 @@ def test_corrupt_truncated_empty_and_short_videos_are_reported_and_skipped(synth
 
 @pytest.mark.slow
 def test_cli_runs_the_prefect_flow_end_to_end(synth, tmp_path, capsys):
-    from flows.cli import main
+    from crashsearch.flows.cli import main
 
     args = ["extract", "--home", str(tmp_path), "--dataset", str(synth.root), "--backbone", "vjepa2_vitl",
             "--weights", "random", "--device", "auto", "--workers", "2"]
@@ -229,7 +229,7 @@ def test_cli_runs_the_prefect_flow_end_to_end(synth, tmp_path, capsys):
 
 
 def test_partition_writes_are_atomic_and_duplicates_are_read_once(tmp_path):
-    from lab.cache import Partition
+    from crashsearch.lab.cache import Partition
 
     part = Partition.open(tmp_path, "ds", "pixels", "k" * 12)
     row = {"video_id": "a", "split": "train", "label": 1, "event_time": 7.0, "ref_time": 7.0,
@@ -247,7 +247,7 @@ def test_partition_writes_are_atomic_and_duplicates_are_read_once(tmp_path):
 def test_only_transient_errors_are_retried():
     from prefect.states import Failed
 
-    from tasks.extract import _transient
+    from crashsearch.tasks.extract import _transient
 
     assert _transient(None, None, Failed(data=OSError("No space left on device")))
     assert _transient(None, None, Failed(data=TimeoutError("slow disk")))

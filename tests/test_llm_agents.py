@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.base import VIEW_COLUMNS, HistoryView, PolicyUnavailable
-from agents.claude import ClaudePolicy
-from agents.gemini import GeminiPolicy
-from agents.llm import backoff_delay, parse_proposals, parse_retry_after, scrub, split_evenly
-from agents.prompt import RATIONALE_CHARS, approx_tokens, propose_prompt, trim_traceback
-from lab.space import Space
+from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, PolicyUnavailable
+from crashsearch.agents.claude import ClaudePolicy
+from crashsearch.agents.gemini import GeminiPolicy
+from crashsearch.agents.llm import backoff_delay, parse_proposals, parse_retry_after, scrub, split_evenly
+from crashsearch.agents.prompt import RATIONALE_CHARS, approx_tokens, propose_prompt, trim_traceback
+from crashsearch.lab.space import Space
 from tests.fake_llm_server import (FakeLLMServer, anthropic_text_reply, error, json_reply, slow, text_reply,
                                    tool_reply)
 
@@ -496,9 +496,9 @@ def _proposer(api: str, pool: list, counter: dict):
 
 @pytest.mark.slow
 def test_campaign_with_claude_gemini_and_random_against_the_fake_server(server, tmp_path):
-    from flows.campaign import run_campaign
-    from lab.synth import generate
-    from tasks.extract import extract_dataset
+    from crashsearch.flows.campaign import run_campaign
+    from crashsearch.lab.synth import generate
+    from crashsearch.tasks.extract import extract_dataset
 
     home = tmp_path / "home"
     dataset = generate(tmp_path / "tiny", videos=8, seed=5, width=64, height=48, seconds=8.0)
@@ -522,8 +522,8 @@ def test_campaign_with_claude_gemini_and_random_against_the_fake_server(server, 
         stats = summary.per_policy[name]
         assert stats["proposed"] > 0 and stats["tokens"] > 0 and stats["cost_usd"] > 0, (name, stats)
     assert summary.dedup.get("gemini", {}).get("duplicate", 0) > 0  # claude claimed first
-    from lab.settings import resolve_home
-    from lab.store import Store
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
 
     rows = Store(resolve_home(home)).experiments("llm-e2e")
     llm = rows[rows["proposer"].isin(["claude", "gemini"])]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 from torch.testing import assert_close
 
-from models.losses import binary_focal_loss, loss_for
+from crashsearch.models.losses import binary_focal_loss, loss_for
 
 
 def _batch(n: int = 64, seed: int = 0):

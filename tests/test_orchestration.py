@@ -3,11 +3,11 @@ import random
 
 import pytest
 
-from agents.base import HealAdvice, Policy, Proposal
-from lab.space import Space
-from tasks.dedup import Deduper
-from tasks.heal import MAX_HEAL_DEPTH, heal
-from tasks.record import Job, job_seed
+from crashsearch.agents.base import HealAdvice, Policy, Proposal
+from crashsearch.lab.space import Space
+from crashsearch.tasks.dedup import Deduper
+from crashsearch.tasks.heal import MAX_HEAL_DEPTH, heal
+from crashsearch.tasks.record import Job, job_seed
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import sys
 import pandas as pd
 import pytest
 
-import agents
-from agents import OFFLINE_POLICIES, create_policy, list_policies, policy_options, register_policy
-from agents.base import VIEW_COLUMNS, HistoryView, PolicyUnavailable
-from lab.space import Cell, Space
+from crashsearch import agents
+from crashsearch.agents import OFFLINE_POLICIES, create_policy, list_policies, policy_options, register_policy
+from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, PolicyUnavailable
+from crashsearch.lab.space import Cell, Space
 
 GOOD = {"backbone": "vjepa2_vitl", "encoder": "zipformer"}  # the planted region: 1/40 of the cells
 
@@ -241,11 +241,11 @@ def test_registry_lists_every_policy_and_rejects_unknown_names(space):
 
 
 def test_a_policy_that_cannot_be_imported_is_unavailable(space, monkeypatch):
-    monkeypatch.setitem(agents._REGISTRY, "ghost", "agents.no_such_module:GhostPolicy")
+    monkeypatch.setitem(agents._REGISTRY, "ghost", "crashsearch.agents.no_such_module:GhostPolicy")
     with pytest.raises(PolicyUnavailable, match="policy 'ghost' cannot be imported"):
         create_policy("ghost", space)
     with pytest.raises(ValueError, match="must look like"):
-        register_policy("ghost", "agents.no_such_module")
+        register_policy("ghost", "crashsearch.agents.no_such_module")
 
 
 def test_offline_policies_do_not_load_llm_sdks_and_random_does_not_load_optuna():

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from lab.space import InvalidCell, Space, SpaceError
+from crashsearch.lab.space import InvalidCell, Space, SpaceError
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.status import campaign_status, format_status, main
-from lab.settings import resolve_home
-from lab.space import Space
-from lab.store import Store
-from tasks.record import Job, make_row
+from crashsearch.flows.status import campaign_status, format_status, main
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.tasks.record import Job, make_row
 
 SPACE = Space.from_dict({
     "name": "status-test",

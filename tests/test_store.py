@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-import lab._io as io_module  # the atomic writer: its os.replace is where a crash is simulated
-import lab.store as store_module
-from flows.cli import main as cli
-from lab.schema import BASE_COLUMNS
-from lab.settings import Home
-from lab.space import Space
-from lab.store import Store, check_read_only
+import crashsearch.lab._io as io_module  # the atomic writer: its os.replace is where a crash is simulated
+import crashsearch.lab.store as store_module
+from crashsearch.flows.cli import main as cli
+from crashsearch.lab.schema import BASE_COLUMNS
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store, check_read_only
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -150,12 +150,12 @@ def test_killed_writer_leaves_only_a_hidden_temp_file(store, space, home):
         import os
         from pathlib import Path
         from datetime import datetime, timezone
-        import lab._io
-        import lab.store as s
-        from lab.settings import Home
-        from lab.space import Space
+        import crashsearch.lab._io
+        import crashsearch.lab.store as s
+        from crashsearch.lab.settings import Home
+        from crashsearch.lab.space import Space
         space = Space.load()
-        lab._io.os.replace = lambda *a: os._exit(9)
+        crashsearch.lab._io.os.replace = lambda *a: os._exit(9)
         cell = space.cell(7)
         s.Store(Home(Path({str(home.root)!r}))).append("c1", [{{"experiment_id": "lost", "cell_id": 7,
             "status": "ok", "val_ap": 0.5}}], space)
@@ -441,8 +441,8 @@ def test_append_merges_recent_files_without_touching_the_base(store, space, monk
 READER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from lab.settings import Home
-    from lab.store import Store
+    from crashsearch.lab.settings import Home
+    from crashsearch.lab.store import Store
     store = Store(Home(Path(sys.argv[1])))
     stop, deadline = Path(sys.argv[2]), time.time() + float(sys.argv[3])
     counts, errors = [], []
@@ -475,11 +475,11 @@ def test_reader_process_queries_while_a_writer_process_appends(store, space, hom
     writer = textwrap.dedent(f"""
         import random, time
         from pathlib import Path
-        from lab.settings import Home
-        from lab.space import Space
-        import lab.store
-        from lab.store import Store
-        lab.store.MINOR_COMPACT_FILES = 6  # the writer also merges its files now and then
+        from crashsearch.lab.settings import Home
+        from crashsearch.lab.space import Space
+        import crashsearch.lab.store
+        from crashsearch.lab.store import Store
+        crashsearch.lab.store.MINOR_COMPACT_FILES = 6  # the writer also merges its files now and then
         space, store = Space.load(), Store(Home(Path({str(home.root)!r})))
         rng = random.Random(1)
         for batch in range(25):

@@ -8,9 +8,9 @@ import decord
 import numpy as np
 import pytest
 
-from lab.datasets import load_dataset
-from lab.settings import Home
-from lab.synth import MIN_EVENT_S, TRUTH_FILE, _x264_options, generate, main, render_video
+from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.settings import Home
+from crashsearch.lab.synth import MIN_EVENT_S, TRUTH_FILE, _x264_options, generate, main, render_video
 
 FPS = 8
 
@@ -126,7 +126,7 @@ def test_regenerating_replaces_the_previous_videos(tmp_path):
 
 
 def test_cli_writes_into_the_home_by_default(tmp_path, capsys):
-    from flows.cli import build_parser
+    from crashsearch.flows.cli import build_parser
 
     args = build_parser().parse_args(["synth", "--videos", "2", "--style", "night", "--width", "32",
                                       "--height", "32", "--seconds", "7.5"])

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-import tasks.train as train_module
-from lab.features import FeatureSet
-from lab.space import Cell, Space
-from models.registry import list_encoders
-from tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
-from tasks.evaluate import METRIC_KEYS
-from tasks.train import StackedAdamW, TrainResult, group_cells, shape_key, train_batch, train_cell
+import crashsearch.tasks.train as train_module
+from crashsearch.lab.features import FeatureSet
+from crashsearch.lab.space import Cell, Space
+from crashsearch.models.registry import list_encoders
+from crashsearch.tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
+from crashsearch.tasks.evaluate import METRIC_KEYS
+from crashsearch.tasks.train import StackedAdamW, TrainResult, group_cells, shape_key, train_batch, train_cell
 
 SPACE = Space.load()
 BASE = dict(backbone="vjepa2_vitl", encoder="meanpool_mlp", size="small", loss="bce", lr=0.003,

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.cli import main as cli
-from lab import versions
-from lab.settings import Home
-from lab.space import Space
-from lab.store import Store
-from lab.versions import bugfix_events, code_version, declare_bugfix, post_bugfix, segment, source_hash
+from crashsearch.flows.cli import main as cli
+from crashsearch.lab import versions
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.lab.versions import bugfix_events, code_version, declare_bugfix, post_bugfix, segment, source_hash
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
