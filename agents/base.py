@@ -70,7 +70,8 @@ class HistoryView:
     """A read-only snapshot of the history that policies decide from.
 
     ``experiments``: one row per recorded experiment of this campaign's lineage, oldest first,
-    with VIEW_COLUMNS plus one column per axis. ``in_flight``: cell ids claimed but not recorded.
+    with VIEW_COLUMNS plus one column per axis. ``in_flight``: cell ids claimed but not recorded;
+    recorded ids passed in are dropped, because TPE counts an in-flight cell as a poor result.
     """
 
     space: Space
@@ -78,6 +79,11 @@ class HistoryView:
     in_flight: frozenset[int] = frozenset()
     round: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.in_flight and len(self.experiments):
+            recorded = set(self.experiments["cell_id"].astype(int))
+            object.__setattr__(self, "in_flight", frozenset(int(i) for i in self.in_flight) - recorded)
 
     @classmethod
     def empty(cls, space: Space) -> "HistoryView":

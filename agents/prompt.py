@@ -172,7 +172,8 @@ def _summary(view: HistoryView, agent: str) -> str:
     distinct = df["cell_id"].nunique() if len(df) else 0
     line = (f"Round {view.round}. You are agent '{agent}'. The history holds {len(df):,} experiments"
             + (f" ({by_status})" if by_status else "")
-            + f" over {distinct:,} distinct cells of {view.space.size:,}; {len(view.in_flight):,} cells are in flight.")
+            + f" over {distinct:,} distinct cells of {view.space.size:,}; {len(view.in_flight):,} cells are in flight"
+            " (claimed, not yet recorded).")
     if view.ok.empty:
         line += " No experiment has a validation AP yet: spread your proposals over the architecture groups."
     return line

@@ -180,3 +180,96 @@ def power_law_history(n: int, a: float, b: float, c: float, noise_sd: float = 0.
         "proposer": proposer, "status": "ok", "val_ap": val, "train_seconds": 36.0,
         "finished_at": t0 + pd.to_timedelta(N * 60.0, unit="s"),
     })
+
+
+# ---- planted objective: a known function of the cell, for testing search policies without training ----
+
+class PlantedObjective:
+    """``val_ap = base + group effect + sum of per-axis level effects + fixed per-cell noise``, clipped to (0, 1).
+
+    The architecture group (backbone/encoder) carries the largest effect; numeric axes (lr, batch
+    size, window) have one peak with a smooth fall-off, so a neighbour of a good cell is good;
+    other axes have random level effects. The noise is drawn once per cell id, so the objective
+    is a fixed function of the cell. ``best`` is its maximum over the (possibly restricted) space.
+    """
+
+    def __init__(self, space: Space | None = None, seed: int = 0, base: float = 0.70, arch_sd: float = 0.06,
+                 hp_sd: float = 0.02, noise_sd: float = 0.004):
+        self.space = space or Space.load()
+        rng = np.random.default_rng(seed)
+        names = self.space.axis_names
+        self.group_effects = arch_effects(self.space, arch_sd, seed=seed + 1000) \
+            if {"backbone", "encoder"} <= set(names) else {}
+        self.base, self.noise_sd, self.seed = base, noise_sd, seed
+        self.level_effects: dict[str, dict] = {}
+        for axis in self.space.axes:
+            if axis.name in ("backbone", "encoder") and self.group_effects:
+                continue
+            k = len(axis.values)
+            if k > 2 and all(isinstance(v, (int, float)) for v in axis.values):
+                peak = rng.integers(0, k)
+                eff = -hp_sd * 0.6 * (np.arange(k) - peak) ** 2
+            else:
+                eff = rng.normal(0.0, hp_sd, k)
+            self.level_effects[axis.name] = dict(zip(axis.values, (eff - eff.mean()).tolist()))
+
+    def _noise(self, ids: np.ndarray) -> np.ndarray:
+        # a counter-based draw: the same cell id always gets the same noise, without a table of every cell
+        mixed = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(self.seed * 7919 + 1)) >> np.uint64(11)
+        u = (mixed.astype(np.float64) + 0.5) / float(2 ** 53)
+        from scipy.special import ndtri
+
+        return self.noise_sd * ndtri(u)
+
+    def values(self, cells: pd.DataFrame) -> np.ndarray:
+        """The objective of each row of a frame with one column per axis (and ``cell_id``)."""
+        value = np.full(len(cells), self.base)
+        if self.group_effects:
+            groups = cells["backbone"].astype(str) + "/" + cells["encoder"].astype(str)
+            value = value + groups.map(self.group_effects).to_numpy(float)
+        for name, eff in self.level_effects.items():
+            value = value + cells[name].map(eff).to_numpy(float)
+        ids = cells["cell_id"].to_numpy() if "cell_id" in cells else _cell_ids(self.space, cells)
+        return np.clip(value + self._noise(np.asarray(ids)), 0.001, 0.999)
+
+    def __call__(self, cell) -> float:
+        """The objective of one Cell (or a mapping of axis values)."""
+        values = cell.to_dict() if hasattr(cell, "to_dict") else dict(cell)
+        frame = pd.DataFrame([values])
+        frame["cell_id"] = self.space.cell_id(values)
+        return float(self.values(frame)[0])
+
+    def table(self) -> pd.DataFrame:
+        """Every allowed cell as one ``ok`` history row (experiment_id, cell_id, proposer, status, val_ap, axes).
+
+        Built once and cached; ``analysis.baselines.replay`` searches it as a lookup table.
+        """
+        if getattr(self, "_table", None) is None:
+            grids = np.meshgrid(*[np.arange(len(a.choices)) for a in self.space.axes], indexing="ij")
+            cols = {a.name: np.array(a.choices, dtype=object)[g.ravel()] for a, g in zip(self.space.axes, grids)}
+            frame = pd.DataFrame(cols)
+            for a in self.space.axes:  # numeric axes as numbers, like the store's columns
+                if all(isinstance(v, (int, float)) for v in a.choices):
+                    frame[a.name] = pd.to_numeric(frame[a.name])
+            frame.insert(0, "cell_id", _cell_ids(self.space, frame))
+            frame.insert(0, "experiment_id", "planted-" + frame["cell_id"].astype(str))
+            frame["proposer"], frame["status"] = "planted", "ok"
+            frame["val_ap"] = self.values(frame)
+            self._table = frame
+        return self._table
+
+    @property
+    def best(self) -> float:
+        return float(self.table()["val_ap"].max())
+
+
+def planted_search(policy, objective: PlantedObjective, budget: int = 100, round_size: int = 12) -> np.ndarray:
+    """Run ``policy`` (a Policy of ``objective.space``) on the planted objective; returns the val_ap sequence.
+
+    A thin use of ``analysis.baselines.replay`` with the objective's full table, so a search on
+    planted structure goes through the same propose/observe loop as a replay of a real history.
+    """
+    from crashsearch.analysis.baselines import replay
+
+    result = replay(policy, objective.space, objective.table(), budget=budget, round_size=round_size)
+    return result.history["val_ap"].to_numpy(float)

@@ -251,8 +251,9 @@ class _Campaign:
     def view(self) -> HistoryView:
         df = self.history
         columns = [c for c in VIEW_COLUMNS + self.space.axis_names if c in df.columns]
+        recorded = set(df["cell_id"].astype(int)) if len(df) else set()
         return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
-                           in_flight=frozenset(self.deduper.seen), round=self.round)
+                           in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
 
     def _replicate_jobs(self, slots: int) -> list[Job]:
         """Re-runs of the current leaders that have fewer than ``seeds`` replicates."""

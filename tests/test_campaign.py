@@ -226,3 +226,17 @@ def test_cli_campaign_passes_policy_args_and_propose_mode_and_records_them(lab_h
     assert info["propose_mode"] == "concurrent"
     assert info["policy_args"] == {"tpe": {"n_startup_trials": 1}, "evolution": {"min_results": 2}}
     assert len(_history(home, "c-args")) == 4
+
+
+def test_campaign_view_passes_only_claimed_unrecorded_cells_as_in_flight(lab_home):
+    """Before the fix every claimed cell, recorded ones included, was in flight, so TPE counted results as poor."""
+    from crashsearch.flows.campaign import _Campaign
+
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-inflight", policies=["random"], budget=3, round_size=3, space_path=space, seeds=1)
+    runner = _Campaign(home, ds.root, "c-inflight", ["random"], 6, None, space, None, 1, 3, "cpu", 0, {}, False,
+                       "turns", None, lambda m: None)
+    recorded = set(runner.history["cell_id"].astype(int))
+    assert len(recorded) == 3 and runner.view().in_flight == frozenset()
+    claimed = runner._propose(2)  # claimed this round, not trained yet
+    assert runner.view().in_flight == {j.cell.id for j in claimed} and not recorded & runner.view().in_flight
