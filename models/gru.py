@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crashsearch.models.mask import zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 
 
@@ -21,7 +22,8 @@ class GRULayer(nn.Module):
         self.input_gates = nn.Linear(in_dim, 3 * hidden)  # W_i[r|z|n] x + b_i
         self.hidden_gates = nn.Linear(hidden, 3 * hidden)  # W_h[r|z|n] h + b_h
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, H)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B, T, H)
+        """Every hidden state; a padded step (mask False) leaves the state unchanged."""
         gi = self.input_gates(x)  # (B, T, 3H), all time steps at once
         h = x.new_zeros(x.shape[0], self.hidden)  # (B, H)
         states = []
@@ -31,7 +33,8 @@ class GRULayer(nn.Module):
             r = torch.sigmoid(i_r + h_r)
             z = torch.sigmoid(i_z + h_z)
             n = torch.tanh(i_n + r * h_n)
-            h = (1 - z) * n + z * h
+            h_next = (1 - z) * n + z * h
+            h = h_next if mask is None else torch.where(mask[:, t, None], h_next, h)
             states.append(h)
         return torch.stack(states, dim=1)
 
@@ -44,9 +47,10 @@ class GRUHead(nn.Module):
         self.norm = nn.LayerNorm(size.width)
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x = zero_padding(x, mask)
         for layer in self.layers:
-            x = layer(x)  # (B, T, H)
+            x = layer(x, mask)  # (B, T, H)
         return self.out(self.norm(x[:, -1])).squeeze(-1)  # last hidden state of the top layer
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from crashsearch.models.mamba import MambaBlock
+from crashsearch.models.mask import zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 from crashsearch.models.retention import RetentionBlock
 
@@ -27,10 +28,10 @@ class HybridRMHead(nn.Module):
         self.norm = nn.LayerNorm(size.width)
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
-        x = self.proj(x)  # (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x = self.proj(zero_padding(x, mask))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.out(self.norm(x[:, -1])).squeeze(-1)
 
 

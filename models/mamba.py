@@ -11,7 +11,9 @@ half-length sequence is scanned recursively, and the even steps are filled in fr
 neighbours (log2(T) levels, O(T) work). It is built from slices and products only, so it is
 vmap-friendly and exact to float rounding; ``selective_scan_ref`` is the plain sequential loop it
 is tested against. Simplified against the paper: no fused CUDA kernel (the full state sequence
-(B, T, E, N) is materialised, fine at T <= 16), no dropout; the head reads the last step.
+(B, T, E, N) is materialised, fine at T <= 16), no dropout; the head reads the last step. A padded
+step (models.mask) enters the causal convolution as zero and is an identity step of the scan
+(delta = 0: a = 1, b = 0), so left padding leaves the state at zero until the first real step.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crashsearch.models.mask import zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 
 D_STATE = 16  # N: state size per channel
@@ -107,12 +110,13 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(inner, width)
         self.scan = selective_scan
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
+        xs = zero_padding(xs, mask)
         xs = self.conv(F.pad(xs.transpose(1, 2), (D_CONV - 1, 0))).transpose(1, 2)  # causal conv, (B, T, E)
         xs = F.silu(xs)
         dt_low, B, C = self.x_proj(xs).split([self.dt_rank, D_STATE, D_STATE], dim=-1)
-        delta = F.softplus(self.dt_proj(dt_low))  # (B, T, E), input-dependent step size
+        delta = zero_padding(F.softplus(self.dt_proj(dt_low)), mask)  # (B, T, E), input-dependent step size
         A = -torch.exp(self.A_log)  # (E, N), negative: the state decays
         y = self.scan(xs, delta, A, B, C, self.D)  # (B, T, E)
         return self.out_proj(y * F.silu(z))
@@ -124,8 +128,8 @@ class MambaBlock(nn.Module):
         self.norm = RMSNorm(width)
         self.mixer = MambaMixer(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        return x + self.mixer(self.norm(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        return x + self.mixer(self.norm(x), mask)
 
 
 class MambaHead(nn.Module):
@@ -136,10 +140,10 @@ class MambaHead(nn.Module):
         self.norm = RMSNorm(size.width)
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
-        x = self.proj(x)  # (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x = self.proj(zero_padding(x, mask))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.out(self.norm(x[:, -1])).squeeze(-1)  # causal: the last step has seen the window
 
 

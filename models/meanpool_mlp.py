@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crashsearch.models.mask import masked_mean
 from crashsearch.models.registry import SizeSpec, register_encoder
 
 
@@ -16,8 +17,8 @@ class MeanPoolMLP(nn.Module):
         layers.append(nn.Linear(size.width, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
-        return self.net(x.mean(dim=1)).squeeze(-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        return self.net(masked_mean(x, mask)).squeeze(-1)  # the mean over real steps only
 
 
 @register_encoder

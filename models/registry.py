@@ -1,6 +1,9 @@
 """A registry of temporal encoders, after timm's ``@register_model``.
 
-Every encoder module maps an embedding sequence ``(B, T, D)`` to ``(B,)`` logits. The ``size``
+Every encoder module maps an embedding sequence ``(B, T, D)`` to ``(B,)`` logits, with an optional
+time mask: ``forward(x, mask=None)``, ``mask`` (B, T) bool, True on real steps and False on
+padding (a short clip's missing history, or a window shorter than its group's longest); the
+contract is in ``models.mask`` and tested for every registered encoder. The ``size``
 axis of the space (small, medium, large) picks width and depth through ``SIZES``; an encoder
 file may read more from its own table. Encoders are built from plain tensor ops so that many
 copies can be stacked and trained together with ``torch.func`` (vmap over parameters).

@@ -9,7 +9,9 @@ equivalent forms, both exposed and tested against each other:
 
 Simplified against the paper: rotary positions stand in for xPos (no length-extrapolation
 scale), no score normalisation tricks (they rescale rows, which the per-head GroupNorm undoes),
-no chunkwise form, no dropout; the head reads the last step.
+no chunkwise form, no dropout; the head reads the last step. Padded steps (models.mask) get zero
+keys, so they add nothing to the state, and take no position; with left padding the decay
+distances between real steps are those of the unpadded sequence.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crashsearch.models.mask import positions, zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 from crashsearch.models.transformer import rotary
 
@@ -68,10 +71,14 @@ class MultiScaleRetention(nn.Module):
         self.group_norm = nn.LayerNorm(self.v_dim)  # applied per head = GroupNorm with one group per head
         self.register_buffer("gamma", 1 - 2.0 ** (-5.0 - torch.arange(self.heads, dtype=torch.float32)))
 
-    def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, recurrent: bool = False) -> torch.Tensor:
         b, t, _ = x.shape
-        q = rotary(self.q(x).view(b, t, self.heads, HEAD_DIM).transpose(1, 2))  # (B, H, T, dk)
-        k = rotary(self.k(x).view(b, t, self.heads, HEAD_DIM).transpose(1, 2)) * HEAD_DIM**-0.5
+        pos = positions(mask, t, x.device, x.dtype)
+        pos = pos if pos.dim() == 1 else pos[:, None, :]  # (T,) or (B, 1, T)
+        q = rotary(self.q(x).view(b, t, self.heads, HEAD_DIM).transpose(1, 2), pos)  # (B, H, T, dk)
+        k = rotary(self.k(x).view(b, t, self.heads, HEAD_DIM).transpose(1, 2), pos) * HEAD_DIM**-0.5
+        if mask is not None:
+            k = torch.where(mask[:, None, :, None], k, 0.0)  # a padded step adds nothing to the state
         v = self.v(x).view(b, t, self.heads, self.v_dim).transpose(1, 2)  # (B, H, T, dv)
         retain = retention_recurrent if recurrent else retention_parallel
         y = self.group_norm(retain(q, k, v, self.gamma))  # (B, H, T, dv)
@@ -86,8 +93,9 @@ class RetentionBlock(nn.Module):
         self.retention = MultiScaleRetention(width)
         self.ffn = nn.Sequential(nn.Linear(width, FFN_RATIO * width), nn.GELU(), nn.Linear(FFN_RATIO * width, width))
 
-    def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.retention(self.norm1(x), recurrent)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                recurrent: bool = False) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        x = x + self.retention(self.norm1(x), mask, recurrent)
         return x + self.ffn(self.norm2(x))
 
 
@@ -99,11 +107,12 @@ class RetentionHead(nn.Module):
         self.norm = nn.LayerNorm(size.width)
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:  # (B, T, D) -> (B,)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                recurrent: bool = False) -> torch.Tensor:  # (B, T, D) -> (B,)
         """Logits; ``recurrent=True`` runs the recurrent form (same result, one step at a time)."""
-        x = self.proj(x)  # (B, T, C)
+        x = self.proj(zero_padding(x, mask))  # (B, T, C)
         for block in self.blocks:
-            x = block(x, recurrent)
+            x = block(x, mask, recurrent)
         return self.out(self.norm(x[:, -1])).squeeze(-1)  # causal: the last step has seen the window
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crashsearch.models.mask import zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 
 KERNEL = 3
@@ -36,10 +37,11 @@ class TemporalBlock(nn.Module):
         self.conv1, self.conv2 = CausalConv(width, dilation), CausalConv(width, dilation)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        h = self.conv1(x.transpose(1, 2)).transpose(1, 2)  # convolutions want (B, C, T)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        # padded steps enter each convolution as zeros, like the causal padding before a clip's start
+        h = self.conv1(zero_padding(x, mask).transpose(1, 2)).transpose(1, 2)  # convolutions want (B, C, T)
         h = F.relu(self.norm1(h))
-        h = self.conv2(h.transpose(1, 2)).transpose(1, 2)
+        h = self.conv2(zero_padding(h, mask).transpose(1, 2)).transpose(1, 2)
         h = F.relu(self.norm2(h))
         return F.relu(x + h)
 
@@ -52,10 +54,10 @@ class TCNHead(nn.Module):
         self.blocks = nn.ModuleList(TemporalBlock(size.width, 2**i) for i in range(n_blocks))
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
-        x = self.proj(x)  # (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x = self.proj(zero_padding(x, mask))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.out(x[:, -1]).squeeze(-1)  # the last step: causal, sees the whole window
 
 

@@ -16,6 +16,12 @@ ScaledAdam's initialisation), a linear input projection instead of the convoluti
 mean pooling over time instead of output downsampling, a fixed bypass floor of 0.2 instead of a
 schedule, and no Balancer/Whiten/ScaledAdam/dropout training aids. Odd lengths are padded by
 repeating the last frame before downsampling and cropped after upsampling.
+
+Padding (models.mask): the head first moves each sequence's real steps to the front, so the
+groups of frames that downsampling averages start at the first real step, as without padding;
+padded steps are then treated like the missing frames of an odd length (they repeat the last real
+frame before downsampling), are masked out as attention keys, enter the convolutions as zeros
+and are left out of the final mean.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crashsearch.models.mask import left_align, mask_keys, masked_mean, zero_padding
 from crashsearch.models.registry import SizeSpec, register_encoder
 
 QUERY_HEAD_DIM = 16
@@ -79,13 +86,13 @@ class AttentionWeights(nn.Module):
         self.in_proj = nn.Linear(width, 2 * heads * QUERY_HEAD_DIM)
         self.pos_bias = nn.Parameter(torch.zeros(heads, 2 * MAX_REL_POS + 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q, k = self.in_proj(x).view(b, t, 2, self.heads, QUERY_HEAD_DIM).permute(2, 0, 3, 1, 4)  # (B, H, T, dq)
         scores = q @ k.transpose(-1, -2) / math.sqrt(QUERY_HEAD_DIM)  # (B, H, T, T)
         idx = torch.arange(t, device=x.device)
         rel = (idx[None, :] - idx[:, None]).clamp(-MAX_REL_POS, MAX_REL_POS) + MAX_REL_POS  # (T, T)
-        return (scores + self.pos_bias[:, rel]).softmax(dim=-1)  # pos_bias[:, rel]: (H, T, T)
+        return mask_keys(scores + self.pos_bias[:, rel], mask).softmax(dim=-1)  # pos_bias[:, rel]: (H, T, T)
 
 
 class SelfAttention(nn.Module):
@@ -128,9 +135,9 @@ class ConvolutionModule(nn.Module):
         self.depthwise = nn.Conv1d(width, width, CONV_KERNEL, padding=CONV_KERNEL // 2, groups=width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         x, gate = self.in_proj(x).chunk(2, dim=-1)
-        x = x * torch.sigmoid(gate)
+        x = zero_padding(x * torch.sigmoid(gate), mask)  # padding enters the convolution as zeros
         x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)  # non-causal: the window is all past
         return self.out_proj(swoosh_r(x))
 
@@ -156,17 +163,17 @@ class ZipformerBlock(nn.Module):
         self.bypass_mid, self.bypass = Bypass(width), Bypass(width)
         self.norm = BiasNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         x_orig = x
-        weights = self.attn_weights(x)  # (B, H, T, T), computed once for the whole block
+        weights = self.attn_weights(x, mask)  # (B, H, T, T), computed once for the whole block
         x = x + self.ff1(x)
         x = x + self.nla(x, weights[:, 0])
         x = x + self.attn1(x, weights)
-        x = x + self.conv1(x)
+        x = x + self.conv1(x, mask)
         x = x + self.ff2(x)
         x = self.bypass_mid(x_orig, x)
         x = x + self.attn2(x, weights)
-        x = x + self.conv2(x)
+        x = x + self.conv2(x, mask)
         x = x + self.ff3(x)
         return self.bypass(x_orig, self.norm(x))
 
@@ -182,20 +189,29 @@ class DownsampledStack(nn.Module):
             self.down_bias = nn.Parameter(torch.zeros(factor))  # softmax weights over each group of frames
             self.bypass = Bypass(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        """``mask`` (B, T), if given, must be True on a prefix of each row (``models.mask.left_align``)."""
         if self.factor == 1:
             for block in self.blocks:
-                x = block(x)
+                x = block(x, mask)
             return x
         b, t, c = x.shape
         f = self.factor
         pad = -t % f
+        y, last = x, x[:, -1:]
+        if mask is not None:  # padded steps repeat the last real frame, like the frames an odd length lacks
+            length = mask.sum(dim=1)  # (B,)
+            last = torch.gather(x, 1, (length - 1).clamp(min=0)[:, None, None].expand(b, 1, c))  # (B, 1, C)
+            y = torch.where(mask[..., None], x, last)
         # repeat the last frame so every group of f frames is full (odd T included)
-        y = torch.cat((x, x[:, -1:].expand(b, pad, c)), dim=1) if pad else x  # (B, T', C)
+        y = torch.cat((y, last.expand(b, pad, c)), dim=1) if pad else y  # (B, T', C)
         y = y.reshape(b, -1, f, c)  # (B, T'/f, f, C)
         y = (y * self.down_bias.softmax(0)[:, None]).sum(dim=2)  # (B, T'/f, C)
+        down_mask = None
+        if mask is not None:  # a group is real if its first frame is
+            down_mask = torch.arange(y.shape[1], device=x.device)[None, :] * f < length[:, None]
         for block in self.blocks:
-            y = block(y)
+            y = block(y, down_mask)
         y = y.repeat_interleave(f, dim=1)[:, :t]  # (B, T, C)
         return self.bypass(x, y)
 
@@ -215,11 +231,12 @@ class ZipformerHead(nn.Module):
         self.norm = BiasNorm(size.width)
         self.out = nn.Linear(size.width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B,)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D) -> (B,)
+        x, mask = left_align(zero_padding(x, mask), mask)  # real steps first: downsampling groups start there
         x = self.proj(x)  # (B, T, C)
         for stack in self.stacks:
-            x = stack(x)
-        return self.out(self.norm(x).mean(dim=1)).squeeze(-1)
+            x = stack(x, mask)
+        return self.out(masked_mean(self.norm(x), mask)).squeeze(-1)
 
 
 @register_encoder

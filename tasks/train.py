@@ -253,6 +253,8 @@ class StackedHeads:
     ``flat`` (M, P) holds every model's parameters (a leaf tensor: autograd gives one (M, P)
     gradient), ``buffers`` the stacked buffers; ``forward`` runs each model on its own batch
     ``(M, B, T, D) -> (M, B)`` and ``score`` every model on shared windows ``(B, T, D) -> (M, B)``.
+    Both take an optional time mask (``(M, B, T)`` / ``(B, T)`` bool, True = real step, see
+    ``models.mask``): left padding of short clips, or shorter windows padded to the group's longest.
     """
 
     def __init__(self, heads: list[torch.nn.Module], device: torch.device):
@@ -265,25 +267,34 @@ class StackedHeads:
                         for n, _ in heads[0].named_buffers()}
         self._train = vmap(self._one, in_dims=(0, 0, 0), randomness="different")  # each model its own batch
         self._score = vmap(self._one, in_dims=(0, 0, None))  # every model the same windows
+        self._train_masked = vmap(self._one, in_dims=(0, 0, 0, 0), randomness="different")
+        self._score_masked = vmap(self._one, in_dims=(0, 0, None, None))
 
-    def _one(self, params, buffers, x):  # one model: (B, T, D) -> (B,)
-        return functional_call(self.base, (params, buffers), (x,))
+    def _one(self, params, buffers, x, mask=None):  # one model: (B, T, D), (B, T) -> (B,)
+        args = (x,) if mask is None else (x, mask)
+        return functional_call(self.base, (params, buffers), args)
 
     def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``flat`` (M, P) as {name: (M, *shape)}."""
         return {n: chunk.view(flat.shape[0], *s) for n, chunk, s in zip(self.names, flat.split(self.sizes, dim=1),
                                                                          self.shapes)}
 
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:  # (M, B, T, D) -> (M, B), training mode
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, B, T, D), mask (M, B, T) -> (M, B) logits, training mode."""
         if not self.base.training:
             self.base.train()
-        return self._train(self.params(self.flat), self.buffers, windows)
+        if mask is None:
+            return self._train(self.params(self.flat), self.buffers, windows)
+        return self._train_masked(self.params(self.flat), self.buffers, windows, mask)
 
     @torch.no_grad()
-    def score(self, windows: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (M, B), evaluation mode
+    def score(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D), mask (B, T) -> (M, B) logits, evaluation mode."""
         if self.base.training:
             self.base.eval()
-        return self._score(self.params(self.flat.detach()), self.buffers, windows)
+        if mask is None:
+            return self._score(self.params(self.flat.detach()), self.buffers, windows)
+        return self._score_masked(self.params(self.flat.detach()), self.buffers, windows, mask)
 
 
 class ExampleSampler:

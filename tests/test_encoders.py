@@ -109,6 +109,69 @@ def test_vmap_over_stacked_models_matches_loop(name, size):
         assert_close(p.grad, expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}/{size} grad of {pname}: {m}")
 
 
+# ---- the time mask (models.mask): padding is invisible -----------------------------------------
+
+MASK_TOL = dict(atol=1e-5, rtol=1e-5)  # float32 rounding: padding changes the order of a few sums
+
+
+def _left_padded(lengths: list[int], steps: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (B, steps, D) whose row b is real on its last lengths[b] steps; the padding is garbage."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), steps, D, generator=gen)
+    mask = torch.arange(steps)[None, :] >= (steps - torch.tensor(lengths))[:, None]
+    x = torch.where(mask[..., None], x, 50 * torch.randn(x.shape, generator=gen))
+    padded_row = min(b for b, n in enumerate(lengths) if n < steps)
+    x[padded_row, 0] = float("nan")  # padding is never read, whatever it holds
+    return x, mask
+
+
+@pytest.mark.parametrize("size", SIZE_NAMES)
+@pytest.mark.parametrize("name", ENCODERS)
+def test_left_padding_with_its_mask_gives_the_unpadded_logits(name, size):
+    """Short clips and shorter windows in one group: rows of different real lengths in one batch."""
+    head = _head(name, size)
+    steps, lengths = 12, [7, 3, 12, 1, 5, 8]
+    x, mask = _left_padded(lengths, steps)
+    with torch.no_grad():
+        padded = head(x, mask)
+        assert torch.isfinite(padded).all(), f"{name}: padding leaked into the logits"
+        for b, n in enumerate(lengths):
+            alone = head(x[b:b + 1, steps - n:])
+            assert_close(padded[b:b + 1], alone, **MASK_TOL, msg=lambda m: f"{name}/{size} real length {n}: {m}")
+        full = x[2:3]  # the row without padding: an all-True mask is no mask
+        assert_close(head(full, torch.ones(1, steps, dtype=torch.bool)), head(full), **MASK_TOL)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_mask_trains_and_vmaps_like_the_loop(name):
+    """The trainer's path: M stacked models, each with its own masked batch; gradients ignore padding."""
+    models = [_head(name, "small", seed) for seed in range(2)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x0, m0 = _left_padded([6, 2, 4], 6, seed=2)
+    x1, m1 = _left_padded([1, 6, 3], 6, seed=3)
+    x, mask = torch.stack([x0, x1]), torch.stack([m0, m1])  # (M, B, T, D), (M, B, T)
+
+    def call(p, b, x, mask):
+        return functional_call(base, (p, b), (x, mask))
+
+    stacked = vmap(call)(params, buffers, x, mask)
+    looped = torch.stack([m(x[i], mask[i]) for i, m in enumerate(models)])
+    assert_close(stacked, looped, **MASK_TOL)
+    stacked.pow(2).sum().backward()
+    for pname, p in params.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: gradient of {pname} not finite"
+    with torch.no_grad():  # an all-padding row is meaningless but must not be NaN
+        assert torch.isfinite(models[0](x0[:1], torch.zeros(1, 6, dtype=torch.bool))).all()
+
+
+def test_retention_recurrent_form_reads_the_mask_too():
+    head = _head("retention", "medium")
+    x, mask = _left_padded([7, 2], 7)
+    with torch.no_grad():
+        assert_close(head(x, mask), head(x, mask, recurrent=True), **MASK_TOL)
+
+
 # ---- the encoders with two equivalent forms ---------------------------------------------------
 
 
@@ -197,3 +260,16 @@ def test_zipformer_pieces():
         norm.log_scale.fill_(0.3)
     expected = x / torch.sqrt(((x - 0.5) ** 2).mean(-1, keepdim=True)) * torch.exp(torch.tensor(0.3))
     assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_stacked_heads_pass_the_mask_through():
+    """tasks.train.StackedHeads (the trainer's vectorised models) hands the mask to every head."""
+    from crashsearch.tasks.train import StackedHeads
+
+    models = [_head("transformer", "small", seed) for seed in range(3)]
+    stacked = StackedHeads(models, torch.device("cpu"))
+    x, mask = _left_padded([5, 2], 5, seed=4)
+    expected = torch.stack([m.eval()(x, mask) for m in models]).detach()
+    assert_close(stacked.score(x, mask), expected, **MASK_TOL)
+    trained = stacked.forward(x.expand(3, -1, -1, -1), mask.expand(3, -1, -1))
+    assert_close(trained.detach(), expected, **MASK_TOL)
