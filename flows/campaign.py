@@ -36,6 +36,7 @@ from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events, code_version
+from crashsearch.tasks.campaign.config import CampaignConfig, from_cli_args
 from crashsearch.tasks.dedup import Deduper
 from crashsearch.tasks.execute import BatchContext, run_batch
 from crashsearch.tasks.heal import heal
@@ -106,7 +107,8 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
                  seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
                  policy_kwargs: dict[str, dict] | None = None, progress: bool = False, propose_mode: str = "turns",
                  rerun_leaders_after_fix: int = 0, train_fn: Callable | None = None,
-                 log: Callable[[str], None] | None = None, executor: Any = None) -> CampaignSummary:
+                 log: Callable[[str], None] | None = None, executor: Any = None,
+                 extend: int | None = None) -> CampaignSummary:
     """Run or resume a campaign until ``budget`` experiments are recorded (or ``hours`` pass).
 
     ``train_fn(cells, features, seeds, fixed, device)`` trains a batch (default: tasks.train.
@@ -118,7 +120,7 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
     runner = _Campaign(home if isinstance(home, Home) else resolve_home(home), Path(dataset), campaign_id,
                        list(policies), budget, hours, space_path, backbones, seeds, round_size, device, seed,
                        policy_kwargs or {}, progress, propose_mode, train_fn, log or (lambda m: print(m, file=sys.stderr)),
-                       executor)
+                       executor, extend)
     return runner.run(rerun_leaders_after_fix)
 
 
@@ -141,7 +143,8 @@ class _Campaign:
     """The state of one campaign run; ``run()`` is the loop described in the module docstring."""
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
-                 round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None):
+                 round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None,
+                 extend=None):
         from crashsearch.lab.cache import latest_partition, list_cached, load_features, weights_id
 
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
@@ -192,11 +195,16 @@ class _Campaign:
 
         self.history = self.store.experiments(self.campaign)
         previous = next((c for c in self.store.campaigns() if c["id"] == self.campaign), {})
+        self.runs_before = list(previous.get("runs") or [])  # one entry per run (a nightly campaign: per night)
+        self.started_at = utcnow().isoformat()
         self.dedup_before = previous.get("dedup_dropped") or {}  # totals of earlier runs (nights)
         self.deduper = Deduper(self.space, seen=set(self.history["cell_id"].astype(int)) if len(self.history) else set())
         self.new = 0
         self.train_seconds = 0.0
         self.code_bugs: list[str] = []
+        # the run's goal: the budget, or (per-run allowance) what the campaign holds plus ``extend``
+        self.target = min(budget, self.recorded + extend) if extend is not None else budget
+        self.extend = extend
         self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
         self.store.write_campaign(self.campaign, {
             "campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
@@ -208,16 +216,16 @@ class _Campaign:
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, rerun_leaders_after_fix: int) -> CampaignSummary:
-        bar = _progress_bar(self.budget, self.recorded) if self.progress else None
+        bar = _progress_bar(self.target, self.recorded) if self.progress else None
         stopped = "budget"
         try:
             if rerun_leaders_after_fix:
                 self._run_jobs(self._leader_reruns(rerun_leaders_after_fix), bar)
-            while self.recorded < self.budget:
+            while self.recorded < self.target:
                 if self.hours is not None and time.monotonic() - self.started > self.hours * 3600:
                     stopped = "hours"
                     break
-                slots = min(self.round_size, self.budget - self.recorded)
+                slots = min(self.round_size, self.target - self.recorded)
                 jobs = self._replicate_jobs(slots)
                 jobs += self._propose(slots - len(jobs))
                 if not jobs:
@@ -231,7 +239,10 @@ class _Campaign:
             if bar is not None:
                 bar.close()
             self._save_state()
+            run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
+                   "new": self.new, "recorded": self.recorded, "extend": self.extend, "stopped": stopped}
             self.store.write_campaign(self.campaign, {**self._campaign_info(), "status": "finished",
+                                                      "runs": self.runs_before + [run],
                                                       "updated_at": utcnow().isoformat()})
             try:  # one file per campaign keeps queries fast; safe while others read
                 self.store.compact(self.campaign)
@@ -329,14 +340,14 @@ class _Campaign:
             replicate = int((self.history["cell_id"] == cell.id).sum())
             jobs.append(Job(cell, job_seed(self.seed, cell.id, replicate), replicate, proposer="rerun", round=self.round,
                             rationale=f"re-run leader trained before bug fix {events[-1].get('id', '')}"))
-        return jobs[: max(0, self.budget - self.recorded)]
+        return jobs[: max(0, self.target - self.recorded)]
 
     # ---- training, recording, healing ---------------------------------------------------------
     def _run_jobs(self, jobs: list[Job], bar) -> None:
         """Run jobs in shape-grouped batches through the executor; heal failures; repeat for retries."""
         from crashsearch.tasks.train import group_cells
 
-        pending = [j for j in jobs][: max(0, self.budget - self.recorded)]
+        pending = [j for j in jobs][: max(0, self.target - self.recorded)]
         while pending:
             batches = []
             for backbone in sorted({j.cell["backbone"] for j in pending}):
@@ -345,7 +356,7 @@ class _Campaign:
             retries: list[Job] = []
             for batch, rows in self.executor.run(batches):
                 retries += self._after_batch(batch, rows, bar)
-            pending = retries[: max(0, self.budget - self.recorded)]
+            pending = retries[: max(0, self.target - self.recorded)]
 
     def _after_batch(self, batch: list[Job], rows: list[dict], bar) -> list[Job]:
         """Take in a recorded batch: history, progress, policies' observe, and healing of failures."""
@@ -417,7 +428,7 @@ class _Campaign:
     def _campaign_info(self) -> dict:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
                 "space": self.space.name, "backbones": self.backbones, "policies": [p.name for p in self.policies],
-                "budget": self.budget, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
+                "budget": self.budget, "extend": self.extend, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
                 "recorded": self.recorded, "pid": os.getpid(), "dedup_dropped": self._dedup_totals()}
 
     def _dedup_totals(self) -> dict[str, dict[str, int]]:
@@ -496,12 +507,14 @@ def _prefect_train_task():
 
 
 def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None = None,
-                     policies: str = "evolution,tpe,random", budget: int = 60, hours: float | None = None,
-                     space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
-                     device: str = "auto", seed: int = 0, rerun_leaders_after_fix: int = 0,
-                     progress: bool = False, distributed: str | None = None, max_in_flight: int = 4,
-                     dispatch_timeout_s: float = 1800.0, propose_mode: str = "turns",
-                     policy_args: dict[str, dict] | None = None) -> dict:
+                     policies: str = "evolution,tpe,random", budget: int = 60, extend: int | None = None,
+                     hours: float | None = None, space: str | None = None, backbones: str | None = None,
+                     seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
+                     rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "turns",
+                     policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int = 24,
+                     trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
+                     distributed: str | None = None, max_in_flight: int = 4,
+                     dispatch_timeout_s: float = 1800.0) -> dict:
     """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact.
 
     ``policy_args`` maps a policy name to keyword arguments for it, e.g. {"claude": {"model":
@@ -517,14 +530,18 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
 
         executor = executor_for_campaign(distributed, home, dataset, campaign, space, device, max_in_flight,
                                          dispatch_timeout_s)
-    summary = run_campaign(home, dataset, campaign, [p.strip() for p in policies.split(",") if p.strip()], budget,
-                           hours, space, backbones.split(",") if backbones else None, seeds, round_size, device, seed,
+    config = CampaignConfig.from_params({k: v for k, v in locals().items() if k in _FLOW_PARAMS})
+    summary = run_campaign(home, dataset, campaign, config.policy_list, budget,
+                           hours, space, config.backbone_list, seeds, round_size, device, seed,
                            policy_kwargs=policy_args, progress=progress, propose_mode=propose_mode,
                            rerun_leaders_after_fix=rerun_leaders_after_fix,
-                           train_fn=lambda *a: train_task(*a), executor=executor)
+                           train_fn=lambda *a: train_task(*a), executor=executor, extend=extend)
     _publish_leaderboard(summary)
     return {"campaign": summary.campaign, "recorded": summary.recorded, "new": summary.new,
             "best_ap": summary.best_ap, "stopped": summary.stopped}
+
+
+_FLOW_PARAMS = frozenset(f.name for f in CampaignConfig.fields("campaign"))
 
 
 def _publish_leaderboard(summary: CampaignSummary) -> None:
@@ -596,19 +613,13 @@ def main(args) -> int:
             print(f"campaign: {exc}", file=sys.stderr)
             return 2
     try:
-        policy_args = parse_policy_args(getattr(args, "policy_arg", None), args.policies)
+        policy_args = parse_policy_args(args.policy_args, args.policies)
+        config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
     except ValueError as exc:
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
     with quiet_prefect():
-        result = get_campaign_flow()(
-            dataset=args.dataset, campaign=args.campaign, home=str(args.home_dir.root), policies=args.policies,
-            budget=args.budget, hours=args.hours, space=args.space, backbones=args.backbones, seeds=args.seeds,
-            round_size=args.round_size, device=args.device, seed=args.seed,
-            rerun_leaders_after_fix=args.rerun_leaders_after_fix, progress=True,
-            distributed=getattr(args, "distributed", None), max_in_flight=getattr(args, "max_in_flight", 4),
-            dispatch_timeout_s=getattr(args, "dispatch_timeout", 1800.0),
-            propose_mode=getattr(args, "propose_mode", "turns"), policy_args=policy_args)
+        result = get_campaign_flow()(**{f.name: getattr(config, f.name) for f in CampaignConfig.fields("campaign")})
     home = args.home_dir
     summary_path = home.campaign(result["campaign"]) / "summary.txt"
     print(summary_path.read_text() if summary_path.exists() else result)

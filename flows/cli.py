@@ -108,29 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decoder workers")
 
     p = command("campaign", cmd_campaign, "run (or resume) a search campaign")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--campaign", default=None, help="campaign id (default: derived from the dataset); re-use to resume")
-    p.add_argument("--policies", default="evolution,tpe,random")
-    p.add_argument("--budget", type=int, default=60, help="experiments (new cells and replicates)")
-    p.add_argument("--hours", type=float, default=None, help="wall-clock budget")
-    p.add_argument("--space", default=None)
-    p.add_argument("--backbones", default=None, help="comma list; default: every backbone with cached features")
-    p.add_argument("--seeds", type=int, default=3, help="replicates a leader gets before it is reported")
-    p.add_argument("--round-size", type=int, default=12)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rerun-leaders-after-fix", type=int, default=0, metavar="K")
-    p.add_argument("--propose-mode", choices=["turns", "concurrent"], default="turns",
-                   help="turns: policies propose one after another, each seeing the last one's proposals; "
-                        "concurrent: all at once from the same history (LLM calls overlap)")
-    p.add_argument("--policy-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="a keyword argument for one policy, repeatable: claude.model=..., gemini.temperature=0.7, "
-                        "claude.role=explorer, tpe.n_startup_trials=5")
-    p.add_argument("--distributed", default=None, metavar="DEPLOYMENT",
-                   help="train batches as flow runs of this deployment, e.g. train-batch/gpu (needs PREFECT_API_URL)")
-    p.add_argument("--max-in-flight", type=int, default=4, help="distributed: batches dispatched at once")
-    p.add_argument("--dispatch-timeout", type=float, default=1800.0, metavar="SECONDS",
-                   help="distributed: re-dispatch a batch not recorded this long after a worker took it")
+    from crashsearch.tasks.campaign.config import add_cli_arguments  # light: no torch
+
+    add_cli_arguments(p)  # every flag, default and help from CampaignConfig
 
     p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
     p.add_argument("--videos", type=int, default=48)

@@ -18,30 +18,33 @@ from prefect import flow
 
 from crashsearch.flows.analyze import analyze_flow, run_control_arms
 from crashsearch.flows.campaign import get_campaign_flow
+from crashsearch.tasks.campaign.config import CampaignConfig
 
 campaign_flow = get_campaign_flow()
+_CAMPAIGN_PARAMS = frozenset(f.name for f in CampaignConfig.fields("campaign"))
 
 
 @flow(name="nightly", log_prints=True)
 def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = None,
-                 policies: str = "evolution,tpe,random", budget: int = 60, hours: float | None = None,
-                 space: str | None = None, backbones: str | None = None, seeds: int = 3, round_size: int = 12,
-                 device: str = "auto", seed: int = 0, distributed: str | None = None, max_in_flight: int = 4,
-                 dispatch_timeout_s: float = 1800.0, control_budget: int = 0,
-                 control_policies: str = "random,tpe", propose_mode: str = "turns",
-                 policy_args: dict[str, dict] | None = None) -> dict:
+                 policies: str = "evolution,tpe,random", budget: int = 60, extend: int | None = None,
+                 hours: float | None = None, space: str | None = None, backbones: str | None = None,
+                 seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
+                 rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "turns",
+                 policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int = 24,
+                 trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
+                 distributed: str | None = None, max_in_flight: int = 4, dispatch_timeout_s: float = 1800.0,
+                 control_budget: int = 0, control_policies: str = "random,tpe") -> dict:
     """Campaign, then control arms if ``control_budget`` > 0, then analyze.
 
-    ``budget`` is the campaign's total: a nightly run of a campaign id that already holds its
-    budget records nothing new, so raise it (or use a dated campaign id) to search further.
-    Returns {"campaign": the campaign flow's result, "controls": control campaign ids,
-    "analysis": the analyze flow's result}.
+    The parameters are CampaignConfig's (tasks/campaign/config.py; tests/test_config.py keeps
+    them in step). ``budget`` is the campaign's total; ``extend`` N makes each night one run
+    that adds N experiments (the deployment in prefect.yaml does), so the campaign grows every
+    night until ``budget``. Returns {"campaign": the campaign flow's result, "controls": control
+    campaign ids, "analysis": the analyze flow's result}.
     """
-    result = campaign_flow(dataset=dataset, campaign=campaign, home=home, policies=policies, budget=budget,
-                           hours=hours, space=space, backbones=backbones, seeds=seeds, round_size=round_size,
-                           device=device, seed=seed, distributed=distributed, max_in_flight=max_in_flight,
-                           dispatch_timeout_s=dispatch_timeout_s, propose_mode=propose_mode,
-                           policy_args=policy_args)
+    params = {k: v for k, v in locals().items() if k in _CAMPAIGN_PARAMS}
+    CampaignConfig.from_params({**params, "control_budget": control_budget, "control_policies": control_policies})
+    result = campaign_flow(**params)
     campaign_id = result["campaign"]
     controls: list[str] = []
     if control_budget > 0:

@@ -240,3 +240,14 @@ def test_campaign_view_passes_only_claimed_unrecorded_cells_as_in_flight(lab_hom
     assert len(recorded) == 3 and runner.view().in_flight == frozenset()
     claimed = runner._propose(2)  # claimed this round, not trained yet
     assert runner.view().in_flight == {j.cell.id for j in claimed} and not recorded & runner.view().in_flight
+
+
+def test_extend_is_a_per_run_allowance_and_each_run_is_listed(lab_home):
+    home, ds, space = lab_home
+    for night in (1, 2):
+        summary = run_campaign(home, ds.root, "c-grow", budget=100, extend=4, round_size=4, space_path=space, seeds=1,
+                               policies=["random"])
+        assert summary.new == 4 and summary.recorded == 4 * night  # budget 100 alone would run on to 100
+    runs = Store(home).query("SELECT json_extract(info, '$.runs') AS runs FROM campaigns WHERE id = 'c-grow'")
+    runs = json.loads(runs["runs"][0])
+    assert [(r["run"], r["new"], r["recorded"], r["extend"]) for r in runs] == [(1, 4, 4, 4), (2, 4, 8, 4)]

@@ -1,0 +1,174 @@
+"""``CampaignConfig``: every campaign setting, its default and its help text, written once.
+
+The CLI flags of ``crashsearch campaign`` are built from it (``add_cli_arguments``); the
+campaign and nightly flows' parameters and prefect.yaml's deployment parameters are checked
+against it by tests/test_config.py, which fails when one of them drifts (a flag or parameter
+with no field, a field with no flag, a different default, a YAML key the config does not know).
+
+A field's metadata says where it appears:
+- ``flag``: the CLI flag (default ``--name-with-dashes``); ``None``: no flag (set by other means).
+- ``scope``: "campaign" (the campaign flow, run_campaign and the nightly flow) or "nightly"
+  (the nightly flow only).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PROPOSE_MODES = ("pipeline", "turns", "concurrent")
+
+
+def _f(default: Any, help: str, *, flag: str | None | bool = True, scope: str = "campaign", **cli: Any) -> Any:
+    """A config field: default, help and where it appears (see the module docstring)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "scope": scope, "cli": cli})
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """What one run of a campaign does. Defaults are the CLI's and the flows'."""
+
+    dataset: str = _f(None, "dataset folder (Nexar train.csv or generic CSV)", required=True)
+    campaign: str | None = _f(None, "campaign id (default: derived from the dataset); re-use to resume")
+    home: str | None = _f(None, "state directory (the CLI's --home)", flag=None)
+    policies: str = _f("evolution,tpe,random", "comma list of proposal policies")
+    budget: int = _f(60, "the campaign's total experiments (new cells and replicates); with --extend, its ceiling")
+    extend: int | None = _f(None, "per-run allowance: this run records up to N more experiments than the campaign "
+                                  "holds (a nightly run grows the campaign by N); --budget stays the ceiling",
+                            metavar="N")
+    hours: float | None = _f(None, "wall-clock limit of this run, in hours")
+    space: str | None = _f(None, "space YAML (default: the 108,000-cell collision space)")
+    backbones: str | None = _f(None, "comma list; default: every backbone with cached features")
+    seeds: int = _f(3, "replicates a leader gets before it is reported")
+    round_size: int = _f(12, "turns mode: experiments per round; pipeline: a policy's share of the first calls")
+    device: str = _f("auto", "training device: auto, cpu, cuda, cuda:1")
+    seed: int = _f(0, "campaign seed (policies and training seeds derive from it)")
+    rerun_leaders_after_fix: int = _f(0, "first re-run the top K cells trained before the latest bug-fix event",
+                                      metavar="K")
+    progress: bool = _f(False, "show a progress bar (the CLI always does)", flag=None)
+    propose_mode: str = _f("turns", "pipeline: proposers and trainers run at once (LLM calls overlap training); "
+                                    "turns: strict rounds, policies one after another (reproducible); "
+                                    "concurrent: strict rounds, all policies asked at once",
+                           choices=list(PROPOSE_MODES))
+    policy_args: dict | None = _f(None, "a keyword argument for one policy, repeatable: claude.model=..., "
+                                        "gemini.temperature=0.7, claude.role=explorer, tpe.n_startup_trials=5",
+                                  flag="--policy-arg", action="append", metavar="NAME.KEY=VALUE")
+    max_calls_in_flight: int = _f(2, "pipeline: proposal calls each policy keeps running at once")
+    lookahead: int = _f(24, "pipeline: cells claimed beyond what the trainers can start (bounds how far an "
+                            "agent runs ahead of the evidence)")
+    trainers_per_device: int = _f(2, "pipeline: training groups running at once on the device")
+    group_wait_s: float = _f(0.5, "pipeline: longest wait for a training group to fill", metavar="SECONDS")
+    max_group: int = _f(64, "models trained together as one vectorised group")
+    distributed: str | None = _f(None, "train batches as flow runs of this deployment, e.g. train-batch/gpu "
+                                       "(needs PREFECT_API_URL)", metavar="DEPLOYMENT")
+    max_in_flight: int = _f(4, "distributed: batches dispatched at once")
+    dispatch_timeout_s: float = _f(1800.0, "distributed: re-dispatch a batch not recorded this long after a "
+                                           "worker took it", flag="--dispatch-timeout", metavar="SECONDS")
+    control_budget: int = _f(0, "nightly: control arms (each policy alone) with this budget; 0: none",
+                             scope="nightly", flag=None)
+    control_policies: str = _f("random,tpe", "nightly: the control arms' policies", scope="nightly", flag=None)
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """One line per impossible setting (empty when the config can run)."""
+        out = []
+        if not self.dataset:
+            out.append("a dataset is required")
+        for name in ("budget", "seeds", "round_size", "max_calls_in_flight", "trainers_per_device", "max_group",
+                     "max_in_flight"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("seed", "rerun_leaders_after_fix", "lookahead", "control_budget"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.extend is not None and self.extend < 1:
+            out.append(f"extend must be at least 1, got {self.extend}")
+        if self.hours is not None and not self.hours > 0:
+            out.append(f"hours must be positive, got {self.hours}")
+        if self.group_wait_s < 0 or not self.dispatch_timeout_s > 0:
+            out.append("group_wait_s must be >= 0 and dispatch_timeout_s > 0")
+        if self.propose_mode not in PROPOSE_MODES:
+            out.append(f"propose_mode must be one of {', '.join(PROPOSE_MODES)}, not {self.propose_mode!r}")
+        return out
+
+    # ---- derived values ----------------------------------------------------------------------
+    @property
+    def policy_list(self) -> list[str]:
+        return [p.strip() for p in self.policies.split(",") if p.strip()]
+
+    @property
+    def backbone_list(self) -> list[str] | None:
+        return [b.strip() for b in self.backbones.split(",") if b.strip()] if self.backbones else None
+
+    def target(self, recorded: int) -> int:
+        """Experiments the campaign should hold when this run ends, given ``recorded`` at its start."""
+        return min(self.budget, recorded + self.extend) if self.extend is not None else self.budget
+
+    def replace(self, **changes: Any) -> "CampaignConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def fields(cls, scope: str | None = None) -> list[dataclasses.Field]:
+        """The fields, optionally of one scope ("campaign" or "nightly")."""
+        return [f for f in dataclasses.fields(cls) if scope is None or f.metadata["scope"] == scope]
+
+    @classmethod
+    def defaults(cls, scope: str | None = None) -> dict[str, Any]:
+        return {f.name: f.default for f in cls.fields(scope)}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "CampaignConfig":
+        """The config of a flow's parameters (names as the fields). Raises ValueError on an unknown name."""
+        known = {f.name for f in cls.fields()}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown campaign setting(s): {', '.join(unknown)}")
+        return cls(**params)
+
+
+def flag_of(f: dataclasses.Field) -> str | None:
+    """The CLI flag of a field, or None."""
+    flag = f.metadata["flag"]
+    if flag is None:
+        return None
+    return flag if isinstance(flag, str) else "--" + f.name.replace("_", "-")
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per campaign field that has one, with the field's default and help."""
+    for f in CampaignConfig.fields("campaign"):
+        flag = flag_of(f)
+        if flag is None:
+            continue
+        extra = dict(f.metadata["cli"])
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"]}
+        if extra.get("action") == "append":
+            kwargs["default"] = []
+        elif extra.get("required"):
+            pass
+        else:
+            kwargs["default"] = f.default
+            kind = _scalar_type(f.type)
+            if kind is not str:
+                kwargs["type"] = kind
+        parser.add_argument(flag, **kwargs, **extra)
+
+
+def _scalar_type(annotation: Any) -> type:
+    text = str(annotation)
+    for name, kind in (("int", int), ("float", float), ("bool", bool)):
+        if text.split(" ")[0] == name:
+            return kind
+    return str
+
+
+def from_cli_args(args: argparse.Namespace, **overrides: Any) -> CampaignConfig:
+    """The config of parsed ``crashsearch campaign`` arguments (policy_args must be parsed by the caller)."""
+    values = {f.name: getattr(args, f.name) for f in CampaignConfig.fields("campaign") if hasattr(args, f.name)}
+    values.update(overrides)
+    return CampaignConfig(**values)

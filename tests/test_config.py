@@ -1,0 +1,88 @@
+"""CampaignConfig is the one place a campaign setting is written: the CLI, the flows and prefect.yaml follow it."""
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crashsearch.tasks.campaign.config import CampaignConfig, flag_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _campaign_parser() -> argparse.ArgumentParser:
+    from crashsearch.flows.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["campaign"]
+
+
+def _flow_params(fn) -> dict:
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()}
+
+
+def test_every_campaign_flag_is_a_config_field_with_its_default_and_help():
+    actions = {a.option_strings[0]: a for a in _campaign_parser()._actions if a.option_strings
+               and a.option_strings[0] not in ("-h", "--home")}
+    fields = {flag_of(f): f for f in CampaignConfig.fields("campaign") if flag_of(f)}
+    assert set(actions) == set(fields), "a flag with no field, or a field with no flag"
+    for flag, action in actions.items():
+        f = fields[flag]
+        assert action.dest == f.name and action.help == f.metadata["help"]
+        if action.default != []:  # --policy-arg collects a list; the config holds the parsed dict
+            assert action.default == f.default, f"{flag}: CLI default {action.default!r} != config {f.default!r}"
+
+
+@pytest.mark.parametrize("scope", ["campaign", "nightly"])
+def test_flow_parameters_are_the_config_fields_with_the_same_defaults(scope):
+    from crashsearch.flows.campaign import campaign_flow_fn
+    from crashsearch.flows.nightly import nightly_flow
+
+    params = _flow_params(campaign_flow_fn if scope == "campaign" else nightly_flow.fn)
+    fields = CampaignConfig.defaults("campaign")
+    if scope == "nightly":
+        fields.update(CampaignConfig.defaults("nightly"))
+    assert set(params) == set(fields)
+    for name, default in params.items():
+        if name == "dataset":
+            assert default is inspect.Parameter.empty
+        else:
+            assert default == fields[name], f"{scope} flow {name}: default {default!r} != config {fields[name]!r}"
+
+
+def test_prefect_yaml_parameters_are_known_to_the_config():
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    known = {f.name for f in CampaignConfig.fields()}
+    for dep in doc["deployments"]:
+        if dep["entrypoint"].endswith((":campaign_flow", ":nightly_flow")):
+            unknown = set(dep.get("parameters", {})) - known
+            assert not unknown, f"{dep['entrypoint']}: unknown parameters {unknown}"
+            CampaignConfig.from_params(dep["parameters"])  # and the values make a valid config
+
+
+def test_the_nightly_deployment_grows_the_campaign_each_night():
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    nightly = next(d for d in doc["deployments"] if d["entrypoint"].endswith(":nightly_flow"))
+    config = CampaignConfig.from_params(nightly["parameters"])
+    assert config.extend and config.target(recorded=config.extend * 3) == config.extend * 4
+
+
+def test_impossible_settings_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="budget must be at least 1"):
+        CampaignConfig(dataset="d", budget=0)
+    with pytest.raises(ValueError, match="unknown campaign setting"):
+        CampaignConfig.from_params({"dataset": "d", "max_inflight": 3})
+    with pytest.raises(ValueError, match="propose_mode"):
+        CampaignConfig(dataset="d", propose_mode="fast")
+    assert CampaignConfig(dataset="d", budget=10, extend=4).target(8) == 10  # the budget stays the ceiling
+
+
+def test_cli_refuses_an_impossible_number_without_a_traceback(capsys, tmp_path):
+    from crashsearch.flows.cli import main
+
+    assert main(["campaign", "--home", str(tmp_path), "--dataset", str(tmp_path), "--extend", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "extend must be at least 1" in err and "Traceback" not in err
