@@ -57,6 +57,12 @@ def cmd_store(args) -> int:
     return cli_main(args)
 
 
+def cmd_catalog(args) -> int:
+    from crashsearch.lab.catalog import cli_main
+
+    return cli_main(args)
+
+
 def cmd_bugfix(args) -> int:
     from crashsearch.lab.versions import cli_bugfix
 
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compact", cmd_store, "merge a campaign's small log files into one (safe while campaigns read and write)")
     p.add_argument("--campaign", default=None, help="default: every campaign")
     p.set_defaults(store_command="compact")
+
+    command("catalog", cmd_catalog, "(re)build <home>/history.duckdb, the history as views any DuckDB client opens read-only")
 
     p = command("bugfix", cmd_bugfix, "declare a bug-fix event: the current code version fixes a bug")
     p.add_argument("--note", required=True)

@@ -185,7 +185,17 @@ class Store:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
         atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
+        self._ensure_catalog()
         return final
+
+    def _ensure_catalog(self) -> None:
+        """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py)."""
+        from crashsearch.lab.catalog import ensure_exists  # catalog builds on this module's SQL
+
+        try:
+            ensure_exists(self.home)
+        except Exception as exc:  # the rows are written; the catalog is a convenience built again later
+            log.warning("could not build %s: %s", self.home.root / "history.duckdb", str(exc).splitlines()[0])
 
     def write_campaign(self, campaign: str, info: dict) -> None:
         """Create or update ``campaigns/<id>/campaign.json`` atomically (merged with what is there).
@@ -414,26 +424,33 @@ class Generations:
 
 
 def experiments_sql(bases: list[Path], recent: list[Path]) -> str:
-    """The SELECT behind the experiments view: one row per (campaign, experiment_id).
-
-    Base rows are unique by construction and always win; recent rows are deduplicated among
-    themselves and against the bases' ids (an anti join: its cost follows the recent rows).
-    """
+    """The SELECT behind the experiments view: one row per (campaign, experiment_id), over these files."""
     def files(paths: list[Path]) -> str:
         return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
     if not bases and not recent:
         return _empty_select(BASE_FIELDS)
+    return dedup_sql(f"read_parquet({files(bases)}, union_by_name = true)" if bases else None,
+                     f"read_parquet({files(recent)}, union_by_name = true, filename = true)" if recent else None)
+
+
+def dedup_sql(base: str | None, recent: str | None) -> str:
+    """The experiments dedup over two relations (SQL FROM items): one row per (campaign, experiment_id).
+
+    ``base`` holds the bases' rows (unique by construction; they always win), ``recent`` every
+    other live row plus a ``filename`` column; recent rows are deduplicated among themselves
+    (earliest finished_at, then file name) and against the bases' ids (an anti join: its cost
+    follows the recent rows). lab/catalog.py builds history.duckdb's view from it too.
+    """
     parts = []
-    if bases:
-        parts.append(f"SELECT * FROM read_parquet({files(bases)}, union_by_name = true)")
+    if base:
+        parts.append(f"SELECT * FROM {base}")
     if recent:
-        fresh = (f"SELECT * EXCLUDE (filename) FROM read_parquet({files(recent)}, union_by_name = true, filename = true) "
+        fresh = (f"SELECT * EXCLUDE (filename) FROM {recent} "
                  "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1")
-        if bases:
+        if base:
             fresh = (f"SELECT * FROM ({fresh}) AS recent ANTI JOIN "
-                     f"(SELECT campaign, experiment_id FROM read_parquet({files(bases)}, union_by_name = true)) AS base "
-                     "USING (campaign, experiment_id)")
+                     f"(SELECT campaign, experiment_id FROM {base}) AS base USING (campaign, experiment_id)")
         parts.append(fresh)
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
 

@@ -1,0 +1,204 @@
+"""``<home>/history.duckdb``: the history as a DuckDB database any client can open read-only.
+
+    duckdb -readonly <home>/history.duckdb -c "SELECT count(*) FROM experiments"
+    duckdb.connect("<home>/history.duckdb", read_only=True)   # a notebook, or DBeaver
+
+The file holds only views, ``experiments``, ``campaigns`` and ``bugfix_events``, the same as
+``crashsearch query`` sees (lab/store.py). They read the Parquet log through globs at query time,
+so the file never goes stale: new rows, new campaigns, compactions and new space columns show up
+in the next query, also in a connection that stays open for hours. Why this shape:
+
+* **Never blocks a writer.** Nothing writes rows into this file; campaigns write Parquet files as
+  before. The file is built once, written to a temp name, closed and renamed into place
+  (atomic), so a DuckDB reader never meets a half-written file or a writer holding its lock. A
+  reader opened read-only takes a shared lock that no crashsearch process ever waits on. (Open it
+  read-only: a read-write session locks others out, and what it adds is lost at the next build.)
+* **Same dedup as the store.** ``experiments`` is ``lab.store.dedup_sql`` over the log files,
+  with the bases and replaced files worked out in SQL from the merged files' footers, as
+  ``Store.generations`` does in Python. A compaction may unlink a file between a query's file
+  listing and its read: that query fails with an IO error; run it again.
+* **Absolute paths.** DuckDB resolves a relative path against the client's working directory,
+  not the database file, so the views name the home's absolute path. When the home moves (or a
+  new crashsearch version changes the views), the next ``ensure`` (any store write,
+  ``crashsearch.open_home``, ``crashsearch catalog``) rebuilds the file. A home mounted at
+  different paths on different machines needs a rebuild per machine (``crashsearch catalog``).
+* **Old clients.** The file is written in DuckDB 1.0 storage format and the views use SQL that
+  DuckDB 1.0 understands, so the duckdb CLI (``pip install duckdb-cli``) and DBeaver's driver
+  open it even when they are older than the Python package.
+* **Empty home.** DuckDB cannot read an empty glob, so the file appears with the first
+  experiment a store writes (the store calls ``ensure_exists`` after each write).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from crashsearch.lab._io import fsync_dir
+from crashsearch.lab.settings import Home
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "history.duckdb"
+CATALOG_VERSION = 1  # bump when the views change: ensure() rebuilds files of another version
+STORAGE_VERSION = "v1.0.0"  # oldest DuckDB that can open the file
+LOG_GLOB = "campaigns/*/log/part-*.parquet"  # Store.log_files, as a DuckDB glob
+
+
+def catalog_path(home: Home) -> Path:
+    """``<home>/history.duckdb`` (it may not exist yet)."""
+    return home.root / CATALOG_FILE
+
+
+def ensure_exists(home: Home) -> Path | None:
+    """Build the catalog if it is missing and the home has a log file; the store's cheap hook."""
+    path = catalog_path(home)
+    if path.exists():
+        return path
+    return build(home)
+
+
+def ensure(home: Home) -> Path | None:
+    """The catalog's path, rebuilt first if it is missing, unreadable, of another crashsearch
+    version or built for another home path; None while the home has no experiment yet."""
+    path = catalog_path(home)
+    if path.exists() and built_for(path) == {"root": str(home.root), "version": CATALOG_VERSION}:
+        return path
+    return build(home)
+
+
+def built_for(path: Path) -> dict | None:
+    """The home path and catalog version a catalog file was built for; None if unreadable."""
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        row = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'experiments'").fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+    except (duckdb.Error, ValueError):
+        return None
+    finally:
+        con.close()
+
+
+def build(home: Home) -> Path | None:
+    """Write the catalog to a temp file, close it and rename it into place; return its path.
+
+    Returns None (and writes nothing) while the home has no log file. Raises ValueError when the
+    home path cannot be used in a DuckDB glob; duckdb.Error or OSError if the file cannot be
+    written.
+    """
+    root = home.root
+    if any(ch in str(root) for ch in "*?[]{}"):
+        raise ValueError(f"history.duckdb needs a home path without glob characters: {root}")
+    if next(iter(root.glob(LOG_GLOB)), None) is None:
+        return None
+    final = catalog_path(home)
+    temp = root / f".{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        con = duckdb.connect(str(temp), config={"storage_compatibility_version": STORAGE_VERSION})
+        try:
+            stamp = _sql_text(json.dumps({"root": str(root), "version": CATALOG_VERSION}))
+            for name, sql in view_sql(root).items():
+                con.execute(f"CREATE VIEW {name} AS {sql}")
+                if name == "experiments":
+                    con.execute(f"COMMENT ON VIEW experiments IS {stamp}")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+        Path(f"{temp}.wal").unlink(missing_ok=True)
+    fsync_dir(root)
+    return final
+
+
+def view_sql(root: Path) -> dict[str, str]:
+    """The SELECT of each view over the home at ``root`` (absolute paths, DuckDB 1.0 SQL)."""
+    from crashsearch.lab.store import MERGED_SUFFIX, REPLACES_KEY, dedup_sql  # store imports this module
+
+    logs = _sql_text(f"{root}/{LOG_GLOB}")
+    folder = "regexp_replace({}, '[^/]*$', '')"  # a path's folder, with its trailing slash
+    # Generations in SQL (Store.generations): a merged file's footer names the files it replaces;
+    # per folder the newest live full merge is the base, every other live file is recent.
+    files = f"""
+        WITH replaced AS (
+            SELECT {folder.format('file_name')} || unnest(from_json(decode(value), '["VARCHAR"]')) AS file
+            FROM parquet_kv_metadata({logs}) WHERE decode(key) = {_sql_text(REPLACES_KEY.decode())}),
+        bases AS (
+            SELECT max(file) AS file FROM glob({logs})
+            WHERE file LIKE {_sql_text('%' + MERGED_SUFFIX)} AND file NOT IN (SELECT file FROM replaced)
+            GROUP BY {folder.format('file')}),
+        live AS (
+            SELECT * FROM read_parquet({logs}, union_by_name = true, filename = true)
+            WHERE filename NOT IN (SELECT file FROM replaced))"""
+    experiments = files + " " + dedup_sql(
+        "(SELECT * EXCLUDE (filename) FROM live WHERE filename IN (SELECT file FROM bases))",
+        "(SELECT * FROM live WHERE filename NOT IN (SELECT file FROM bases))")
+
+    # One row per campaign folder with a campaign.json or a log (Store.campaigns); an unreadable
+    # campaign.json counts as empty, as the store's read_json does.
+    info = "CASE WHEN json_valid(content) AND json_type(content) = 'OBJECT' THEN content ELSE '{}' END"
+    campaigns = f"""
+        WITH found AS (
+            SELECT regexp_extract(filename, '([^/]+)/campaign\\.json$', 1) AS id, {info} AS info
+            FROM read_text({_sql_text(f'{root}/campaigns/*/campaign.json')})
+            UNION ALL
+            SELECT DISTINCT regexp_extract(file, '([^/]+)/log/[^/]*$', 1) AS id, '{{}}' AS info FROM glob({logs})),
+        one AS (
+            SELECT id, json_merge_patch(max(info) FILTER (WHERE info <> '{{}}'), json_object('id', id)) AS info
+            FROM found WHERE regexp_matches(id, '^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$') GROUP BY id)
+        SELECT id,
+            json_extract_string(info, '$.dataset') AS dataset,
+            json_extract_string(info, '$.space') AS space,
+            json_extract_string(info, '$.status') AS status,
+            CASE WHEN json_type(info, '$.policies') = 'ARRAY'
+                 THEN array_to_string(from_json(json_extract(info, '$.policies'), '["VARCHAR"]'), ',')
+                 ELSE json_extract_string(info, '$.policies') END AS policies,
+            CASE WHEN json_type(info, '$.budget') IN ('BIGINT', 'UBIGINT')
+                 THEN CAST(json_extract_string(info, '$.budget') AS BIGINT) END AS budget,
+            TRY_CAST(json_extract_string(info, '$.created_at') AS TIMESTAMPTZ) AS created_at,
+            TRY_CAST(json_extract_string(info, '$.updated_at') AS TIMESTAMPTZ) AS updated_at,
+            CAST(info AS VARCHAR) AS info
+        FROM one ORDER BY id"""
+
+    # bugfix_events.jsonl, one event per line (lab/versions.py); malformed lines are skipped.
+    line = "json_extract_string(line, '$.{}')"
+    bugfix_events = f"""
+        SELECT CAST(coalesce({line.format('id')}, '') AS VARCHAR) AS id,
+               CAST(coalesce({line.format('version')}, '') AS VARCHAR) AS version,
+               CAST(coalesce({line.format('note')}, '') AS VARCHAR) AS note,
+               TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared_at
+        FROM (SELECT unnest(string_split(content, chr(10))) AS line
+              FROM read_text({_sql_text(f'{root}/bugfix_events.jsonl')}))
+        WHERE json_valid(line) AND json_type(line) = 'OBJECT' AND declared_at IS NOT NULL
+        ORDER BY declared_at"""
+    return {"experiments": experiments, "campaigns": campaigns, "bugfix_events": bugfix_events}
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def cli_main(args) -> int:
+    """``crashsearch catalog``: (re)build ``<home>/history.duckdb`` and say how to open it."""
+    import sys
+
+    try:
+        path = build(args.home_dir)
+    except (ValueError, duckdb.Error, OSError) as exc:
+        print(f"catalog: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if path is None:
+        print(f"no experiments under {args.home_dir.root} yet: history.duckdb appears with the first one")
+        return 0
+    print(f"{path}\nopen it read-only: duckdb -readonly {path}   (Python: duckdb.connect(path, read_only=True))")
+    return 0
