@@ -112,9 +112,9 @@ def synthetic_history(
         "round": (np.arange(n) // 12).astype(np.int32),
         "status": np.where(failed, "failed", "ok"),
         "val_ap": val_ap,
-        "val_ap_h05": val_ap - 0.02,
+        "val_ap_h05": np.clip(val_ap - 0.02, 0, 1),  # scores stay in [0, 1]: the store refuses others
         "val_ap_h10": val_ap,
-        "val_ap_h15": val_ap + 0.02,
+        "val_ap_h15": np.clip(val_ap + 0.02, 0, 1),
         "val_auc": np.clip(val_ap + 0.1, 0, 1),
         "test_ap": np.where(failed, np.nan, np.clip(val_ap + rng.normal(0.0, noise_sd, n), 0, 1)),
         "test_auc": np.nan,

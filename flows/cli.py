@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("query", cmd_store, "run read-only SQL over the history (views: experiments, campaigns, bugfix_events)")
     p.add_argument("sql")
     p.add_argument("--out", default=None, help="write the result to .csv or .parquet instead of printing")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="cancel the query after this long")
     p.set_defaults(store_command="query")
 
     p = command("leaderboard", cmd_store, "best cells by mean validation AP with replicates and 95% interval")

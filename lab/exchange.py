@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -30,11 +31,26 @@ from crashsearch.lab.store import READ_RETRIES, Store
 IMPORT_BATCH = 50_000  # rows per log file when importing
 
 
-def import_log(store: Store, file: str | Path, campaign: str, space: Space,
-               on_error: Callable[[str], None] | None = None) -> int:
-    """Import an external experiment log into ``campaign``; return rows imported.
+@dataclass
+class ImportResult:
+    """What an import did: rows written, rows whose id the campaign already had, bad rows skipped."""
 
-    See ``Store.import_log`` for the columns, defaults and errors.
+    new: int = 0
+    already: int = 0
+    bad: int = 0
+
+    def __str__(self) -> str:
+        text = f"{self.new} new rows; {self.already} already recorded"
+        return text + (f"; {self.bad} bad rows skipped" if self.bad else "")
+
+
+def import_log(store: Store, file: str | Path, campaign: str, space: Space,
+               on_error: Callable[[str], None] | None = None) -> ImportResult:
+    """Import an external experiment log into ``campaign``; return an ImportResult.
+
+    A row whose experiment_id the campaign already holds is never written (recorded rows never
+    change): it is named through ``on_error`` and counted as already recorded. See
+    ``Store.import_log`` for the columns, defaults and errors.
     """
     report = on_error or (lambda line: print(line, file=sys.stderr))
     path = Path(file)
@@ -51,14 +67,18 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
     if unknown:
         report(f"{path}: ignoring columns that are not in the experiment schema: {unknown}")
     csv = path.suffix.lower() != ".parquet"
+    explicit_ids = "experiment_id" in frame.columns
     info = read_json(store.home.campaigns / check_campaign_id(campaign) / "campaign.json") or {}
-    rows, total, seen = [], 0, set()
+    recorded = store.recorded_ids(campaign)
+    result = ImportResult()
+    rows, seen = [], set()
     for index, record in enumerate(frame.to_dict("records")):
         where = f"{path.name} line {index + 2}" if csv else f"{path.name} row {index + 1}"
         try:
             row = _import_row(record, fields, space, has_axes)
         except (ValueError, InvalidCell) as exc:
             report(f"{where}: {exc}; skipped")
+            result.bad += 1
             continue
         row["campaign"] = campaign
         row.setdefault("dataset", info.get("dataset"))
@@ -67,25 +87,32 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
         if row.get("experiment_id") is None:
             key = json.dumps([campaign, index, record], sort_keys=True, default=str)
             row["experiment_id"] = "imp-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        if row["experiment_id"] in recorded:
+            if explicit_ids:  # a file that reuses ids: name each; a re-import of our own hashes: count them
+                report(f"{where}: experiment_id {row['experiment_id']!r} is already recorded in campaign {campaign}; skipped")
+            result.already += 1
+            continue
         if row["experiment_id"] in seen:
             report(f"{where}: experiment_id {row['experiment_id']!r} appears earlier in the file; skipped")
+            result.bad += 1
             continue
         try:
             rows.append(clean_row(row, campaign, space, schema, datetime.now(timezone.utc)))
         except ValueError as exc:
             report(f"{where}: {exc}; skipped")
+            result.bad += 1
             continue
         seen.add(row["experiment_id"])
         if len(rows) >= IMPORT_BATCH:
             store._write(campaign, pa.Table.from_pylist(rows, schema=schema))
-            total, rows = total + len(rows), []
+            result.new, rows = result.new + len(rows), []
     if rows:
         store._write(campaign, pa.Table.from_pylist(rows, schema=schema))
-        total += len(rows)
-    if total and not info:
+        result.new += len(rows)
+    if result.new and not info:
         store.write_campaign(campaign, {"space": space.name, "status": "imported", "source": str(path.resolve()),
                                         "dataset": None})
-    return total
+    return result
 
 
 def export(store: Store, campaign: str, out: str | Path) -> Path:

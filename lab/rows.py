@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crashsearch.lab.schema import STATUSES
+from crashsearch.lab.schema import METRICS, STATUSES
 from crashsearch.lab.space import Space
 
 REQUIRED = ("experiment_id", "campaign", "cell_id", "status")
@@ -48,6 +48,10 @@ def clean_row(row: dict, campaign: str, space: Space, schema: pa.Schema, now: da
             out[field.name] = arrow_value(row.get(field.name), field.type)
         except ValueError as exc:
             raise ValueError(f"column {field.name}: {exc}") from None
+    for name in METRICS:
+        value = out.get(name)
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"column {name}: {value!r} is not a score in [0, 1]")
     if out["campaign"] is None:
         out["campaign"] = campaign
     elif out["campaign"] != campaign:
@@ -103,6 +107,18 @@ def clean_table(table: pa.Table, campaign: str, schema: pa.Schema) -> pa.Table:
     if pc.any(other).as_py():
         first = pc.index(other, True).as_py()
         raise ValueError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
+    for name in METRICS:
+        if name not in table.column_names:
+            continue
+        try:
+            values = pc.cast(table[name], pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"column {name}: cannot be read as double ({exc})") from None
+        # NaN is a missing score (stored as is by this bulk path); inf and values outside [0, 1] are impossible
+        bad = pc.fill_null(pc.or_(pc.is_inf(values), pc.or_(pc.less(values, 0.0), pc.greater(values, 1.0))), False)
+        if pc.any(bad).as_py():
+            first = pc.index(bad, True).as_py()
+            raise ValueError(f"row {first} column {name}: {values[first].as_py()!r} is not a score in [0, 1]")
     if pc.count_distinct(table["experiment_id"]).as_py() != table.num_rows:
         raise ValueError("column experiment_id: the table repeats an id")
     columns = []

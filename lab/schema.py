@@ -51,6 +51,8 @@ BASE_FIELDS = [
     pa.field("cost_usd", pa.float64()),
 ]
 BASE_COLUMNS = [f.name for f in BASE_FIELDS]
+# Columns that hold a probability-like score: finite and in [0, 1] or null, never anything else.
+METRICS = ("val_ap", "val_ap_h05", "val_ap_h10", "val_ap_h15", "val_auc", "test_ap", "test_auc")
 
 
 def axis_type(values: tuple) -> pa.DataType:

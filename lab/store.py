@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 import numpy as np
@@ -65,6 +66,9 @@ from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.versions import bugfix_events
 
+if TYPE_CHECKING:
+    from crashsearch.lab.exchange import ImportResult
+
 log = logging.getLogger(__name__)
 
 LOG_DIR = "log"
@@ -76,6 +80,13 @@ MINOR_COMPACT_FILES = 50  # append merges a campaign's recent files once there a
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 STALE_TEMP_SECONDS = 3600
 READ_RETRIES = 5
+# A query never fetches code: an extension it would need (httpfs for a URL, ...) is an error instead.
+DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                 "allow_community_extensions": False}
+
+
+class QueryCancelled(Exception):
+    """A query stopped by its timeout (a KeyboardInterrupt stops it too, and is re-raised as is)."""
 
 
 class Store:
@@ -224,7 +235,7 @@ class Store:
         """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events.
 
         Raises duckdb.IOException only if compactions keep removing files for several retries."""
-        con = duckdb.connect(":memory:")
+        con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
         con.execute("SET TimeZone = 'UTC'")
         for attempt in range(READ_RETRIES):
             try:
@@ -244,14 +255,18 @@ class Store:
         con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
         return con
 
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pd.DataFrame:
         """Run one read-only statement over the views; return a DataFrame.
 
-        Raises ValueError (one line) for anything but a single read (SELECT, WITH, DESCRIBE,
-        SHOW, SUMMARIZE); duckdb.Error for a bad query.
+        The query runs on a worker thread so that Ctrl-C (KeyboardInterrupt, re-raised) and
+        ``timeout`` seconds (QueryCancelled) stop DuckDB within a fraction of a second. Raises
+        ValueError (one line) for anything but a single read (SELECT, WITH, DESCRIBE, SHOW,
+        SUMMARIZE); duckdb.Error for a bad query.
         """
         check_read_only(sql)
-        return self._read(sql, params)
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        return self._with_connection(lambda con: interruptible(con, sql, params, timeout))
 
     def _read(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
         return self._with_connection(lambda con: con.execute(sql, params or []).df())
@@ -272,6 +287,24 @@ class Store:
             finally:
                 if con is not None:
                     con.close()
+        raise AssertionError("unreachable")
+
+    def recorded_ids(self, campaign: str) -> set[str]:
+        """The experiment ids a campaign's log holds (every live file, before dedup)."""
+        for attempt in range(READ_RETRIES):
+            gens = self.generations(campaign)
+            if not gens.live:
+                return set()
+            con = duckdb.connect(":memory:")
+            try:
+                rows = con.execute(f"SELECT DISTINCT experiment_id FROM ({experiments_sql(gens.live, [])})").fetchall()
+                return {r[0] for r in rows}
+            except (duckdb.IOException, FileNotFoundError):  # compacted meanwhile: list again
+                if attempt == READ_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+            finally:
+                con.close()
         raise AssertionError("unreachable")
 
     def experiments(self, campaign: str | None = None) -> pd.DataFrame:
@@ -337,13 +370,15 @@ class Store:
 
     # ---- import / export / compaction ----------------------------------------------------------
     def import_log(self, file: str | Path, campaign: str, space: Space,
-                   on_error: Callable[[str], None] | None = None) -> int:
-        """Import an external experiment log (CSV or Parquet) into ``campaign``; return rows imported.
+                   on_error: Callable[[str], None] | None = None) -> "ImportResult":
+        """Import an external experiment log (CSV or Parquet) into ``campaign``; return an
+        ImportResult (``new`` rows written, ``already`` recorded, ``bad`` rows skipped).
 
         Columns: ``val_ap`` and either every axis of ``space`` or ``cell_id`` (both: they must
         agree) are required; any other schema column is optional (``status`` defaults to ok when
         val_ap is set and failed when it is empty, ``proposer`` to ``import``, ``experiment_id``
-        to a hash of the campaign, row number and row, so importing a file twice adds nothing).
+        to a hash of the campaign, row number and row, so importing a file twice adds nothing). An id
+        the campaign already holds is refused, named and skipped: recorded rows never change.
         A bad row is reported in one line through ``on_error`` (default: stderr) and skipped;
         unknown columns are reported once and ignored. Raises ValueError when the file cannot be
         read or lacks a required column.
@@ -453,6 +488,40 @@ def dedup_sql(base: str | None, recent: str | None) -> str:
                      f"(SELECT campaign, experiment_id FROM {base}) AS base USING (campaign, experiment_id)")
         parts.append(fresh)
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+
+
+def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None,
+                  timeout: float | None = None) -> pd.DataFrame:
+    """``con.execute(sql).df()`` on a worker thread, interrupted by Ctrl-C or after ``timeout`` s.
+
+    Re-raises KeyboardInterrupt; raises QueryCancelled on the timeout, else what the query raises.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can return early later
+
+    def work() -> None:
+        try:
+            box["frame"] = con.execute(sql, params or []).df()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="crashsearch-query", daemon=True).start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not done.wait(0.05):
+            if deadline is not None and time.monotonic() > deadline:
+                con.interrupt()
+                done.wait(5)
+                raise QueryCancelled(f"the query ran past its timeout of {timeout:g} s and was cancelled")
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait(5)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["frame"]
 
 
 def check_read_only(sql: str) -> None:

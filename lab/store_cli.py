@@ -5,6 +5,7 @@ only runs the Store method and prints its result as a plain-text table or one li
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from crashsearch.lab.space import Space
-from crashsearch.lab.store import Store
+from crashsearch.lab.store import QueryCancelled, Store
+
+PROTECTED = ("campaigns", "cache", "quarantine")  # folders of the home that only crashsearch writes
 
 
 def cli_main(args) -> int:
@@ -36,9 +39,9 @@ def cli_main(args) -> int:
             return 0
         if command == "import":
             space = Space.load(args.space)
-            count = store.import_log(args.file, args.campaign, space)
-            print(f"imported {count} rows into campaign {args.campaign} ({store.log_dir(args.campaign)})")
-            return 0 if count else 1
+            result = store.import_log(args.file, args.campaign, space)
+            print(f"import into campaign {args.campaign}: {result}")
+            return 0 if result.new or result.already else 1
         if command == "export":
             path = store.export(args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
@@ -49,6 +52,12 @@ def cli_main(args) -> int:
                 merged, rows = store.compact(campaign)
                 print(f"{campaign}: " + (f"merged {merged} files into one ({rows} rows)" if merged else "nothing to compact"))
             return 0
+    except KeyboardInterrupt:
+        print(f"{command}: cancelled (Ctrl-C); nothing was written", file=sys.stderr)
+        return 130
+    except QueryCancelled as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, duckdb.Error, OSError) as exc:
         print(f"{command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
@@ -57,18 +66,32 @@ def cli_main(args) -> int:
 
 
 def _cli_query(store: Store, args) -> int:
-    frame = store.query(args.sql)
-    if args.out:
-        out = Path(args.out)
+    out = Path(args.out) if args.out else None
+    if out is not None:  # checked before the query runs: a refused --out costs nothing
         suffix = out.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+        check_out_path(store, out)
+    frame = store.query(args.sql, timeout=getattr(args, "timeout", None))
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
         print(f"wrote {len(frame)} rows to {out}")
         return 0
     print(_table_text(frame))
     return 0
+
+
+def check_out_path(store: Store, out: Path) -> None:
+    """Raise ValueError if ``out`` lies inside the home's folders of record (campaigns, cache, quarantine).
+
+    Symlinks are resolved first, so a link into the log is refused too."""
+    target = Path(os.path.realpath(out))
+    for name in PROTECTED:
+        folder = Path(os.path.realpath(store.home.root / name))
+        if target == folder or folder in target.parents:
+            raise ValueError(f"--out {out}: refusing to write inside {folder} (the history lives there); "
+                             f"choose a path outside {name}/")
 
 
 def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:

@@ -285,14 +285,15 @@ def test_import_csv_skips_bad_rows_and_round_trips_through_export(store, space, 
     frame.to_csv(csv, index=False)
 
     errors: list[str] = []
-    assert store.import_log(csv, "ext", space, on_error=errors.append) == 4
+    assert store.import_log(csv, "ext", space, on_error=errors.append).new == 4
     assert len(errors) == 3
     assert "notes" in errors[0]
     assert "line 4" in errors[1] and "lr" in errors[1]
     assert "line 6" in errors[2] and "val_ap" in errors[2]
     assert all("\n" not in e for e in errors)
     # importing the same file again adds nothing (ids are derived from the rows)
-    assert store.import_log(csv, "ext", space, on_error=lambda line: None) == 4
+    again = store.import_log(csv, "ext", space, on_error=lambda line: None)
+    assert (again.new, again.already) == (0, 4)
     imported = store.experiments("ext")
     assert len(imported) == 4
     assert list(imported["cell_id"]) == [c.id for c in cells]
@@ -306,7 +307,7 @@ def test_import_csv_skips_bad_rows_and_round_trips_through_export(store, space, 
     assert as_dicts(exported.to_pandas()) == as_dicts(imported)
 
     # the export is itself an importable log (cell_id, no axis columns needed)
-    assert store.import_log(out, "ext2", space) == 4
+    assert store.import_log(out, "ext2", space).new == 4
     again = store.experiments("ext2")
     assert set(again["campaign"]) == {"ext2"}
     assert as_dicts(again.drop(columns=["campaign"])) == as_dicts(imported.drop(columns=["campaign"]))
@@ -565,5 +566,5 @@ def test_cli_import_reports_bad_rows(home, space, tmp_path, capsys):
                   {"cell_id": cells[1].id, "val_ap": 0.6}]).to_csv(csv, index=False)
     assert cli(["import", "--home", str(home.root), str(csv), "--campaign", "ext"]) == 0
     captured = capsys.readouterr()
-    assert "imported 2 rows" in captured.out
+    assert "2 new rows" in captured.out
     assert "line 3" in captured.err and "-4" in captured.err

@@ -1,0 +1,184 @@
+"""Protecting the history (issue 11): nothing recorded is lost or silently changed, and a user's
+mistake gets one line, never a traceback. Each test names the bug it guards against."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from crashsearch.flows.cli import main as cli
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+LONG_QUERY = "SELECT sum(i::DOUBLE) FROM range(100000000000) t(i)"  # minutes of work: only a cancel ends it
+
+
+@pytest.fixture(scope="module")
+def space() -> Space:
+    return Space.load()
+
+
+@pytest.fixture
+def home(tmp_path) -> Home:
+    return Home(tmp_path / "home")
+
+
+@pytest.fixture
+def store(home) -> Store:
+    return Store(home)
+
+
+def rows(space: Space, n: int, seed: int = 0, prefix: str = "e") -> list[dict]:
+    rng = random.Random(seed)
+    return [{"experiment_id": f"{prefix}{i}", "cell_id": cell.id, "status": "ok", "val_ap": 0.1 + i / 100,
+             "seed": i, "finished_at": T0 + timedelta(minutes=i)} for i, cell in enumerate(space.sample(rng, n))]
+
+
+def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """The real CLI in a child process (what a user runs)."""
+    return subprocess.run([sys.executable, "-m", "crashsearch", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def one_line_error(proc) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+# ---- import never changes recorded rows -----------------------------------------------------------
+
+def test_import_refuses_ids_already_recorded_before_and_after_compaction(store, space, tmp_path):
+    # bug: imported rows reusing recorded ids replaced the values in the view; compact made it permanent
+    store.append("c1", rows(space, 4), space)
+    before = store.experiments("c1").set_index("experiment_id")["val_ap"].to_dict()
+    cell = space.sample(random.Random(3), 1)[0]
+    clash = pd.DataFrame([{"experiment_id": f"e{i}", "cell_id": cell.id, "val_ap": 0.99} for i in range(3)]
+                         + [{"experiment_id": "new1", "cell_id": cell.id, "val_ap": 0.42}])
+    csv = tmp_path / "clash.csv"
+    clash.to_csv(csv, index=False)
+    errors: list[str] = []
+    result = store.import_log(csv, "c1", space, on_error=errors.append)
+    assert (result.new, result.already) == (1, 3)
+    assert len(errors) == 3 and all("already recorded" in e for e in errors)
+    assert "'e0'" in errors[0] and "line 2" in errors[0]
+    for _ in range(2):  # the same before and after compaction
+        now = store.experiments("c1").set_index("experiment_id")["val_ap"].to_dict()
+        assert {k: now[k] for k in before} == before
+        assert now["new1"] == pytest.approx(0.42) and len(now) == 5
+        store.compact("c1")
+
+
+def test_importing_a_file_twice_is_idempotent_and_says_so(home, space, tmp_path):
+    cells = space.sample(random.Random(1), 4)
+    csv = tmp_path / "log.csv"
+    pd.DataFrame([{**c.to_dict(), "val_ap": 0.5} for c in cells]).to_csv(csv, index=False)
+    first = run_cli("import", "--home", str(home.root), str(csv), "--campaign", "ext")
+    assert first.returncode == 0 and "4 new rows; 0 already recorded" in first.stdout, first.stderr
+    again = run_cli("import", "--home", str(home.root), str(csv), "--campaign", "ext")
+    assert again.returncode == 0, again.stderr
+    assert "0 new rows; 4 already recorded" in again.stdout
+    assert len(Store(home).experiments("ext")) == 4
+
+
+# ---- impossible metrics are refused by every writer ----------------------------------------------
+
+def test_import_refuses_impossible_metrics_naming_the_line(store, space, tmp_path):
+    # bug: val_ap inf, 1.5 and -0.2 were stored as ok; inf topped the leaderboard and analyze failed
+    cells = space.sample(random.Random(2), 4)
+    csv = tmp_path / "metrics.csv"
+    pd.DataFrame([{"cell_id": c.id, "val_ap": v} for c, v in zip(cells, [math.inf, 1.5, -0.2, 0.7])]).to_csv(csv, index=False)
+    errors: list[str] = []
+    result = store.import_log(csv, "m", space, on_error=errors.append)
+    assert result.new == 1 and result.bad == 3
+    assert [e.split(":")[0] for e in errors] == ["metrics.csv line 2", "metrics.csv line 3", "metrics.csv line 4"]
+    assert all("val_ap" in e for e in errors)
+    assert store.leaderboard("m")["mean_val_ap"].tolist() == [0.7]
+
+
+@pytest.mark.parametrize("column,value", [("val_ap", math.inf), ("test_ap", 1.5), ("val_auc", -0.2), ("val_ap_h10", -math.inf)])
+def test_store_refuses_impossible_metrics_from_any_writer(store, space, column, value):
+    bad = rows(space, 2)
+    bad[1][column] = value
+    with pytest.raises(ValueError, match=f"row 1: column {column}"):
+        store.append("c1", bad, space)
+    table = pa.Table.from_pylist(rows(space, 2))
+    table = table.append_column(column, pa.array([0.5, value])) if column not in table.column_names else \
+        table.set_column(table.column_names.index(column), column, pa.array([0.5, value]))
+    with pytest.raises(ValueError, match=f"row 1 column {column}"):
+        store.append_table("c1", table, space)
+    assert store.log_files("c1") == []
+
+
+# ---- query --out, extensions, Ctrl-C, timeout ------------------------------------------------------
+
+def test_query_out_refuses_the_log_and_the_cache(store, space, home, tmp_path):
+    # bug: `query "SELECT 1 AS x" --out <the merged log file>` replaced a 20-row history with 1 row
+    store.append("c1", rows(space, 10), space)
+    store.append("c1", rows(space, 10, prefix="f"), space)
+    store.compact("c1")
+    merged = store.log_files("c1")[0]
+    data = merged.read_bytes()
+    (home.root / "cache").mkdir()
+    link = tmp_path / "innocent"
+    link.symlink_to(merged.parent)
+    for target in [merged, merged.parent / "part-new.parquet", home.root / "cache" / "x.csv",
+                   home.root / "campaigns" / "c1" / "x.csv", link / "part-z.parquet"]:
+        proc = run_cli("query", "--home", str(home.root), "SELECT 1 AS x", "--out", str(target))
+        assert "refusing to write inside" in one_line_error(proc)
+    assert merged.read_bytes() == data
+    assert [p.name for p in store.log_files("c1")] == [merged.name]
+    assert len(store.experiments("c1")) == 20
+    ok = run_cli("query", "--home", str(home.root), "SELECT 1 AS x", "--out", str(tmp_path / "fine.csv"))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_queries_never_install_extensions(store, home):
+    settings = store.query("SELECT current_setting('autoinstall_known_extensions') AS i, "
+                           "current_setting('autoload_known_extensions') AS l")
+    assert settings.iloc[0].tolist() == [False, False]
+    proc = run_cli("query", "--home", str(home.root), "SELECT * FROM read_csv('https://example.invalid/x.csv')")
+    assert "httpfs" in one_line_error(proc)
+
+
+def _start_long_query(home: Home, *extra: str) -> tuple[subprocess.Popen, float]:
+    proc = subprocess.Popen([sys.executable, "-m", "crashsearch", "query", "--home", str(home.root), LONG_QUERY, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, time.monotonic()
+
+
+def test_ctrl_c_cancels_a_query_within_a_second(home):
+    # bug: SIGINT took ~8 s to stop DuckDB and printed a RuntimeError traceback
+    proc, _ = _start_long_query(home)
+    time.sleep(6)  # python start-up, imports, then the query runs
+    assert proc.poll() is None, proc.communicate()
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    waited = time.monotonic() - sent
+    assert waited < 1.0, f"{waited:.2f}s"
+    assert proc.returncode == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "cancelled" in err, err
+
+
+def test_query_timeout_cancels_in_one_line(home):
+    proc, started = _start_long_query(home, "--timeout", "1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "timeout of 1 s" in err and len(err.strip().splitlines()) == 1, err
