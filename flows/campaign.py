@@ -31,6 +31,7 @@ import pandas as pd
 
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.lab.classes import check_cached
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
@@ -39,6 +40,7 @@ from crashsearch.lab.versions import bugfix_events, code_version
 from crashsearch.tasks.campaign.config import CampaignConfig, from_cli_args
 from crashsearch.tasks.dedup import Deduper
 from crashsearch.tasks.execute import BatchContext, run_batch
+from crashsearch.tasks.failfast import FailFast, SystematicFailure
 from crashsearch.tasks.heal import heal
 from crashsearch.tasks.record import Job, job_seed, make_row, one_line, utcnow
 
@@ -56,7 +58,7 @@ class CampaignSummary:
     recorded: int  # experiments in the log for this campaign (all runs so far)
     new: int  # experiments this run added
     budget: int
-    stopped: str  # "budget", "hours" or "exhausted"
+    stopped: str  # "budget", "hours", "exhausted" or "failed" (systematic failure, tasks.failfast)
     wall_seconds: float
     train_seconds: float
     leaderboard: pd.DataFrame
@@ -66,6 +68,7 @@ class CampaignSummary:
     code_bugs: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     weights: dict[str, str] = field(default_factory=dict)
+    stop_line: str = ""  # why a failed campaign stopped, one line
 
     @property
     def best_ap(self) -> float | None:
@@ -75,6 +78,8 @@ class CampaignSummary:
         lines = [f"campaign {self.campaign} on {self.dataset}: {self.new} new experiments "
                  f"({self.recorded}/{self.budget} recorded, stopped on {self.stopped}) in {self.wall_seconds:.1f}s "
                  f"({self.train_seconds:.1f}s training, {self.failures} failed)"]
+        if self.stop_line:
+            lines.append(self.stop_line)
         random_weights = sorted(b for b, w in self.weights.items() if w == "random")
         if random_weights:
             lines.append(f"note: backbones {', '.join(random_weights)} use RANDOM weights (offline); AP reflects that")
@@ -166,6 +171,7 @@ class _Campaign:
             raise ValueError(f"no cached features for dataset {self.dataset.name!r} and backbone(s) {missing or wanted}; "
                              f"run `crashsearch extract --dataset {dataset_path} --backbone NAME` first "
                              f"(cached: {available or 'none'})")
+        check_cached(home, self.dataset.name, wanted)  # every split has both classes, or no round starts
         full_space = Space.load(space_path)
         self.space = full_space.restrict(backbone=wanted)
         self.backbones = sorted(wanted)
@@ -200,6 +206,8 @@ class _Campaign:
         self.dedup_before = previous.get("dedup_dropped") or {}  # totals of earlier runs (nights)
         self.deduper = Deduper(self.space, seen=set(self.history["cell_id"].astype(int)) if len(self.history) else set())
         self.new = 0
+        self.failfast = FailFast()  # stops the run on systematic failure (rule in tasks/failfast.py)
+        self.stop_line = ""
         self.train_seconds = 0.0
         self.code_bugs: list[str] = []
         # the run's goal: the budget, or (per-run allowance) what the campaign holds plus ``extend``
@@ -235,14 +243,18 @@ class _Campaign:
                 self._run_jobs(jobs, bar)
                 self._save_state()
                 self.round += 1
+        except SystematicFailure as exc:  # the unspent budget stays for after the fix
+            stopped, self.stop_line = "failed", exc.stop.line()
+            self.log(self.stop_line)
         finally:
             if bar is not None:
                 bar.close()
             self._save_state()
             run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
                    "new": self.new, "recorded": self.recorded, "extend": self.extend, "stopped": stopped}
-            self.store.write_campaign(self.campaign, {**self._campaign_info(), "status": "finished",
-                                                      "runs": self.runs_before + [run],
+            self.store.write_campaign(self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
+                                                      "status": "failed" if stopped == "failed" else "finished",
+                                                      "stop_reason": self.stop_line or None,
                                                       "updated_at": utcnow().isoformat()})
             try:  # one file per campaign keeps queries fast; safe while others read
                 self.store.compact(self.campaign)
@@ -371,7 +383,9 @@ class _Campaign:
             if row["status"] != "failed":
                 continue
             job = by_id[row["experiment_id"]]
-            outcome = heal(job, row["error_class"], row.get("traceback") or row["error_message"] or "", self.space, self.advisors)
+            # an advisor hears about a failure once per run, not once per experiment repeating it
+            advisors = self.advisors if self.failfast.first_time(row["error_class"], row["error_message"] or "") else []
+            outcome = heal(job, row["error_class"], row.get("traceback") or row["error_message"] or "", self.space, advisors)
             if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in self.deduper.seen:
                 outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
                 outcome.retry = None
@@ -389,6 +403,8 @@ class _Campaign:
             best = self.view().ok["val_ap"].max()
             rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
             bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
+        if (stop := self.failfast.observe(rows)) is not None:
+            raise SystematicFailure(stop)
         return retries
 
     def _note_diagnosis(self, job: Job, row: dict, note: str) -> None:
@@ -466,7 +482,7 @@ class _Campaign:
             train_seconds=self.train_seconds, leaderboard=confirmed if len(confirmed) else board,
             per_policy=per_policy, dedup=self._dedup_totals(),
             failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
-            unavailable=self.unavailable, weights=self.weights)
+            unavailable=self.unavailable, weights=self.weights, stop_line=self.stop_line)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -615,7 +631,8 @@ def main(args) -> int:
     try:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
-    except ValueError as exc:
+        _check_classes(args)
+    except ValueError as exc:  # ClassCheckError included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
     with quiet_prefect():
@@ -625,3 +642,18 @@ def main(args) -> int:
     print(summary_path.read_text() if summary_path.exists() else result)
     print(f"history: {home.campaign(result['campaign']) / 'log'}  (query: crashsearch query \"SELECT * FROM experiments\" --home {home.root})")
     return 0
+
+
+def _check_classes(args) -> None:
+    """The class check of the campaign's cached features, before a flow run starts; raises
+    ClassCheckError. A missing dataset or cache is left for the campaign to report."""
+    from crashsearch.lab.cache import FeaturesNotFound, list_cached
+    from crashsearch.lab.datasets import DatasetError
+
+    home = args.home_dir
+    try:
+        name = load_dataset(args.dataset).name
+        cached = sorted({c["backbone"] for c in list_cached(home, name) if c["complete"]})
+        check_cached(home, name, args.backbones.split(",") if args.backbones else cached)
+    except (DatasetError, FeaturesNotFound):
+        pass

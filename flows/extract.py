@@ -30,7 +30,7 @@ def extract_flow(dataset: str, backbone: str, home: str | None = None, weights: 
 
 def main(args) -> int:
     """CLI handler for ``crashsearch extract``: 0 on success (some videos may have failed), 1 when
-    nothing could be extracted, 2 for a bad dataset, backbone or weights argument."""
+    nothing could be extracted or a split lacks a class, 2 for a bad dataset, backbone or weights argument."""
     from crashsearch.lab.datasets import DatasetError
     from crashsearch.models.backbones import WeightsUnavailable
 
@@ -60,5 +60,8 @@ def main(args) -> int:
     if summary["videos_ok"] == 0:
         print(f"extract: no video of {summary['dataset']} could be extracted; see {os.path.join(summary['path'], 'failures.json')}",
               file=sys.stderr)
+        return 1
+    if summary.get("class_problem"):  # the features are cached, but no campaign can use them
+        print(f"extract: {summary['class_problem']}", file=sys.stderr)
         return 1
     return 0

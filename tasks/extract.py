@@ -41,6 +41,7 @@ from prefect.cache_policies import NO_CACHE
 
 from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space, partition_key, utc_now,
                        videos_fingerprint)
+from crashsearch.lab.classes import ClassCheckError, check_counts, format_counts, partition_counts
 from crashsearch.lab.datasets import Dataset, VideoItem, load_dataset
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.models.backbones import Backbone, create_backbone
@@ -353,7 +354,7 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
                        seconds=0.0, clips_per_s=0.0)
         log(f"cache hit: {ds.name}/{bb.name}/{key} already holds {meta['videos_ok']} videos "
             f"({meta['videos_failed']} failed); nothing to extract")
-        return summary
+        return _with_class_check(summary, part, log)
 
     resumed = len(part.done_ids()) + len(part.failures())
     started = meta.get("started_at", utc_now())
@@ -383,4 +384,16 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     log(f"extracted {bb.name}{weights_note} features for {ds.name}: {summary['videos_ok']} videos ok, "
         f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
         f"-> {part.path}")
-    return summary
+    return _with_class_check(summary, part, log)
+
+
+def _with_class_check(summary: dict, part: Partition, log: Callable[[str], None]) -> dict:
+    """The summary with ``classes`` ({split: (pos, neg)}) and ``class_problem`` (the one line, or None)."""
+    counts = partition_counts(part)
+    log(f"classes: {format_counts(counts)}")
+    try:
+        check_counts(counts, f"{summary['dataset']}/{summary['backbone']}")
+        problem = None
+    except ClassCheckError as exc:
+        problem = str(exc)
+    return {**summary, "classes": counts, "class_problem": problem}

@@ -251,3 +251,73 @@ def test_extend_is_a_per_run_allowance_and_each_run_is_listed(lab_home):
     runs = Store(home).query("SELECT json_extract(info, '$.runs') AS runs FROM campaigns WHERE id = 'c-grow'")
     runs = json.loads(runs["runs"][0])
     assert [(r["run"], r["new"], r["recorded"], r["extend"]) for r in runs] == [(1, 4, 4, 4), (2, 4, 8, 4)]
+
+
+class CountingAdvisor(RandomPolicy):
+    """Random proposals; counts the diagnoses it is asked for (an LLM advisor stand-in)."""
+
+    name = "counting-advisor"
+    asked: list = []
+
+    def diagnose(self, cell, error_class, traceback):
+        CountingAdvisor.asked.append(error_class)
+        return None
+
+
+def _one_class_train(cells, features, seeds, fixed, device):
+    from crashsearch.tasks.errors import MissingFeaturesError
+
+    return [MissingFeaturesError(c, "the train split of 'synth-day' has only one class (0 positives of 8)")
+            for c in cells]
+
+
+def test_a_campaign_whose_every_experiment_fails_stops_early_as_failed_and_resumes_after_the_fix(
+        lab_home, monkeypatch):
+    """Before: 40 identical failures, 'stopped on budget', an LLM diagnosis per failure."""
+    home, ds, space = lab_home
+    from crashsearch import agents
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    register_policy("counting-advisor", f"{__name__}:CountingAdvisor")
+    CountingAdvisor.asked = []
+    logs = []
+    summary = run_campaign(home, ds.root, "c-allfail", policies=["counting-advisor"], budget=40, round_size=6,
+                           space_path=space, seeds=1, train_fn=_one_class_train, log=logs.append)
+    assert summary.stopped == "failed" and 8 <= summary.recorded <= 12  # stopped early: the budget is kept
+    info = json.loads((home.campaign("c-allfail") / "campaign.json").read_text())
+    assert info["status"] == "failed" and info["recorded"] == summary.recorded
+    stops = [line for line in logs if line.startswith("stopped:")]
+    assert len(stops) == 1 and "MissingFeaturesError" in stops[0] and "cell " in stops[0] and "last 8" in stops[0]
+    assert info["stop_reason"] == stops[0] and stops[0] in summary.format()
+    assert CountingAdvisor.asked == ["MissingFeaturesError"]  # asked once, not once per failure
+    # the fix is in: re-running the same command resumes and spends what is left of the budget
+    again = run_campaign(home, ds.root, "c-allfail", policies=["random"], budget=summary.recorded + 3,
+                         round_size=3, space_path=space, seeds=1)
+    assert again.stopped == "budget" and again.recorded == summary.recorded + 3
+    df = _history(home, "c-allfail")
+    assert (df["status"] == "ok").sum() == 3
+    assert json.loads((home.campaign("c-allfail") / "campaign.json").read_text())["status"] == "finished"
+
+
+def test_a_split_without_a_class_is_refused_by_extract_and_campaign_in_one_line(synth_dataset, tmp_path, capsys):
+    """Two positives only: both land in train, so val and test have none. No round may start."""
+    from crashsearch.flows.cli import main as cli
+
+    positives = [v for v in synth_dataset.videos if v.label == 1][:2]
+    negatives = [v for v in synth_dataset.videos if v.label == 0]
+    manifest = tmp_path / "onepos" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,label,event_time\n" + "".join(
+        f"{v.path},{v.label},{'' if v.event_time is None else v.event_time}\n" for v in positives + negatives))
+    home = tmp_path / "home"
+    assert cli(["extract", "--home", str(home), "--dataset", str(manifest), "--backbone", "pixels"]) == 1
+    out = capsys.readouterr()
+    assert "classes: train 2 pos / " in out.out + out.err
+    err = [line for line in out.err.splitlines() if line.startswith("extract:")]
+    assert len(err) == 1 and "the val split has no positives" in err[0]
+
+    assert cli(["campaign", "--home", str(home), "--dataset", str(manifest), "--budget", "4", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("campaign: manifest/pixels features") and "val split has no positives" in err[0]
+    assert not Store(resolve_home(home)).campaigns()
+    with pytest.raises(ValueError, match="the val split has no positives"):  # the API refuses too
+        run_campaign(home, manifest, "c-oneclass", budget=4, seeds=1)
