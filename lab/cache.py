@@ -22,6 +22,11 @@ Row schema of the part files:
     t_rel      list<float32>   (S,) ascending, t_rel[-1] == 0, spacing 1/step_hz
     emb        list<float32>   S*D values, row-major (S, D): emb[s*D:(s+1)*D] is the embedding of
                                the clip ENDING at ref_time + t_rel[s]
+    real_s     float64, null   seconds of the sequence that are real: min(ref_time, history_s). A
+                               step whose clip would end before the video start (t_rel[s] <
+                               -real_s) is padding: a zero embedding, masked out in training and
+                               evaluation (lab.features). Null (part files written before short
+                               clips were kept) means every step is real.
 
 Contract: every file is written to a temporary name and then renamed (os.replace), so a reader or
 a crash never sees half a file. A part file is never modified. A partition is complete when
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -59,6 +65,7 @@ ROW_SCHEMA = pa.schema([
     pa.field("ref_time", pa.float64()),
     pa.field("t_rel", pa.list_(pa.float32())),
     pa.field("emb", pa.list_(pa.float32())),
+    pa.field("real_s", pa.float64()),
 ])
 
 
@@ -78,17 +85,20 @@ class ExtractSpec:
     clip_frames: int = 16  # frames per clip (from the backbone)
     frame_size: tuple[int, int] = (256, 256)  # (H, W) frames are decoded at (from the backbone)
     decode_fps: float = 8.0  # sampling rate of the frames inside a clip
+    min_history_s: float = 0.5  # the earliest prediction (shortest horizon): a video with less is skipped
 
     def __post_init__(self) -> None:
         assert self.step_hz > 0 and self.decode_fps > 0, "step_hz and decode_fps must be positive"
         assert self.history_s >= 0 and self.clip_frames >= 1, "history_s >= 0 and clip_frames >= 1"
+        assert 0 <= self.min_history_s <= self.history_s, "0 <= min_history_s <= history_s"
         object.__setattr__(self, "frame_size", (int(self.frame_size[0]), int(self.frame_size[1])))
 
     @classmethod
     def for_backbone(cls, backbone: Any, history_s: float = 5.5, step_hz: float = 4.0,
-                     decode_fps: float = 8.0) -> "ExtractSpec":
+                     decode_fps: float = 8.0, min_history_s: float = 0.5) -> "ExtractSpec":
         """The spec for a backbone (anything with ``clip_frames`` and ``frame_size``)."""
-        return cls(step_hz, history_s, backbone.clip_frames, tuple(backbone.frame_size), decode_fps)
+        return cls(step_hz, history_s, backbone.clip_frames, tuple(backbone.frame_size), decode_fps,
+                   min(min_history_s, history_s))
 
     @property
     def n_steps(self) -> int:
@@ -111,7 +121,17 @@ class ExtractSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ExtractSpec":
         return cls(float(d["step_hz"]), float(d["history_s"]), int(d["clip_frames"]), tuple(d["frame_size"]),
-                   float(d["decode_fps"]))
+                   float(d["decode_fps"]), float(d.get("min_history_s", 0.0)))
+
+    def real_steps(self, real_s: float) -> int:
+        """How many of the S steps (the last ones) are real when ``real_s`` seconds precede the reference."""
+        return min(self.n_steps, int(math.floor(real_s * self.step_hz + 1e-6)) + 1)
+
+
+def min_horizon_from_space(space: Any) -> float:
+    """The space's shortest prediction horizon: the least history a video needs to be scored at all."""
+    horizons = space.fixed.get("horizons_s", [0.0])
+    return min(float(h) for h in (horizons if isinstance(horizons, (list, tuple)) else [horizons]))
 
 
 def history_from_space(space: Any) -> float:
@@ -238,7 +258,7 @@ class Partition:
         columns = {name: [] for name in ROW_SCHEMA.names}
         for row in rows:
             for name in ROW_SCHEMA.names:
-                value = row[name]
+                value = row.get(name) if name == "real_s" else row[name]  # no real_s: every step real
                 if name in ("emb", "t_rel"):
                     value = np.asarray(value, dtype=np.float32).reshape(-1)
                 columns[name].append(value)
@@ -329,10 +349,12 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
     x = torch.from_numpy(np.array(values, dtype=np.float32).reshape(n, n_steps, dim))  # (N, S, D), a writable copy
     y = torch.as_tensor(table.column("label").to_numpy(zero_copy_only=False).astype(np.float32))
     t_rel = torch.from_numpy(spec.t_rel())
+    real = table.column("real_s").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
+    real_s = torch.as_tensor(np.where(np.isnan(real), spec.history_s, real), dtype=torch.float32)
     fs = FeatureSet(
         dataset=dataset_name, backbone=backbone, x=x, y=y,
         split=np.asarray(table.column("split").to_pylist(), dtype=str),
         t_rel=t_rel, video_ids=table.column("video_id").to_pylist(), step_hz=spec.step_hz,
-        weights=weights_id(meta), meta={**meta, "path": str(part.path)},
+        weights=weights_id(meta), meta={**meta, "path": str(part.path)}, real_s=real_s,
     )
     return fs.to(device)

@@ -23,9 +23,11 @@ ego speed and sensor noise vary per video. ``style="night"`` is a visibly differ
 for transfer experiments (dark sky, city skyline with lit windows, street lamps, tail- and
 headlights, the ego headlight pool) with the same labelling logic.
 
-Positive events are placed at least ``MIN_EVENT_S`` (6.8 s) into the clip because feature
-extraction needs 6.5 s of video before the event (4 s window + 1.5 s horizon + clip context);
-negatives have no event and extraction uses the clip end as their reference time.
+Positive events are placed at least ``MIN_EVENT_S`` (6.8 s) into a long clip, so the longest
+window has its full history (4 s window + 1.5 s horizon + clip context). Clips shorter than
+``MIN_EVENT_S + END_MARGIN_S`` are DAD/CCD-style short clips (``--seconds 5``): the event falls
+in their last second (``SHORT_EVENT_S`` before the end at the earliest), and extraction pads the
+history they lack. Negatives have no event; extraction uses the clip end as their reference time.
 
 Frames are drawn with numpy (array slices and broadcast masks, no per-pixel Python loops) and
 depend only on the seed: the same seed gives byte-identical frames, and with the encoder pinned
@@ -50,6 +52,8 @@ from crashsearch.lab.datasets import Dataset, load_dataset
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
 END_MARGIN_S = 0.3  # an event needs a few frames after it in the clip
+SHORT_EVENT_S = 1.0  # short clips: the event lies within this many seconds of the end
+MIN_SECONDS = 2.0  # the shortest clip: the event >= 1 s in, so every horizon has some history
 TRUTH_FILE = "synth_truth.json"
 
 LANE_W = 3.5  # metres
@@ -119,7 +123,8 @@ def _key_vehicle(rng: np.random.Generator, label: int, t: np.ndarray, seconds: f
     car = dict(width=float(rng.uniform(1.7, 1.95)), height=float(rng.uniform(1.4, 1.75)), kind="car",
                colour=colour, facing="away", key=True)
     if label == 1:
-        te = float(rng.uniform(MIN_EVENT_S, seconds - END_MARGIN_S))
+        earliest = MIN_EVENT_S if seconds - END_MARGIN_S >= MIN_EVENT_S else seconds - SHORT_EVENT_S
+        te = float(rng.uniform(earliest, seconds - END_MARGIN_S))
         z_hit = float(rng.uniform(1.6, 2.6))  # camera to the other vehicle at contact (the bonnet is ~1.5 m)
         before = np.clip(te - t, 0.0, None)  # (T,) seconds to the event, 0 after it
         scenario = str(rng.choice(["brake", "cut_in", "crossing", "oncoming_drift"]))
@@ -582,10 +587,9 @@ def _check(style: str, width: int, height: int, fps: int, seconds: float) -> Non
         raise ValueError(f"frame size {width}x{height} must be even and at least 16x16 (H.264 yuv420p)")
     if fps < 1:
         raise ValueError(f"fps {fps} must be at least 1")
-    if seconds - END_MARGIN_S < MIN_EVENT_S:
-        raise ValueError(f"seconds {seconds} is too short: positive events sit at >= {MIN_EVENT_S} s (extraction "
-                         f"needs 6.5 s of video before the event) and {END_MARGIN_S} s before the clip end, "
-                         f"so clips need >= {MIN_EVENT_S + END_MARGIN_S} s")
+    if not seconds >= MIN_SECONDS:
+        raise ValueError(f"seconds {seconds} is too short: clips need >= {MIN_SECONDS} s (the event at least "
+                         f"{MIN_SECONDS - SHORT_EVENT_S:g} s in, so there is time to predict it)")
 
 
 def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day", width: int = 160, height: int = 96,

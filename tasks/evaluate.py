@@ -5,6 +5,12 @@ event, or before the clip end for negatives). ``val_ap`` is the mean of the per-
 validation split and is what policies optimise; ``test_ap`` / ``test_auc`` come from the held-out
 test split and are kept apart (policies never see them).
 
+Short clips: a horizon's AP is over the videos whose prediction time lies inside the video
+(``FeatureSet.has_history``); that set depends on the horizon only, never on the window, so
+every cell is scored on the same videos. Windows reaching before a video's start carry a mask
+(``FeatureSet.window_mask``) that the heads read. A horizon whose AP is undefined there (one
+class left) is left out of the means; it stays NaN in its own column.
+
 The metrics are plain numpy and match scikit-learn (``average_precision_score``,
 ``roc_auc_score``), ties included; scikit-learn is only used by the tests to check that.
 """
@@ -75,7 +81,7 @@ def roc_auc(scores, labels) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+ScoreFn = Callable[..., torch.Tensor]  # (windows (B, T, D)[, mask (B, T)]) -> (M, B) or (B,)
 
 
 @torch.no_grad()
@@ -84,8 +90,10 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
     """Score one or many heads on the validation and test splits; one metrics dict per head.
 
     ``score_fn`` maps windows ``(B, T, D)`` to logits ``(M, B)`` for M heads (or ``(B,)`` for
-    one). Each dict has ``val_ap`` (mean over horizons), ``val_ap_<hXX>`` per horizon, ``val_auc``
-    (mean over horizons), and ``test_ap`` / ``test_auc`` (means over horizons on the test split).
+    one); when the features hold padded short clips it is called with the time mask as well,
+    ``score_fn(windows, mask)``. Each dict has ``val_ap`` (mean over horizons), ``val_ap_<hXX>``
+    per horizon, ``val_auc`` (mean over horizons), and ``test_ap`` / ``test_auc`` (means over
+    horizons on the test split); a horizon's AP covers the videos that have history there.
     A head whose scores are not all finite gets NaN for every metric. Raises IndexError (from
     ``FeatureSet.window``) if the window does not fit the cached history.
     """
@@ -96,15 +104,21 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
     n_val = val_rows.numel()
     labels = features.y[rows].cpu().numpy()
     per_horizon = []  # (M, len(rows)) scores per horizon
+    scored = []  # (len(rows),) bool per horizon: the video has history at this horizon
     for horizon in horizons_s:
         chunks = []
         for start in range(0, rows.numel(), chunk_rows):
-            windows = features.window(rows[start:start + chunk_rows], horizon, window_s)  # (B, T, D)
-            logits = score_fn(windows)
+            chunk = rows[start:start + chunk_rows]
+            windows = features.window(chunk, horizon, window_s)  # (B, T, D)
+            mask = features.window_mask(chunk, horizon, window_s)
+            logits = score_fn(windows) if mask is None else score_fn(windows, mask)
             chunks.append(logits.reshape(-1, windows.shape[0]).float())  # (M, B)
-        per_horizon.append(torch.cat(chunks, dim=1).cpu().numpy())
+        keep = features.has_history(rows, horizon).cpu().numpy()
+        per_horizon.append(torch.cat(chunks, dim=1).cpu().numpy()[:, keep])
+        scored.append(keep)
     n_models = per_horizon[0].shape[0]
     results = []
+    is_val = np.arange(rows.numel()) < n_val
     for m in range(n_models):
         scores = [s[m] for s in per_horizon]
         if not all(np.all(np.isfinite(s)) for s in scores):
@@ -112,19 +126,26 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
             continue
         metrics: dict[str, float] = {}
         val_aps, val_aucs, test_aps, test_aucs = [], [], [], []
-        for horizon, s in zip(horizons_s, scores):
-            ap = average_precision(s[:n_val], labels[:n_val])
+        for horizon, s, keep in zip(horizons_s, scores, scored):
+            val, y = is_val[keep], labels[keep]
+            ap = average_precision(s[val], y[val])
             metrics[f"val_ap_{horizon_key(horizon)}"] = ap
             val_aps.append(ap)
-            val_aucs.append(roc_auc(s[:n_val], labels[:n_val]))
-            test_aps.append(average_precision(s[n_val:], labels[n_val:]))
-            test_aucs.append(roc_auc(s[n_val:], labels[n_val:]))
-        metrics["val_ap"] = float(np.mean(val_aps))
-        metrics["val_auc"] = float(np.mean(val_aucs))
-        metrics["test_ap"] = float(np.mean(test_aps))
-        metrics["test_auc"] = float(np.mean(test_aucs))
+            val_aucs.append(roc_auc(s[val], y[val]))
+            test_aps.append(average_precision(s[~val], y[~val]))
+            test_aucs.append(roc_auc(s[~val], y[~val]))
+        metrics["val_ap"] = _mean_defined(val_aps)
+        metrics["val_auc"] = _mean_defined(val_aucs)
+        metrics["test_ap"] = _mean_defined(test_aps)
+        metrics["test_auc"] = _mean_defined(test_aucs)
         results.append({key: metrics[key] for key in _keys(horizons_s)})
     return results
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the defined (non-NaN) values; NaN when none is."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def _keys(horizons_s: Sequence[float]) -> list[str]:

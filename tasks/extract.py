@@ -17,9 +17,18 @@ folder to retry). Errors writing the cache or inside the backbone raise; the Pre
 (``extract_videos_task``) retries the transient ones (I/O, timeouts), never a corrupt video.
 
 Frame timing: the frame shown at time t is index floor(t * fps); clip frames before the first
-frame of the video repeat the first frame (only the earliest clips of a video whose reference
-time is close to ``history_s`` reach that far back). A video is too short when its reference time
-is less than ``history_s`` after its start, or a positive's event lies after its last frame.
+frame of the video repeat the first frame (only the earliest real clips of a video reach that
+far back).
+
+Short clips (DAD, CCD: 5 s with the event near the end) are kept. A clip that would END before
+the video start is not decoded or embedded: its step is a zero embedding, and the row's
+``real_s`` (lab.cache) says how much of the sequence is real, so training and evaluation mask
+the padding. Zeros plus a mask rather than a repeated first frame: a frozen frame is a made-up
+observation (a scene where nothing moves, i.e. no closing speed) that a temporal head would read
+as evidence, and whose share differs between positives and negatives whenever their lengths do;
+masked padding carries no signal at all. A video is skipped only when it cannot give any
+prediction: its reference time is less than ``min_history_s`` (the shortest horizon) after its
+start, or a positive's event lies after its last frame.
 """
 from __future__ import annotations
 
@@ -39,8 +48,8 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space, partition_key, utc_now,
-                       videos_fingerprint)
+from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space,
+                                   min_horizon_from_space, partition_key, utc_now, videos_fingerprint)
 from crashsearch.lab.classes import ClassCheckError, check_counts, format_counts, partition_counts
 from crashsearch.lab.datasets import Dataset, VideoItem, load_dataset
 from crashsearch.lab.settings import Home, resolve_home
@@ -61,7 +70,7 @@ class DecodedVideo:
     item: VideoItem
     ref_time: float  # seconds from the video start that t_rel is relative to
     frames: np.ndarray  # (U, H, W, 3) uint8, the distinct frames the clips use
-    clip_index: np.ndarray  # (S, F) int64 indices into frames
+    clip_index: np.ndarray  # (S_real, F) int64 indices into frames: the real clips only (the last S_real steps)
     span_frames: int = 0  # source frames from the first to the last one used: what the decoder walks through
     decode_s: float = 0.0
 
@@ -74,8 +83,9 @@ def plan_frames(n_frames: int, fps: float, ref_time: float, spec: ExtractSpec) -
     return np.clip(index, 0, n_frames - 1)
 
 
-def reference_time(item: VideoItem, n_frames: int, fps: float, history_s: float) -> float:
-    """The event time (positives) or the last frame's time (negatives); raises VideoFailure if too short."""
+def reference_time(item: VideoItem, n_frames: int, fps: float, min_history_s: float) -> float:
+    """The event time (positives) or the last frame's time (negatives); raises VideoFailure when the
+    video cannot give any prediction (less than ``min_history_s`` before the reference time)."""
     last = (n_frames - 1) / fps
     if item.event_time is not None:
         if item.event_time > last + 1.0 / fps:
@@ -83,8 +93,9 @@ def reference_time(item: VideoItem, n_frames: int, fps: float, history_s: float)
         ref = min(float(item.event_time), last)
     else:
         ref = last
-    if ref + 1e-6 < history_s:
-        raise VideoFailure(f"shorter than needed: {ref:.2f} s before the reference time, need {history_s:.2f} s of history")
+    if ref + 1e-6 < min_history_s:
+        raise VideoFailure(f"too short to predict: {ref:.2f} s before the reference time, the earliest prediction "
+                           f"needs {min_history_s:.2f} s")
     return ref
 
 
@@ -114,8 +125,8 @@ def decode_video(item: VideoItem, spec: ExtractSpec) -> DecodedVideo:
         raise VideoFailure("empty video (0 frames)")
     if not math.isfinite(fps) or fps <= 0:
         raise VideoFailure(f"no usable frame rate ({fps})")
-    ref = reference_time(item, n_frames, fps, spec.history_s)
-    index = plan_frames(n_frames, fps, ref, spec)  # (S, F)
+    ref = reference_time(item, n_frames, fps, spec.min_history_s)
+    index = plan_frames(n_frames, fps, ref, spec)[-spec.real_steps(ref):]  # (S_real, F): clips ending in the video
     unique, inverse = np.unique(index, return_inverse=True)
     try:
         frames = reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3)
@@ -236,9 +247,12 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
 
     def finish(video: DecodedVideo, clips: torch.Tensor, outputs: list[torch.Tensor]) -> None:
         item = video.item
-        emb = torch.cat(outputs).numpy()  # (S, D)
+        emb = torch.cat(outputs).numpy()  # (S_real, D)
+        if len(emb) < len(t_rel):  # a short clip: zero embeddings for the steps before the video start
+            emb = np.concatenate([np.zeros((len(t_rel) - len(emb), emb.shape[1]), emb.dtype), emb])
         rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
-                     "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb})
+                     "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb,
+                     "real_s": min(video.ref_time, spec.history_s)})
         stats.videos_ok += 1
         stats.clips += len(clips)
 
@@ -336,11 +350,13 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     for problem in ds.problems:
         log(f"dataset problem (skipped): {problem}")
     bb = create_backbone(backbone, weights=weights, device=device) if isinstance(backbone, str) else backbone
-    if history_s is None:
-        from crashsearch.lab.space import Space
+    from crashsearch.lab.space import Space
 
-        history_s = history_from_space(Space.load())
-    spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps)
+    default_space = Space.load()
+    if history_s is None:
+        history_s = history_from_space(default_space)
+    spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps,
+                                    min_history_s=min_horizon_from_space(default_space))
     code = extractor_version()
     fingerprint = videos_fingerprint(ds.videos)
     key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code, fingerprint)
@@ -376,15 +392,23 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
                    seconds=round(stats.seconds, 3), clips_per_s=round(stats.clips_per_s, 2),
                    embed_seconds=round(stats.embed_seconds, 3), frames_decoded=stats.frames_decoded,
                    complete=complete)
-    for f in failed[:10]:
-        log(f"failed: {f['video_id']} ({f['path']}): {f['reason']}")
-    if len(failed) > 10:
-        log(f"... and {len(failed) - 10} more in {part.path / 'failures.json'}")
+    for f in failed:  # only unreadable videos and ones too short for any prediction: each named
+        log(f"skipped: {f['video_id']} ({f['path']}): {f['reason']}")
+    if short := _short_clips(part, spec):
+        log(f"{short} short clip(s) kept with less than {spec.history_s:g} s of history; their missing history is masked")
     weights_note = " (RANDOM weights)" if bb.weights_id == "random" else ""
     log(f"extracted {bb.name}{weights_note} features for {ds.name}: {summary['videos_ok']} videos ok, "
         f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
         f"-> {part.path}")
     return _with_class_check(summary, part, log)
+
+
+def _short_clips(part: Partition, spec: ExtractSpec) -> int:
+    """How many videos of the partition have less real history than the spec's full history."""
+    import pyarrow.parquet as pq
+
+    real = [r for f in part.part_files() for r in pq.read_table(f, columns=["real_s"]).column("real_s").to_pylist()]
+    return sum(1 for r in real if r is not None and r + 1e-6 < spec.history_s)
 
 
 def _with_class_check(summary: dict, part: Partition, log: Callable[[str], None]) -> dict:

@@ -107,6 +107,7 @@ def make_row(job: Job, *, campaign: str, dataset: str, space: Space, code_versio
         "cost_usd": job.cost_usd,
     }
     for key in ("val_ap", "val_ap_h05", "val_ap_h10", "val_ap_h15", "val_auc", "test_ap", "test_auc"):
-        row[key] = metrics.get(key)
+        value = metrics.get(key)  # NaN: undefined there (e.g. a horizon no short clip reaches): null
+        row[key] = None if value is None or value != value else value
     row.update(job.cell.to_dict())
     return row

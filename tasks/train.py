@@ -12,6 +12,9 @@ The feature tensor stays on the device; every step gathers its ``(M, B, T, D)`` 
 by index (no DataLoader). Training examples are, for each train video, the windows ending at the
 horizons (0.5, 1.0, 1.5 s before the event); ``augment=jitter`` instead draws each example's end
 offset uniformly between the first and last horizon, each epoch, and adds small Gaussian noise.
+Short clips: a (video, horizon) example whose prediction time lies before the video start is
+left out, jittered ends stop at the video's real history, and windows reaching before the
+start carry the time mask (lab.features, models.mask).
 
 ``train_cell`` runs the same code with a group of one. Failures come back typed (tasks.errors).
 """
@@ -300,19 +303,25 @@ class StackedHeads:
 class ExampleSampler:
     """Each model's training examples for one epoch, in its own order, as device tensors.
 
-    Example e of the E = n_train x n_horizons examples is train video e % n_train at horizon
-    e // n_train. A model's generator (seeded with its seed) draws its permutation and, with
-    ``augment=jitter``, its end offsets (uniform between the first and last horizon) and noise.
+    The examples are the (train video, horizon) pairs whose prediction time lies inside the
+    video (all of them without short clips): n_train x n_horizons at most. A model's generator
+    (seeded with its seed) draws its permutation and, with ``augment=jitter``, its end offsets
+    (uniform between the first horizon and the last, or the video's real history if shorter) and
+    noise.
     """
 
     def __init__(self, cells: list[Cell], seeds: list[int], features: FeatureSet, horizons_s: tuple[float, ...]):
         self.features, self.horizons_s = features, horizons_s
         dev = features.device
         rows = features.indices("train")
-        self.n_examples = rows.numel() * len(horizons_s)
-        self.rows = rows.repeat(len(horizons_s))  # (E,)
-        self.y = features.y[rows].float().repeat(len(horizons_s))  # (E,)
-        self.end = torch.tensor(horizons_s, dtype=torch.float32).repeat_interleave(rows.numel())  # (E,) cpu
+        keep = torch.cat([features.has_history(rows, h) for h in horizons_s]).cpu()  # (n_train x n_horizons,)
+        self.rows = rows.repeat(len(horizons_s))[keep.to(dev)]  # (E,)
+        self.n_examples = int(self.rows.numel())
+        self.y = features.y[self.rows].float()  # (E,)
+        self.end = torch.tensor(horizons_s, dtype=torch.float32).repeat_interleave(rows.numel())[keep]  # (E,) cpu
+        # the latest end a jittered example may take: its video's real history on the step grid
+        real = (features.x.shape[1] - 1 - features.first_real[self.rows]).cpu().float() / features.step_hz
+        self.max_end = real.clamp(max=max(horizons_s))  # (E,) cpu
         self.jitter = [c["augment"] == "jitter" for c in cells]
         self.order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
         self.noise_rngs = [torch.Generator(device=dev).manual_seed(s) for s, j in zip(seeds, self.jitter) if j]
@@ -326,7 +335,7 @@ class ExampleSampler:
         perms, ends = [], []
         for rng, jitter in zip(self.order_rngs, self.jitter):
             perm = torch.randperm(self.n_examples, generator=rng)
-            end = low + (high - low) * torch.rand(self.n_examples, generator=rng) if jitter else self.end
+            end = low + (self.max_end - low) * torch.rand(self.n_examples, generator=rng) if jitter else self.end
             perms.append(perm)
             ends.append(end[perm])
         fs = self.features
@@ -335,15 +344,19 @@ class ExampleSampler:
         last = fs.x.shape[1] - 1 - torch.round(torch.stack(ends).to(fs.device) * fs.step_hz).long()
         return self.rows[perm], last, self.y[perm]
 
-    def windows(self, rows: torch.Tensor, last: torch.Tensor, t_steps: int) -> torch.Tensor:
-        """The (M, b, T, D) windows ending at ``last`` (M, b) of videos ``rows``, noised for jitter models."""
+    def windows(self, rows: torch.Tensor, last: torch.Tensor,
+                t_steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (M, b, T, D) windows ending at ``last`` (M, b) of videos ``rows``, noised for jitter
+        models, and their (M, b, T) time mask (None when no video of the set is padded)."""
         offsets = torch.arange(-t_steps + 1, 1, device=rows.device)  # (T,)
-        windows = self.features.x[rows[..., None], last[..., None] + offsets]  # (M, b, T, D)
+        steps = last[..., None] + offsets  # (M, b, T)
+        windows = self.features.x[rows[..., None], steps]  # (M, b, T, D)
         if self.noise_rngs:
             noise = torch.stack([torch.randn(windows.shape[1:], generator=g, device=windows.device)
                                  for g in self.noise_rngs])  # (J, b, T, D)
             windows[self.jittered] += noise * self.noise_scale
-        return windows
+        mask = steps >= self.features.first_real[rows][..., None] if self.features.padded else None
+        return windows, mask
 
 
 def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
@@ -360,8 +373,10 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
 
     heads = StackedHeads([_init_head(c, s, features.dim) for c, s in zip(cells, seeds)], dev)
     window_s, batch = float(cell0["window_s"]), int(cell0["batch_size"])
-    probe = features.window(features.indices("train")[:2], recipe.horizons_s[0], window_s)  # (2, T, D)
-    if (shape := tuple(heads.score(probe).shape)) != (n_models, 2):
+    probe_rows = features.indices("train")[:2]
+    probe = features.window(probe_rows, recipe.horizons_s[0], window_s)  # (2, T, D)
+    if (shape := tuple(heads.score(probe, features.window_mask(probe_rows, recipe.horizons_s[0], window_s)).shape)
+            ) != (n_models, 2):
         raise ShapeError(cell0, f"the {cell0['encoder']} head returned logits of shape {shape[1:]} for a batch "
                                 f"of 2; expected (2,)")
     sampler = ExampleSampler(cells, seeds, features, recipe.horizons_s)
@@ -381,7 +396,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
         rows_epoch, last_epoch, y_epoch = sampler.epoch()  # (M, E) each
         for s in range(steps_per_epoch):
             cols = slice(s * batch, (s + 1) * batch)
-            logits = heads.forward(sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], t_steps))  # (M, b)
+            logits = heads.forward(*sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], t_steps))  # (M, b)
             losses = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none").mean(dim=1)
             # a failed model's loss is left out, so its NaN never reaches the others' gradients
             (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), heads.flat)  # (M, P)
@@ -406,7 +421,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
         if step >= 0:
             out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // steps_per_epoch + 1}, "
                                           f"step {step % steps_per_epoch + 1} (lr={cell['lr']}, loss={cell['loss']})"))
-        elif any(not math.isfinite(v) for k, v in metrics[m].items() if k.startswith("val_")):
+        elif not math.isfinite(metrics[m]["val_ap"]):  # a horizon's AP may be undefined (one class there)
             out.append(NaNLossError(cell, f"evaluation scores are not finite after training (lr={cell['lr']})"))
         else:
             out.append(TrainResult(cell=cell, seed=seed, metrics=metrics[m],

@@ -80,16 +80,21 @@ def test_plan_frames_ends_each_clip_at_its_time_and_never_looks_ahead():
 
 
 def test_reference_time_and_short_videos():
+    """A short clip is kept (before: anything under 5.5 s of history was dropped); only a video too
+    short for the earliest prediction, or whose event is past its end, is skipped."""
     neg = VideoItem("n", None, 0, None, None, "train")
     pos = VideoItem("p", None, 1, 7.2, 6.0, "train")
-    assert reference_time(neg, n_frames=80, fps=8.0, history_s=5.5) == pytest.approx(79 / 8)
-    assert reference_time(pos, n_frames=80, fps=8.0, history_s=5.5) == pytest.approx(7.2)
-    with pytest.raises(VideoFailure, match="need 5.50 s of history"):
-        reference_time(VideoItem("e", None, 1, 3.0, None, "train"), 80, 8.0, 5.5)
+    assert reference_time(neg, n_frames=80, fps=8.0, min_history_s=0.5) == pytest.approx(79 / 8)
+    assert reference_time(pos, n_frames=80, fps=8.0, min_history_s=0.5) == pytest.approx(7.2)
+    assert reference_time(VideoItem("e", None, 1, 3.0, None, "train"), 80, 8.0, 0.5) == pytest.approx(3.0)
+    assert reference_time(neg, n_frames=40, fps=8.0, min_history_s=0.5) == pytest.approx(39 / 8)  # a 5 s negative
+    with pytest.raises(VideoFailure, match="too short to predict: 0.30 s before the reference time, the earliest "
+                                           "prediction needs 0.50 s"):
+        reference_time(VideoItem("e", None, 1, 0.3, None, "train"), 80, 8.0, 0.5)
     with pytest.raises(VideoFailure, match="event at 12.00 s but the video ends"):
-        reference_time(VideoItem("l", None, 1, 12.0, None, "train"), 80, 8.0, 5.5)
-    with pytest.raises(VideoFailure, match="need 5.50 s"):
-        reference_time(neg, n_frames=40, fps=8.0, history_s=5.5)  # a 5 s negative
+        reference_time(VideoItem("l", None, 1, 12.0, None, "train"), 80, 8.0, 0.5)
+    spec = ExtractSpec(step_hz=4.0, history_s=5.5, clip_frames=4, frame_size=(24, 40), decode_fps=8.0)
+    assert [spec.real_steps(s) for s in (0.5, 3.0, 3.1, 5.5, 9.0)] == [3, 13, 13, 23, 23]
 
 
 # ---- the cache ----------------------------------------------------------------------------
@@ -181,10 +186,10 @@ def test_corrupt_truncated_empty_and_short_videos_are_reported_and_skipped(synth
     data = good[0].path.read_bytes()
     (bad / "truncated.mp4").write_bytes(data[: int(len(data) * 0.3)])
     (bad / "empty.mp4").write_bytes(b"")
-    shutil.copy(good[1].path, bad / "early_event.mp4")
+    shutil.copy(good[1].path, bad / "early_event.mp4")  # event 0.3 s in: no prediction time at all
     lines = ["path,label,event_time"] + [f"{v.path},{v.label},{v.event_time or ''}" for v in good]
     lines += [f"{bad / 'random.mp4'},1,7.0", f"{bad / 'truncated.mp4'},0,", f"{bad / 'empty.mp4'},0,",
-              f"{bad / 'early_event.mp4'},1,2.0"]
+              f"{bad / 'early_event.mp4'},1,0.3"]
     manifest = tmp_path / "mixed.csv"
     manifest.write_text("\n".join(lines) + "\n")
     ds = load_dataset(manifest)
@@ -199,8 +204,9 @@ def test_corrupt_truncated_empty_and_short_videos_are_reported_and_skipped(synth
     assert failures["random"].startswith("cannot open video")
     assert failures["truncated"].startswith(("cannot open video", "decode failed"))
     assert failures["empty"] == "empty file (0 bytes)"
-    assert "shorter than needed" in failures["early_event"]
-    assert any("truncated" in line and "failed" in line for line in logged)
+    assert failures["early_event"].startswith("too short to predict: 0.30 s")
+    skipped = [line for line in logged if line.startswith("skipped:")]  # each named in one line
+    assert len(skipped) == 4 and any("truncated" in line for line in skipped)
 
     fs = load_features(tmp_path / "home", ds.name, "pixels")
     assert sorted(fs.video_ids) == sorted(v.id for v in good)
