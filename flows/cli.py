@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=96)
     p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=10.0, help="clip length; positive events sit at >= 6.8 s")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="clip length (>= 2); positive events sit at >= 6.8 s, or in the last second of a clip under 7.1 s")
 
     p = command("extract", cmd_extract, "extract backbone embeddings into the Parquet feature cache")
     p.add_argument("--dataset", required=True, help="dataset folder (Nexar train.csv or generic CSV)")
