@@ -33,6 +33,7 @@ from crashsearch.agents import create_policy
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.lock import CampaignLock, ending_status
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -155,7 +156,8 @@ class _Campaign:
         assert propose_mode in ("turns", "concurrent"), f"propose_mode must be turns or concurrent, not {propose_mode!r}"
         self.home, self.log, self.progress = home, log, progress
         self.dataset = load_dataset(dataset_path)
-        self.campaign = campaign_id or default_campaign_id(self.dataset.name)
+        self.campaign = default_campaign_id(self.dataset.name) if campaign_id is None else campaign_id
+        self.lock = CampaignLock(home.root, self.campaign).acquire()  # one writer per campaign (lab/lock.py)
         self.store = Store(home)
         self.budget, self.hours, self.seeds, self.round_size, self.seed = budget, hours, seeds, round_size, seed
         self.propose_mode = propose_mode
@@ -225,7 +227,7 @@ class _Campaign:
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, rerun_leaders_after_fix: int) -> CampaignSummary:
         bar = _progress_bar(self.target, self.recorded) if self.progress else None
-        stopped = "budget"
+        stopped, status = "budget", "finished"
         try:
             if rerun_leaders_after_fix:
                 self._run_jobs(self._leader_reruns(rerun_leaders_after_fix), bar)
@@ -246,6 +248,9 @@ class _Campaign:
         except SystematicFailure as exc:  # the unspent budget stays for after the fix
             stopped, self.stop_line = "failed", exc.stop.line()
             self.log(self.stop_line)
+        except BaseException as exc:
+            status = stopped = ending_status(exc)  # Ctrl-C or SIGTERM: "interrupted", not "finished"
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -253,13 +258,21 @@ class _Campaign:
             run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
                    "new": self.new, "recorded": self.recorded, "extend": self.extend, "stopped": stopped}
             self.store.write_campaign(self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
-                                                      "status": "failed" if stopped == "failed" else "finished",
+                                                      "status": "failed" if stopped == "failed" else status,
                                                       "stop_reason": self.stop_line or None,
                                                       "updated_at": utcnow().isoformat()})
             try:  # one file per campaign keeps queries fast; safe while others read
                 self.store.compact(self.campaign)
             except Exception as exc:
                 self.log(f"could not compact the log of {self.campaign}: {one_line(str(exc), 160)}")
+            try:
+                if status == "interrupted":  # summary.txt still tells what this run recorded (the CLI prints it)
+                    self._write_summary(stopped)
+            finally:
+                self.lock.release()
+        return self._write_summary(stopped)
+
+    def _write_summary(self, stopped: str) -> CampaignSummary:
         summary = self._summary(stopped)
         _atomic_write(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
         return summary
@@ -632,11 +645,23 @@ def main(args) -> int:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
         _check_classes(args)
-    except ValueError as exc:  # ClassCheckError included: one line, before any round
+        # one writer per campaign: refused here in one line, before a flow run starts
+        campaign_id = default_campaign_id(load_dataset(config.dataset).name) if config.campaign is None else config.campaign
+        lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
+    except ValueError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
-    with quiet_prefect():
-        result = get_campaign_flow()(**{f.name: getattr(config, f.name) for f in CampaignConfig.fields("campaign")})
+    started = time.time()
+    try:
+        with quiet_prefect():
+            result = get_campaign_flow()(**{f.name: getattr(config, f.name) for f in CampaignConfig.fields("campaign")})
+    except BaseException as exc:
+        summary_path = args.home_dir.root / "campaigns" / campaign_id / "summary.txt"
+        if ending_status(exc) == "interrupted" and summary_path.exists() and summary_path.stat().st_mtime >= started:
+            print(summary_path.read_text(), end="")  # what the interrupted run recorded
+        raise
+    finally:
+        lock.release()
     home = args.home_dir
     summary_path = home.campaign(result["campaign"]) / "summary.txt"
     print(summary_path.read_text() if summary_path.exists() else result)

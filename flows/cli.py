@@ -6,6 +6,8 @@ that does the work only when its command runs.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import Callable
 
@@ -165,16 +167,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code. A user's mistake (a bad id, file or number, a full
+    disk, a busy campaign) is one line on stderr, exit 2; Ctrl-C or SIGTERM one line, exit 130.
+    ``CRASHSEARCH_DEBUG=1`` shows the traceback instead."""
     from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
+    from crashsearch.lab.lock import ending_status, raise_on_sigterm
 
     args = build_parser().parse_args(argv)
-    args.home_dir = resolve_home(args.home)
-    configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
+    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
     try:
+        args.home_dir = resolve_home(args.home)
+        configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; finished experiments are kept", file=sys.stderr)
-        return 130
+    except BaseException as exc:  # noqa: BLE001  (sorted below: user errors, interrupts, the rest)
+        if os.environ.get("CRASHSEARCH_DEBUG") or isinstance(exc, SystemExit):
+            raise
+        if ending_status(exc) == "interrupted":
+            print("interrupted; finished experiments are kept", file=sys.stderr)
+            return 130
+        if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith("duckdb"):
+            print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for a user's error: the first line of its message, with the path for OS errors."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}" + (" (the disk is full; everything recorded is kept)"
+                                            if exc.errno == errno.ENOSPC else "")
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

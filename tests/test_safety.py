@@ -2,6 +2,7 @@
 mistake gets one line, never a traceback. Each test names the bug it guards against."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -182,3 +183,133 @@ def test_query_timeout_cancels_in_one_line(home):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3
     assert "timeout of 1 s" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- one writer per campaign; interrupted runs tell the truth --------------------------------------
+
+TINY_SPACE = """
+name: tiny
+groups:
+  arch:
+    backbone: [pixels]
+    encoder: [meanpool_mlp, gru]
+    size: [small]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.001, 0.003, 0.01]
+    batch_size: [16, 32, 64]
+  data:
+    window_s: [1.0, 2.0]
+    augment: [none, jitter]
+fixed:
+  epochs: 1
+  weight_decay: 0.01
+  class_balance: true
+  horizons_s: [0.5, 1.0, 1.5]
+"""
+
+HOLD_LOCK = """
+import os, sys, time
+from crashsearch.lab.lock import CampaignLock
+lock = CampaignLock(sys.argv[1], "c1").acquire()
+print("held", flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), 9)  # no release, no atexit: the kernel must drop the lock
+time.sleep(60)
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_home(synth_dataset, tmp_path_factory):
+    """A home with the tiny dataset's pixels features cached and a 144-cell space file."""
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.tasks.extract import extract_dataset
+
+    home = resolve_home(tmp_path_factory.mktemp("home"))
+    extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
+    space_path = home.root / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    return home, synth_dataset, str(space_path)
+
+
+def test_campaign_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    from crashsearch.lab.lock import CampaignBusy, CampaignLock
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path), "hold"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CampaignBusy, match=rf"campaign c1 is already being run by host \S+ pid {holder.pid} since 20"):
+            CampaignLock(tmp_path, "c1").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    dying = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path), "die"], stdout=subprocess.PIPE, text=True)
+    assert dying.stdout.readline().strip() == "held"
+    dying.wait()
+    with CampaignLock(tmp_path, "c1") as lock:  # the dead process's lock is free
+        assert lock.previous["pid"] == dying.pid
+        with CampaignLock(tmp_path, "c1") as again:  # re-entrant within one process
+            assert again is lock
+        assert lock.fd is not None
+    assert lock.fd is None
+
+
+def test_ending_status_says_interrupted_for_ctrl_c_and_sigterm():
+    from prefect.exceptions import TerminationSignal
+
+    from crashsearch.lab.lock import Terminated, ending_status
+
+    assert ending_status(None) == "finished"
+    assert ending_status(KeyboardInterrupt()) == "interrupted"
+    assert ending_status(Terminated()) == "interrupted"
+    assert ending_status(TerminationSignal(signal.SIGTERM)) == "interrupted"
+    assert ending_status(RuntimeError("boom")) == "failed"
+
+
+def _campaign_cmd(home, ds, space, campaign, budget):
+    return [sys.executable, "-m", "crashsearch", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
+            "--campaign", campaign, "--space", space, "--budget", str(budget), "--seeds", "1", "--round-size", "2",
+            "--policies", "random"]
+
+
+def _wait_for_rows(home, campaign, n, proc, seconds=240):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        files = Store(home).log_files(campaign)
+        if files and sum(pq.read_metadata(f).num_rows for f in files) >= n:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"campaign did not record {n} rows: {proc.poll()} {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_run_is_refused_and_an_interrupted_run_says_so(lab_home, sig):
+    # bugs: two runs of one campaign trained every cell twice; after SIGINT/SIGTERM campaign.json said "finished"
+    home, ds, space = lab_home
+    campaign = f"lock-{sig.name.lower()}"
+    first = subprocess.Popen(_campaign_cmd(home, ds, space, campaign, 140), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(home, campaign, 2, first)
+        second = run_cli(*_campaign_cmd(home, ds, space, campaign, 140)[3:], timeout=120)
+        err = one_line_error(second)
+        assert f"pid {first.pid}" in err and "already being run" in err
+        first.send_signal(sig)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert f"campaign {campaign} on synth-day" in out and "stopped on interrupted" in out  # the summary is printed
+    info = json.loads((home.root / "campaigns" / campaign / "campaign.json").read_text())
+    assert info["status"] == "interrupted"
+    status = run_cli("status", "--home", str(home.root))
+    assert any(campaign in line and "interrupted" in line for line in status.stdout.splitlines()), status.stdout
+    rows = Store(home).experiments(campaign)
+    assert rows["experiment_id"].is_unique and not rows.duplicated(["cell_id", "replicate"]).any()
+    resumed = run_cli(*_campaign_cmd(home, ds, space, campaign, len(rows) + 2)[3:], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

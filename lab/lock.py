@@ -1,0 +1,156 @@
+"""One writer per campaign, and the truth about how a run ended.
+
+``CampaignLock`` is an exclusive ``flock`` on ``<home>/campaigns/<id>/lock``. The file also
+names its holder (host, pid, since) so that a second run can say who has the campaign. The
+kernel drops the lock when its process dies, however it dies (SIGKILL, a crash, a power cut of
+the node), so the lock of a dead process is simply free: the next run takes it and overwrites
+the holder's name; two runs racing for a free lock cannot both get it. On shared storage
+(NFS v4) ``flock`` is a lock on the server, so distributed orchestrators on different hosts
+exclude each other too. Locks are re-entrant within one process (the CLI takes the lock before
+it starts the flow, and the flow takes it again).
+
+``ending_status(exc)`` is the status a campaign.json gets when a run stops by ``exc``:
+``interrupted`` for Ctrl-C, SIGTERM (Prefect's TerminationSignal, or ``Terminated`` raised by
+the CLI's handler), ``failed`` for anything else, and ``finished`` when there is none.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import threading
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+
+from crashsearch.lab.rows import check_campaign_id
+
+LOCK_FILE = "lock"
+# lock path -> the lock this process holds; weak, so a lock whose run died in its set-up is freed with it
+_HELD: "weakref.WeakValueDictionary[str, CampaignLock]" = weakref.WeakValueDictionary()
+_GUARD = threading.Lock()
+
+
+class CampaignBusy(ValueError):
+    """Another live process holds the campaign; the message names it (host, pid, since)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every ``finally`` runs and the run ends as interrupted."""
+
+
+class CampaignLock:
+    """The exclusive right to write one campaign. ``acquire()`` returns self; ``release()`` frees it.
+
+    Use as ``with CampaignLock(home_root, "c1"):``. Raises CampaignBusy when another live
+    process holds it, ValueError on a bad campaign id.
+    """
+
+    def __init__(self, home_root: str | os.PathLike, campaign: str):
+        self.campaign = check_campaign_id(campaign)
+        self.path = Path(home_root) / "campaigns" / campaign / LOCK_FILE
+        self.fd: int | None = None
+        self.depth = 0
+        self.previous: dict | None = None  # the holder named in the file when we took it (a dead one)
+        self.outer: CampaignLock | None = None  # the lock this process already held, when re-entered
+
+    def acquire(self) -> "CampaignLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.parent.resolve() / LOCK_FILE)
+        with _GUARD:
+            held = _HELD.get(key)
+            if held is not None and held.fd is not None:  # this process holds it already: re-enter
+                held.depth += 1
+                self.outer = held  # our release() releases it once
+                return held
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CampaignBusy(f"campaign {self.campaign} is already being run by {describe(read_holder(self.path))}; "
+                                   "wait for it to finish or stop that process (one writer per campaign)") from None
+            except OSError:
+                os.close(fd)
+                raise
+            self.previous = read_holder(self.path)
+            holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            data = (json.dumps(holder) + "\n").encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            self.fd, self.depth, self.key = fd, 1, key
+            _HELD[key] = self
+            return self
+
+    def release(self) -> None:
+        """Give the lock up (the last of nested acquires does); a no-op when not held."""
+        if self.outer is not None:
+            outer, self.outer = self.outer, None
+            outer.release()
+            return
+        with _GUARD:
+            if self.fd is None:
+                return
+            self.depth -= 1
+            if self.depth > 0:
+                return
+            _HELD.pop(self.key, None)
+            fd, self.fd = self.fd, None
+            try:
+                os.ftruncate(fd, 0)  # nobody holds it: the file names no one
+            except OSError:
+                pass
+            os.close(fd)  # closing drops the flock
+
+    def __enter__(self) -> "CampaignLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a run whose set-up failed must not keep the campaign
+        try:
+            if self.fd is not None:
+                self.depth = 1
+                self.release()
+        except Exception:
+            pass
+
+
+def read_holder(path: Path) -> dict:
+    """The holder a lock file names ({} when it names none or cannot be read)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe(holder: dict) -> str:
+    if not holder:
+        return "another process"
+    return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
+
+
+def ending_status(exc: BaseException | None) -> str:
+    """``finished`` (no exception), ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``."""
+    if exc is None:
+        return "finished"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, KeyboardInterrupt) or names & {"TerminationSignal", "ExternalSignal"}:
+        return "interrupted"
+    return "failed"
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise ``Terminated`` in the main thread (a no-op elsewhere), so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
