@@ -77,6 +77,12 @@ def cmd_analyze(args) -> int:
     return analyze_main(args)
 
 
+def cmd_check(args) -> int:
+    from crashsearch.lab.check import cli_main as check_main
+
+    return check_main(args)
+
+
 def cmd_status(args) -> int:
     from crashsearch.flows.status import main as status_main
 
@@ -161,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--campaign", required=True)
     p.add_argument("--control-arms", default=None, metavar="POLICIES",
                    help="first train control arms (e.g. random,tpe) with the campaign's budget, dataset and backbones")
+
+    p = command("check", cmd_check, "find damaged history files; --repair moves them to <home>/quarantine/ (never deletes)")
+    p.add_argument("--campaign", default=None, help="default: every campaign")
+    p.add_argument("--repair", action="store_true", help="keep their readable rows, then move the files to quarantine")
 
     p = command("status", cmd_status, "running and recent campaigns")
     return parser

@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -115,9 +115,13 @@ class Store:
         Raises FileNotFoundError if a compaction removes a merged file while it is being read
         (callers retry)."""
         folders: dict[Path, list[Path]] = {}
-        for path in self.log_files(campaign):
-            folders.setdefault(path.parent, []).append(path)
         gens = Generations([], [], [])
+        for path in self.log_files(campaign):
+            problem = damage(path)
+            if problem:  # left out, named; the other files (and campaigns) stay readable
+                gens.damaged.append((path, problem))
+                continue
+            folders.setdefault(path.parent, []).append(path)
         for files in folders.values():
             merged = [f for f in files if f.name.endswith((MERGED_SUFFIX, MINOR_SUFFIX))]
             replaced = set()
@@ -130,6 +134,8 @@ class Store:
             gens.bases.extend(base)
             gens.recent.extend(f for f in live if f not in base)
             gens.replaced.extend(f for f in files if f.name in replaced)
+        for path, problem in gens.damaged:
+            warn_damaged(path, problem)
         return gens
 
     # ---- writing ----------------------------------------------------------------------------
@@ -452,10 +458,41 @@ class Generations:
     bases: list[Path]
     recent: list[Path]
     replaced: list[Path]
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, why): left out of every view
 
     @property
     def live(self) -> list[Path]:
         return self.bases + self.recent
+
+
+_FOOTERS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> "" or what is wrong: footers read once
+_WARNED: set[str] = set()
+
+
+def damage(path: Path) -> str:
+    """What is wrong with a log file's footer and schema, in a few words; "" when it is readable.
+
+    Raises FileNotFoundError when the file is gone (a compaction removed it: callers list again)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FOOTERS:
+        try:
+            names = pq.read_schema(path).names
+            problem = "" if {"experiment_id", "campaign", "cell_id", "status"} <= set(names) else \
+                "not a log file: it lacks the experiment_id, campaign, cell_id or status column"
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            problem = f"unreadable Parquet ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+        _FOOTERS[key] = problem
+    return _FOOTERS[key]
+
+
+def warn_damaged(path: Path, problem: str) -> None:
+    """Name a damaged log file once per process, in one line."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        log.warning("%s is damaged (%s); its rows are left out (see crashsearch check --repair)", path, problem)
 
 
 def experiments_sql(bases: list[Path], recent: list[Path]) -> str:

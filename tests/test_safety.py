@@ -313,3 +313,63 @@ def test_a_second_run_is_refused_and_an_interrupted_run_says_so(lab_home, sig):
     assert rows["experiment_id"].is_unique and not rows.duplicated(["cell_id", "replicate"]).any()
     resumed = run_cli(*_campaign_cmd(home, ds, space, campaign, len(rows) + 2)[3:], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+# ---- damage stays local, is named, and check moves it aside ----------------------------------------
+
+def test_a_garbage_file_in_one_campaign_leaves_the_others_working(store, space, home, tmp_path):
+    # bug: one garbage part file made every campaign's queries, resumes and leaderboards fail
+    store.append("good", rows(space, 5), space)
+    store.append("bad", rows(space, 3, prefix="b"), space)
+    store.append("bad", rows(space, 2, seed=1, prefix="c"), space)
+    garbage = store.log_dir("bad") / "part-20250101T000000.000000Z-garbage.parquet"
+    garbage.write_bytes(b"this is not parquet" * 10)
+    assert len(store.experiments("good")) == 5
+    assert len(store.experiments("bad")) == 5  # its readable files still read
+    assert len(store.leaderboard("good")) == 5
+    proc = run_cli("leaderboard", "--home", str(home.root), "--campaign", "good")
+    assert proc.returncode == 0 and "(5 rows)" in proc.stdout
+    assert proc.stderr.count("damaged") == 1 and garbage.name in proc.stderr and "Traceback" not in proc.stderr
+    assert store.compact("bad")[0] == 2 and garbage.exists()  # compaction never removes it
+
+
+def test_a_truncated_merged_file_is_named(store, space, home):
+    # bug: a truncated merged file broke queries with an error that did not name the file
+    store.append("c1", rows(space, 6), space)
+    store.append("c1", rows(space, 6, seed=2, prefix="f"), space)
+    store.compact("c1")
+    merged = store.log_files("c1")[0]
+    merged.write_bytes(merged.read_bytes()[:-200])
+    proc = run_cli("query", "--home", str(home.root), "SELECT count(*) AS n FROM experiments")
+    assert proc.returncode == 0
+    assert merged.name in proc.stderr and "damaged" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_lists_and_repair_quarantines_without_deleting(store, space, home):
+    store.append("c1", rows(space, 4), space)
+    table = pq.read_table(store.log_files("c1")[0])
+    # a file whose second row group is corrupt: its first row group's rows are still readable
+    damaged = store.log_dir("c1") / "part-20250102T000000.000000Z-damaged.parquet"
+    extra = pa.Table.from_pylist([{**r, "experiment_id": "x" + r["experiment_id"]} for r in table.to_pylist()],
+                                 schema=table.schema)
+    pq.write_table(extra, damaged, row_group_size=2, compression="none")
+    data = bytearray(damaged.read_bytes())
+    meta = pq.read_metadata(damaged)
+    start = meta.row_group(1).column(0).data_page_offset
+    data[start:start + 64] = b"\xff" * 64
+    damaged.write_bytes(bytes(data))
+    garbage = store.log_dir("c1") / "part-20250103T000000.000000Z-garbage.parquet"
+    garbage.write_bytes(b"garbage")
+    listed = run_cli("check", "--home", str(home.root))
+    assert listed.returncode == 1
+    assert listed.stdout.count("damaged:") == 2 and garbage.name in listed.stdout and damaged.name in listed.stdout
+    assert garbage.exists() and damaged.exists()
+    repaired = run_cli("check", "--home", str(home.root), "--campaign", "c1", "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    quarantine = home.root / "quarantine" / "c1"
+    assert sorted(p.name for p in quarantine.iterdir()) == sorted([garbage.name, damaged.name])
+    assert "2 readable rows kept" in repaired.stdout
+    ids = set(store.experiments("c1")["experiment_id"])
+    assert {"xe0", "xe1"} <= ids and len(ids) == 6
+    again = run_cli("check", "--home", str(home.root))
+    assert again.returncode == 0 and "no damage" in again.stdout
