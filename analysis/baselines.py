@@ -199,22 +199,25 @@ class ReplayResult:
     history: pd.DataFrame  # rows taken from the table, in replay order, proposer = the policy
     proposed: int = 0  # proposals the policy made
     hits: int = 0  # proposals found in the table (= len(history))
-    misses: int = 0  # proposals of cells not in the table: skipped
+    misses: int = 0  # proposals of cells not in the table: skipped (or counted, see ``misses_count``)
     duplicates: int = 0  # proposals of cells already replayed: skipped
     rounds: int = 0
     stopped: str = ""  # "budget", "stalled" (no hit for `patience` rounds) or "exhausted" (table used up)
     extra: dict = field(default_factory=dict)
+    trace: list = field(default_factory=list)  # per counted proposal, in order: its row in the table, -1 for a miss
 
 
 def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int = 0, round_size: int = 12,
-           patience: int = 50, view_factory: Callable | None = None) -> ReplayResult:
+           patience: int = 50, view_factory: Callable | None = None, misses_count: bool = False) -> ReplayResult:
     """Run ``policy`` (anything with ``propose(view, n)`` and ``observe(rows)``) against a history
     used as a lookup table, until ``budget`` proposals were found in the table.
 
     A proposed cell present in the table replays one of its recorded runs (chosen with ``seed``
     when it has replicates, any status); a cell not in the table is skipped and counted in
     ``misses`` and shown to the policy as in flight so it is not proposed again. Stops early
-    after ``patience`` rounds without a hit or when every table cell was replayed.
+    after ``patience`` rounds without a hit or when every table cell was replayed. With
+    ``misses_count`` a miss also spends one unit of the budget (a benchmark's tabular objective:
+    proposing an unrecorded cell is a wasted experiment); ``trace`` lists every counted proposal.
     """
     if view_factory is None:
         # the Policy interface's own read-only view; imported here so analysis needs agents only for replay
@@ -233,7 +236,8 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
     seen: set[int] = set()
     missing: set[int] = set()
     idle = 0
-    while result.hits < budget:
+    spent = (lambda: result.hits + result.misses) if misses_count else (lambda: result.hits)
+    while spent() < budget:
         if len(seen) == len(by_cell):
             result.stopped = "exhausted"
             break
@@ -241,23 +245,28 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
             result.stopped = "stalled"
             break
         view = view_factory(space, table.iloc[picked], missing, result.rounds)
-        proposals = policy.propose(view, min(round_size, budget - result.hits)) or []
+        proposals = policy.propose(view, min(round_size, budget - spent())) or []
         result.rounds += 1
         new_rows = []
         for prop in proposals:
             result.proposed += 1
             cell_id = int(getattr(getattr(prop, "cell", prop), "id", prop))
-            if cell_id in seen:
+            if cell_id in seen or (misses_count and cell_id in missing):
                 result.duplicates += 1
             elif cell_id not in by_cell:
+                if misses_count and spent() >= budget:
+                    continue
                 result.misses += 1
                 missing.add(cell_id)
-            elif result.hits < budget:
+                if misses_count:
+                    result.trace.append(-1)
+            elif spent() < budget:
                 seen.add(cell_id)
                 pos = int(rng.choice(by_cell[cell_id]))
                 picked.append(pos)
                 new_rows.append(pos)
                 result.hits += 1
+                result.trace.append(pos)
         idle = 0 if new_rows else idle + 1
         if new_rows and hasattr(policy, "observe"):
             policy.observe(table.iloc[new_rows].drop(columns=[c for c in table.columns if c.startswith("test_")]).to_dict("records"))

@@ -83,6 +83,12 @@ def cmd_check(args) -> int:
     return check_main(args)
 
 
+def cmd_benchmark(args) -> int:
+    from crashsearch.flows.benchmark import main as benchmark_main
+
+    return benchmark_main(args)
+
+
 def cmd_status(args) -> int:
     from crashsearch.flows.status import main as status_main
 
@@ -171,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "find damaged history files; --repair moves them to <home>/quarantine/ (never deletes)")
     p.add_argument("--campaign", default=None, help="default: every campaign")
     p.add_argument("--repair", action="store_true", help="keep their readable rows, then move the files to quarantine")
+
+    p = command("benchmark", cmd_benchmark, "compare search policies on a surrogate (or table) of a recorded history")
+    p.add_argument("--campaign", required=True, help="the history: a campaign's own rows or an imported log")
+    p.add_argument("--policies", default="random,tpe,evolution", help="comma list; claude and gemini run when their keys are set")
+    p.add_argument("--budget", type=int, default=100, help="experiments per run")
+    p.add_argument("--repeats", type=int, default=10, help="runs per policy, each with its own seed")
+    p.add_argument("--objective", choices=["surrogate", "table"], default="surrogate",
+                   help="surrogate: a model fitted to the ok rows answers any cell; table: recorded cells only, misses count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default: <home>/benchmarks/<campaign>-<timestamp>)")
+    p.add_argument("--space", default=None, help="the history's space YAML (default: the collision space)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the offline policies (default: 2 or the cores)")
+    p.add_argument("--round-size", type=int, default=12, help="proposals asked per round, as in a campaign")
+    p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")
 
     p = command("status", cmd_status, "running and recent campaigns")
     return parser

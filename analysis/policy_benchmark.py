@@ -1,0 +1,173 @@
+"""Statistics and the write-up of a policy benchmark (``crashsearch benchmark``): pure functions of the runs.
+
+The runs (each policy's AP per experiment, per repeat, NaN where an experiment gave no AP) become
+a history frame with one campaign per repeat, so the report's own statistics apply unchanged:
+``analysis.baselines.best_at_n`` (mean over repeats, 95% bootstrap interval resampling repeats),
+``analysis.baselines.verdicts`` (the N=50 sentence of the report) and
+``analysis.convergence.fit_power_law`` (on each policy's mean best-at-N curve).
+
+``summary`` returns the benchmark.json document, exactly::
+
+    {"objective", "budget", "repeats", "surrogate": {"holdout_r2", "holdout_spearman"},
+     "policies": {NAME: {"best_at": {"10"|"50"|"100"|...: {"mean", "lo", "hi"}},
+                         "power_law": {"a", "b", "c", "r2"}, "tokens", "cost_usd"}}}
+
+``best_at`` keys: 10, 50, 100, every power of ten up to the budget, and the budget itself (those
+not above the budget). A key no repeat reached (an agent stopped by its dollar budget) holds nulls.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crashsearch.analysis.baselines import best_at_n, verdicts
+from crashsearch.analysis.convergence import fit_power_law
+from crashsearch.analysis.history import running_best
+
+N_BOOT = 2000
+
+
+def benchmark_ns(budget: int) -> list[int]:
+    """10, 50, 100, every power of ten up to ``budget``, and ``budget``; only those <= budget."""
+    ns = {10, 50, 100, int(budget)}
+    p = 1000
+    while p <= budget:
+        ns.add(p)
+        p *= 10
+    return sorted(n for n in ns if 1 <= n <= budget)
+
+
+def runs_frame(runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
+    """A history frame of the runs: campaign ``repeat-<k>``, proposer = policy, status ok or miss."""
+    parts = []
+    for policy, seqs in runs.items():
+        for k, vals in enumerate(seqs):
+            vals = np.asarray(vals, dtype=float)
+            parts.append(pd.DataFrame({"campaign": f"repeat-{k}", "proposer": policy, "cell_id": np.arange(len(vals)),
+                                       "status": np.where(np.isnan(vals), "miss", "ok"), "val_ap": vals}))
+    if not parts:
+        return pd.DataFrame(columns=["campaign", "proposer", "cell_id", "status", "val_ap"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def mean_curve(seqs: list[np.ndarray]) -> np.ndarray:
+    """Mean running best at N = 1.. over the repeats that reached N (NaN before any AP)."""
+    longest = max((len(s) for s in seqs), default=0)
+    best = np.full((len(seqs), longest), np.nan)
+    for i, s in enumerate(seqs):
+        best[i, : len(s)] = running_best(np.asarray(s, dtype=float))
+    with np.errstate(all="ignore"), pd.option_context("mode.chained_assignment", None):
+        return np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in best.T])
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, objective: str,
+            fidelity: dict | None = None, spend: dict[str, tuple[int, float]] | None = None, seed: int = 0) -> dict:
+    """The benchmark.json document (shape in the module docstring); NaN becomes None."""
+    ns = benchmark_ns(budget)
+    table = best_at_n(runs_frame(runs), ns=tuple(ns), n_boot=N_BOOT, seed=seed) if runs else pd.DataFrame()
+    out = {"objective": objective, "budget": int(budget), "repeats": int(repeats),
+           "surrogate": {"holdout_r2": _num((fidelity or {}).get("holdout_r2")),
+                         "holdout_spearman": _num((fidelity or {}).get("holdout_spearman"))},
+           "policies": {}}
+    for policy, seqs in runs.items():
+        rows = table[table["arm"] == policy].set_index("n") if len(table) else pd.DataFrame()
+        best_at = {}
+        for n in ns:
+            r = rows.loc[n] if n in rows.index else None
+            best_at[str(n)] = {"mean": _num(r["best"]) if r is not None else None,
+                               "lo": _num(r["lo"]) if r is not None else None,
+                               "hi": _num(r["hi"]) if r is not None else None}
+        fit = fit_power_law(mean_curve(seqs), n_boot=0)
+        tokens, cost = (spend or {}).get(policy, (0, 0.0))
+        out["policies"][policy] = {"best_at": best_at,
+                                   "power_law": {k: _num(fit[k]) for k in ("a", "b", "c", "r2")},
+                                   "tokens": int(tokens), "cost_usd": float(cost)}
+    return out
+
+
+def verdict_lines(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0) -> list[str]:
+    """The report's N=50 sentences (agents against each control arm) for these runs."""
+    if not runs:
+        return []
+    return [v["text"] for v in verdicts(runs_frame(runs), n=n, seed=seed)]
+
+
+def curve_table(runs: dict[str, list[np.ndarray]], budget: int, points: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Best-at-N (mean, lo, hi over repeats) on a log grid of N for the figure: arm, n, best, lo, hi."""
+    ns = np.unique(np.geomspace(1, max(budget, 1), points).astype(int))
+    return best_at_n(runs_frame(runs), ns=tuple(int(n) for n in ns), n_boot=500, seed=seed) if runs else pd.DataFrame()
+
+
+def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: str, path: str | Path, seed: int = 0) -> Path:
+    """Best-at-N curves with their 95% bands, one per policy, the N=50 verdict under the title."""
+    from crashsearch.analysis.plots import _empty, _figure, _save
+
+    fig, (ax,) = _figure(1, width=7.2, height=4.6)
+    table = curve_table(runs, budget, seed=seed)
+    if table.empty:
+        _empty(ax, "no run reached N = 1")
+    else:
+        for arm, part in table.groupby("arm", sort=False):
+            line, = ax.plot(part["n"], part["best"], label=str(arm))
+            ax.fill_between(part["n"], part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axvline(50, color="0.6", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("experiments N")
+        ax.set_ylabel("best validation AP among the first N")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.suptitle(_wrap(verdict, 110), fontsize=7, y=0.02, va="bottom") if verdict else None
+    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94)) if verdict else None
+    return _save(fig, path)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def markdown(doc: dict, verdict: list[str], info: dict, figure: str | None) -> str:
+    """benchmark.md: what was benchmarked, the fidelity, the best-at-N table, the verdicts, the time."""
+    lines = [f"# Policy benchmark: {info.get('title', '')}", ""]
+    obj = doc["objective"]
+    lines.append(f"Objective **{obj}**, budget {doc['budget']:,} experiments per run, {doc['repeats']} repeats per policy "
+                 f"(independent seeds). Scope: {info.get('scope', '')}.")
+    lines.append(f"Space searched: {info.get('space', '')}.")
+    if obj == "surrogate":
+        s = doc["surrogate"]
+        lines.append(f"Surrogate: {info.get('surrogate', '')}; held-out R^2 {_f(s['holdout_r2'])}, Spearman "
+                     f"{_f(s['holdout_spearman'])} (each cell's mean AP against a model that never saw it). {info.get('noise', '')}")
+    else:
+        lines.append("Table: a proposed cell that was recorded replays one of its runs; an unrecorded cell is a miss that "
+                     "spends one experiment and yields no AP.")
+    lines += ["", "## Verdict at N=50", ""] + [f"- {v}" for v in verdict] + [""]
+    ns = list(next(iter(doc["policies"].values()))["best_at"]) if doc["policies"] else []
+    lines += ["## Best validation AP among the first N (mean over repeats, 95% bootstrap interval over repeats)", ""]
+    lines.append("| policy | " + " | ".join(f"N={n}" for n in ns) + " | power law a - b N^-c (R^2) | tokens | cost |")
+    lines.append("|---|" + "---|" * len(ns) + "---|---|---|")
+    for name, p in doc["policies"].items():
+        cells = [f"{_f(b['mean'])} [{_f(b['lo'])}, {_f(b['hi'])}]" if b["mean"] is not None else "not reached"
+                 for b in p["best_at"].values()]
+        pl = p["power_law"]
+        law = f"{_f(pl['a'])} - {_f(pl['b'])} N^-{_f(pl['c'])} ({_f(pl['r2'], 2)})" if pl["a"] is not None else "no fit"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {law} | {p['tokens']:,} | ${p['cost_usd']:.2f} |")
+    lines.append("")
+    if info.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in info["notes"]] + [""]
+    if info.get("timing"):
+        lines += ["## Where the time went", ""] + [f"- {t}" for t in info["timing"]] + [""]
+    if figure:
+        lines += [f"![best-at-N]({figure})", ""]
+    return "\n".join(lines)
+
+
+def _f(x, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

@@ -1,0 +1,142 @@
+"""`crashsearch benchmark`: compare search policies on a recorded history, without a GPU.
+
+Loads a campaign's rows from the store (its own history, or an imported log), runs the policies
+with ``tasks.benchmark.run_benchmark`` and writes ``benchmark.json``, ``benchmark.md``,
+``best_at_n.png`` and ``runs.csv`` (every experiment of every run) to ``--out`` (default
+``<home>/benchmarks/<campaign>-<UTC timestamp>/``). See ``analysis.policy_benchmark`` for the
+JSON shape.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crashsearch.analysis import policy_benchmark as pb
+from crashsearch.analysis.history import parse_baseline
+from crashsearch.analysis.surrogate import SurrogateError
+from crashsearch.lab._io import atomic_write
+from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.space import Space, SpaceError
+from crashsearch.lab.store import Store
+from crashsearch.tasks.benchmark import BenchmarkRuns, run_benchmark
+
+
+def load_history(home: Home, campaign: str, space: Space) -> pd.DataFrame:
+    """The campaign's rows. Raises ValueError naming the known campaigns when it has none, or when
+    its rows were recorded in another space than ``space`` (pass that space's YAML with --space)."""
+    store = Store(home)
+    rows = store.experiments(campaign)
+    if rows.empty:
+        known = ", ".join(sorted(c["id"] for c in store.campaigns() if not parse_baseline(c["id"]))) or "none"
+        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+    names = set(rows["space"].dropna().astype(str)) if "space" in rows.columns else set()
+    if names and names != {space.name}:
+        raise ValueError(f"campaign {campaign!r} was recorded in space {', '.join(sorted(names))}, not {space.name!r}: "
+                         f"pass that space's YAML with --space")
+    return rows
+
+
+def benchmark(campaign: str, home: str | Path | Home | None = None, policies: str | list[str] = "random,tpe,evolution",
+              budget: int = 100, repeats: int = 10, objective: str = "surrogate", seed: int = 0,
+              out: str | Path | None = None, space: str | Path | None = None, workers: int | None = None,
+              round_size: int = 12, max_usd: float = 25.0, policy_kwargs: dict | None = None, log=print) -> dict:
+    """Benchmark ``policies`` on a campaign's history and write the outputs.
+
+    Returns {"out", "json", "md", "figure", "doc", "runs"}. Raises ValueError / SurrogateError /
+    SpaceError with one line for a user's mistake.
+    """
+    h = home if isinstance(home, Home) else resolve_home(home)
+    sp = Space.load(space)
+    names = policies.split(",") if isinstance(policies, str) else list(policies)
+    history = load_history(h, campaign, sp)
+    res = run_benchmark(history, sp, names, budget, repeats, objective=objective, seed=seed, round_size=round_size,
+                        workers=workers, policy_kwargs=policy_kwargs, max_usd=max_usd, log=log)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(out) if out else h.root / "benchmarks" / f"{campaign}-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_outputs(res, out_dir, title=f"campaign {campaign}", history=history, seed=seed)
+
+
+def write_outputs(res: BenchmarkRuns, out_dir: Path, title: str, history: pd.DataFrame, seed: int = 0) -> dict:
+    """benchmark.json, benchmark.md, best_at_n.png and runs.csv of a finished benchmark, in ``out_dir``."""
+    runs: dict[str, list[np.ndarray]] = {}
+    spend: dict[str, list] = {}
+    for r in res.runs:
+        runs.setdefault(r.policy, []).append(r.values)
+        s = spend.setdefault(r.policy, [0, 0.0])
+        s[0] += r.tokens
+        s[1] += r.cost_usd
+    fidelity = res.surrogate.fidelity if res.surrogate is not None else None
+    doc = pb.summary(runs, res.budget, res.repeats, res.objective, fidelity, {k: tuple(v) for k, v in spend.items()}, seed)
+    verdict = pb.verdict_lines(runs, 50, seed)
+    figure = pb.plot(runs, res.budget, f"Best-at-N, {title} ({res.objective}, {res.repeats} repeats)",
+                     verdict[0] if verdict else "", out_dir / "best_at_n.png", seed)
+    info = _info(res, title, history)
+    atomic_write(out_dir / "benchmark.json", lambda f: f.write(json.dumps(doc, indent=2).encode()))
+    atomic_write(out_dir / "benchmark.md", lambda f: f.write(pb.markdown(doc, verdict, info, figure.name).encode()))
+    table = pd.DataFrame([{"policy": r.policy, "repeat": r.repeat, "seed": r.seed, "n": i + 1, "cell_id": int(c),
+                           "val_ap": v} for r in res.runs for i, (c, v) in enumerate(zip(r.cell_ids, r.values))],
+                         columns=["policy", "repeat", "seed", "n", "cell_id", "val_ap"])
+    atomic_write(out_dir / "runs.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+    return {"out": str(out_dir), "json": str(out_dir / "benchmark.json"), "md": str(out_dir / "benchmark.md"),
+            "figure": str(figure), "doc": doc, "verdict": verdict, "info": info, "runs": res}
+
+
+def _info(res: BenchmarkRuns, title: str, history: pd.DataFrame) -> dict:
+    sp = res.space
+    restricted = [f"{a.name} {len(a.choices)} of {len(a.values)}" for a in sp.axes if len(a.choices) < len(a.values)]
+    info = {"title": title, "scope": f"the full history ({len(history):,} rows)",
+            "space": f"{sp.name}, {sp.size:,} cells" + (f" (restricted to the values with results: {', '.join(restricted)})"
+                                                         if restricted else "")}
+    if res.surrogate is not None:
+        s = res.surrogate
+        info["surrogate"] = (f"scikit-learn {s.kind} on {s.n_rows:,} ok rows ({s.n_cells:,} cells), "
+                             f"{s.fidelity['folds']}-fold by cell")
+        info["noise"] = (s.noise["reason"] or f"Seed noise: replicate residuals of {s.noise['cells']:,} cells "
+                                                f"(sd {s.noise['sd']:.4f}), drawn with replacement.")
+    notes = [f"{p}: skipped ({why})" for p, why in res.skipped.items()]
+    for policy in dict.fromkeys(r.policy for r in res.runs):
+        own = [r for r in res.runs if r.policy == policy]
+        short = [r for r in own if len(r.values) < res.budget]
+        if short:
+            notes.append(f"{policy}: {len(short)} of {len(own)} repeats stopped before the budget "
+                         f"({'; '.join(sorted({r.stopped for r in short}))}); best-at-N uses the repeats that reached N")
+        if res.objective == "table":
+            misses = sum(int(np.isnan(r.values).sum()) for r in own)
+            notes.append(f"{policy}: {misses:,} of {sum(len(r.values) for r in own):,} experiments were misses or had no AP")
+    info["notes"] = notes
+    agg = {}
+    for r in res.runs:
+        a = agg.setdefault(r.policy, {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0})
+        for k in a:
+            a[k] += r.seconds.get(k, 0.0)
+    info["timing"] = [f"wall: {res.seconds['total']:.1f}s in all; fitting the objective {res.seconds['fit']:.1f}s; "
+                      f"the runs {res.seconds['runs']:.1f}s on {res.workers} worker process(es)"]
+    info["timing"] += [f"{p}: policy {a['policy']:.2f}s, objective {a['objective']:.2f}s, bookkeeping {a['bookkeeping']:.2f}s "
+                       f"(CPU seconds summed over repeats)" for p, a in agg.items()]
+    return info
+
+
+def main(args) -> int:
+    """CLI entry: one line on stderr and exit code 2 for a user's mistake."""
+    try:
+        result = benchmark(args.campaign, args.home_dir, policies=args.policies, budget=args.budget,
+                           repeats=args.repeats, objective=args.objective, seed=args.seed, out=args.out,
+                           space=args.space, workers=args.workers, round_size=args.round_size, max_usd=args.max_usd,
+                           log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, SurrogateError, SpaceError, FileNotFoundError) as exc:
+        print(f"crashsearch benchmark: {exc}", file=sys.stderr)
+        return 2
+    for line in result["verdict"]:
+        print(line)
+    for name, p in result["doc"]["policies"].items():
+        last = p["best_at"][str(result["doc"]["budget"])]
+        shown = "not reached" if last["mean"] is None else f"{last['mean']:.4f} [{last['lo']:.4f}, {last['hi']:.4f}]"
+        print(f"{name}: best at N={result['doc']['budget']}: {shown}")
+    print(f"wrote {result['md']}")
+    return 0

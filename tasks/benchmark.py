@@ -1,0 +1,279 @@
+"""Policy benchmark: run search policies against a model of a recorded history instead of training.
+
+Every policy is built by ``agents.create_policy`` and driven through the Policy interface a
+campaign uses (``propose(view, n)`` on a read-only ``HistoryView``, then ``observe(rows)``),
+round after round, ``repeats`` times with independent seeds. The objective answers each proposal:
+
+- ``surrogate``: ``analysis.surrogate.Surrogate.sample`` (predicted mean plus seed noise), any cell;
+- ``table``: ``analysis.baselines.replay`` with ``misses_count``: a recorded cell replays one of its
+  runs, an unrecorded one is a miss that spends one experiment of the budget and yields no AP.
+
+Both search the space restricted to the axis values the history has results for
+(``analysis.surrogate.observed_space``): a model cannot say anything about a backbone nobody ran.
+
+Offline policies run in a pool of worker processes (one job per policy and repeat, longest first);
+LLM agents run in this process meanwhile (their time is network time) with a dollar budget split
+over the repeats: an agent whose budget is spent sits out and its run stops there, shorter than
+the budget. Each run times its policy (propose + observe), its objective and the bookkeeping
+(views and rows) separately.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from crashsearch.agents import OFFLINE_POLICIES, create_policy
+from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable
+from crashsearch.analysis.surrogate import Surrogate, fit_surrogate, observed_space, ok_rows
+from crashsearch.lab.space import Space
+
+OBJECTIVES = ("surrogate", "table")
+PATIENCE = 5  # rounds in a row without a new cell before a run stops ("exhausted" or the agent's reason)
+
+
+@dataclass
+class RunResult:
+    """One policy's run: AP per experiment in order (NaN: a miss, no AP), what it spent, why it stopped."""
+
+    policy: str
+    repeat: int
+    seed: int
+    values: np.ndarray
+    cell_ids: np.ndarray
+    stopped: str = "budget"
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: dict = field(default_factory=lambda: {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0})
+
+
+@dataclass
+class BenchmarkRuns:
+    """Everything ``run_benchmark`` produced: the runs, the space searched, the surrogate (or None)."""
+
+    objective: str
+    budget: int
+    repeats: int
+    space: Space
+    runs: list[RunResult]
+    surrogate: Surrogate | None
+    skipped: dict[str, str]  # policy -> why it did not run (no key, ...)
+    seconds: dict  # fit, runs (wall), total (wall)
+    workers: int
+
+
+def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np.ndarray], budget: int,
+               round_size: int = 12, repeat: int = 0) -> RunResult:
+    """Run one policy until ``budget`` experiments (or it stops proposing); ``evaluate`` maps cell ids to APs."""
+    cols: dict[str, list] = {c: [] for c in VIEW_COLUMNS + space.axis_names}
+    seen: set[int] = set()
+    values, ids = [], []
+    secs = {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0}
+    stopped, idle, rnd = "budget", 0, 0
+    t_start = time.perf_counter()
+    while len(values) < budget:
+        view = HistoryView(space, pd.DataFrame(cols), frozenset(), rnd)
+        t0 = time.perf_counter()
+        proposals = policy.propose(view, min(round_size, budget - len(values))) or []
+        secs["policy"] += time.perf_counter() - t0
+        rnd += 1
+        fresh = []
+        for prop in proposals:
+            if prop.cell.id not in seen and space.contains(prop.cell) and len(values) + len(fresh) < budget:
+                seen.add(prop.cell.id)
+                fresh.append(prop)
+        if not fresh:
+            idle += 1
+            reason = getattr(policy, "last_error", None)
+            if reason and "budget exhausted" in reason:
+                stopped = reason
+                break
+            if idle >= PATIENCE:
+                stopped = reason or "exhausted"
+                break
+            continue
+        idle = 0
+        t0 = time.perf_counter()
+        aps = evaluate(np.array([p.cell.id for p in fresh], dtype=np.int64))
+        secs["objective"] += time.perf_counter() - t0
+        new_rows = []
+        for prop, ap in zip(fresh, aps):
+            row = {"experiment_id": f"{policy.name}-r{repeat}-{len(values):06d}", "cell_id": prop.cell.id, "status": "ok",
+                   "val_ap": float(ap), "val_auc": np.nan, "proposer": policy.name, "rationale": prop.rationale,
+                   "error_class": None, "error_message": None, "finished_at": None, **prop.cell.values}
+            for k, v in row.items():
+                cols[k].append(v)
+            new_rows.append(row)
+            values.append(float(ap))
+            ids.append(prop.cell.id)
+        t0 = time.perf_counter()
+        policy.observe(new_rows)
+        secs["policy"] += time.perf_counter() - t0
+    secs["bookkeeping"] = time.perf_counter() - t_start - secs["policy"] - secs["objective"]
+    return RunResult(policy.name, repeat, policy.seed, np.array(values, dtype=float), np.array(ids, dtype=np.int64),
+                     stopped=stopped, seconds=secs)
+
+
+def run_table(policy: Policy, space: Space, table: pd.DataFrame, budget: int, seed: int, round_size: int = 12,
+              repeat: int = 0) -> RunResult:
+    """One run against the history as a table (``analysis.baselines.replay``; misses count, yield NaN)."""
+    from crashsearch.analysis.baselines import replay
+
+    t0 = time.perf_counter()
+    res = replay(policy, space, table, budget, seed=seed, round_size=round_size, misses_count=True)
+    wall = time.perf_counter() - t0
+    trace = np.array(res.trace, dtype=np.int64)
+    ok = table["status"].isin(("ok", "healed")).to_numpy() & table["val_ap"].notna().to_numpy()
+    ap = np.where(ok, table["val_ap"].to_numpy(float), np.nan)
+    values = np.where(trace >= 0, ap[np.clip(trace, 0, None)], np.nan) if len(trace) else np.zeros(0)
+    ids = np.where(trace >= 0, table["cell_id"].to_numpy(np.int64)[np.clip(trace, 0, None)], -1) if len(trace) else np.zeros(0, np.int64)
+    return RunResult(policy.name, repeat, policy.seed, values.astype(float), ids.astype(np.int64),
+                     stopped=res.stopped or "budget", seconds={"policy": wall, "objective": 0.0, "bookkeeping": 0.0})
+
+
+# ---- one job, in a worker or here --------------------------------------------------------------
+
+_CTX: dict[str, Any] = {}
+
+
+def _init_worker(ctx: dict) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _CTX.clear()
+    _CTX.update(ctx)
+
+
+def _job(name: str, repeat: int, ctx: dict | None = None, policy_kwargs: dict | None = None) -> RunResult:
+    ctx = ctx or _CTX
+    space, budget, round_size = ctx["space"], ctx["budget"], ctx["round_size"]
+    policy_seed, noise_seed = job_seeds(ctx["seed"], name, repeat)
+    policy = create_policy(name, space, seed=policy_seed, **(policy_kwargs or {}))
+    if ctx["objective"] == "table":
+        result = run_table(policy, space, ctx["table"], budget, seed=noise_seed, round_size=round_size, repeat=repeat)
+    else:
+        rng = np.random.default_rng(noise_seed)
+        surrogate: Surrogate = ctx["surrogate"]
+        result = run_policy(policy, space, lambda ids: surrogate.sample(ids, rng), budget, round_size, repeat)
+    usage = getattr(policy, "usage", None)
+    if callable(usage):
+        u = usage()
+        result.tokens, result.cost_usd = int(u["tokens_in"] + u["tokens_out"]), float(u["cost_usd"])
+    return result
+
+
+def job_seeds(seed: int, policy: str, repeat: int) -> tuple[int, int]:
+    """(policy seed, objective seed) of one repeat: independent across repeats, the same for a rerun."""
+    ss = np.random.SeedSequence([seed, repeat, sum(map(ord, policy))])
+    a, b = ss.generate_state(2)
+    return int(a) & 0x7FFFFFFF, int(b)
+
+
+def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budget: int, repeats: int,
+                  objective: str = "surrogate", seed: int = 0, round_size: int = 12, workers: int | None = None,
+                  policy_kwargs: dict[str, dict] | None = None, max_usd: float = 25.0,
+                  surrogate_kind: str = "hgb", log: Callable[[str], None] = print) -> BenchmarkRuns:
+    """Run every policy ``repeats`` times against the ``objective`` built from ``history``.
+
+    ``max_usd`` is each LLM agent's dollar budget over all its repeats (split evenly). Returns
+    BenchmarkRuns. Raises ValueError (one line) for a bad objective, budget, repeats or policy name,
+    and SurrogateError when the history cannot support a surrogate.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
+    if budget < 1 or repeats < 1 or round_size < 1:
+        raise ValueError(f"budget, repeats and round size must be at least 1; got {budget}, {repeats}, {round_size}")
+    policies = list(dict.fromkeys(p.strip().lower() for p in policies if p.strip()))
+    if not policies:
+        raise ValueError("no policies given")
+    from crashsearch.agents import list_policies
+
+    unknown = [p for p in policies if p not in list_policies()]
+    if unknown:
+        raise ValueError(f"unknown policy {', '.join(unknown)}; valid policies: {', '.join(list_policies())}")
+    t_all = time.perf_counter()
+    bench_space = observed_space(space, history)
+    ctx: dict[str, Any] = {"space": bench_space, "budget": budget, "round_size": round_size, "seed": seed,
+                           "objective": objective}
+    surrogate = None
+    t0 = time.perf_counter()
+    if objective == "surrogate":
+        surrogate = fit_surrogate(history, space, kind=surrogate_kind, seed=seed)
+        ctx["surrogate"] = surrogate
+        f = surrogate.fidelity
+        log(f"surrogate ({surrogate.kind}) fitted to {surrogate.n_rows:,} ok rows, {surrogate.n_cells:,} cells in "
+            f"{surrogate.fit_seconds:.1f}s: held-out R^2 {f['holdout_r2']:.3f}, Spearman {f['holdout_spearman']:.3f}")
+    else:
+        ctx["table"] = table_rows(history, bench_space)
+    fit_s = time.perf_counter() - t0
+
+    skipped: dict[str, str] = {}
+    offline = [p for p in policies if p in OFFLINE_POLICIES]
+    online = [p for p in policies if p not in OFFLINE_POLICIES]
+    kwargs = {p: dict((policy_kwargs or {}).get(p, {})) for p in policies}
+    for name in online:  # an agent without its key is skipped with one line, as in a campaign
+        kwargs[name].setdefault("budget", {"usd": max_usd / repeats})
+        try:
+            create_policy(name, bench_space, seed=0, **kwargs[name])
+        except PolicyUnavailable as exc:
+            skipped[name] = str(exc)
+            log(f"{name} skipped: {exc}")
+    online = [p for p in online if p not in skipped]
+
+    # tpe is by far the slowest per run: start its jobs first so the pool ends together
+    order = {"tpe": 0, "evolution": 1, "random": 2}
+    jobs = sorted([(p, r) for p in offline for r in range(repeats)], key=lambda j: (order.get(j[0], 1), j[1]))
+    workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(jobs) or 1))
+    runs: list[RunResult] = []
+    t0 = time.perf_counter()
+    if workers == 1 or not jobs:
+        pool = None
+        futures = []
+    else:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(ctx,))
+        futures = [pool.submit(_job, p, r, None, kwargs[p]) for p, r in jobs]
+    try:
+        for name in online:
+            for r in range(repeats):
+                runs.append(_job(name, r, ctx, kwargs[name]))
+                log(f"{name} repeat {r + 1}/{repeats}: {len(runs[-1].values)} experiments ({runs[-1].stopped}), "
+                    f"{runs[-1].tokens:,} tokens, ${runs[-1].cost_usd:.2f}")
+        if pool is None:
+            runs += [_job(p, r, ctx, kwargs[p]) for p, r in jobs]
+        else:
+            runs += [f.result() for f in futures]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    runs_s = time.perf_counter() - t0
+    runs.sort(key=lambda r: (policies.index(r.policy), r.repeat))
+    return BenchmarkRuns(objective, budget, repeats, bench_space, runs, surrogate, skipped,
+                         {"fit": fit_s, "runs": runs_s, "total": time.perf_counter() - t_all}, workers)
+
+
+def table_rows(history: pd.DataFrame, space: Space) -> pd.DataFrame:
+    """The rows a table objective replays: every row with a cell id inside ``space``, test metrics dropped."""
+    rows = history.drop(columns=[c for c in history.columns if c.startswith("test_")]).reset_index(drop=True)
+    if "status" not in rows.columns:
+        rows["status"] = np.where(rows["val_ap"].notna(), "ok", "failed")
+    ids = pd.to_numeric(rows["cell_id"], errors="coerce")
+    inside = ids.notna() & ids.between(0, space.full_size - 1)
+    rows = rows[inside].assign(cell_id=ids[inside].astype(np.int64))
+    rows = rows[np.array([_in_choices(space, int(i)) for i in rows["cell_id"]], dtype=bool)].reset_index(drop=True)
+    if ok_rows(rows).empty:
+        raise ValueError("the history has no ok row with a validation AP inside the space: nothing to replay")
+    return rows
+
+
+def _in_choices(space: Space, cell_id: int) -> bool:
+    """True when the cell lies inside ``space`` (and its restriction)."""
+    try:
+        space.cell(cell_id)
+        return True
+    except ValueError:
+        return False
