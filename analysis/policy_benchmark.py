@@ -18,6 +18,7 @@ not above the budget). A key no repeat reached (an agent stopped by its dollar b
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, object
             fidelity: dict | None = None, spend: dict[str, tuple[int, float]] | None = None, seed: int = 0) -> dict:
     """The benchmark.json document (shape in the module docstring); NaN becomes None."""
     ns = benchmark_ns(budget)
-    table = best_at_n(runs_frame(runs), ns=tuple(ns), n_boot=N_BOOT, seed=seed) if runs else pd.DataFrame()
+    with warnings.catch_warnings():  # a repeat with no AP at all (every proposal a miss) is a NaN, not news
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = best_at_n(runs_frame(runs), ns=tuple(ns), n_boot=N_BOOT, seed=seed) if runs else pd.DataFrame()
     out = {"objective": objective, "budget": int(budget), "repeats": int(repeats),
            "surrogate": {"holdout_r2": _num((fidelity or {}).get("holdout_r2")),
                          "holdout_spearman": _num((fidelity or {}).get("holdout_spearman"))},

