@@ -99,7 +99,9 @@ def verdict_lines(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0)
     """The report's N=50 sentences (agents against each control arm) for these runs."""
     if not runs:
         return []
-    return [v["text"] for v in verdicts(runs_frame(runs), n=n, seed=seed)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [v["text"] for v in verdicts(runs_frame(runs), n=n, seed=seed)]
 
 
 def curve_table(runs: dict[str, list[np.ndarray]], budget: int, points: int = 40, seed: int = 0) -> pd.DataFrame:
