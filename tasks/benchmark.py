@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -143,6 +144,10 @@ _CTX: dict[str, Any] = {}
 
 
 def _init_worker(ctx: dict) -> None:
+    # Ctrl-C is the parent's to handle: it terminates the workers (SIGTERM, which a forked worker
+    # would otherwise inherit as the CLI's "raise an exception" handler and survive)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _CTX.clear()
     _CTX.update(ctx)
@@ -247,9 +252,14 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
             runs += [_job(p, r, ctx, kwargs[p]) for p, r in jobs]
         else:
             runs += [f.result() for f in futures]
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    except BaseException:
+        if pool is not None:  # interrupted or failed: stop the workers now instead of finishing their runs
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown()
     runs_s = time.perf_counter() - t0
     runs.sort(key=lambda r: (policies.index(r.policy), r.repeat))
     return BenchmarkRuns(objective, budget, repeats, bench_space, runs, surrogate, skipped,
