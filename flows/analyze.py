@@ -88,20 +88,36 @@ def analyze_flow(campaign: str, home: str | None = None) -> dict:
 
 
 def _publish(campaign: str, report_md: Path) -> None:
-    """The report as a Prefect markdown artifact (figures replaced by their paths); never fails the flow."""
+    """The report as a Prefect markdown artifact, with links to its files (figures as links: the UI
+    cannot show local images); never fails the flow."""
     try:
         from prefect.artifacts import create_markdown_artifact
         from prefect.context import FlowRunContext
 
         if FlowRunContext.get() is None:  # called as a plain function (e.g. analyze_flow.fn): no run to attach to
             return
-        lines = [f"*figure: {report_md.parent / line.split('](', 1)[1].rstrip(')')}*" if line.startswith("![") else line
+        lines = [_figure_link(report_md.parent, line) if line.startswith("![") else line
                  for line in report_md.read_text().splitlines()]
+        lines += ["", "## Report files", ""] + [f"- [{f.relative_to(report_md.parent)}]({f.resolve().as_uri()})"
+                                                   for f in _report_files(report_md.parent)]
         key = "".join(c if c.isalnum() else "-" for c in campaign.lower()).strip("-") or "campaign"
         create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines),
                                  description=f"Analysis report of campaign {campaign}")
     except Exception as exc:  # an artifact is a convenience: the report files are written already
         print(f"could not publish the report artifact: {str(exc).splitlines()[0][:160]}", file=sys.stderr)
+
+
+def _figure_link(folder: Path, line: str) -> str:
+    """A report figure (``![alt](file.png)``) as a link to the file: the UI cannot show local images."""
+    alt, _, target = line[2:].partition("](")
+    path = (folder / target.rstrip(")")).resolve()
+    return f"*figure: [{alt or path.name}]({path.as_uri()})*"
+
+
+def _report_files(folder: Path) -> list[Path]:
+    """The report's files: report.md, report.html and numbers.json first, then the rest by name."""
+    first = [folder / n for n in ("report.md", "report.html", "numbers.json") if (folder / n).exists()]
+    return first + sorted(f for f in folder.rglob("*") if f.is_file() and f not in first and not f.name.startswith("."))
 
 
 def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campaign_id: str, budget: int,

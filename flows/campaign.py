@@ -32,6 +32,7 @@ import pandas as pd
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
+from crashsearch.lab.console import echo, progress_bar, set_verbose
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.lock import CampaignLock, ending_status
 from crashsearch.lab.settings import Home, resolve_home
@@ -114,19 +115,21 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
                  policy_kwargs: dict[str, dict] | None = None, progress: bool = False, propose_mode: str = "turns",
                  rerun_leaders_after_fix: int = 0, train_fn: Callable | None = None,
                  log: Callable[[str], None] | None = None, executor: Any = None,
-                 extend: int | None = None) -> CampaignSummary:
+                 extend: int | None = None, reporter: Any = None) -> CampaignSummary:
     """Run or resume a campaign until ``budget`` experiments are recorded (or ``hours`` pass).
 
     ``train_fn(cells, features, seeds, fixed, device)`` trains a batch (default: tasks.train.
     train_batch, or a Prefect task wrapping it inside the flow). ``executor`` replaces the local
-    in-process one (see LocalExecutor), e.g. to dispatch batches to a work pool. Returns a
+    in-process one (see LocalExecutor), e.g. to dispatch batches to a work pool. ``reporter``
+    (flows/progress.py) hears of each batch, round and the end, for the Prefect UI. Returns a
     CampaignSummary.
     Raises ValueError when the dataset has no cached features or no policy can run.
     """
     runner = _Campaign(home if isinstance(home, Home) else resolve_home(home), Path(dataset), campaign_id,
                        list(policies), budget, hours, space_path, backbones, seeds, round_size, device, seed,
-                       policy_kwargs or {}, progress, propose_mode, train_fn, log or (lambda m: print(m, file=sys.stderr)),
+                       policy_kwargs or {}, progress, propose_mode, train_fn, log or echo,
                        executor, extend)
+    runner.reporter = reporter
     return runner.run(rerun_leaders_after_fix)
 
 
@@ -147,6 +150,8 @@ class LocalExecutor:
 
 class _Campaign:
     """The state of one campaign run; ``run()`` is the loop described in the module docstring."""
+
+    reporter: Any = None  # flows/progress.CampaignProgress in a flow run
 
     def __init__(self, home, dataset_path, campaign_id, policy_names, budget, hours, space_path, backbones, seeds,
                  round_size, device, seed, policy_kwargs, progress, propose_mode, train_fn, log, executor=None,
@@ -226,8 +231,10 @@ class _Campaign:
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, rerun_leaders_after_fix: int) -> CampaignSummary:
-        bar = _progress_bar(self.target, self.recorded) if self.progress else None
+        bar = progress_bar(self.target, self.recorded) if self.progress else None
         stopped, status = "budget", "finished"
+        if self.reporter is not None:
+            self.reporter.start(self.campaign, self.recorded, self.target, self.budget)
         try:
             if rerun_leaders_after_fix:
                 self._run_jobs(self._leader_reruns(rerun_leaders_after_fix), bar)
@@ -245,6 +252,8 @@ class _Campaign:
                 self._run_jobs(jobs, bar)
                 self._save_state()
                 self.round += 1
+                if self.reporter is not None:
+                    self.reporter.round(self.round, self.recorded)
         except SystematicFailure as exc:  # the unspent budget stays for after the fix
             stopped, self.stop_line = "failed", exc.stop.line()
             self.log(self.stop_line)
@@ -265,6 +274,8 @@ class _Campaign:
                 self.store.compact(self.campaign)
             except Exception as exc:
                 self.log(f"could not compact the log of {self.campaign}: {one_line(str(exc), 160)}")
+            if self.reporter is not None and status != "interrupted":  # Ctrl-C: leave at once
+                self.reporter.finish(self.recorded, stopped)
             try:
                 if status == "interrupted":  # summary.txt still tells what this run recorded (the CLI prints it)
                     self._write_summary(stopped)
@@ -416,6 +427,8 @@ class _Campaign:
             best = self.view().ok["val_ap"].max()
             rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
             bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
+        if self.reporter is not None:
+            self.reporter.batch(self.recorded)
         if (stop := self.failfast.observe(rows)) is not None:
             raise SystematicFailure(stop)
         return retries
@@ -518,12 +531,6 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _progress_bar(total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="experiments", unit="exp", file=sys.stderr, dynamic_ncols=True)
-
-
 # ---- Prefect ------------------------------------------------------------------------------
 
 def _prefect_train_task():
@@ -544,7 +551,8 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
                      distributed: str | None = None, max_in_flight: int = 4,
                      dispatch_timeout_s: float = 1800.0) -> dict:
-    """Prefect flow body: run or resume a campaign, publish its leaderboard as a table artifact.
+    """Prefect flow body: run or resume a campaign; while it runs, its progress, leaderboard and
+    per-policy counts show as artifacts of the flow run (flows/progress.py).
 
     ``policy_args`` maps a policy name to keyword arguments for it, e.g. {"claude": {"model":
     "claude-sonnet-4-5", "role": "explorer"}}; ``propose_mode`` "concurrent" asks all policies at
@@ -552,6 +560,8 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
     "train-batch/gpu") trains the batches as flow runs of that deployment on its work pool
     (flows/distributed.py), up to ``max_in_flight`` at once; a batch not recorded
     ``dispatch_timeout_s`` after a worker took it is re-dispatched."""
+    from crashsearch.flows.progress import CampaignProgress
+
     train_task = _prefect_train_task()
     executor = None
     if distributed:  # seam: the executor (owned by flows/distributed.py)
@@ -564,29 +574,13 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                            hours, space, config.backbone_list, seeds, round_size, device, seed,
                            policy_kwargs=policy_args, progress=progress, propose_mode=propose_mode,
                            rerun_leaders_after_fix=rerun_leaders_after_fix,
-                           train_fn=lambda *a: train_task(*a), executor=executor, extend=extend)
-    _publish_leaderboard(summary)
+                           train_fn=lambda *a: train_task(*a), executor=executor, extend=extend,
+                           reporter=CampaignProgress(resolve_home(home), log=echo))
     return {"campaign": summary.campaign, "recorded": summary.recorded, "new": summary.new,
             "best_ap": summary.best_ap, "stopped": summary.stopped}
 
 
 _FLOW_PARAMS = frozenset(f.name for f in CampaignConfig.fields("campaign"))
-
-
-def _publish_leaderboard(summary: CampaignSummary) -> None:
-    try:
-        from prefect.artifacts import create_table_artifact
-
-        table = summary.leaderboard.drop(columns=["std_ap"], errors="ignore").round(4).to_dict(orient="records")
-        create_table_artifact(key=_artifact_key(summary.campaign) + "-leaderboard", table=table,
-                              description=f"Leaderboard of campaign {summary.campaign} ({summary.recorded} experiments)")
-    except Exception as exc:  # artifacts are a convenience; never fail a campaign over one
-        print(f"could not publish the leaderboard artifact: {one_line(str(exc), 160)}", file=sys.stderr)
-
-
-def _artifact_key(name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "campaign"
 
 
 def parse_policy_args(items: list[str] | None, policies: str | None = None) -> dict[str, dict]:
@@ -651,6 +645,7 @@ def main(args) -> int:
     except ValueError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
+    set_verbose(getattr(args, "verbose", False))
     started = time.time()
     try:
         with quiet_prefect():

@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     from crashsearch.tasks.campaign.config import add_cli_arguments  # light: no torch
 
     add_cli_arguments(p)  # every flag, default and help from CampaignConfig
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print Prefect's per-batch task logs (the Prefect UI always has them)")
 
     p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
     p.add_argument("--videos", type=int, default=48)
