@@ -627,7 +627,8 @@ def _time_or_none(value: Any) -> datetime | None:
 
 
 EVENT_FIELDS = pa.schema([("id", pa.string()), ("version", pa.string()), ("note", pa.string()),
-                          ("declared_at", pa.timestamp("us", tz="UTC"))])
+                          ("declared_at", pa.timestamp("us", tz="UTC")), ("at", pa.timestamp("us", tz="UTC")),
+                          ("campaign", pa.string())])
 
 
 def _events_table(events: list[dict]) -> pa.Table:

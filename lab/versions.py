@@ -20,6 +20,7 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,17 +80,33 @@ def source_hash(root: Path) -> str:
 
 # ---- bug-fix events ---------------------------------------------------------------------------
 
-def declare_bugfix(home: Home, note: str, version: str | None = None) -> dict:
-    """Append a bug-fix event ``{id, version, note, declared_at}`` and return it.
+def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: str | None = None,
+                   at: Any = None) -> dict:
+    """Append a bug-fix event ``{id, version, at, campaign, note, declared_at}`` and return it.
 
-    ``version`` defaults to the current ``code_version()``. Raises ValueError on an empty note.
+    The event names either a code ``version`` (default: the current ``code_version()``; rows of
+    that version and of every version first seen after it are post-fix) or a time ``at`` (rows
+    finished at or after it are post-fix), never both. ``campaign``: the one campaign it
+    concerns (None: all). Raises ValueError on an empty note, both version and at, or a bad time.
     """
     note = " ".join(str(note).split())
     if not note:
         raise ValueError("a bug-fix event needs a note saying what was fixed")
+    if version and at is not None:
+        raise ValueError("a bug-fix event names a code version or a time (--version or --at), not both")
+    when = None
+    if at is not None:
+        try:
+            when = _as_utc(at)
+        except (TypeError, ValueError):
+            raise ValueError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z") from None
+        if when is pd.NaT:
+            raise ValueError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z")
     event = {
         "id": uuid.uuid4().hex[:12],
-        "version": version or code_version(),
+        "version": None if when is not None else (version or code_version()),
+        "at": when.isoformat() if when is not None else None,
+        "campaign": campaign or None,
         "note": note,
         "declared_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
@@ -105,8 +122,11 @@ def declare_bugfix(home: Home, note: str, version: str | None = None) -> dict:
     return event
 
 
-def bugfix_events(home: Home) -> list[dict]:
-    """The declared events, oldest first; malformed lines are logged and skipped."""
+def bugfix_events(home: Home, campaign: str | None = None) -> list[dict]:
+    """The declared events, oldest first; malformed lines are logged and skipped.
+
+    With ``campaign``, only the events that concern it (global ones and its own).
+    """
     path = home.root / EVENTS_FILE
     if not path.exists():
         return []
@@ -116,40 +136,109 @@ def bugfix_events(home: Home) -> list[dict]:
             continue
         try:
             event = json.loads(line)
+            at = event.get("at")
             events.append({
                 "id": str(event.get("id", "")),
-                "version": str(event.get("version", "")),
+                "version": str(event["version"]) if event.get("version") else None,
+                "at": _as_utc(at).to_pydatetime() if at else None,
+                "campaign": str(event["campaign"]) if event.get("campaign") else None,
                 "note": str(event.get("note", "")),
                 "declared_at": _as_utc(event["declared_at"]).to_pydatetime(),
             })
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s line %d skipped: not a bug-fix event (%s)", path, number, exc)
-    return sorted(events, key=lambda e: e["declared_at"])
+    events = sorted(events, key=lambda e: e["declared_at"])
+    return events if campaign is None else events_for(events, campaign)
+
+
+def events_for(events: list[dict], campaign: str) -> list[dict]:
+    """The events that concern ``campaign``: global ones and those scoped to it."""
+    return [e for e in events if not e.get("campaign") or e["campaign"] == campaign]
+
+
+def describe_event(event: dict) -> str:
+    """One line: what the event marks as post-fix, for which campaigns."""
+    if event.get("at") is not None:
+        rule = f"rows finished at or after {_as_utc(event['at']).isoformat()}"
+    elif event.get("version"):
+        rule = f"code version {event['version']} and any version first seen after it"
+    else:
+        rule = f"rows finished at or after {_as_utc(event['declared_at']).isoformat()} (declared)"
+    scope = f"campaign {event['campaign']}" if event.get("campaign") else "all campaigns"
+    return f"{scope}: {rule}"
+
+
+def post_fix_mask(df: pd.DataFrame, event: dict) -> np.ndarray:
+    """Per row of ``df``: True when the row is not buggy by ``event`` (post-fix, or another campaign's row).
+
+    The one segmentation rule (analysis, the agents' prompt and leader re-runs all use it):
+    - an event with ``at`` (or with neither ``at`` nor ``version``: its ``declared_at``) splits by
+      time: rows finished at or after it are post-fix; rows without a finish time are pre-fix;
+    - an event with ``version`` V splits by the rows' ``code_version``: V and every version first
+      seen (earliest finish, else earliest row) after V are post-fix. When no row has V, the
+      versions first seen at or after the declaration are post-fix. A row without a recorded
+      version is split by the declaration time.
+    Rows of a campaign the event is not scoped to are never marked buggy by it.
+    """
+    n = len(df)
+    concerned = np.ones(n, dtype=bool)
+    if event.get("campaign"):
+        if "campaign" not in df.columns:
+            raise ValueError("a campaign-scoped bug-fix event needs a campaign column")
+        concerned = (df["campaign"].astype(str) == event["campaign"]).to_numpy()
+    finished = _finish_ns(df)
+    version = event.get("version")
+    if event.get("at") is None and version and "code_version" in df.columns:
+        codes, names = pd.factorize(df["code_version"].astype("string"))  # code -1: no version recorded
+        timed = finished != _NO_TIME
+        by_time = bool(timed.any())
+        # when each version was first seen: earliest finish time, else position in the log
+        key = np.where(timed, finished, np.iinfo("int64").max) if by_time else np.arange(n, dtype="int64")
+        first = pd.Series(key[codes >= 0]).groupby(codes[codes >= 0]).min().reindex(range(len(names))).to_numpy("int64")
+        if version in set(names):
+            start = first[list(names).index(version)]
+        else:  # the fixed version has no row yet: versions that appeared after the declaration
+            start = _as_utc(event["declared_at"]).value if by_time else np.iinfo("int64").max
+        by_version = first[np.maximum(codes, 0)] >= start if len(names) else np.zeros(n, dtype=bool)
+        post = np.where(codes >= 0, by_version, timed & (finished >= _as_utc(event["declared_at"]).value))
+    else:
+        cut = _as_utc(event["at"] if event.get("at") is not None else event["declared_at"]).value
+        post = (finished != _NO_TIME) & (finished >= cut)
+    return post | ~concerned
 
 
 def segment(df: pd.DataFrame, events: list[dict]) -> pd.Series:
-    """Per row of ``df``: 0 before the first event, 1 after it, ... (by finished_at vs declared_at).
+    """Per row of ``df``: how many of ``events`` it is post-fix of (0 .. len(events)); see post_fix_mask.
 
-    A row that finished exactly when an event was declared counts as after it. Rows without a
-    finished_at count as segment 0 (the conservative side: possibly buggy code). Raises
-    ValueError if ``df`` has no finished_at column.
+    A row that finished exactly at an event's time counts as after it; rows without a finish
+    time are before every time-based event. Raises ValueError if ``df`` has no finished_at column.
     """
     if "finished_at" not in df.columns:
         raise ValueError("segment needs a finished_at column")
-    finished = pd.to_datetime(df["finished_at"], utc=True)
-    declared = np.sort(np.array([_as_utc(e["declared_at"]).value for e in events], dtype="int64"))
-    # compare as integer nanoseconds since the epoch; NaT rows are set to segment 0 below
-    values = finished.astype("datetime64[ns, UTC]").array.asi8
-    seg = np.searchsorted(declared, values, side="right")
-    seg[finished.isna().to_numpy()] = 0
-    return pd.Series(seg.astype("int64"), index=df.index, name="segment")
+    seg = np.zeros(len(df), dtype="int64")
+    for event in events:
+        seg += post_fix_mask(df, event)
+    return pd.Series(seg, index=df.index, name="segment")
 
 
 def post_bugfix(df: pd.DataFrame, events: list[dict]) -> pd.DataFrame:
-    """The rows of ``df`` that finished after the latest event (all rows when there is none)."""
+    """The rows of ``df`` that are post-fix for every event (all rows when there is none)."""
     if not events:
         return df
-    return df[segment(df, events) == len(events)]
+    return df[(segment(df, events) == len(events)).to_numpy()]
+
+
+_NO_TIME = np.iinfo("int64").min
+
+
+def _finish_ns(df: pd.DataFrame) -> np.ndarray:
+    """finished_at as int64 nanoseconds since the epoch; _NO_TIME where missing (or no column)."""
+    if "finished_at" not in df.columns:
+        return np.full(len(df), _NO_TIME, dtype="int64")
+    finished = pd.to_datetime(df["finished_at"], utc=True, errors="coerce")
+    values = finished.astype("datetime64[ns, UTC]").array.asi8.copy()
+    values[finished.isna().to_numpy()] = _NO_TIME
+    return values
 
 
 def _as_utc(value) -> pd.Timestamp:
@@ -160,13 +249,50 @@ def _as_utc(value) -> pd.Timestamp:
 # ---- CLI --------------------------------------------------------------------------------------
 
 def cli_bugfix(args) -> int:
-    """``crashsearch bugfix --note "..."``: declare that the current code version fixes a bug."""
+    """``crashsearch bugfix --note TEXT [--campaign ID] [--version V | --at TIME]`` or ``bugfix --list``."""
+    home = args.home_dir
+    if getattr(args, "list", False):
+        events = bugfix_events(home, getattr(args, "campaign", None))
+        if not events:
+            print("no bug-fix events" + (f" concern campaign {args.campaign}" if getattr(args, "campaign", None) else ""))
+        for e in events:
+            print(f"{e['id']}  declared {e['declared_at'].isoformat(timespec='seconds')}  {describe_event(e)}  -- {e['note']}")
+        return 0
+    if not getattr(args, "note", None):
+        print("bugfix: --note TEXT is required (what was fixed); `crashsearch bugfix --list` shows the events", file=sys.stderr)
+        return 2
     try:
-        event = declare_bugfix(args.home_dir, args.note)
+        campaign, version = getattr(args, "campaign", None), getattr(args, "version", None)
+        if campaign or version:
+            _check_scope(home, campaign, version)
+        event = declare_bugfix(home, args.note, version=version, campaign=campaign, at=getattr(args, "at", None))
     except (ValueError, OSError) as exc:
         print(f"bugfix: {exc}", file=sys.stderr)
         return 2
-    print(f"declared bug-fix event {event['id']} at {event['declared_at']} for code version {event['version']}")
-    print("analysis now reports the full history and the post-bugfix subset; "
+    print(f"declared bug-fix event {event['id']}: {describe_event(_parsed(event))}")
+    print("analysis reports the post-fix subset beside the full history; "
           "re-run the leaders trained before it with `crashsearch campaign ... --rerun-leaders-after-fix K`")
     return 0
+
+
+def _parsed(event: dict) -> dict:
+    return {**event, "at": _as_utc(event["at"]) if event.get("at") else None}
+
+
+def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
+    """Raise ValueError (one line) for a campaign with no experiments, or a version no row of the scope has."""
+    from crashsearch.lab.store import Store  # store imports this module: imported here
+
+    store = Store(home)
+    if campaign is not None and not store.log_files(campaign):
+        known = ", ".join(c["id"] for c in store.campaigns()) or "none"
+        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+    if version:
+        sql = "SELECT DISTINCT code_version FROM experiments" + (" WHERE campaign = $c" if campaign else "")
+        try:
+            known_versions = [v for v in store.query(sql, {"c": campaign} if campaign else None)["code_version"] if v]
+        except Exception:  # an empty store has no experiments view to read
+            known_versions = []
+        if version not in known_versions:
+            raise ValueError(f"no experiment{' of campaign ' + campaign if campaign else ''} has code version "
+                             f"{version!r} (known: {', '.join(sorted(known_versions)[:10]) or 'none'})")
