@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from crashsearch.lab.leaderboard import leaderboard
 from crashsearch.lab.space import Cell, Space
 
 
@@ -62,7 +63,7 @@ class HealAdvice:
 # Columns of ``HistoryView.experiments`` that policies may read. Test metrics are never included:
 # agents see validation AP only.
 VIEW_COLUMNS = ["experiment_id", "cell_id", "status", "val_ap", "val_auc", "proposer", "rationale",
-                "error_class", "error_message", "finished_at"]
+                "error_class", "error_message", "finished_at", "pre_fix"]  # pre_fix: trained before a bug fix
 
 
 @dataclass(frozen=True)
@@ -100,17 +101,10 @@ class HistoryView:
         return set(self.experiments["cell_id"].astype(int)) | set(self.in_flight)
 
     def leaderboard(self, k: int = 10) -> pd.DataFrame:
-        """Top k cells by mean validation AP: cell_id, axes, mean_ap, std_ap, n, ci_lo, ci_hi."""
-        ok = self.ok
-        if ok.empty:
-            return pd.DataFrame(columns=["cell_id", *self.space.axis_names, "mean_ap", "std_ap", "n", "ci_lo", "ci_hi"])
-        g = ok.groupby("cell_id")["val_ap"]
-        board = pd.DataFrame({"mean_ap": g.mean(), "std_ap": g.std().fillna(0.0), "n": g.size()}).reset_index()
-        half = 1.96 * board["std_ap"] / board["n"].clip(lower=1) ** 0.5
-        board["ci_lo"], board["ci_hi"] = board["mean_ap"] - half, board["mean_ap"] + half
-        board = board.sort_values(["mean_ap", "n"], ascending=[False, False]).head(k)
-        axes = ok.drop_duplicates("cell_id").set_index("cell_id")[self.space.axis_names]
-        return board.join(axes, on="cell_id")[["cell_id", *self.space.axis_names, "mean_ap", "std_ap", "n", "ci_lo", "ci_hi"]]
+        """Top k cells by mean validation AP (lab.leaderboard, the one ranking and interval):
+        rank, cell_id, axes, mean_ap, std_ap, n, ci_lo, ci_hi (NaN for one run), and
+        pre_fix_runs when the experiments carry a ``pre_fix`` column."""
+        return leaderboard(self.experiments, k, self.space.axis_names)
 
     def coverage(self) -> pd.DataFrame:
         """Per architecture group (backbone/encoder): tried, failed, best and mean validation AP."""

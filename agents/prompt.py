@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from crashsearch.agents.base import HistoryView
+from crashsearch.lab.leaderboard import format_interval
 from crashsearch.lab.space import Cell, Space
 
 RATIONALE_CHARS = 300  # what we keep of a model's rationale
@@ -196,11 +197,19 @@ def _leaderboard(view: HistoryView, limits: PromptLimits) -> str:
     if board.empty:
         return "Leaderboard: empty."
     axes = view.space.axis_names
-    head = f"Leaderboard (top {len(board)} cells by mean validation AP; ci = 95% interval of the mean; n = runs):"
-    rows = [[r["cell_id"], *[r[a] for a in axes], r["mean_ap"],
-             f"{r['ci_lo']:.4f}-{r['ci_hi']:.4f}" if r["n"] > 1 else "-", int(r["n"])]  # one run has no interval
-            for _, r in board.iterrows()]
-    return head + "\n" + _table(["cell_id", *axes, "mean_ap", "ci", "n"], rows)
+    marked = "pre_fix_runs" in board.columns and bool((board["pre_fix_runs"] > 0).any())
+    head = f"Leaderboard (top {len(board)} cells by mean validation AP; ci = 95% interval of the mean, - for one run; n = runs"
+    head += ("; trained = 'before fix' when runs were trained before the latest bug fix, whose results may be wrong):"
+             if marked else "):")
+    rows = []
+    for _, r in board.iterrows():
+        row = [r["rank"], r["cell_id"], *[r[a] for a in axes], r["mean_ap"], format_interval(r["ci_lo"], r["ci_hi"], r["n"]),
+               int(r["n"])]
+        if marked:
+            pre = int(r["pre_fix_runs"])
+            row.append("" if pre == 0 else "before fix" if pre == int(r["n"]) else f"{pre} of {int(r['n'])} before fix")
+        rows.append(row)
+    return head + "\n" + _table(["rank", "cell_id", *axes, "mean_ap", "ci", "n"] + (["trained"] if marked else []), rows)
 
 
 def _coverage(view: HistoryView, limits: PromptLimits) -> str:

@@ -6,16 +6,22 @@ of specialization that decay as one agent follows the other. Here, in sliding wi
 history (global experiment order, so every agent's window covers the same stretch of time):
 
 - ``windows``: per agent and window, the number of proposals, the Shannon entropy (bits) of
-  the agent's proposal distribution over architecture groups, the innovation rate (share of
-  proposals that opened a never-tried architecture group or cell); and per window the
+  the agent's proposal distribution over architecture groups, the innovation rates (share of
+  proposals that opened a never-tried architecture group, and share that opened a new
+  hyperparameter combination inside an already tried group); and per window the
   Jensen-Shannon divergence (base 2, in [0, 1]) between every pair of agents;
 - ``cycles``: peaks, troughs and the dominant period (FFT, refined by the autocorrelation) of
   an entropy series;
 - ``js_spikes``: specialization spikes of the mean JS divergence and how fast each decays;
 - ``credit``: leaderboard improvements per arm and what each cost (tokens, dollars).
 
-Only the agents' own proposals count for distributions (orchestrator rows such as replicates
-and heals are left out); windows are counted with one bincount per history so 1M rows are cheap.
+Entropy, JS and innovation describe what agents chose, so only their own proposals count
+(orchestrator rows, ``replicate``, ``rerun`` and ``heal``, are left out); credit and cost go to
+the arm of ``analysis.history`` (a re-run or heal is credited to the original cell's proposer).
+Cell-level innovation is not reported: dedup forbids repeating a cell, so it is 1 by
+construction. A *hyperparameter combination* is the values of every axis outside the
+architecture (backbone, encoder, size). Windows are counted with one bincount per history so
+1M rows are cheap.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import find_peaks
 
-from crashsearch.analysis.history import SYSTEM_PROPOSERS, prepare
+from crashsearch.analysis.history import ARCH_AXES, SYSTEM_PROPOSERS, axis_columns, prepare
 
 
 def default_window(n: int) -> tuple[int, int]:
@@ -60,7 +66,7 @@ def windows(df: pd.DataFrame, window: int | None = None, step: int | None = None
     """Sliding-window entropy, innovation and JS divergence.
 
     Returns {"window", "step", "groups" (distinct arch groups), "agents": DataFrame (window,
-    start, end, agent, n, entropy, entropy_norm, innovation_group, innovation_cell),
+    start, end, agent, n, entropy, entropy_norm, innovation_group, innovation_hp),
     "js": DataFrame (window, start, end, pair, js), "js_mean": DataFrame (window, start, end,
     js)}. ``entropy`` is NaN where the agent made fewer than ``min_count`` proposals in the
     window; JS needs both agents at ``min_count``.
@@ -73,11 +79,10 @@ def windows(df: pd.DataFrame, window: int | None = None, step: int | None = None
     window = max(step, (window // step) * step)  # a whole number of steps
     k = window // step
     own = df[~df["proposer"].isin(SYSTEM_PROPOSERS)]
-    new_group = ~df["arch_group"].duplicated()
-    new_cell = ~df["cell_id"].duplicated()
+    new_group, new_hp = _openings(df)
     empty = {"window": window, "step": step, "groups": int(df["arch_group"].nunique()),
              "agents": pd.DataFrame(columns=["window", "start", "end", "agent", "n", "entropy", "entropy_norm",
-                                             "innovation_group", "innovation_cell"]),
+                                             "innovation_group", "innovation_hp"]),
              "js": pd.DataFrame(columns=["window", "start", "end", "pair", "js"]),
              "js_mean": pd.DataFrame(columns=["window", "start", "end", "js"])}
     if own.empty or n_rows < window:
@@ -90,7 +95,7 @@ def windows(df: pd.DataFrame, window: int | None = None, step: int | None = None
     key = (block * A + a_codes) * G + g_codes
     counts = np.bincount(key, minlength=B * A * G).reshape(B, A, G)
     innov_g = np.bincount(block * A + a_codes, weights=new_group[own.index].to_numpy(float), minlength=B * A).reshape(B, A)
-    innov_c = np.bincount(block * A + a_codes, weights=new_cell[own.index].to_numpy(float), minlength=B * A).reshape(B, A)
+    innov_h = np.bincount(block * A + a_codes, weights=new_hp[own.index].to_numpy(float), minlength=B * A).reshape(B, A)
 
     def slide(x):  # sums over k consecutive blocks -> one row per window
         c = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
@@ -106,12 +111,12 @@ def windows(df: pd.DataFrame, window: int | None = None, step: int | None = None
     norm = math.log2(G) if G > 1 else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
         ig = np.where(n > 0, slide(innov_g) / n, np.nan)
-        ic = np.where(n > 0, slide(innov_c) / n, np.nan)
+        ih = np.where(n > 0, slide(innov_h) / n, np.nan)
     agent_df = pd.DataFrame({
         "window": np.repeat(np.arange(W), A), "start": np.repeat(starts, A), "end": np.repeat(ends, A),
         "agent": np.tile(np.asarray(agents, dtype=object), W), "n": n.ravel().astype(int),
         "entropy": ent.ravel(), "entropy_norm": ent.ravel() / norm,
-        "innovation_group": ig.ravel(), "innovation_cell": ic.ravel(),
+        "innovation_group": ig.ravel(), "innovation_hp": ih.ravel(),
     })
     js_parts = []
     for i, j in combinations(range(A), 2):
@@ -194,17 +199,34 @@ def js_spikes(js_mean: pd.DataFrame, step: int = 1, prominence: float = 0.1) -> 
     return {"baseline": base, "max": float(np.nanmax(js)), "spikes": spikes}
 
 
+def _openings(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per row (history order): opened a never-tried arch group; opened a new hyperparameter
+    combination inside an already tried group. Only agents' own proposals open anything."""
+    own = ~df["proposer"].isin(SYSTEM_PROPOSERS)
+    hp_axes = [a for a in axis_columns(df) if a not in ARCH_AXES]
+    first_group = ~df["arch_group"].duplicated()
+    if hp_axes:
+        key = df[["arch_group", *hp_axes]].astype(str).agg("|".join, axis=1)
+        first_hp = ~key.duplicated()
+    else:
+        first_hp = pd.Series(False, index=df.index)
+    return first_group & own, first_hp & ~first_group & own
+
+
 def innovation(df: pd.DataFrame) -> pd.DataFrame:
-    """Per agent (own proposals): proposals, new_groups, new_cells and their rates."""
+    """Per agent (own proposals only): proposals, new_groups and group_rate (share opening a
+    never-tried arch group), new_hp and hp_rate (share opening a new hyperparameter combination
+    inside a tried group)."""
     df = df if "ok" in df.columns else prepare(df)
-    flags = pd.DataFrame({"agent": df["proposer"], "new_group": ~df["arch_group"].duplicated(),
-                          "new_cell": ~df["cell_id"].duplicated()})
+    new_group, new_hp = _openings(df)
+    flags = pd.DataFrame({"agent": df["proposer"], "new_group": new_group, "new_hp": new_hp})
     flags = flags[~flags["agent"].isin(SYSTEM_PROPOSERS)]
     g = flags.groupby("agent")
-    out = pd.DataFrame({"proposals": g.size(), "new_groups": g["new_group"].sum(), "new_cells": g["new_cell"].sum()})
+    out = pd.DataFrame({"proposals": g.size(), "new_groups": g["new_group"].sum().astype(int),
+                        "new_hp": g["new_hp"].sum().astype(int)})
     out["group_rate"] = out["new_groups"] / out["proposals"]
-    out["cell_rate"] = out["new_cells"] / out["proposals"]
-    return out.reset_index()
+    out["hp_rate"] = out["new_hp"] / out["proposals"]
+    return out.reset_index()[["agent", "proposals", "new_groups", "group_rate", "new_hp", "hp_rate"]]
 
 
 def credit(df: pd.DataFrame) -> pd.DataFrame:

@@ -7,8 +7,9 @@ derived and leaves the rest NaN, and the statistics say why when they cannot be 
 
 The *arm* of a row is who gets credit for it in per-policy comparisons:
 - rows of a control-arm campaign (id ``<parent>-baseline-<policy>[-s<k>]``) belong to that policy;
-- rows proposed by the orchestrator itself (``replicate``, ``heal``) belong to the policy that
-  first proposed the same cell in the same campaign (a replicate re-runs someone's find);
+- rows proposed by the orchestrator itself (``replicate``, ``rerun``, ``heal``) belong to the
+  policy that first proposed the same cell in the same campaign (a replicate re-runs someone's
+  find); a ``heal`` row (a changed cell) belongs to the proposer of the failed run it heals;
 - every other row belongs to its ``proposer``.
 A *run* is one independent sequence of an arm: the pair (campaign, arm).
 """
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 OK_STATUSES = ("ok", "healed")
-SYSTEM_PROPOSERS = ("replicate", "heal", "import", "")
+SYSTEM_PROPOSERS = ("replicate", "rerun", "heal", "import", "")
 LLM_POLICIES = ("claude", "gemini")
 CONTROL_POLICIES = ("random", "tpe")
 ARCH_AXES = ("backbone", "encoder", "size")
@@ -80,6 +81,17 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 def _arms(df: pd.DataFrame) -> pd.Series:
     arm = df["proposer"].copy()
+    if "healed_from" in df.columns and "experiment_id" in df.columns and df["healed_from"].notna().any():
+        by_id = pd.Series(arm.to_numpy(), index=df["experiment_id"].astype(str))
+        by_id = by_id[~by_id.index.duplicated()]
+        source = df["healed_from"].where(df["healed_from"].notna() & (df["healed_from"].astype(str) != ""))
+        for _ in range(3):  # a heal of a heal: follow the chain to the original proposal
+            found = source.dropna().astype(str).map(by_id)
+            arm.loc[found.index] = np.where(found.isna(), arm.loc[found.index], found)
+            if not arm.loc[found.index].isin(SYSTEM_PROPOSERS).any():
+                break
+            by_id = pd.Series(arm.to_numpy(), index=df["experiment_id"].astype(str))
+            by_id = by_id[~by_id.index.duplicated()]
     system = arm.isin(SYSTEM_PROPOSERS)
     if system.any():
         # credit a replicate or heal to whoever first proposed that cell in that campaign

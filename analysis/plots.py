@@ -139,7 +139,8 @@ def dynamics(win: dict, path: str | Path) -> Path:
     for agent, part in agents.groupby("agent", sort=True):
         axes[0].plot(centre(part), part["entropy"], label=str(agent))
         line, = axes[2].plot(centre(part), part["innovation_group"], label=f"{agent}: new arch group")
-        axes[2].plot(centre(part), part["innovation_cell"], ls=":", color=line.get_color(), label=f"{agent}: new cell")
+        axes[2].plot(centre(part), part["innovation_hp"], ls=":", color=line.get_color(),
+                     label=f"{agent}: new hyperparameters in a tried group")
     axes[0].set_ylabel("entropy (bits)")
     axes[0].set_title(f"Proposal entropy over architecture groups (window {win['window']}, step {win['step']})")
     axes[0].legend(fontsize=7)

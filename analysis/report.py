@@ -16,14 +16,18 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 |---|---|
 | title, generated_at, weights | report title, UTC time, backbone-weights note as given |
 | headline.best_val_ap / best_arch_group | best single validation AP and its backbone/encoder |
-| headline.eta2_arch, headline.F_arch, headline.p_arch | one-way ANOVA of AP by arch group (full history) |
-| headline.within_share | 1 - eta2_arch: the most hyperparameters and seeds can explain |
+| headline.eta2_arch, headline.F_arch, headline.p_arch, headline.n_arch | one-way ANOVA of AP by arch group on the scope in headline.scope (post-bugfix when a bug-fix event concerns the campaign and runs follow it, else full history); n_arch: runs |
+| headline.full_history {eta2_arch, F_arch, p_arch, n} | the same ANOVA on the full history, always (beside the post-bugfix figures) |
+| headline.within_share | 1 - eta2_arch: the most hyperparameters and seeds can explain (same scope) |
 | headline.c, headline.r2 | power-law exponent and fit R^2 (post-bugfix when events exist, else full) |
-| headline.verdict, headline.agents_beat_controls | baseline sentence at N=50; true/false/null (undecided or no arms) |
+| headline.verdict, verdict_n, verdict_arms, verdict_leader | the like-for-like sentence over from-scratch arms: the N used, the arms compared, the leader (null: undecided) |
+| headline.agents_beat_controls | true/false when an LLM arm was compared from scratch and the verdict is decided, else null |
+| headline.bugfix_events | ids of the bug-fix events that concern this campaign |
+| headline.scope.<figure> | "post-bugfix", "full history" or "from-scratch control arms": the scope of each headline figure |
 | history.{experiments, ok, failed, healed, invalid, cells, arch_groups} | counts |
 | history.{datasets, campaigns, arms, gpu_hours, tokens, cost_usd, bugfix_events} | scope and spend |
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
-| top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, test_ap, source} | leaderboard by mean val AP over replicates |
+| top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
 | anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
 | anova.{full, post_bugfix}.noise {var, sd, df, cells, share, reason} | seed-replicate noise floor |
@@ -31,15 +35,18 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |
 | convergence.{best_ap, gpu_hours, post_start} | best AP, total GPU-hours, experiments before the last bug fix |
-| baselines.best_at_n[] {arm, n, best, lo, hi, runs, method} | best-at-N with 95% bootstrap intervals |
-| baselines.verdicts[] {text, agent, control, n, agent_best, control_best, diff, diff_lo, diff_hi, method, beats} | agents vs control arms |
-| baselines.distributions[] {arm, n, mean, min, q25, median, q75, q90, max} | AP distribution per arm |
+| baselines.from_scratch.best_at_n[] {arm, n, best, lo, hi, repeats} | from-scratch arms: mean over repeats of best-at-N, 95% bootstrap interval over repeats (null with one repeat) |
+| baselines.from_scratch.power_laws[] {arm, a, b, c, r2, n, repeats, reason} | per-arm power law on the mean running best over repeats |
+| baselines.from_scratch.verdict {text, n, arms, leader, undecided, per_arm[] {arm, best, lo, hi, repeats}} | the like-for-like verdict |
+| baselines.shared_best_at_n[] {arm, n, best, lo, hi, runs, method} | the campaign's own arms, in a shared campaign, not from scratch |
+| baselines.distributions[] {arm, n, mean, min, q25, median, q75, q90, max} | AP distribution per arm of the campaign |
 | dynamics.{window, step} | sliding window and step in experiments |
 | dynamics.cycles.<agent> {period, period_windows, strength, n_peaks, n_troughs, reason} | entropy cycles |
 | dynamics.js {baseline, max, spikes[] {window, start, js, decay_windows, decay_experiments}} | specialization |
-| dynamics.innovation[] {agent, proposals, new_groups, new_cells, group_rate, cell_rate} | innovation |
-| dynamics.credit[] {arm, experiments, improvements, share, gain, tokens, cost_usd, tokens_per_improvement, usd_per_improvement} | credit |
+| dynamics.innovation[] {agent, proposals, new_groups, group_rate, new_hp, hp_rate} | share of own proposals opening a new arch group / a new hyperparameter combination in a tried group |
+| dynamics.credit[] (replicate/rerun/heal rows credited to the original proposer) {arm, experiments, improvements, share, gain, tokens, cost_usd, tokens_per_improvement, usd_per_improvement} | credit |
 | transfer.datasets[] {dataset, experiments, ok, best_ap, best_arch_group, best_cell_id, top_backbone, top_encoder, top_arch_group, eta2_arch, F_arch, c} | per dataset |
+| transfer.winner {backbone_differs, arch_group_differs, text} | whether the winning backbone / arch group differs between datasets |
 | transfer.rank_correlation[] {by, dataset_a, dataset_b, common, spearman, spearman_p, kendall, kendall_p, reason} | across datasets |
 | figures.<name> | figure paths relative to out_dir |
 | timings.<section> | seconds spent per section |
@@ -59,7 +66,9 @@ import numpy as np
 import pandas as pd
 
 from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer
-from crashsearch.analysis.history import prepare
+from crashsearch.analysis.arms import arm_best_at_n, arm_power_laws, arm_table, arm_verdict
+from crashsearch.analysis.history import is_llm, prepare
+from crashsearch.lab.leaderboard import format_interval, leaderboard
 
 
 # ---- subsets --------------------------------------------------------------------------------
@@ -75,56 +84,44 @@ def _utc(value) -> pd.Timestamp | None:
 
 
 def event_positions(df: pd.DataFrame, events: Iterable[dict]) -> list[int]:
-    """For each bug-fix event, the number of experiments finished before it was declared."""
-    if "finished_at" not in df.columns or not len(df):
+    """For each bug-fix event, the number of experiments before its fix (lab.versions.post_fix_mask)."""
+    if not len(df):
         return []
-    finished = pd.to_datetime(df["finished_at"], utc=True, errors="coerce")
-    out = []
-    for e in events:
-        ts = _utc(e.get("declared_at"))
-        if ts is not None:
-            out.append(int((finished < ts).sum()))
-    return sorted(out)
+    from crashsearch.lab.versions import post_fix_mask
+
+    return sorted(int((~post_fix_mask(df, e)).sum()) for e in events)
 
 
 def post_bugfix(df: pd.DataFrame, events: list[dict]) -> pd.DataFrame | None:
-    """Rows after the last bug-fix event (lab.versions.post_bugfix when available), or None."""
+    """Rows post-fix for every event (lab.versions, the one segmentation rule), or None without events."""
     if not events:
         return None
-    try:
-        from crashsearch.lab.versions import post_bugfix as lab_post_bugfix
+    from crashsearch.lab.versions import post_bugfix as lab_post_bugfix
 
-        sub = lab_post_bugfix(df, events)
-    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
-        # our own rule when lab.versions is missing or cannot read these events: finished after the last one
-        stamps = [t for t in (_utc(e.get("declared_at")) for e in events) if t is not None]
-        if not stamps or "finished_at" not in df.columns:
-            return None
-        sub = df[pd.to_datetime(df["finished_at"], utc=True, errors="coerce") >= max(stamps)]
-    return sub
+    return lab_post_bugfix(df, events)
 
 
 # ---- tables ---------------------------------------------------------------------------------
 
 def top_cells(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
-    """Top k cells by mean validation AP over replicates: rank, cell_id, backbone, encoder, loss,
-    gamma, val_ap, val_ap_sd, runs, test_ap, source (the arm that first proposed the cell)."""
-    ok = df[df["ok"]]
-    cols = ["rank", "cell_id", "backbone", "encoder", "loss", "gamma", "val_ap", "val_ap_sd", "runs", "test_ap", "source"]
-    if ok.empty:
+    """Top k cells of lab.leaderboard (the ranking and interval of ``crashsearch leaderboard``): rank,
+    cell_id, backbone, encoder, loss, gamma, val_ap (mean), val_ap_sd, runs, ci_lo, ci_hi (NaN for
+    one run), test_ap, source (the arm that first proposed the cell)."""
+    cols = ["rank", "cell_id", "backbone", "encoder", "loss", "gamma", "val_ap", "val_ap_sd", "runs", "ci_lo", "ci_hi",
+            "test_ap", "source"]
+    board = leaderboard(df, k, axes=[c for c in ("backbone", "encoder", "loss") if c in df.columns])
+    if board.empty:
         return pd.DataFrame(columns=cols)
-    g = ok.groupby("cell_id")
-    board = pd.DataFrame({"val_ap": g["val_ap"].mean(), "val_ap_sd": g["val_ap"].std(), "runs": g.size()})
-    board["test_ap"] = g["test_ap"].mean() if "test_ap" in ok.columns else np.nan
-    board = board.sort_values(["val_ap", "runs"], ascending=[False, False]).head(k)
+    board = board.rename(columns={"mean_ap": "val_ap", "std_ap": "val_ap_sd", "n": "runs"}).set_index("cell_id")
+    ok = df[df["ok"]]
+    board["test_ap"] = ok.groupby("cell_id")["test_ap"].mean().reindex(board.index) if "test_ap" in ok.columns else np.nan
     first = df[df["cell_id"].isin(board.index)].drop_duplicates("cell_id").set_index("cell_id")
     for col in ("backbone", "encoder", "loss"):
-        board[col] = first[col].reindex(board.index) if col in first.columns else None
+        if col not in board.columns:
+            board[col] = None
     board["source"] = first["arm"].reindex(board.index)
     board["gamma"] = [_gamma(v) for v in board["loss"]]
-    board = board.reset_index()
-    board.insert(0, "rank", np.arange(1, len(board) + 1))
-    return board[cols]
+    return board.reset_index()[cols]
 
 
 def _gamma(loss) -> float:
@@ -382,14 +379,19 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     lap("convergence")
     # the extra campaigns are prepared on their own (arms and order are per campaign) and only the
     # columns a section reads are stacked, so a 1M-row history is not copied whole again
-    base_df = _stack(df, baselines_df, ["campaign", "arm", "val_ap", "ok", "order"])
-    bat = baselines.best_at_n(base_df, seed=seed)
-    regret = baselines.regret_curves(base_df)
-    verdicts = baselines.verdicts(base_df, n=50, seed=seed)
-    dists = baselines.distributions(base_df)
-    compared = [v["beats"] for v in verdicts if not math.isnan(v["control_best"])]
-    # True only if the agents beat every control arm; False if any control arm beats them
-    beat_all = False if False in compared else (True if compared and all(compared) else None)
+    # like for like: the verdict compares from-scratch arms only (control-arm campaigns, each policy
+    # alone with the campaign's budget and space, repeated); the campaign's own arms share one
+    # history, so they are reported apart, "in a shared campaign, not from scratch"
+    arms_tab = arm_table(baselines_df)
+    scratch = {"best_at_n": arm_best_at_n(arms_tab, seed=seed), "power_laws": arm_power_laws(arms_tab),
+               "verdict": arm_verdict(arms_tab, n=50, seed=seed)}
+    bat = baselines.best_at_n(df, seed=seed)
+    regret = baselines.regret_curves(_stack(df, baselines_df, ["campaign", "arm", "val_ap", "ok", "order"]))
+    dists = baselines.distributions(df)
+    v = scratch["verdict"]
+    llm_arms = [a for a in v["arms"] if is_llm(a)]
+    # True/False only when an LLM arm was compared from scratch and the verdict is decided
+    beat_all = None if not llm_arms or v["undecided"] else is_llm(v["leader"])
     lap("baselines")
     dyn = dynamics.dynamics(df)
     lap("dynamics")
@@ -416,15 +418,26 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     lap("figures")
 
     arch = anova_full["numbers"]["arch_group"]
-    verdict_text = " ".join(v["text"] for v in verdicts)
+    post_arch = anova_post["numbers"]["arch_group"] if anova_post else None
+    # the paper's scope: post-fix figures when a bug fix concerns this history and rows follow it
+    scope = "post-bugfix" if post_arch is not None and not math.isnan(_nan(post_arch["eta2"])) else "full history"
+    main_arch = post_arch if scope == "post-bugfix" else arch
+    conv_scope = "post-bugfix" if conv_post else "full history"
     numbers = {
         "title": title,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights": weights,
-        "headline": {"best_val_ap": best["val_ap"], "best_arch_group": best["arch_group"], "eta2_arch": arch["eta2"],
-                     "F_arch": arch["F"], "p_arch": arch["p"], "within_share": arch["within_share"],
+        "headline": {"best_val_ap": best["val_ap"], "best_arch_group": best["arch_group"],
+                     "eta2_arch": main_arch["eta2"], "F_arch": main_arch["F"], "p_arch": main_arch["p"],
+                     "within_share": main_arch["within_share"], "n_arch": main_arch["n"],
+                     "full_history": {"eta2_arch": arch["eta2"], "F_arch": arch["F"], "p_arch": arch["p"], "n": arch["n"]},
                      "c": main_conv["overall"]["c"], "r2": main_conv["overall"]["r2"],
-                     "verdict": verdict_text, "agents_beat_controls": beat_all},
+                     "verdict": v["text"], "verdict_n": v["n"], "verdict_arms": v["arms"], "verdict_leader": v["leader"],
+                     "agents_beat_controls": beat_all,
+                     "bugfix_events": [e.get("id") for e in events],
+                     "scope": {"best_val_ap": "full history", "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
+                               "within_share": scope, "c": conv_scope, "r2": conv_scope,
+                               "verdict": "from-scratch control arms"}},
         "history": history,
         "best": best,
         "top5": top5,
@@ -436,14 +449,16 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
             "forecast": main_conv["forecast"], "best_ap": conv_full["best_ap"], "gpu_hours": conv_full["gpu_hours"],
             "post_start": post_start,
         },
-        "baselines": {"best_at_n": bat, "verdicts": verdicts, "distributions": dists},
+        "baselines": {"from_scratch": scratch, "shared_best_at_n": bat, "distributions": dists},
         "dynamics": {"window": dyn["windows"]["window"], "step": dyn["windows"]["step"],
                      "cycles": {a: {k: c[k] for k in ("period", "period_windows", "strength", "n_peaks", "n_troughs", "reason")}
                                 for a, c in dyn["cycles"].items()},
                      "js": dyn["js"], "innovation": dyn["innovation"], "credit": dyn["credit"]},
         "transfer": None if tr is None else {
             "datasets": tr["datasets"],
-            "rank_correlation": pd.concat([t.assign(by=by) for by, t in tr.items() if by != "datasets"], ignore_index=True),
+            "winner": tr["winner"],
+            "rank_correlation": pd.concat([t.assign(by=by) for by, t in tr.items() if by not in ("datasets", "winner")],
+                                          ignore_index=True),
         },
         "figures": {k: v.relative_to(out_dir).as_posix() for k, v in figs.items()},
     }
@@ -481,9 +496,18 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
                      f"cell {lead['cell_id']}: validation AP {_fmt(lead['val_ap'])}{spread} over {lead['runs']} run(s) "
                      f"(the top-5 table below).")
     if not math.isnan(_nan(h["eta2_arch"])):
+        full = h["full_history"]
+        if h["scope"]["eta2_arch"] == "post-bugfix":
+            scope = (f"post-bugfix, {h['n_arch']:,} runs after the fix; full history beside it: eta² = "
+                     f"{_fmt(full['eta2_arch'])}, F = {_fmt(full['F_arch'])}, p = {_fmt(full['p_arch'], 'p')}, "
+                     f"{full['n']:,} runs")
+        else:
+            scope = (f"full history, {h['n_arch']:,} runs: "
+                     + ("no bug-fix event concerns this campaign" if not h["bugfix_events"]
+                        else "no run with an AP follows the bug fix yet"))
         items.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance "
-                     f"(F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}); hyperparameters and seeds at most "
-                     f"{_fmt(h['within_share'])}. (Paper: 0.94, F = 1324.)")
+                     f"(F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}; {scope}); hyperparameters and seeds "
+                     f"at most {_fmt(h['within_share'])}. (Paper, post-bugfix: 0.94, F = 1324.)")
     else:
         items.append(f"Architecture ANOVA not available: {anova_full['numbers']['arch_group']['reason']}.")
     main = conv_post or conv_full
@@ -497,18 +521,17 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
                      f"{fc['now']:.4f} to {fc['expected']:.4f} (gain {fc['gain']:+.4f}, 95% {_fmt(fc['gain_ci'])}).")
     else:
         items.append(f"Convergence fit not available ({which}): {fit['reason']}.")
-    items += [v["text"] for v in nb["baselines"]["verdicts"]]
-    beat = h["agents_beat_controls"]
-    items.append({True: "**The agents beat every control arm at N = 50.**",
-                  False: "**The agents did not beat the control arms at N = 50.**",
-                  None: "**Whether the agents beat the control arms at N = 50 is undecided** (no control arm, "
-                        "no agents, or an interval that includes zero)."}[beat])
+    items.append("**" + h["verdict"] + "**")
     d.ul(items)
 
     d.h(2, "Top 5 cells")
-    d.table(nb["top5"], {"rank": "rank", "backbone": "backbone", "encoder": "encoder", "loss": "loss", "gamma": "gamma",
-                         "val_ap": "validation AP (mean)", "runs": "runs", "test_ap": "test AP", "source": "source agent"},
-            empty="No experiment produced an AP.")
+    top5 = pd.DataFrame(nb["top5"])
+    if len(top5):
+        top5["ci"] = [format_interval(r.ci_lo, r.ci_hi, r.runs) for r in top5.itertuples()]
+    d.table(top5, {"rank": "rank", "cell_id": "cell", "backbone": "backbone", "encoder": "encoder", "loss": "loss",
+                   "gamma": "gamma", "val_ap": "validation AP (mean)", "ci": "95% interval", "runs": "runs",
+                   "test_ap": "test AP", "source": "source agent"}, empty="No experiment produced an AP.")
+    d.p("The ranking and interval of `crashsearch leaderboard` (Student t over replicates; - for a single run).")
 
     d.h(2, "1. Architecture vs hyperparameters")
     for label, block in (("full history", anova_full), ("post-bugfix", anova_post)):
@@ -550,7 +573,22 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.img(figs["convergence"], "Running best validation AP vs experiments and GPU-hours, with power-law fits")
 
     d.h(2, "3. Baselines")
-    d.ul([v["text"] for v in nb["baselines"]["verdicts"]])
+    scratch = nb["baselines"]["from_scratch"]
+    d.h(3, "From-scratch arms (like for like)")
+    d.p("Each arm is one policy searching alone from scratch with the campaign's budget and space "
+        "(`crashsearch analyze --control-arms ... --repeats R`); best-at-N is the mean over repeats of the best AP "
+        "among the first N, with a 95% bootstrap interval over repeats (none with one repeat).")
+    d.p("**" + scratch["verdict"]["text"] + "**")
+    d.table(pd.DataFrame(scratch["best_at_n"]), {"arm": "arm", "n": "N", "best": "best AP", "lo": "95% lo",
+                                                  "hi": "95% hi", "repeats": "repeats"},
+            empty="No from-scratch arm: run `crashsearch analyze --campaign ID --control-arms random,tpe`.")
+    d.table(pd.DataFrame(scratch["power_laws"]), {"arm": "arm", "a": "a", "b": "b", "c": "c", "r2": "R²",
+                                                   "n": "N", "repeats": "repeats", "reason": "note"},
+            empty="No from-scratch arm to fit.")
+    d.p("Power law a - b N^-c per arm, fitted to the mean running best over repeats (paper: c per policy).")
+    d.h(3, "Arms in a shared campaign, not from scratch")
+    d.p("The campaign's own policies share one history (each sees the others' results), so these are not "
+        "independent searches and enter no verdict.")
     d.table(bat, {"arm": "arm", "n": "N", "best": "best AP", "lo": "95% lo", "hi": "95% hi", "runs": "runs",
                   "method": "bootstrap"}, empty="No arm reached N = 10.")
     d.p("Bootstrap 'runs': mean over independent runs (seeds or campaigns), runs resampled. "
@@ -571,7 +609,10 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
         + (f"; a spike decays halfway in a median {np.median([s['decay_windows'] for s in js['spikes'] if s['decay_windows'] is not None]):.0f} windows."
            if any(s["decay_windows"] is not None for s in js["spikes"]) else "."))
     d.table(dyn["innovation"], {"agent": "agent", "proposals": "proposals", "new_groups": "new arch groups",
-                                "group_rate": "rate", "new_cells": "new cells", "cell_rate": "rate"})
+                                "group_rate": "share", "new_hp": "new hyperparameters in a tried group",
+                                "hp_rate": "share"})
+    d.p("Entropy, JS divergence and innovation count the agents' own proposals (replicate, rerun and heal rows "
+        "are left out); credit and cost of those rows go to the proposer of the original cell.")
     d.table(dyn["credit"], {"arm": "arm", "experiments": "experiments", "improvements": "leaderboard improvements",
                             "share": "share", "gain": "AP gained", "tokens": "tokens", "cost_usd": "USD",
                             "usd_per_improvement": "USD per improvement"})
@@ -581,9 +622,10 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     if tr is None:
         d.p("One dataset only: no transfer analysis (run a campaign on a second dataset to fill this section).")
     else:
-        d.table(tr["datasets"], {"dataset": "dataset", "experiments": "experiments", "best_ap": "best AP",
-                                 "best_arch_group": "best cell's group", "top_backbone": "top backbone",
-                                 "top_encoder": "top encoder", "eta2_arch": "eta²", "c": "c"})
+        d.table(tr["datasets"], {"dataset": "dataset", "experiments": "experiments", "eta2_arch": "eta² of architecture",
+                                 "top_backbone": "winning backbone", "top_arch_group": "winning arch group",
+                                 "best_ap": "best AP", "best_arch_group": "best run's group", "c": "c"})
+        d.p("**" + tr["winner"]["text"] + "** (winner: highest mean AP over its runs; paper: eta² 0.94 and 0.75.)")
         rc = nb["transfer"]["rank_correlation"]
         d.table(rc, {"by": "by", "dataset_a": "dataset", "dataset_b": "dataset", "common": "common",
                      "spearman": "Spearman", "spearman_p": "p", "kendall": "Kendall", "kendall_p": "p", "reason": "note"})

@@ -86,10 +86,38 @@ def rank_correlation(df: pd.DataFrame, by: str = "arch_group", min_common: int =
                                        "kendall_p", "reason"])
 
 
+def winner(datasets: pd.DataFrame) -> dict:
+    """Whether the winning backbone and arch group (highest mean AP) differ between datasets.
+
+    Returns {backbone_differs, arch_group_differs (None with fewer than two datasets), text}:
+    the text is the explicit line the report prints, e.g. "The winner differs between datasets:
+    arch group vjepa2_vitl/gru on day, r2plus1d_18/tcn on night; backbone ...".
+    """
+    rows = datasets.dropna(subset=["top_arch_group"]) if len(datasets) else datasets
+    if len(rows) < 2:
+        return {"backbone_differs": None, "arch_group_differs": None,
+                "text": "One dataset with results: no transfer comparison."}
+    groups = dict(zip(rows["dataset"], rows["top_arch_group"]))
+    backbones = dict(zip(rows["dataset"], rows["top_backbone"]))
+    g_diff, b_diff = len(set(groups.values())) > 1, len(set(backbones.values())) > 1
+
+    def listing(d):
+        return ", ".join(f"{v} on {k}" for k, v in d.items())
+
+    if g_diff:
+        text = (f"The winner differs between datasets: arch group {listing(groups)}; backbone "
+                + (f"differs too ({listing(backbones)})." if b_diff else f"{next(iter(backbones.values()))} on all."))
+    else:
+        text = f"The winner is the same on every dataset: arch group {next(iter(groups.values()))}."
+    return {"backbone_differs": b_diff, "arch_group_differs": g_diff, "text": text}
+
+
 def transfer(df: pd.DataFrame) -> dict:
-    """{"datasets": per_dataset(df), "arch_group": rank_correlation by group, "backbone": ..., "encoder": ...}."""
+    """{"datasets": per_dataset(df), "winner": winner(...), "arch_group": rank_correlation by group,
+    "backbone": ..., "encoder": ...}."""
     df = df if "ok" in df.columns else prepare(df)
-    out = {"datasets": per_dataset(df), "arch_group": rank_correlation(df, "arch_group")}
+    datasets = per_dataset(df)
+    out = {"datasets": datasets, "winner": winner(datasets), "arch_group": rank_correlation(df, "arch_group")}
     for col in ("backbone", "encoder"):
         if col in df.columns:
             out[col] = rank_correlation(df, col)

@@ -49,7 +49,7 @@ def load_inputs(home: Home, campaign: str) -> dict:
         "history": history,
         "baselines": _concat(baselines),
         "others": _concat(others),
-        "events": bugfix_events(home),
+        "events": bugfix_events(home, campaign),  # global events and this campaign's own
         "weights": infos.get(campaign, {}).get("weights"),
         "info": infos.get(campaign, {}),
     }
@@ -73,7 +73,8 @@ def analyze(campaign: str, home: str | Path | Home | None = None) -> dict:
                            baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"])
     return {"campaign": campaign, "report_dir": str(out_dir), "report": str(out_dir / "report.md"),
             "html": str(out_dir / "report.html"), "numbers_path": str(out_dir / "numbers.json"),
-            "headline": numbers["headline"], "numbers": numbers}
+            "headline": numbers["headline"], "arm_fits": numbers["baselines"]["from_scratch"]["power_laws"],
+            "numbers": numbers}
 
 
 @flow(name="analyze", log_prints=True)
@@ -121,9 +122,13 @@ def _report_files(folder: Path) -> list[Path]:
 
 
 def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campaign_id: str, budget: int,
-                     policies: tuple[str, ...] = ("random", "tpe"), seeds: int = 1, replicates: int | None = None,
+                     policies: tuple[str, ...] = ("random", "tpe"), seeds: int = 3, replicates: int | None = None,
                      **campaign_kwargs) -> list[str]:
-    """Train control-arm campaigns for ``campaign_id``: each policy alone, ``seeds`` independent runs.
+    """Train from-scratch arms for ``campaign_id``: each policy alone, ``seeds`` independent repeats.
+
+    Every arm has the campaign's budget and space (``space_path`` and ``backbones`` default to the
+    parent's campaign.json), so arms compare search strategies like for like. An arm already
+    complete is resumed and adds nothing: a later call reuses it.
 
     Campaign ids are ``<campaign_id>-baseline-<policy>`` (``-s<k>`` for run k >= 1), so
     ``analyze`` compares them with the campaign. ``replicates`` (seeds per leader) and
@@ -136,6 +141,8 @@ def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campai
     h = home if isinstance(home, Home) else resolve_home(home)
     parent = next((c for c in Store(h).campaigns() if c["id"] == campaign_id), {})
     campaign_kwargs.setdefault("backbones", parent.get("backbones"))
+    if parent.get("space_path"):
+        campaign_kwargs.setdefault("space_path", parent["space_path"])
     replicates = replicates if replicates is not None else int(parent.get("seeds") or 3)
     done = []
     for policy in policies:
@@ -161,10 +168,16 @@ def headline_text(result: dict) -> str:
     lines = [
         f"campaign {result['campaign']}",
         f"best validation AP  {f(h.get('best_val_ap'))}  ({h.get('best_arch_group') or 'n/a'})",
-        f"architecture eta^2  {f(h.get('eta2_arch'))}  (F = {f(h.get('F_arch'), '.1f')}; "
-        f"hyperparameters and seeds at most {f(h.get('within_share'))})",
+        f"architecture eta^2  {f(h.get('eta2_arch'))}  (F = {f(h.get('F_arch'), '.1f')}, p = {f(h.get('p_arch'), '.2g')}; "
+        f"{(h.get('scope') or {}).get('eta2_arch', 'full history')}, {h.get('n_arch') or 0} runs"
+        + (f"; full history {f(h['full_history']['eta2_arch'])}, F = {f(h['full_history']['F_arch'], '.1f')}"
+           if (h.get('scope') or {}).get('eta2_arch') == 'post-bugfix' else "") + ")",
         f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
         f"baselines           {h.get('verdict') or 'n/a'}",
+        *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}  (a = {f(r.get('a'))}, b = {f(r.get('b'))}, "
+          f"R^2 = {f(r.get('r2'), '.2f')}; {r.get('repeats')} repeats of {r.get('n')})"
+          + (f"  {r['reason']}" if r.get("reason") else "")
+          for r in result.get("arm_fits") or []],
         f"report              {result['report']}",
         f"                    {result['html']}",
     ]
@@ -184,8 +197,18 @@ def main(args) -> int:
             parent = next((c for c in Store(args.home_dir).campaigns() if c["id"] == args.campaign), {})
             if not parent.get("dataset_path") or not parent.get("budget"):
                 raise ValueError(f"campaign {args.campaign!r} has no dataset path or budget in its campaign.json")
+            repeats = int(getattr(args, "repeats", 3) or 0)
+            if repeats < 1:
+                raise ValueError(f"--repeats must be at least 1, got {repeats}")
+            policies = tuple(p.strip() for p in args.control_arms.split(",") if p.strip())
+            from crashsearch.agents import list_policies
+
+            unknown = [p for p in policies if p not in list_policies()]
+            if unknown or not policies:
+                raise ValueError(f"--control-arms: unknown policy {', '.join(unknown) or '(none given)'}; "
+                                 f"known: {', '.join(list_policies())}")
             arms = run_control_arms(args.home_dir, parent["dataset_path"], args.campaign, int(parent["budget"]),
-                                    policies=tuple(p.strip() for p in args.control_arms.split(",") if p.strip()))
+                                    policies=policies, seeds=repeats)
             print(f"control arms trained: {', '.join(arms) or 'none'}")
         with quiet_prefect():
             result = analyze_flow(campaign=args.campaign, home=str(args.home_dir.root))

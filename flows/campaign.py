@@ -34,11 +34,12 @@ from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUna
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar, set_verbose
 from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.leaderboard import format_interval
 from crashsearch.lab.lock import CampaignLock, ending_status
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
-from crashsearch.lab.versions import bugfix_events, code_version
+from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
 from crashsearch.tasks.campaign.config import CampaignConfig, from_cli_args
 from crashsearch.tasks.dedup import Deduper
 from crashsearch.tasks.execute import BatchContext, run_batch
@@ -95,8 +96,8 @@ class CampaignSummary:
                          f"  {stats['tokens']:>6}  {stats['cost_usd']:>6.3f}")
         if not self.leaderboard.empty:
             lines.append("leaderboard (mean validation AP over replicates, 95% interval):")
-            for rank, row in enumerate(self.leaderboard.itertuples(), 1):
-                lines.append(f"  {rank}. AP {row.mean_ap:.4f} [{row.ci_lo:.4f}, {row.ci_hi:.4f}] n={row.n}  "
+            for row in self.leaderboard.itertuples():  # ranks and intervals of lab.leaderboard, as everywhere
+                lines.append(f"  {row.rank}. AP {row.mean_ap:.4f} {format_interval(row.ci_lo, row.ci_hi, row.n)} n={row.n}  "
                              f"{row.backbone}/{row.encoder}/{row.size} {row.loss} lr={row.lr} bs={row.batch_size} "
                              f"window={row.window_s}s aug={row.augment}  (cell {row.cell_id})")
         for bug in self.code_bugs:
@@ -180,6 +181,7 @@ class _Campaign:
                              f"(cached: {available or 'none'})")
         check_cached(home, self.dataset.name, wanted)  # every split has both classes, or no round starts
         full_space = Space.load(space_path)
+        self.space_path = str(Path(space_path).resolve()) if space_path else None  # control arms reuse the same space
         self.space = full_space.restrict(backbone=wanted)
         self.backbones = sorted(wanted)
         if executor is None:
@@ -207,6 +209,7 @@ class _Campaign:
         self._restore_state()
 
         self.history = self.store.experiments(self.campaign)
+        self.events = bugfix_events(home, self.campaign)  # the fixes that concern this campaign
         previous = next((c for c in self.store.campaigns() if c["id"] == self.campaign), {})
         self.runs_before = list(previous.get("runs") or [])  # one entry per run (a nightly campaign: per night)
         self.started_at = utcnow().isoformat()
@@ -223,7 +226,7 @@ class _Campaign:
         self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
         self.store.write_campaign(self.campaign, {
             "campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-            "space": self.space.name, "backbones": wanted, "policies": [p.name for p in self.policies],
+            "space": self.space.name, "space_path": self.space_path, "backbones": wanted, "policies": [p.name for p in self.policies],
             "budget": budget, "hours": hours, "seeds": seeds, "status": "running", "pid": os.getpid(),
             "host": socket.gethostname(), "weights": self.weights, "updated_at": utcnow().isoformat(),
             "propose_mode": propose_mode, "policy_args": policy_kwargs,
@@ -297,8 +300,10 @@ class _Campaign:
 
     def view(self) -> HistoryView:
         df = self.history
-        columns = [c for c in VIEW_COLUMNS + self.space.axis_names if c in df.columns]
         recorded = set(df["cell_id"].astype(int)) if len(df) else set()
+        if self.events and len(df):  # agents see which leaderboard rows were trained before the latest fix
+            df = df.assign(pre_fix=pre_fix(df, self.events))
+        columns = [c for c in VIEW_COLUMNS + self.space.axis_names if c in df.columns]
         return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
                            in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
 
@@ -361,12 +366,11 @@ class _Campaign:
 
     def _leader_reruns(self, k: int) -> list[Job]:
         """Top k cells trained under code older than the latest bug-fix event, re-run once each."""
-        events = bugfix_events(self.home)
+        events = bugfix_events(self.home, self.campaign)
         if not events or self.history.empty:
             return []
-        declared = pd.Timestamp(events[-1]["declared_at"])
-        before = self.history[pd.to_datetime(self.history["finished_at"], utc=True) < declared]
-        after = self.history[pd.to_datetime(self.history["finished_at"], utc=True) >= declared]
+        buggy = pre_fix(self.history, events)  # the one segmentation rule (lab.versions)
+        before, after = self.history[buggy], self.history[~buggy]
         view = HistoryView(self.space, before[[c for c in VIEW_COLUMNS + self.space.axis_names if c in before.columns]])
         jobs = []
         for row in view.leaderboard(k).itertuples():
@@ -469,7 +473,8 @@ class _Campaign:
 
     def _campaign_info(self) -> dict:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "space": self.space.name, "backbones": self.backbones, "policies": [p.name for p in self.policies],
+                "space": self.space.name, "space_path": self.space_path, "backbones": self.backbones,
+                "policies": [p.name for p in self.policies],
                 "budget": self.budget, "extend": self.extend, "hours": self.hours, "seeds": self.seeds, "weights": self.weights,
                 "recorded": self.recorded, "pid": os.getpid(), "dedup_dropped": self._dedup_totals()}
 

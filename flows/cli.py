@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("analyze", cmd_analyze, "statistics and the report for a campaign")
     p.add_argument("--campaign", required=True)
     p.add_argument("--control-arms", default=None, metavar="POLICIES",
-                   help="first train control arms (e.g. random,tpe) with the campaign's budget, dataset and backbones")
+                   help="first train from-scratch arms (any of random,tpe,evolution,claude,gemini), each policy alone "
+                        "with the campaign's budget, dataset, space and backbones; an arm already complete is reused")
+    p.add_argument("--repeats", type=int, default=3, metavar="R",
+                   help="independent seeds per control arm (default 3): the verdict's intervals are over repeats")
 
     p = command("check", cmd_check, "find damaged history files; --repair moves them to <home>/quarantine/ (never deletes)")
     p.add_argument("--campaign", default=None, help="default: every campaign")

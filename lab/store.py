@@ -64,6 +64,7 @@ from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clea
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
+from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.versions import bugfix_events
 
 if TYPE_CHECKING:
@@ -365,10 +366,9 @@ class Store:
             return con.execute(sql, params).df(), axes
 
         board, axes = self._with_connection(run)
-        n = board["n"].to_numpy(dtype=float)
-        half = t_quantile(n - 1) * board["std_val_ap"].to_numpy(dtype=float) / np.sqrt(n)
-        board.insert(1, "ci_low", board["mean_val_ap"] - half)
-        board.insert(2, "ci_high", board["mean_val_ap"] + half)
+        low, high = interval(board["mean_val_ap"], board["std_val_ap"], board["n"])  # the one leaderboard's interval
+        board.insert(1, "ci_low", low)
+        board.insert(2, "ci_high", high)
         board.insert(0, "rank", np.arange(1, len(board) + 1))
         # axes of other spaces are all null here: drop them
         empty = [a for a in axes if board[a].isna().all()]
@@ -633,17 +633,6 @@ EVENT_FIELDS = pa.schema([("id", pa.string()), ("version", pa.string()), ("note"
 
 def _events_table(events: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(events, schema=EVENT_FIELDS)
-
-
-def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
-    """Student-t quantile per degrees of freedom (NaN where df < 1)."""
-    from scipy.special import stdtrit  # the t quantile; much lighter to import than scipy.stats
-
-    df = np.asarray(df, dtype=float)
-    out = np.full(df.shape, np.nan)
-    ok = df >= 1
-    out[ok] = stdtrit(df[ok], q)
-    return out
 
 
 # ---- CLI -------------------------------------------------------------------------------------

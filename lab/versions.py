@@ -228,6 +228,13 @@ def post_bugfix(df: pd.DataFrame, events: list[dict]) -> pd.DataFrame:
     return df[(segment(df, events) == len(events)).to_numpy()]
 
 
+def pre_fix(df: pd.DataFrame, events: list[dict]) -> np.ndarray:
+    """Per row of ``df``: True when trained before a fix in ``events`` that concerns it (not post_bugfix)."""
+    if not events or not len(df):
+        return np.zeros(len(df), dtype=bool)
+    return (segment(df, events) < len(events)).to_numpy()
+
+
 _NO_TIME = np.iinfo("int64").min
 
 

@@ -244,22 +244,35 @@ def test_entropy_cycle_period_is_recovered():
 
 
 def test_innovation_and_credit():
+    """Replicate, rerun and heal rows are bookkeeping: left out of innovation, credited to the original proposer."""
     df = pd.DataFrame({
-        "campaign": "c", "proposer": ["claude", "gemini", "claude", "replicate", "gemini", "random"],
-        "arch_group": ["a/x", "a/x", "b/y", "b/y", "c/z", "a/x"], "cell_id": [1, 2, 3, 3, 4, 5],
-        "status": "ok", "val_ap": [0.5, 0.4, 0.6, 0.65, 0.7, 0.1],
-        "tokens_in": [100, 200, 100, 0, 200, 0], "tokens_out": [10, 20, 10, 0, 20, 0],
-        "cost_usd": [0.01, 0.02, 0.01, 0.0, 0.02, 0.0],
+        "campaign": "c", "experiment_id": [f"e{i}" for i in range(8)],
+        "proposer": ["claude", "gemini", "claude", "replicate", "gemini", "random", "rerun", "heal"],
+        "healed_from": [None] * 7 + ["e5"],
+        "arch_group": ["a/x", "a/x", "b/y", "b/y", "a/x", "a/x", "a/x", "a/x"],
+        "size": ["small", "large", "small", "small", "small", "large", "small", "medium"],
+        "lr": [0.001, 0.001, 0.001, 0.001, 0.01, 0.01, 0.001, 0.003],
+        "cell_id": [1, 2, 3, 3, 4, 5, 1, 6],
+        "status": "ok", "val_ap": [0.5, 0.4, 0.6, 0.65, 0.7, 0.1, 0.72, 0.75],
+        "tokens_in": [100, 200, 100, 0, 200, 0, 0, 0], "tokens_out": [10, 20, 10, 0, 20, 0, 0, 0],
+        "cost_usd": [0.01, 0.02, 0.01, 0.0, 0.02, 0.0, 0.0, 0.0],
     })
     inn = dynamics.innovation(df).set_index("agent")
-    assert inn.loc["claude", "new_groups"] == 2 and inn.loc["gemini", "new_groups"] == 1
-    assert "replicate" not in inn.index and inn.loc["random", "new_cells"] == 1
+    assert set(inn.index) == {"claude", "gemini", "random"}  # no replicate, rerun or heal rows
+    assert "new_cells" not in inn.columns  # 1 by construction under dedup: not reported
+    assert inn.loc["claude", "new_groups"] == 2 and inn.loc["gemini", "new_groups"] == 0
+    # gemini's lr 0.01 in the tried group a/x is a new combination; its size-only change is not; random repeats it
+    assert inn.loc["gemini", "new_hp"] == 1 and inn.loc["gemini", "hp_rate"] == 0.5 and inn.loc["random", "new_hp"] == 0
     credit = dynamics.credit(df).set_index("arm")
-    # claude: the first AP, its own 0.6 and the replicate of its cell (0.65); gemini: 0.7
-    assert credit.loc["claude", "improvements"] == 3 and credit.loc["gemini", "improvements"] == 1
+    assert set(credit.index) == {"claude", "gemini", "random"}
+    # claude: the first AP, its own 0.6, the replicate (0.65) and the rerun (0.72) of its cells; the heal of
+    # random's failed run is random's
+    assert credit.loc["claude", "improvements"] == 4 and credit.loc["gemini", "improvements"] == 1
+    assert credit.loc["random", "improvements"] == 1 and credit.loc["random", "gain"] == pytest.approx(0.03)
     assert credit.loc["gemini", "gain"] == pytest.approx(0.05)
-    assert credit.loc["claude", "tokens_per_improvement"] == pytest.approx(220 / 3)
-    assert math.isnan(credit.loc["random", "usd_per_improvement"])
+    assert credit.loc["claude", "tokens_per_improvement"] == pytest.approx(220 / 4)
+    windows = dynamics.windows(df, window=4, step=2, min_count=1)["agents"]
+    assert set(windows["agent"]) == {"claude", "gemini", "random"} and "innovation_hp" in windows.columns
 
 
 # ---- transfer -------------------------------------------------------------------------------
@@ -309,9 +322,15 @@ def test_build_report_writes_every_file_and_number(tmp_path, space):
     _check_report(tmp_path, numbers)
     md = (tmp_path / "report.md").read_text()
     assert "Backbones were random-init" in md and "## Top 5 cells" in md
-    assert re.search(r"At N=50 the LLM agents \(claude, gemini\) reach", md)
+    assert "No like-for-like verdict: 1 from-scratch arm(s) (random)" in md  # one control arm: nothing to compare
+    assert "Arms in a shared campaign, not from scratch" in md
     h = numbers["headline"]
-    assert h["eta2_arch"] == pytest.approx(anova.one_way(df)["eta2"])
+    # an event applies: the headline is on the post-fix rows, the full history beside it
+    assert h["scope"]["eta2_arch"] == "post-bugfix" and h["scope"]["best_val_ap"] == "full history"
+    assert h["eta2_arch"] == pytest.approx(anova.one_way(df.iloc[200:])["eta2"])
+    assert h["full_history"]["eta2_arch"] == pytest.approx(anova.one_way(df)["eta2"])
+    assert re.search(r"eta² = [0-9.]+ of the AP variance \(F = [0-9.,]+, p = [^;]+; post-bugfix, \d+ runs after the fix; "
+                     r"full history beside it: eta² = ", md)
     assert h["agents_beat_controls"] in (True, False, None)
     assert numbers["convergence"]["post_start"] == 200 and numbers["anova"]["post_bugfix"]["arch_group"]["n"] < 600
     assert len(numbers["top5"]) == 5 and numbers["top5"][0]["rank"] == 1
@@ -325,7 +344,8 @@ def test_build_report_on_a_tiny_history(tmp_path):
     numbers = build_report(df, tmp_path)
     _check_report(tmp_path, numbers)
     assert numbers["anova"]["full"]["factorial"]["reason"]
-    assert numbers["headline"]["verdict"] == "No LLM agents in this history."
+    assert numbers["headline"]["verdict"].startswith("No like-for-like verdict: 0 from-scratch arm(s)")
+    assert numbers["headline"]["scope"]["eta2_arch"] == "full history"
     assert "not recorded" in (tmp_path / "report.md").read_text()
 
 
@@ -356,7 +376,9 @@ def test_analyze_reads_the_store_with_baselines_and_other_datasets(tmp_path, spa
     _check_report(out, json.loads((out / "numbers.json").read_text()))
     n = result["numbers"]
     assert n["history"]["campaigns"] == ["day"] and n["history"]["experiments"] == 200
-    assert any(r["arm"] == "random" and r["runs"] == 2 for r in n["baselines"]["best_at_n"])  # in-campaign + control
+    # the control arm is from scratch; the campaign's own random rows are a shared-campaign arm, never mixed in
+    assert [(r["arm"], r["repeats"]) for r in n["baselines"]["from_scratch"]["best_at_n"]][:1] == [("random", 1)]
+    assert all(r["runs"] == 1 for r in n["baselines"]["shared_best_at_n"] if r["arm"] == "random")
     assert n["transfer"]["datasets"][1]["dataset"] == "synth-night"
     assert "vjepa2_vitl were random-init" in (out / "report.md").read_text()
     # a wrong campaign id: one line, exit code 2, no Prefect server started
