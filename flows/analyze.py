@@ -122,9 +122,10 @@ def _report_files(folder: Path) -> list[Path]:
 
 
 def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campaign_id: str, budget: int,
-                     policies: tuple[str, ...] = ("random", "tpe"), seeds: int = 3, replicates: int | None = None,
+                     policies: tuple[str, ...] = ("random", "tpe"), seeds: int = 1, replicates: int | None = None,
                      **campaign_kwargs) -> list[str]:
-    """Train from-scratch arms for ``campaign_id``: each policy alone, ``seeds`` independent repeats.
+    """Train from-scratch arms for ``campaign_id``: each policy alone, ``seeds`` independent repeats
+    (``analyze --repeats``, default 3 there; 1 here, as the nightly deployment calls it).
 
     Every arm has the campaign's budget and space (``space_path`` and ``backbones`` default to the
     parent's campaign.json), so arms compare search strategies like for like. An arm already

@@ -176,7 +176,9 @@ def view_sql(root: Path) -> dict[str, str]:
         SELECT CAST(coalesce({line.format('id')}, '') AS VARCHAR) AS id,
                CAST(coalesce({line.format('version')}, '') AS VARCHAR) AS version,
                CAST(coalesce({line.format('note')}, '') AS VARCHAR) AS note,
-               TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared_at
+               TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared_at,
+               TRY_CAST({line.format('at')} AS TIMESTAMPTZ) AS at,
+               CAST({line.format('campaign')} AS VARCHAR) AS campaign
         FROM (SELECT unnest(string_split(content, chr(10))) AS line
               FROM read_text({_sql_text(f'{root}/bugfix_events.jsonl')}))
         WHERE json_valid(line) AND json_type(line) = 'OBJECT' AND declared_at IS NOT NULL

@@ -321,3 +321,25 @@ def test_a_split_without_a_class_is_refused_by_extract_and_campaign_in_one_line(
     assert not Store(resolve_home(home)).campaigns()
     with pytest.raises(ValueError, match="the val split has no positives"):  # the API refuses too
         run_campaign(home, manifest, "c-oneclass", budget=4, seeds=1)
+
+
+def test_agents_see_pre_fix_rows_and_reruns_use_the_same_segmentation(lab_home):
+    from crashsearch.flows.campaign import _Campaign
+    from crashsearch.lab.versions import declare_bugfix
+
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-prefix", policies=["random"], budget=3, round_size=3, space_path=space, seeds=1)
+
+    def runner():
+        return _Campaign(home, ds.root, "c-prefix", ["random"], 6, None, space, None, 1, 3, "cpu", 0, {}, False,
+                         "turns", None, lambda m: None)
+
+    declare_bugfix(home, "another campaign's fix", campaign="c-other", at="2000-01-01")
+    assert "pre_fix" not in runner().view().experiments.columns  # an event scoped elsewhere changes nothing here
+    assert runner()._leader_reruns(2) == []
+    declare_bugfix(home, "mask fixed", campaign="c-prefix", at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 1)))
+    view = runner().view()
+    assert view.experiments["pre_fix"].all() and (view.leaderboard(3)["pre_fix_runs"] == 1).all()
+    reruns = runner()._leader_reruns(2)
+    assert len(reruns) == 2 and {j.proposer for j in reruns} == {"rerun"}
+    assert [j.cell.id for j in reruns] == list(view.leaderboard(2)["cell_id"])
