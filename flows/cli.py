@@ -14,6 +14,10 @@ from typing import Callable
 from crashsearch.lab.settings import resolve_home
 
 
+# commands that only read the home: they never create a folder in it
+READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact")
+
+
 def _add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="state directory (default: $CRASHSEARCH_HOME or ./crashsearch-data)")
 
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
     try:
-        args.home_dir = resolve_home(args.home)
+        args.home_dir = resolve_home(args.home, create=args.command not in READING_COMMANDS or getattr(args, "repair", False))
         configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
         return int(args.handler(args) or 0)
     except BaseException as exc:  # noqa: BLE001  (sorted below: user errors, interrupts, the rest)

@@ -17,9 +17,11 @@ DEFAULT_HOME = "crashsearch-data"
 
 @dataclass(frozen=True)
 class Home:
-    """The resolved home directory and its standard sub-folders (created on demand)."""
+    """The resolved home directory and its standard sub-folders (created on demand, unless the
+    Home is read-only: a reading command never creates a folder)."""
 
     root: Path
+    create: bool = True
 
     @property
     def datasets(self) -> Path:
@@ -34,20 +36,28 @@ class Home:
         return self._sub("campaigns")
 
     def campaign(self, campaign_id: str) -> Path:
-        """The folder of one campaign (created if missing)."""
+        """The folder of one campaign (created if missing and the Home may create)."""
         path = self.campaigns / campaign_id
-        path.mkdir(parents=True, exist_ok=True)
+        if self.create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _sub(self, name: str) -> Path:
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
+        if self.create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
 
-def resolve_home(home: str | os.PathLike | None = None) -> Home:
-    """Return the Home for an explicit path, ``$CRASHSEARCH_HOME`` or the default."""
+def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> Home:
+    """Return the Home for an explicit path, ``$CRASHSEARCH_HOME`` or the default.
+
+    ``create=False`` (reading commands) creates nothing. Raises ValueError when the path
+    exists and is not a folder."""
     raw = home or os.environ.get("CRASHSEARCH_HOME") or DEFAULT_HOME
     root = Path(raw).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return Home(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"home {root} is not a folder")
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    return Home(root, create)

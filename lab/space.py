@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from crashsearch.lab.schema import BASE_COLUMNS
+
 GROUPS = ("arch", "loss", "train", "data")
 DEFAULT_SPACE = Path(__file__).parent / "spaces" / "collision.yaml"
 
@@ -112,6 +114,79 @@ def loss_gamma(loss: str) -> float:
     raise ValueError(f"unknown loss {loss!r}")
 
 
+MAX_CELLS = 2 ** 63 - 1  # cell ids are int64 in the history
+MAX_ALIASES = 1000  # YAML aliases a space file may use
+MAX_NODES = 100_000  # values a space file may expand to through aliases ("billion laughs")
+
+
+class _YamlRefused(Exception):
+    """A space file construct refused before it is built (the message names key and line)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and more than MAX_ALIASES aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _YamlRefused(f"line {mark.line + 1}: more than {MAX_ALIASES} YAML aliases (an expansion bomb?)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise _YamlRefused(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict) -> int:
+    """Nodes in ``node`` with every alias expanded (shared nodes counted each time they appear)."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] is None:
+            raise _YamlRefused(f"line {node.start_mark.line + 1}: a YAML alias refers to itself")
+        return sizes[key]
+    sizes[key] = None  # in progress
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(v, sizes) for v in node.value)
+    else:
+        total = 1
+    sizes[key] = min(total, MAX_NODES + 1)  # capped: the sum cannot blow up either
+    return sizes[key]
+
+
+def _non_finite(value: Any, key: str) -> str:
+    """The key of the first NaN or infinite float inside ``value`` ("" if none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, f"{key}.{k}")
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{key}[{i}]")
+            if found:
+                return found
+    return ""
+
+
 class Space:
     """A finite product of axes with canonical cell ids. See the module docstring."""
 
@@ -141,11 +216,28 @@ class Space:
         """Read a space YAML (default: the collision space). Raises SpaceError naming the bad key."""
         path = Path(path) if path else DEFAULT_SPACE
         try:
-            raw = yaml.safe_load(path.read_text())
+            data = path.read_bytes()
         except FileNotFoundError:
             raise SpaceError(f"space file not found: {path}") from None
+        except IsADirectoryError:
+            raise SpaceError(f"{path}: is a folder, not a space file") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise SpaceError(f"{path}: line {line} is not UTF-8 text") from None
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, {}) > MAX_NODES:
+                raise _YamlRefused(f"its YAML aliases expand to more than {MAX_NODES:,} values (an expansion bomb?)")
+            raw = loader.construct_document(node) if node is not None else None
+        except _YamlRefused as exc:
+            raise SpaceError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        finally:
+            loader.dispose()
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
@@ -174,10 +266,20 @@ class Space:
                     raise SpaceError(f"{source}: {key}.values has duplicates")
                 if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
                     raise SpaceError(f"{source}: {key}.values must be strings or numbers")
+                if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                    raise SpaceError(f"{source}: {key}.values holds a NaN or infinite number")
+                if str(name) in BASE_COLUMNS:
+                    raise SpaceError(f"{source}: {key}: axis name {name!r} is a column of the history; rename the axis")
                 axes.append(Axis(name=str(name), group=group, values=tuple(values), help=str(spec.get("help", ""))))
         fixed = raw.get("fixed", {}) or {}
         if not isinstance(fixed, dict):
             raise SpaceError(f"{source}: key 'fixed' must be a mapping")
+        bad = _non_finite(fixed, "fixed")
+        if bad:
+            raise SpaceError(f"{source}: {bad} is a NaN or infinite number")
+        size = math.prod(len(a.values) for a in axes)
+        if size > MAX_CELLS:
+            raise SpaceError(f"{source}: key 'groups' describes {size:.3g} cells; cell ids must fit in int64 (at most {MAX_CELLS:.3g})")
         return cls(str(raw.get("name", Path(source).stem)), axes, fixed, str(raw.get("description", "")))
 
     def restrict(self, **allowed: Iterable) -> "Space":

@@ -105,10 +105,10 @@ class Store:
 
     def log_files(self, campaign: str | None = None) -> list[Path]:
         """Every log file on disk of one campaign (or all), replaced ones included; by name."""
+        root = self.home.root / "campaigns"  # reading creates no folder
         if campaign is not None:
-            folder = self.home.campaigns / check_campaign_id(campaign) / LOG_DIR
-            return sorted(folder.glob(PART_GLOB))
-        return sorted(self.home.campaigns.glob(f"*/{LOG_DIR}/{PART_GLOB}"))
+            return sorted((root / check_campaign_id(campaign) / LOG_DIR).glob(PART_GLOB))
+        return sorted(root.glob(f"*/{LOG_DIR}/{PART_GLOB}"))
 
     def generations(self, campaign: str | None = None) -> "Generations":
         """The files readers use, split into bases and recent, and the replaced files to ignore.
@@ -232,7 +232,8 @@ class Store:
     def campaigns(self) -> list[dict]:
         """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
         out = []
-        for folder in sorted(p for p in self.home.campaigns.iterdir() if p.is_dir() and CAMPAIGN_ID.match(p.name)):
+        root = self.home.root / "campaigns"
+        for folder in sorted(p for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and CAMPAIGN_ID.match(p.name)):
             info = read_json(folder / "campaign.json")
             out.append({**(info or {}), "id": folder.name})
         return out
@@ -409,10 +410,13 @@ class Store:
         campaign has MINOR_COMPACT_FILES files. Safe beside readers, writers and other
         compactions (see the module docstring): the merged file names the files it replaces and
         is renamed into place before they are unlinked; files appended meanwhile are left alone.
+        Raises ValueError when the campaign has no log folder (nothing is created).
         Returns (0, 0) when there are fewer than two files to merge; it still removes leftovers
         of an interrupted compaction, and temp files older than an hour.
         """
-        folder = self.log_dir(campaign)
+        folder = self.home.root / "campaigns" / check_campaign_id(campaign) / LOG_DIR
+        if not folder.is_dir():
+            raise ValueError(f"campaign {campaign!r} has no log under {self.home.root}")
         for temp in folder.glob(".part-*.tmp"):
             try:
                 if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:

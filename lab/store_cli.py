@@ -47,7 +47,7 @@ def cli_main(args) -> int:
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
             return 0
         if command == "compact":
-            targets = [args.campaign] if args.campaign else [c["id"] for c in store.campaigns()]
+            targets = [args.campaign] if args.campaign else [c["id"] for c in store.campaigns() if store.log_files(c["id"])]
             for campaign in targets:
                 merged, rows = store.compact(campaign)
                 print(f"{campaign}: " + (f"merged {merged} files into one ({rows} rows)" if merged else "nothing to compact"))

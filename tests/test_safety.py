@@ -373,3 +373,77 @@ def test_check_lists_and_repair_quarantines_without_deleting(store, space, home)
     assert {"xe0", "xe1"} <= ids and len(ids) == 6
     again = run_cli("check", "--home", str(home.root))
     assert again.returncode == 0 and "no damage" in again.stdout
+
+
+# ---- inputs are checked before anything is created -------------------------------------------------
+
+SPACE_HEAD = "name: s\ngroups:\n  arch:\n    backbone: [pixels]\n    encoder: [gru]\n"
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)) + SPACE_HEAD  # 9**9 values
+
+
+@pytest.mark.parametrize("text,needle", [
+    (SPACE_HEAD + "  train:\n    lr: [0.1]\n    lr: [0.2]\n", "duplicate key 'lr'"),
+    (SPACE_HEAD + "  train:\n    lr: [0.1, .nan]\n", "groups.train.lr.values holds a NaN"),
+    (SPACE_HEAD + "  train:\n    lr: [0.1, .inf]\n", "groups.train.lr.values holds a NaN"),
+    (SPACE_HEAD + "fixed:\n  epochs: .inf\n", "fixed.epochs is a NaN or infinite"),
+    (SPACE_HEAD + "  train:\n    status: [a, b]\n", "groups.train.status: axis name 'status' is a column"),
+    (SPACE_HEAD + "  train:\n    val_ap: [1, 2]\n", "groups.train.val_ap: axis name 'val_ap' is a column"),
+    ("name: s\ngroups:\n  train:\n" + "".join(f"    a{i}: [{', '.join(map(str, range(100)))}]\n" for i in range(10)),
+     "cell ids must fit in int64"),
+    (BOMB, "YAML aliases expand to more than"),
+])
+def test_bad_space_files_are_refused_in_one_line_naming_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    proc = run_cli("space", "--home", str(tmp_path / "home"), "--space", str(path), timeout=60)
+    err = one_line_error(proc)
+    assert str(path) in err and needle in err
+
+
+def test_a_non_utf8_space_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_bytes(SPACE_HEAD.encode() + b"  train:\n    lr: [0.1, \xff]\n")
+    err = one_line_error(run_cli("space", "--space", str(path), "--home", str(tmp_path / "h")))
+    assert f"{path}: line 7 is not UTF-8" in err
+
+
+def test_bad_campaign_ids_are_refused_before_any_folder_exists(lab_home, tmp_path):
+    home, ds, space = lab_home
+    outside = home.root.parent / "etc-escape"
+    for bad in ["../../etc", "", "x" * 200, "../etc-escape", ".hidden"]:
+        proc = run_cli("campaign", "--home", str(home.root), "--dataset", str(ds.root), "--campaign", bad,
+                       "--space", space, "--budget", "1", timeout=120)
+        assert "campaign id" in one_line_error(proc)
+    assert not outside.exists() and not (home.root.parent / "etc").exists()
+    made = [p.name for p in (home.root / "campaigns").glob("*")] if (home.root / "campaigns").exists() else []
+    assert not [name for name in made if name.startswith(("x" * 10, "."))]
+    proc = run_cli("import", "--home", str(home.root), str(tmp_path / "none.csv"), "--campaign", "../x")
+    assert "campaign id" in one_line_error(proc) or "no such file" in proc.stderr
+    assert not (home.root / "x").exists()
+
+
+def test_reading_commands_create_no_folder(tmp_path):
+    home = tmp_path / "nothing-here"
+    for args in (["status"], ["query", "SELECT 1 AS x"], ["leaderboard"], ["check"], ["space"]):
+        proc = run_cli(*args, "--home", str(home), timeout=60)
+        assert proc.returncode == 0, (args, proc.stderr)
+    err = one_line_error(run_cli("compact", "--home", str(home), "--campaign", "nosuch"))
+    assert "nosuch" in err
+    tmp_home = tmp_path / "h2"
+    tmp_home.mkdir()
+    run_cli("compact", "--home", str(tmp_home), "--campaign", "nosuch")
+    run_cli("export", "--home", str(tmp_home), "--campaign", "nosuch", "--out", str(tmp_path / "o.parquet"))
+    assert not home.exists() and list(tmp_home.iterdir()) == []
+
+
+def test_a_home_that_is_a_file_is_one_line_for_every_command(tmp_path):
+    home = tmp_path / "afile"
+    home.write_text("x")
+    for args in (["status"], ["query", "SELECT 1"], ["leaderboard"], ["check"], ["compact"],
+                 ["export", "--campaign", "c", "--out", str(tmp_path / "o.parquet")], ["bugfix", "--note", "n"],
+                 ["import", str(tmp_path / "x.csv"), "--campaign", "c"], ["analyze", "--campaign", "c"],
+                 ["synth", "--videos", "2"], ["extract", "--dataset", str(tmp_path), "--backbone", "pixels"],
+                 ["campaign", "--dataset", str(tmp_path)]):
+        err = one_line_error(run_cli(*args, "--home", str(home), timeout=60))
+        assert "is not a folder" in err, (args, err)
