@@ -12,6 +12,11 @@ stderr. Two things made them noisy:
   them (and the telemetry message) out of every logging handler of this process. The temporary
   server stops at interpreter exit, after the ``with`` block, so the filter stays on the
   handlers until the process ends; it drops only those two kinds of record, real errors print.
+
+The temporary server must also never outlive the command. Prefect stops it at interpreter exit,
+which a SIGKILL (or a crash of the interpreter) skips. ``bind_server_to_parent`` gives each
+temporary server a watchdog, a tiny process that polls the command's pid twice a second and
+stops the server (SIGTERM, then SIGKILL) once the command is gone, however it went.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import atexit
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry needs the internet and races the db set-up
@@ -64,6 +71,7 @@ def quiet_prefect():
     configure_prefect_env()
     import prefect  # noqa: F401  (sets up Prefect's logging handlers, which the filter goes on)
 
+    bind_server_to_parent()
     filter_shutdown_noise()
     try:
         yield
@@ -73,3 +81,59 @@ def quiet_prefect():
             # registered after the temporary server's own stop hook, so it runs just before it
             atexit.register(filter_shutdown_noise)
             _AT_EXIT.append(True)
+
+
+WATCHDOG = """
+import os, signal, sys, time
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+while alive(server):
+    if not alive(parent):
+        os.kill(server, signal.SIGTERM)
+        for _ in range(50):
+            if not alive(server):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(server, signal.SIGKILL)
+        break
+    time.sleep(0.5)
+"""
+
+
+def bind_server_to_parent() -> None:
+    """Give every temporary Prefect server this process starts a watchdog (see the module docstring).
+
+    Wraps ``SubprocessASGIServer._run_uvicorn_command`` once per process; a Prefect without it
+    is left alone."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:
+        return
+    original = SubprocessASGIServer._run_uvicorn_command
+    if getattr(original, "_crashsearch_watchdog", False):
+        return
+
+    def run_with_watchdog(self):
+        process = original(self)
+        try:
+            subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(process.pid)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # its own session: a Ctrl-C for the command spares it
+        except OSError as exc:  # no watchdog: the server still stops at a normal exit
+            logging.getLogger(__name__).warning("could not start the temporary server's watchdog: %s", exc)
+        return process
+
+    run_with_watchdog._crashsearch_watchdog = True
+    SubprocessASGIServer._run_uvicorn_command = run_with_watchdog

@@ -2,6 +2,7 @@
 mistake gets one line, never a traceback. Each test names the bug it guards against."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -447,3 +448,49 @@ def test_a_home_that_is_a_file_is_one_line_for_every_command(tmp_path):
                  ["campaign", "--dataset", str(tmp_path)]):
         err = one_line_error(run_cli(*args, "--home", str(home), timeout=60))
         assert "is not a folder" in err, (args, err)
+
+
+# ---- the temporary Prefect server never outlives the command ---------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_the_temporary_server_dies_with_a_killed_command(lab_home):
+    # bug: after SIGKILL of the CLI the temporary Prefect server kept running (~200 MB)
+    home, ds, space = lab_home
+    proc = subprocess.Popen(_campaign_cmd(home, ds, space, "server-kill", 140), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(home, "server-kill", 2, proc)
+        servers = [c for c in _children(proc.pid)
+                   if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+        assert servers, "no temporary server found"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(s) for s in servers):
+            time.sleep(0.2)
+        assert not any(_alive(s) for s in servers), "the temporary server outlived the command"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _children(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
