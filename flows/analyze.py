@@ -39,7 +39,9 @@ def load_inputs(home: Home, campaign: str) -> dict:
     if history.empty:
         known = ", ".join(sorted(i for i in infos if not parse_baseline(i))) or "none"
         raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
-    baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign]
+    # control arms trained on another dataset or space (before it changed) are kept on disk, not compared
+    baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign
+                    and same_setup(infos[cid], infos.get(campaign, {}))]
     baselines = [store.experiments(cid) for cid in sorted(baseline_ids)]
     datasets = set(history["dataset"].dropna().astype(str))
     other_ids = [cid for cid, info in infos.items()
@@ -53,6 +55,18 @@ def load_inputs(home: Home, campaign: str) -> dict:
         "weights": infos.get(campaign, {}).get("weights"),
         "info": infos.get(campaign, {}),
     }
+
+
+SETUP_KEYS = ("dataset", "space", "space_path", "backbones")
+
+
+def same_setup(arm: dict, parent: dict) -> bool:
+    """True when a control arm's campaign.json has the parent's dataset, space and backbones (where both say)."""
+    def norm(key, value):
+        return sorted(value) if key == "backbones" and isinstance(value, list) else value
+
+    return all(norm(k, arm[k]) == norm(k, parent[k]) for k in SETUP_KEYS
+               if arm.get(k) is not None and parent.get(k) is not None)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
@@ -129,7 +143,9 @@ def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campai
 
     Every arm has the campaign's budget and space (``space_path`` and ``backbones`` default to the
     parent's campaign.json), so arms compare search strategies like for like. An arm already
-    complete is resumed and adds nothing: a later call reuses it.
+    complete is resumed and adds nothing: a later call (the next night) reuses it, until the
+    dataset, space or backbones change (``same_setup``): then fresh arms run under the next free
+    ``-s<k>`` ids and the stale ones, kept on disk, leave the comparison.
 
     Campaign ids are ``<campaign_id>-baseline-<policy>`` (``-s<k>`` for run k >= 1), so
     ``analyze`` compares them with the campaign. ``replicates`` (seeds per leader) and
@@ -145,13 +161,19 @@ def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campai
     if parent.get("space_path"):
         campaign_kwargs.setdefault("space_path", parent["space_path"])
     replicates = replicates if replicates is not None else int(parent.get("seeds") or 3)
+    infos = {c["id"]: c for c in Store(h).campaigns()}
     done = []
     for policy in policies:
-        for rep in range(seeds):
+        rep, reps = 0, 0
+        while reps < seeds:
             cid = baseline_campaign_id(campaign_id, policy, rep)
+            rep += 1
+            if cid in infos and not same_setup(infos[cid], parent):
+                continue  # trained before the dataset or space changed: kept, not reused; the next index runs afresh
+            reps += 1
             try:
-                run_campaign(h, dataset, campaign_id=cid, policies=(policy,), budget=budget, seeds=replicates, seed=rep,
-                             **campaign_kwargs)
+                run_campaign(h, dataset, campaign_id=cid, policies=(policy,), budget=budget, seeds=replicates,
+                             seed=rep - 1, **campaign_kwargs)
             except ValueError as exc:
                 print(f"control arm {cid}: {str(exc).splitlines()[0]}", file=sys.stderr)
                 continue

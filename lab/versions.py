@@ -277,9 +277,25 @@ def cli_bugfix(args) -> int:
         print(f"bugfix: {exc}", file=sys.stderr)
         return 2
     print(f"declared bug-fix event {event['id']}: {describe_event(_parsed(event))}")
+    if event["version"] and not getattr(args, "version", None):
+        already = _rows_with_version(home, event["version"], campaign)
+        if already:  # the usual mistake: declaring before the fix is in the code
+            print(f"note: {already} experiment(s) already ran with this code version and count as post-fix; if the "
+                  "fix is not in this code yet, declare it again after the fix (or use --at TIME)")
     print("analysis reports the post-fix subset beside the full history; "
           "re-run the leaders trained before it with `crashsearch campaign ... --rerun-leaders-after-fix K`")
     return 0
+
+
+def _rows_with_version(home: Home, version: str, campaign: str | None) -> int:
+    """How many recorded experiments (of ``campaign``, or all) have code version ``version``; 0 if unreadable."""
+    from crashsearch.lab.store import Store  # store imports this module: imported here
+
+    sql = "SELECT count(*) AS n FROM experiments WHERE code_version = $v" + (" AND campaign = $c" if campaign else "")
+    try:
+        return int(Store(home).query(sql, {"v": version, **({"c": campaign} if campaign else {})})["n"][0])
+    except Exception:  # an empty home has no experiments to count
+        return 0
 
 
 def _parsed(event: dict) -> dict:

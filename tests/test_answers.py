@@ -251,3 +251,45 @@ def test_analyze_control_arms_with_repeats_shows_per_arm_c_and_a_verdict(synth_d
         for rep in ("", "-s1", "-s2"):
             rows = Store(home).experiments(f"mini-baseline-{arm}{rep}")
             assert len(rows) == 12 and set(rows["encoder"]) <= {"meanpool_mlp", "gru"}
+
+
+def test_bugfix_default_version_warns_when_rows_already_have_it(home, capsys):
+    from crashsearch.lab.versions import code_version
+
+    space = Space.load()
+    cell = space.sample(__import__("random").Random(0), 1)[0]
+    Store(home).append("c1", [{"experiment_id": "a", "cell_id": cell.id, "status": "ok", "val_ap": 0.5,
+                               "code_version": code_version()}], space)
+    assert cli(["bugfix", "--note", "fixed", "--home", str(home.root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 experiment(s) already ran with this code version and count as post-fix" in out
+    assert cli(["bugfix", "--note", "fixed", "--at", "not a time", "--home", str(home.root)]) == 2
+    assert "is not a time" in capsys.readouterr().err and len(bugfix_events(home)) == 1
+
+
+def test_control_arms_are_reused_until_the_dataset_or_space_changes(home, monkeypatch):
+    """Nightly: arms run once and are reused; after a space change fresh arms run and stale ones leave the report."""
+    import crashsearch.flows.campaign as campaign_module
+    from crashsearch.flows.analyze import load_inputs, run_control_arms
+
+    space = Space.load()
+    store = Store(home)
+    setup = {"dataset": "day", "space": "collision", "backbones": ["pixels"], "budget": 4, "dataset_path": "x"}
+
+    def put(cid, **info):
+        cells = space.sample(__import__("random").Random(len(cid)), 2)
+        store.append(cid, [{"experiment_id": f"{cid}-{i}", "cell_id": c.id, "status": "ok", "val_ap": 0.5,
+                            "dataset": "day"} for i, c in enumerate(cells)], space)
+        store.write_campaign(cid, {**setup, **info})
+
+    calls = []
+    monkeypatch.setattr(campaign_module, "run_campaign", lambda home, dataset, campaign_id, **kw: calls.append(campaign_id))
+    put("n", space_path="/spaces/a.yaml")
+    put("n-baseline-random", space_path="/spaces/a.yaml")
+    assert run_control_arms(home, "x", "n", 4, policies=("random",)) == ["n-baseline-random"]  # resumed: reused
+    store.write_campaign("n", {**setup, "space_path": "/spaces/b.yaml"})  # the space changed
+    assert run_control_arms(home, "x", "n", 4, policies=("random",)) == ["n-baseline-random-s1"]
+    assert calls == ["n-baseline-random", "n-baseline-random-s1"]
+    put("n-baseline-random-s1", space_path="/spaces/b.yaml")
+    baselines = load_inputs(home, "n")["baselines"]
+    assert set(baselines["campaign"]) == {"n-baseline-random-s1"}  # the stale arm is kept on disk, not compared
