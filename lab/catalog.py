@@ -25,6 +25,9 @@ in the next query, also in a connection that stays open for hours. Why this shap
 * **Old clients.** The file is written in DuckDB 1.0 storage format and the views use SQL that
   DuckDB 1.0 understands, so the duckdb CLI (``pip install duckdb-cli``) and DBeaver's driver
   open it even when they are older than the Python package.
+* **Damaged files.** The store leaves a damaged log file out of its views; a glob cannot, so a
+  query here fails with an error naming the file until ``crashsearch check --repair`` moves it
+  to ``<home>/quarantine/``.
 * **Empty home.** DuckDB cannot read an empty glob, so the file appears with the first
   experiment a store writes (the store calls ``ensure_exists`` after each write).
 """
@@ -44,7 +47,7 @@ from crashsearch.lab.settings import Home
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "history.duckdb"
-CATALOG_VERSION = 1  # bump when the views change: ensure() rebuilds files of another version
+CATALOG_VERSION = 2  # bump when the views change: ensure() rebuilds files of another version
 STORAGE_VERSION = "v1.0.0"  # oldest DuckDB that can open the file
 LOG_GLOB = "campaigns/*/log/part-*.parquet"  # Store.log_files, as a DuckDB glob
 
@@ -54,19 +57,26 @@ def catalog_path(home: Home) -> Path:
     return home.root / CATALOG_FILE
 
 
+_ensured: set[str] = set()  # homes whose catalog this process has checked (version and path)
+
+
 def ensure_exists(home: Home) -> Path | None:
-    """Build the catalog if it is missing and the home has a log file; the store's cheap hook."""
+    """The store's hook after each write: the first call per home and process is ``ensure``
+    (it opens the file to check its version and path), later calls only check it exists."""
     path = catalog_path(home)
-    if path.exists():
+    if str(home.root) in _ensured and path.exists():
         return path
-    return build(home)
+    path = ensure(home)
+    if path is not None:
+        _ensured.add(str(home.root))
+    return path
 
 
 def ensure(home: Home) -> Path | None:
     """The catalog's path, rebuilt first if it is missing, unreadable, of another crashsearch
     version or built for another home path; None while the home has no experiment yet."""
     path = catalog_path(home)
-    if path.exists() and built_for(path) == {"root": str(home.root), "version": CATALOG_VERSION}:
+    if path.exists() and built_for(path) == {"root": str(home.root.resolve()), "version": CATALOG_VERSION}:
         return path
     return build(home)
 
@@ -93,7 +103,7 @@ def build(home: Home) -> Path | None:
     home path cannot be used in a DuckDB glob; duckdb.Error or OSError if the file cannot be
     written.
     """
-    root = home.root
+    root = home.root.resolve()  # a relative path would resolve against the reader's folder
     if any(ch in str(root) for ch in "*?[]{}"):
         raise ValueError(f"history.duckdb needs a home path without glob characters: {root}")
     if next(iter(root.glob(LOG_GLOB)), None) is None:
@@ -174,14 +184,16 @@ def view_sql(root: Path) -> dict[str, str]:
     line = "json_extract_string(line, '$.{}')"
     bugfix_events = f"""
         SELECT CAST(coalesce({line.format('id')}, '') AS VARCHAR) AS id,
-               CAST(coalesce({line.format('version')}, '') AS VARCHAR) AS version,
+               CAST(nullif({line.format('version')}, '') AS VARCHAR) AS version,
                CAST(coalesce({line.format('note')}, '') AS VARCHAR) AS note,
                TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared_at,
                TRY_CAST({line.format('at')} AS TIMESTAMPTZ) AS at,
-               CAST({line.format('campaign')} AS VARCHAR) AS campaign
+               CAST(nullif({line.format('campaign')}, '') AS VARCHAR) AS campaign
         FROM (SELECT unnest(string_split(content, chr(10))) AS line
               FROM read_text({_sql_text(f'{root}/bugfix_events.jsonl')}))
         WHERE json_valid(line) AND json_type(line) = 'OBJECT' AND declared_at IS NOT NULL
+          AND (nullif({line.format('at')}, '') IS NULL
+               OR TRY_CAST({line.format('at')} AS TIMESTAMPTZ) IS NOT NULL)  -- a bad time: the line is skipped
         ORDER BY declared_at"""
     return {"experiments": experiments, "campaigns": campaigns, "bugfix_events": bugfix_events}
 

@@ -75,6 +75,9 @@ def test_the_first_write_creates_it_and_views_match_the_store_through_compaction
     store.compact("c1")
     store.append("c1", make_rows(space, 5, seed=3, start=4), space)  # e4, e5 again, after the base
     declare_bugfix(home, "fixed the mask")
+    declare_bugfix(home, "fixed c1's split", campaign="c1", at="2025-01-01T00:03:00Z")  # a time, one campaign
+    with open(home.root / "bugfix_events.jsonl", "a") as fh:
+        fh.write('{"id": "bad", "note": "x", "declared_at": "2025-01-02T00:00:00Z", "at": "not a time"}\nnot json\n')
     assert_same_as_store(home)
 
     # a compaction that died between its rename and the unlinks: replaced files stay on disk
@@ -89,6 +92,7 @@ def test_the_first_write_creates_it_and_views_match_the_store_through_compaction
     assert con.execute("SELECT count(*) FROM experiments").fetchall() == [(6 + 3 + 4 + 2,)]  # e0..e8, x0..x3, y0, y1
     assert sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()) == sorted(VIEWS)
     assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]  # views only
+    assert con.execute("SELECT count(*), count(version), count(\"at\"), count(campaign) FROM bugfix_events").fetchall() == [(2, 1, 1, 1)]
     con.close()
 
 
@@ -111,6 +115,41 @@ def _small_space(tmp_path: Path) -> Path:
     path = tmp_path / "other.yaml"
     path.write_text("name: other\ngroups:\n  train:\n    knob: [a, b]\nfixed: {}\n")
     return path
+
+
+def test_a_damaged_file_is_named_and_check_repair_clears_it(home, space, capsys):
+    from crashsearch.flows.cli import main as cli
+
+    store = Store(home)
+    store.append("c1", make_rows(space, 3), space)
+    damaged = store.log_dir("c1") / "part-20990101T000000.000000Z-dead.parquet"
+    damaged.write_bytes(b"PAR1 not parquet")
+    con = read_only(home)
+    with pytest.raises(duckdb.Error, match=damaged.name):
+        con.execute("SELECT count(*) FROM experiments").fetchall()
+    assert cli(["check", "--home", str(home.root), "--repair"]) in (0, 1)
+    assert con.execute("SELECT count(*) FROM experiments").fetchall() == [(3,)]  # the same open connection
+    con.close()
+
+
+def test_a_relative_home_path_is_stored_absolute(space, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Store(Home(Path("rel-home"))).append("c1", make_rows(space, 2), space)
+    monkeypatch.chdir(REPO)  # a reader elsewhere
+    assert catalog.built_for(tmp_path / "rel-home" / "history.duckdb")["root"] == str(tmp_path / "rel-home")
+    con = duckdb.connect(str(tmp_path / "rel-home" / "history.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM experiments").fetchall() == [(2,)]
+    con.close()
+
+
+def test_a_catalog_of_an_older_version_is_rebuilt_by_the_next_write(home, space, monkeypatch):
+    store = Store(home)
+    store.append("c1", make_rows(space, 2), space)
+    path = home.root / "history.duckdb"
+    monkeypatch.setattr(catalog, "CATALOG_VERSION", catalog.CATALOG_VERSION + 1)  # a newer crashsearch
+    catalog._ensured.clear()  # a new process
+    store.append("c1", make_rows(space, 2, start=2), space)
+    assert catalog.built_for(path)["version"] == catalog.CATALOG_VERSION
 
 
 def test_a_moved_home_is_rebuilt_by_ensure(home, space, tmp_path):
