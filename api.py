@@ -32,17 +32,14 @@ def open_home(path: str | os.PathLike | None = None) -> "LabHome":
     """The crashsearch home at ``path`` (default: ``$CRASHSEARCH_HOME`` or ./crashsearch-data).
 
     Raises ValueError when ``path`` does not exist, is a file, or is a folder that holds no
-    crashsearch home (a typo never creates an empty home).
+    crashsearch home (a typo never creates an empty home; reading creates no folder).
     """
-    if path is not None:
-        root = Path(path).expanduser()
-        if not root.exists():
-            raise ValueError(f"no crashsearch home at {root.resolve()} (no such folder)")
-        if not root.is_dir():
-            raise ValueError(f"{root} is a file, not a crashsearch home folder")
-        if root.is_dir() and any(root.iterdir()) and not (root / "campaigns").is_dir():
-            raise ValueError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
-    return LabHome(resolve_home(path))
+    root = resolve_home(path, create=False).root
+    if not root.exists():
+        raise ValueError(f"no crashsearch home at {root} (no such folder)")
+    if any(root.iterdir()) and not (root / "campaigns").is_dir():
+        raise ValueError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
+    return LabHome(Home(root, create=False))  # reads create nothing; analyze writes its report
 
 
 class LabHome:
@@ -104,12 +101,12 @@ class LabHome:
         without Prefect). Returns {"campaign", "report", "html", "numbers_path", "headline", "numbers", ...}."""
         from crashsearch.flows.analyze import analyze  # imports the analysis stack: only when asked
 
-        return analyze(self._known(campaign), self.home)
+        return analyze(self._known(campaign), Home(self.home.root))
 
     def numbers(self, campaign: str) -> dict[str, Any]:
         """The campaign's last report numbers (``report/numbers.json``). Raises ValueError when the
         campaign has no report yet."""
-        path = self.home.campaigns / self._known(campaign) / "report" / "numbers.json"
+        path = self.home.root / "campaigns" / self._known(campaign) / "report" / "numbers.json"
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -126,8 +123,9 @@ class LabHome:
     def _known(self, campaign: str) -> str:
         """``campaign`` if the home has it; else ValueError naming the campaigns it has."""
         check_campaign_id(campaign)
-        folder = self.home.campaigns / campaign
+        folder = self.home.root / "campaigns" / campaign
         if not (folder / "campaign.json").exists() and not self.store.log_files(campaign):
-            known = ", ".join(c["id"] for c in self.store.campaigns()) or "none"
+            known = ", ".join(c["id"] for c in self.store.campaigns()) if (self.home.root / "campaigns").is_dir() else ""
+            known = known or "none"
             raise ValueError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
         return campaign

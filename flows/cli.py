@@ -15,7 +15,7 @@ from crashsearch.lab.settings import resolve_home
 
 
 # commands that only read the home: they never create a folder in it
-READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact")
+READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:

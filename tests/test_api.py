@@ -86,14 +86,18 @@ def test_mistakes_get_one_clear_line(home, tmp_path):
         cs.open_home(tmp_path / "typo")
     assert not (tmp_path / "typo").exists()  # a typo never creates an empty home
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(ValueError, match="is not a folder"):
         cs.open_home(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="not a crashsearch home"):
         cs.open_home(tmp_path)
 
 
-def test_an_empty_home_has_empty_typed_history(tmp_path):
+def test_an_empty_home_has_empty_typed_history_and_reading_creates_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     lab = cs.open_home(tmp_path / "empty")
     frame = lab.history_df()
     assert frame.empty and "val_ap" in frame.columns
+    assert lab.campaigns().empty and lab.leaderboard().empty
+    with pytest.raises(ValueError, match=r"no campaign 'x' .*\(campaigns: none\)"):
+        lab.history("x")
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -220,8 +220,8 @@ def test_the_duckdb_cli_opens_it_read_only(home, space):
 def test_catalog_command_builds_and_says_how_to_open_it(home, space, capsys):
     from crashsearch.flows.cli import main as cli
 
-    assert cli(["catalog", "--home", str(home.root)]) == 0
-    assert "no experiments" in capsys.readouterr().out
+    assert cli(["catalog", "--home", str(home.root / "typo")]) == 0
+    assert "no experiments" in capsys.readouterr().out and not (home.root / "typo").exists()  # creates no folder
     Store(home).append("c1", make_rows(space, 1), space)
     (home.root / "history.duckdb").unlink()
     assert cli(["catalog", "--home", str(home.root)]) == 0
