@@ -18,10 +18,11 @@ in the next query, also in a connection that stays open for hours. Why this shap
   ``Store.generations`` does in Python. A compaction may unlink a file between a query's file
   listing and its read: that query fails with an IO error; run it again.
 * **Absolute paths.** DuckDB resolves a relative path against the client's working directory,
-  not the database file, so the views name the home's absolute path. When the home moves (or a
-  new crashsearch version changes the views), the next ``ensure`` (any store write,
-  ``crashsearch.open_home``, ``crashsearch catalog``) rebuilds the file. A home mounted at
-  different paths on different machines needs a rebuild per machine (``crashsearch catalog``).
+  not the database file, so the views name the home's absolute path. When the home moves,
+  ``ensure`` (``crashsearch.open_home``) or ``crashsearch catalog`` rebuilds the file; a new
+  crashsearch version that changes the views rebuilds it at its first write. Mount a shared home
+  at the same path on every machine: one file serves one path (``crashsearch catalog`` on a
+  machine rewrites it for that machine's path).
 * **Old clients.** The file is written in DuckDB 1.0 storage format and the views use SQL that
   DuckDB 1.0 understands, so the duckdb CLI (``pip install duckdb-cli``) and DBeaver's driver
   open it even when they are older than the Python package.
@@ -61,12 +62,14 @@ _ensured: set[str] = set()  # homes whose catalog this process has checked (vers
 
 
 def ensure_exists(home: Home) -> Path | None:
-    """The store's hook after each write: the first call per home and process is ``ensure``
-    (it opens the file to check its version and path), later calls only check it exists."""
+    """The store's hook after each write: build the catalog if it is missing or (checked once per
+    home and process) of another crashsearch version. A writer never rebuilds it for its own view
+    of the home's path: workers that mount a shared home elsewhere would take turns rewriting it."""
     path = catalog_path(home)
     if str(home.root) in _ensured and path.exists():
         return path
-    path = ensure(home)
+    stamp = built_for(path) if path.exists() else None
+    path = path if stamp is not None and stamp.get("version") == CATALOG_VERSION else build(home)
     if path is not None:
         _ensured.add(str(home.root))
     return path
@@ -74,7 +77,8 @@ def ensure_exists(home: Home) -> Path | None:
 
 def ensure(home: Home) -> Path | None:
     """The catalog's path, rebuilt first if it is missing, unreadable, of another crashsearch
-    version or built for another home path; None while the home has no experiment yet."""
+    version or built for another home path (the home moved); None while the home has no
+    experiment yet. Called by ``crashsearch.open_home``; ``crashsearch catalog`` always rebuilds."""
     path = catalog_path(home)
     if path.exists() and built_for(path) == {"root": str(home.root.resolve()), "version": CATALOG_VERSION}:
         return path

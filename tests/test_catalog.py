@@ -157,10 +157,13 @@ def test_a_moved_home_is_rebuilt_by_ensure(home, space, tmp_path):
     moved = Home(tmp_path / "moved")
     shutil.move(str(home.root), moved.root)
     assert catalog.built_for(moved.root / "history.duckdb")["root"] == str(home.root)  # still the old path
+    catalog._ensured.clear()  # a writer process (a worker that mounts a shared home elsewhere)...
+    Store(moved).append("c1", make_rows(space, 1, prefix="w"), space)
+    assert catalog.built_for(moved.root / "history.duckdb")["root"] == str(home.root)  # ...leaves it alone
     assert catalog.ensure(moved) == moved.root / "history.duckdb"
     assert catalog.built_for(moved.root / "history.duckdb") == {"root": str(moved.root), "version": catalog.CATALOG_VERSION}
     con = read_only(moved)
-    assert con.execute("SELECT count(*) FROM experiments").fetchall() == [(3,)]
+    assert con.execute("SELECT count(*) FROM experiments").fetchall() == [(4,)]
     con.close()
 
 
