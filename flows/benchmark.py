@@ -112,13 +112,13 @@ def _info(res: BenchmarkRuns, title: str, history: pd.DataFrame) -> dict:
     info["notes"] = notes
     agg = {}
     for r in res.runs:
-        a = agg.setdefault(r.policy, {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0})
+        a = agg.setdefault(r.policy, {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0, "cpu": 0.0})
         for k in a:
             a[k] += r.seconds.get(k, 0.0)
     info["timing"] = [f"wall: {res.seconds['total']:.1f}s in all; fitting the objective {res.seconds['fit']:.1f}s; "
                       f"the runs {res.seconds['runs']:.1f}s on {res.workers} worker process(es)"]
     info["timing"] += [f"{p}: policy {a['policy']:.2f}s, objective {a['objective']:.2f}s, bookkeeping {a['bookkeeping']:.2f}s "
-                       f"(CPU seconds summed over repeats)" for p, a in agg.items()]
+                       f"(wall seconds summed over repeats; {a['cpu']:.1f} CPU seconds)" for p, a in agg.items()]
     return info
 
 

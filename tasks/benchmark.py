@@ -15,7 +15,7 @@ Offline policies run in a pool of worker processes (one job per policy and repea
 LLM agents run in this process meanwhile (their time is network time) with a dollar budget split
 over the repeats: an agent whose budget is spent sits out and its run stops there, shorter than
 the budget. Each run times its policy (propose + observe), its objective and the bookkeeping
-(views and rows) separately.
+(views and rows) separately, in wall seconds, and its process CPU seconds.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class RunResult:
     stopped: str = "budget"
     tokens: int = 0
     cost_usd: float = 0.0
-    seconds: dict = field(default_factory=lambda: {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0})
+    seconds: dict = field(default_factory=lambda: {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0, "cpu": 0.0})
 
 
 @dataclass
@@ -77,7 +77,7 @@ def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np
     values, ids = [], []
     secs = {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0}
     stopped, idle, rnd = "budget", 0, 0
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     while len(values) < budget:
         view = HistoryView(space, pd.DataFrame(cols), frozenset(), rnd)
         t0 = time.perf_counter()
@@ -117,6 +117,7 @@ def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np
         policy.observe(new_rows)
         secs["policy"] += time.perf_counter() - t0
     secs["bookkeeping"] = time.perf_counter() - t_start - secs["policy"] - secs["objective"]
+    secs["cpu"] = time.process_time() - cpu_start  # on a busy machine the wall splits above overstate the work
     return RunResult(policy.name, repeat, policy.seed, np.array(values, dtype=float), np.array(ids, dtype=np.int64),
                      stopped=stopped, seconds=secs)
 
@@ -126,16 +127,16 @@ def run_table(policy: Policy, space: Space, table: pd.DataFrame, budget: int, se
     """One run against the history as a table (``analysis.baselines.replay``; misses count, yield NaN)."""
     from crashsearch.analysis.baselines import replay
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     res = replay(policy, space, table, budget, seed=seed, round_size=round_size, misses_count=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     trace = np.array(res.trace, dtype=np.int64)
     ok = table["status"].isin(("ok", "healed")).to_numpy() & table["val_ap"].notna().to_numpy()
     ap = np.where(ok, table["val_ap"].to_numpy(float), np.nan)
     values = np.where(trace >= 0, ap[np.clip(trace, 0, None)], np.nan) if len(trace) else np.zeros(0)
     ids = np.where(trace >= 0, table["cell_id"].to_numpy(np.int64)[np.clip(trace, 0, None)], -1) if len(trace) else np.zeros(0, np.int64)
     return RunResult(policy.name, repeat, policy.seed, values.astype(float), ids.astype(np.int64),
-                     stopped=res.stopped or "budget", seconds={"policy": wall, "objective": 0.0, "bookkeeping": 0.0})
+                     stopped=res.stopped or "budget", seconds={"policy": wall, "objective": 0.0, "bookkeeping": 0.0, "cpu": cpu})
 
 
 # ---- one job, in a worker or here --------------------------------------------------------------
