@@ -1,10 +1,10 @@
 """Statistics and the write-up of a policy benchmark (``crashsearch benchmark``): pure functions of the runs.
 
-The runs (each policy's AP per experiment, per repeat, NaN where an experiment gave no AP) become
-a history frame with one campaign per repeat, so the report's own statistics apply unchanged:
-``analysis.baselines.best_at_n`` (mean over repeats, 95% bootstrap interval resampling repeats),
-``analysis.baselines.verdicts`` (the N=50 sentence of the report) and
-``analysis.convergence.fit_power_law`` (on each policy's mean best-at-N curve).
+The runs (each policy's AP per experiment, per repeat, NaN where an experiment gave no AP) form an
+*arm table* (``analysis.arms``: arm, repeat, n, val_ap), so the benchmark and the report share one
+implementation: ``arm_best_at_n`` (mean over repeats, 95% bootstrap interval resampling repeats),
+``arm_power_laws`` (a - b N^-c on each arm's mean running best) and ``arm_verdict`` (the N=50
+sentence of the report: which arm leads, or undecided when the intervals overlap).
 
 ``summary`` returns the benchmark.json document, exactly::
 
@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crashsearch.analysis.baselines import best_at_n, verdicts
-from crashsearch.analysis.convergence import fit_power_law
-from crashsearch.analysis.history import running_best
+from crashsearch.analysis.arms import TABLE_COLUMNS, arm_best_at_n, arm_power_laws, arm_verdict
 
 N_BOOT = 2000
 
@@ -41,27 +39,11 @@ def benchmark_ns(budget: int) -> list[int]:
     return sorted(n for n in ns if 1 <= n <= budget)
 
 
-def runs_frame(runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
-    """A history frame of the runs: campaign ``repeat-<k>``, proposer = policy, status ok or miss."""
-    parts = []
-    for policy, seqs in runs.items():
-        for k, vals in enumerate(seqs):
-            vals = np.asarray(vals, dtype=float)
-            parts.append(pd.DataFrame({"campaign": f"repeat-{k}", "proposer": policy, "cell_id": np.arange(len(vals)),
-                                       "status": np.where(np.isnan(vals), "miss", "ok"), "val_ap": vals}))
-    if not parts:
-        return pd.DataFrame(columns=["campaign", "proposer", "cell_id", "status", "val_ap"])
-    return pd.concat(parts, ignore_index=True)
-
-
-def mean_curve(seqs: list[np.ndarray]) -> np.ndarray:
-    """Mean running best at N = 1.. over the repeats that reached N (NaN before any AP)."""
-    longest = max((len(s) for s in seqs), default=0)
-    best = np.full((len(seqs), longest), np.nan)
-    for i, s in enumerate(seqs):
-        best[i, : len(s)] = running_best(np.asarray(s, dtype=float))
-    with np.errstate(all="ignore"), pd.option_context("mode.chained_assignment", None):
-        return np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in best.T])
+def arm_table(runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
+    """The ``analysis.arms`` table of the runs: one row per experiment (arm, repeat, n, val_ap)."""
+    parts = [pd.DataFrame({"arm": policy, "repeat": k, "n": np.arange(1, len(vals) + 1), "val_ap": np.asarray(vals, dtype=float)})
+             for policy, seqs in runs.items() for k, vals in enumerate(seqs)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TABLE_COLUMNS)
 
 
 def _num(x) -> float | None:
@@ -72,42 +54,42 @@ def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, object
             fidelity: dict | None = None, spend: dict[str, tuple[int, float]] | None = None, seed: int = 0) -> dict:
     """The benchmark.json document (shape in the module docstring); NaN becomes None."""
     ns = benchmark_ns(budget)
+    table = arm_table(runs)
     with warnings.catch_warnings():  # a repeat with no AP at all (every proposal a miss) is a NaN, not news
         warnings.simplefilter("ignore", RuntimeWarning)
-        table = best_at_n(runs_frame(runs), ns=tuple(ns), n_boot=N_BOOT, seed=seed) if runs else pd.DataFrame()
+        best = arm_best_at_n(table, ns=tuple(ns), n_boot=N_BOOT, seed=seed).set_index(["arm", "n"])
+        laws = arm_power_laws(table).set_index("arm")
     out = {"objective": objective, "budget": int(budget), "repeats": int(repeats),
            "surrogate": {"holdout_r2": _num((fidelity or {}).get("holdout_r2")),
                          "holdout_spearman": _num((fidelity or {}).get("holdout_spearman"))},
            "policies": {}}
-    for policy, seqs in runs.items():
-        rows = table[table["arm"] == policy].set_index("n") if len(table) else pd.DataFrame()
+    for policy in runs:
         best_at = {}
         for n in ns:
-            r = rows.loc[n] if n in rows.index else None
-            best_at[str(n)] = {"mean": _num(r["best"]) if r is not None else None,
-                               "lo": _num(r["lo"]) if r is not None else None,
-                               "hi": _num(r["hi"]) if r is not None else None}
-        fit = fit_power_law(mean_curve(seqs), n_boot=0)
+            r = best.loc[(policy, n)] if (policy, n) in best.index else None
+            best_at[str(n)] = {k: _num(r[col]) if r is not None else None
+                               for k, col in (("mean", "best"), ("lo", "lo"), ("hi", "hi"))}
+        law = laws.loc[policy] if policy in laws.index else {}
         tokens, cost = (spend or {}).get(policy, (0, 0.0))
         out["policies"][policy] = {"best_at": best_at,
-                                   "power_law": {k: _num(fit[k]) for k in ("a", "b", "c", "r2")},
+                                   "power_law": {k: _num(law[k]) if k in law else None for k in ("a", "b", "c", "r2")},
                                    "tokens": int(tokens), "cost_usd": float(cost)}
     return out
 
 
-def verdict_lines(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0) -> list[str]:
-    """The report's N=50 sentences (agents against each control arm) for these runs."""
-    if not runs:
-        return []
+def verdict_line(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0) -> str:
+    """The report's N=50 sentence (``analysis.arms.arm_verdict``) for these runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return [v["text"] for v in verdicts(runs_frame(runs), n=n, seed=seed)]
+        return arm_verdict(arm_table(runs), n=n, seed=seed)["text"]
 
 
 def curve_table(runs: dict[str, list[np.ndarray]], budget: int, points: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Best-at-N (mean, lo, hi over repeats) on a log grid of N for the figure: arm, n, best, lo, hi."""
+    """Best-at-N (mean, lo, hi over repeats) on a log grid of N for the figure: arm, n, best, lo, hi, repeats."""
     ns = np.unique(np.geomspace(1, max(budget, 1), points).astype(int))
-    return best_at_n(runs_frame(runs), ns=tuple(int(n) for n in ns), n_boot=500, seed=seed) if runs else pd.DataFrame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return arm_best_at_n(arm_table(runs), ns=tuple(int(n) for n in ns), n_boot=500, seed=seed)
 
 
 def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: str, path: str | Path, seed: int = 0) -> Path:
@@ -117,11 +99,12 @@ def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: st
     fig, (ax,) = _figure(1, width=7.2, height=4.6)
     table = curve_table(runs, budget, seed=seed)
     if table.empty:
-        _empty(ax, "no run reached N = 1")
+        _empty(ax, "no run has an AP")
     else:
         for arm, part in table.groupby("arm", sort=False):
             line, = ax.plot(part["n"], part["best"], label=str(arm))
-            ax.fill_between(part["n"], part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+            if part["lo"].notna().any():  # one repeat has no interval
+                ax.fill_between(part["n"], part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axvline(50, color="0.6", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("experiments N")
@@ -139,7 +122,7 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def markdown(doc: dict, verdict: list[str], info: dict, figure: str | None) -> str:
+def markdown(doc: dict, verdict: str, info: dict, figure: str | None) -> str:
     """benchmark.md: what was benchmarked, the fidelity, the best-at-N table, the verdicts, the time."""
     lines = [f"# Policy benchmark: {info.get('title', '')}", ""]
     obj = doc["objective"]
@@ -153,7 +136,7 @@ def markdown(doc: dict, verdict: list[str], info: dict, figure: str | None) -> s
     else:
         lines.append("Table: a proposed cell that was recorded replays one of its runs; an unrecorded cell is a miss that "
                      "spends one experiment and yields no AP.")
-    lines += ["", "## Verdict at N=50", ""] + [f"- {v}" for v in verdict] + [""]
+    lines += ["", "## Verdict at N=50", "", verdict, ""]
     ns = list(next(iter(doc["policies"].values()))["best_at"]) if doc["policies"] else []
     lines += ["## Best validation AP among the first N (mean over repeats, 95% bootstrap interval over repeats)", ""]
     lines.append("| policy | " + " | ".join(f"N={n}" for n in ns) + " | power law a - b N^-c (R^2) | tokens | cost |")

@@ -73,9 +73,9 @@ def write_outputs(res: BenchmarkRuns, out_dir: Path, title: str, history: pd.Dat
         s[1] += r.cost_usd
     fidelity = res.surrogate.fidelity if res.surrogate is not None else None
     doc = pb.summary(runs, res.budget, res.repeats, res.objective, fidelity, {k: tuple(v) for k, v in spend.items()}, seed)
-    verdict = pb.verdict_lines(runs, 50, seed)
+    verdict = pb.verdict_line(runs, 50, seed)
     figure = pb.plot(runs, res.budget, f"Best-at-N, {title} ({res.objective}, {res.repeats} repeats)",
-                     verdict[0] if verdict else "", out_dir / "best_at_n.png", seed)
+                     verdict, out_dir / "best_at_n.png", seed)
     info = _info(res, title, history)
     atomic_write(out_dir / "benchmark.json", lambda f: f.write(json.dumps(doc, indent=2).encode()))
     atomic_write(out_dir / "benchmark.md", lambda f: f.write(pb.markdown(doc, verdict, info, figure.name).encode()))
@@ -132,8 +132,7 @@ def main(args) -> int:
     except (ValueError, SurrogateError, SpaceError, FileNotFoundError) as exc:
         print(f"crashsearch benchmark: {exc}", file=sys.stderr)
         return 2
-    for line in result["verdict"]:
-        print(line)
+    print(result["verdict"])
     for name, p in result["doc"]["policies"].items():
         last = p["best_at"][str(result["doc"]["budget"])]
         shown = "not reached" if last["mean"] is None else f"{last['mean']:.4f} [{last['lo']:.4f}, {last['hi']:.4f}]"

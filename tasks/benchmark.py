@@ -73,6 +73,7 @@ def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np
                round_size: int = 12, repeat: int = 0) -> RunResult:
     """Run one policy until ``budget`` experiments (or it stops proposing); ``evaluate`` maps cell ids to APs."""
     cols: dict[str, list] = {c: [] for c in VIEW_COLUMNS + space.axis_names}
+    blank = {c: None for c in VIEW_COLUMNS} | ({"pre_fix": False} if "pre_fix" in VIEW_COLUMNS else {})
     seen: set[int] = set()
     values, ids = [], []
     secs = {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0}
@@ -105,9 +106,9 @@ def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np
         secs["objective"] += time.perf_counter() - t0
         new_rows = []
         for prop, ap in zip(fresh, aps):
-            row = {"experiment_id": f"{policy.name}-r{repeat}-{len(values):06d}", "cell_id": prop.cell.id, "status": "ok",
-                   "val_ap": float(ap), "val_auc": np.nan, "proposer": policy.name, "rationale": prop.rationale,
-                   "error_class": None, "error_message": None, "finished_at": None, **prop.cell.values}
+            row = {**blank, "experiment_id": f"{policy.name}-r{repeat}-{len(values):06d}", "cell_id": prop.cell.id,
+                   "status": "ok", "val_ap": float(ap), "val_auc": np.nan, "proposer": policy.name,
+                   "rationale": prop.rationale, **prop.cell.values}
             for k, v in row.items():
                 cols[k].append(v)
             new_rows.append(row)

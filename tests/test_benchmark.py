@@ -201,9 +201,8 @@ def test_evolution_and_tpe_speedups_leave_proposals_unchanged():
         got, want = tpe.propose(view, 6), fresh.propose(view, 6)
         assert [p.cell.id for p in got] == [p.cell.id for p in want]
         for p in got:
-            row = {"experiment_id": str(len(cols["cell_id"])), "cell_id": p.cell.id, "status": "ok",
-                   "val_ap": float(rng.random()), "val_auc": np.nan, "proposer": "tpe", "rationale": "",
-                   "error_class": None, "error_message": None, "finished_at": None, **p.cell.values}
+            row = {**{c: None for c in VIEW_COLUMNS}, "experiment_id": str(len(cols["cell_id"])), "cell_id": p.cell.id,
+                   "status": "ok", "val_ap": float(rng.random()), "proposer": "tpe", **p.cell.values}
             for k, v in row.items():
                 cols[k].append(v)
 
@@ -238,7 +237,7 @@ def test_an_imported_external_history_with_its_own_space(tmp_path, capsys):
     b = doc["policies"]["evolution"]["best_at"]["60"]
     assert b["lo"] <= b["mean"] <= b["hi"]
     md = (out / "benchmark.md").read_text()
-    assert "At N=50 evolution reaches" in md and "held-out R^2" in md and (out / "best_at_n.png").stat().st_size > 10_000
+    assert "At N=50, from-scratch arms evolution, random" in md and "held-out R^2" in md and (out / "best_at_n.png").stat().st_size > 10_000
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 2 * 3 * 60 and set(runs["cell_id"]) <= set(range(space.full_size))
     printed = capsys.readouterr().out
