@@ -63,7 +63,9 @@ class HealAdvice:
 # Columns of ``HistoryView.experiments`` that policies may read. Test metrics are never included:
 # agents see validation AP only.
 VIEW_COLUMNS = ["experiment_id", "cell_id", "status", "val_ap", "val_auc", "proposer", "rationale",
-                "error_class", "error_message", "finished_at", "pre_fix"]  # pre_fix: trained before a bug fix
+                "error_class", "error_message", "finished_at"]
+# Optional: the campaign adds it when a bug fix concerns the campaign (True: trained before the fix).
+PRE_FIX = "pre_fix"
 
 
 @dataclass(frozen=True)

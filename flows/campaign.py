@@ -30,7 +30,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from crashsearch.agents import create_policy
-from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar, set_verbose
 from crashsearch.lab.datasets import load_dataset
@@ -303,7 +303,7 @@ class _Campaign:
         recorded = set(df["cell_id"].astype(int)) if len(df) else set()
         if self.events and len(df):  # agents see which leaderboard rows were trained before the latest fix
             df = df.assign(pre_fix=pre_fix(df, self.events))
-        columns = [c for c in VIEW_COLUMNS + self.space.axis_names if c in df.columns]
+        columns = [c for c in VIEW_COLUMNS + [PRE_FIX] + self.space.axis_names if c in df.columns]
         return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
                            in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
 

@@ -35,6 +35,8 @@ def cli_main(args) -> int:
             if board.empty:
                 print("no finished experiments yet" + (f" in campaign {args.campaign}" if args.campaign else ""))
                 return 0
+            for col in ("ci_low", "ci_high"):  # one run has no interval (lab.leaderboard): "-", not NaN
+                board[col] = [("-" if v != v else f"{v:.4f}") for v in board[col]]
             print(_table_text(board))
             return 0
         if command == "import":

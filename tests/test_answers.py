@@ -293,3 +293,24 @@ def test_control_arms_are_reused_until_the_dataset_or_space_changes(home, monkey
     put("n-baseline-random-s1", space_path="/spaces/b.yaml")
     baselines = load_inputs(home, "n")["baselines"]
     assert set(baselines["campaign"]) == {"n-baseline-random-s1"}  # the stale arm is kept on disk, not compared
+
+
+def test_leaderboard_command_prints_no_interval_for_a_single_run(home, capsys):
+    space = Space.load()
+    a, b = space.sample(__import__("random").Random(1), 2)
+    Store(home).append("c", [{"experiment_id": "1", "cell_id": a.id, "status": "ok", "val_ap": 0.9},
+                             {"experiment_id": "2", "cell_id": b.id, "status": "ok", "val_ap": 0.7},
+                             {"experiment_id": "3", "cell_id": b.id, "status": "ok", "val_ap": 0.8}], space)
+    assert cli(["leaderboard", "--campaign", "c", "--home", str(home.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first, second = lines[1].split(), lines[2].split()
+    assert first[:4] == ["1", "0.9000", "-", "-"]  # one run: no interval, not [0.9, 0.9]
+    lo, hi = interval_of(0.75, np.std([0.7, 0.8], ddof=1), 2)
+    assert second[:4] == ["2", "0.7500", f"{lo:.4f}", f"{hi:.4f}"]
+
+
+def interval_of(mean, sd, n):
+    from crashsearch.lab.leaderboard import interval
+
+    lo, hi = interval([mean], [sd], [n])
+    return lo[0], hi[0]
