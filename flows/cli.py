@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
     try:
-        args.home_dir = resolve_home(args.home, create=args.command not in READING_COMMANDS or getattr(args, "repair", False))
+        writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
+        args.home_dir = resolve_home(args.home, create=writes)
+        if writes:
+            check_writable(args.home_dir.root)  # a read-only home fails here, before any flow starts
         configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
         return int(args.handler(args) or 0)
     except BaseException as exc:  # noqa: BLE001  (sorted below: user errors, interrupts, the rest)
@@ -235,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
             return 2
         raise
+
+
+def check_writable(root) -> None:
+    """Raise OSError naming ``root`` unless a file can be created in it."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=root, prefix=".write-probe-", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(root)) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def user_message(exc: BaseException) -> str:

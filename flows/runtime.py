@@ -41,6 +41,8 @@ class _DropShutdownNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if record.exc_info and record.exc_info[0] is not None:
+            if issubclass(record.exc_info[0], (ValueError, OSError)) and text.startswith("Encountered exception"):
+                return False  # a user's error: the CLI prints it in one line, without Prefect's traceback
             text += record.exc_info[0].__name__
         return not any(n in text for n in self.NOISE)
 

@@ -28,6 +28,12 @@ def atomic_write(final: Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.filename:
+            raise
+        # Arrow's write errors carry no path: name the file, keep the errno (ENOSPC: disk full)
+        raise OSError(exc.errno, exc.strerror or (str(exc).splitlines() or ["write failed"])[0], str(final)) from exc
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -7,7 +7,8 @@ the node), so the lock of a dead process is simply free: the next run takes it a
 the holder's name; two runs racing for a free lock cannot both get it. On shared storage
 (NFS v4) ``flock`` is a lock on the server, so distributed orchestrators on different hosts
 exclude each other too. Locks are re-entrant within one process (the CLI takes the lock before
-it starts the flow, and the flow takes it again).
+it starts the flow, and the flow takes it again). Taking a lock also removes the temp files that
+interrupted writes left in the campaign's folder (``clean_temp_files``).
 
 ``ending_status(exc)`` is the status a campaign.json gets when a run stops by ``exc``:
 ``interrupted`` for Ctrl-C, SIGTERM (Prefect's TerminationSignal, or ``Terminated`` raised by
@@ -21,6 +22,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,7 +85,8 @@ class CampaignLock:
             os.pwrite(fd, data, 0)
             self.fd, self.depth, self.key = fd, 1, key
             _HELD[key] = self
-            return self
+        clean_temp_files(self.path.parent)
+        return self
 
     def release(self) -> None:
         """Give the lock up (the last of nested acquires does); a no-op when not held."""
@@ -118,6 +121,24 @@ class CampaignLock:
                 self.release()
         except Exception:
             pass
+
+
+TEMP_AGE_SECONDS = 60  # a temp file this old is not being written (writes take well under a second)
+
+
+def clean_temp_files(folder: Path, older_than: float = TEMP_AGE_SECONDS) -> list[Path]:
+    """Remove hidden temp files (``.*.tmp``) of interrupted writes in a campaign folder and its log;
+    return them. They were never renamed into place, so they hold nothing recorded."""
+    removed = []
+    now = time.time()
+    for temp in list(folder.glob(".*.tmp")) + list(folder.glob("log/.*.tmp")):
+        try:
+            if now - temp.stat().st_mtime > older_than:
+                temp.unlink()
+                removed.append(temp)
+        except OSError:  # gone already, or a read-only home: harmless
+            pass
+    return removed
 
 
 def read_holder(path: Path) -> dict:

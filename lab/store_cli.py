@@ -45,6 +45,9 @@ def cli_main(args) -> int:
             print(f"import into campaign {args.campaign}: {result}")
             return 0 if result.new or result.already else 1
         if command == "export":
+            if Path(args.out).suffix.lower() != ".parquet":
+                raise ValueError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
+            check_out_path(store, Path(args.out))
             path = store.export(args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
             return 0

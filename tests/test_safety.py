@@ -494,3 +494,104 @@ def test_the_temporary_server_dies_with_a_killed_command(lab_home):
         for pid in _children(proc.pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---- every command against bad input: non-zero exit, one line, no traceback ------------------------
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str):
+    """Mount something on ``target`` for the block (tmpfs or a bind); skip where mounting is refused."""
+    target.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root and CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _populated_home(root: Path, space: Space) -> Home:
+    home = Home(root)
+    store = Store(home)
+    store.append("c1", rows(space, 6), space)
+    store.write_campaign("c1", {"dataset": "synth-day", "status": "finished"})
+    return home
+
+
+@pytest.mark.parametrize("args", [
+    ["leaderboard", "--campaign", "../x"], ["export", "--campaign", "../x", "--out", "OUT/o.parquet"],
+    ["compact", "--campaign", "../x"], ["check", "--campaign", "../x"], ["analyze", "--campaign", "../x"],
+    ["import", "CSV", "--campaign", ""], ["import", "CSV", "--campaign", "../../etc"],
+    ["query", "DROP TABLE experiments"], ["query", "SELECT * FROM nowhere"], ["leaderboard", "-k", "0"],
+    ["export", "--campaign", "c1", "--out", "OUT/o.txt"], ["import", "OUT/missing.csv", "--campaign", "c2"],
+    ["import", "CSV", "--campaign", "c2", "--space", "OUT/missing.yaml"], ["space", "--space", "OUT"],
+    ["check", "--campaign", "nosuch"], ["bugfix", "--note", ""],
+    ["export", "--campaign", "c1", "--out", "HOME/campaigns/c1/log/part-x.parquet"],
+])
+def test_every_command_refuses_bad_ids_and_arguments_in_one_line(home, space, tmp_path, args):
+    _populated_home(home.root, space)
+    csv = tmp_path / "log.csv"
+    pd.DataFrame([{"cell_id": 1, "val_ap": 0.5}]).to_csv(csv, index=False)
+    args = [a.replace("OUT", str(tmp_path)).replace("CSV", str(csv)).replace("HOME", str(home.root)) for a in args]
+    before = sorted(str(p) for p in home.root.rglob("*"))
+    one_line_error(run_cli(*args, "--home", str(home.root), timeout=120))
+    assert sorted(str(p) for p in home.root.rglob("*") if "history.duckdb" not in p.name) == \
+        [p for p in before if "history.duckdb" not in p]
+
+
+def test_a_read_only_home_gets_one_line_from_every_writing_command(space, tmp_path, synth_dataset):
+    source = _populated_home(tmp_path / "src", space).root
+    csv = tmp_path / "log.csv"
+    pd.DataFrame([{"cell_id": 1, "val_ap": 0.5}]).to_csv(csv, index=False)
+    with mounted(tmp_path / "ro", "--bind", "-o", "ro", str(source)) as ro:
+        assert subprocess.run(["touch", str(ro / "probe")], capture_output=True).returncode != 0, "mount is not read-only"
+        for args in (["import", str(csv), "--campaign", "c2"], ["bugfix", "--note", "fix"],
+                     ["synth", "--videos", "2"], ["extract", "--dataset", str(synth_dataset.root), "--backbone", "pixels"],
+                     ["campaign", "--dataset", str(synth_dataset.root), "--campaign", "c3", "--budget", "1"],
+                     ["query", "SELECT 1 AS x", "--out", str(ro / "x.csv")]):
+            err = one_line_error(run_cli(*args, "--home", str(ro), timeout=120))
+            assert "Read-only file system" in err or "refusing" in err, (args, err)
+        for args in (["status"], ["leaderboard"], ["query", "SELECT count(*) AS n FROM experiments"], ["check"], ["compact"],
+                     ["export", "--campaign", "c1", "--out", str(tmp_path / "c1.parquet")]):
+            proc = run_cli(*args, "--home", str(ro), timeout=120)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_keeps_the_history(space, tmp_path):
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=400k", "tmpfs") as root:
+        home = _populated_home(root / "home", space)
+        filler = root / "filler"
+        with contextlib.suppress(OSError):
+            with open(filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        big = tmp_path / "big.csv"
+        cells = space.sample(random.Random(4), 2000)
+        pd.DataFrame([{"cell_id": c.id, "val_ap": 0.5, "rationale": "x" * 200} for c in cells]).to_csv(big, index=False)
+        proc = run_cli("import", str(big), "--campaign", "c1", "--home", str(home.root))
+        err = one_line_error(proc)
+        assert "No space left on device" in err and str(home.root / "campaigns" / "c1" / "log") in err
+        assert len(Store(home).experiments("c1")) == 6  # everything recorded stays
+        assert not list((home.root / "campaigns" / "c1" / "log").glob(".*.tmp"))  # no half-written file
+        filler.unlink()
+        again = run_cli("import", str(big), "--campaign", "c1", "--home", str(home.root))
+        assert again.returncode == 0 and "2000 new rows" in again.stdout, again.stderr
+        assert len(Store(home).experiments("c1")) == 2006
+
+
+def test_temp_files_of_interrupted_writes_are_removed_at_the_next_start(tmp_path):
+    from crashsearch.lab.lock import CampaignLock
+
+    log = tmp_path / "campaigns" / "c1" / "log"
+    log.mkdir(parents=True)
+    stale = [log / ".part-x.parquet.1234abcd.tmp", tmp_path / "campaigns" / "c1" / ".state.json.99.tmp"]
+    fresh = log / ".part-y.parquet.5678abcd.tmp"
+    for path in stale + [fresh]:
+        path.write_bytes(b"half")
+    for path in stale:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    with CampaignLock(tmp_path, "c1"):
+        pass
+    assert not any(p.exists() for p in stale) and fresh.exists()  # a fresh one may be a live worker's
