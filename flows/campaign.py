@@ -185,11 +185,13 @@ class _Campaign:
         self.space = full_space.restrict(backbone=wanted)
         self.backbones = sorted(wanted)
         if executor is None:
-            self.features = {b: load_features(home, self.dataset.name, b, device=self.device) for b in wanted}
+            # dataset=: only a cache extracted from this dataset's files counts, not one with its folder name
+            self.features = {b: load_features(home, self.dataset.name, b, device=self.device, dataset=self.dataset)
+                             for b in wanted}
             self.weights = {b: f.weights for b, f in self.features.items()}
         else:  # the workers load the features; this process only needs their weights ids
             self.features = {}
-            self.weights = {b: weights_id(latest_partition(home, self.dataset.name, b).meta) for b in wanted}
+            self.weights = {b: weights_id(latest_partition(home, self.dataset.name, b, self.dataset).meta) for b in wanted}
         self.version = code_version()
         ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
         self.executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)

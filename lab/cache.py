@@ -290,6 +290,54 @@ def _partitions(cache: Path, dataset: str | None = None, backbone: str | None = 
     return [Partition(p.parent) for p in sorted(cache.glob(pattern))]
 
 
+def matches_dataset(meta: dict, dataset: Any) -> bool:
+    """Whether a partition's meta.json was written for this dataset's manifest and video files
+    (a partition written before meta.json recorded them cannot be checked and counts)."""
+    if "manifest_hash" in meta and meta["manifest_hash"] != dataset.manifest_hash():
+        return False
+    return "files_fingerprint" not in meta or meta["files_fingerprint"] == videos_fingerprint(dataset.videos)
+
+
+def partition_problem(part: "Partition", dataset: Any = None) -> str:
+    """What is wrong with a complete partition's files, in a few words ("" when nothing is).
+
+    Every part file must read, and the videos it holds plus its recorded failures must cover
+    the dataset's videos (with ``dataset``) or the count meta.json promises."""
+    ids: set[str] = set()
+    for f in part.part_files():
+        try:
+            ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+        except (OSError, pa.ArrowException) as exc:
+            return f"part file {f.name} is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+    failed = {f.get("video_id") for f in part.failures()}
+    if dataset is not None:
+        missing = {v.id for v in dataset.videos} - ids - failed
+        if missing:
+            return f"{len(missing)} of its {len(dataset.videos)} videos are missing (e.g. {sorted(missing)[0]})"
+    promised = part.meta.get("videos_ok")
+    if isinstance(promised, int) and len(ids) < promised:
+        return f"it holds {len(ids)} of the {promised} videos meta.json promises"
+    return ""
+
+
+def set_aside(part: "Partition", home: Home | str | os.PathLike | None) -> list[Path]:
+    """Move a partition's unreadable part files to ``<home>/quarantine/cache/...`` (never deleted);
+    return where they went. The videos they held are then extracted again."""
+    moved = []
+    for f in part.part_files():
+        try:
+            pq.read_metadata(f)
+            continue
+        except (OSError, pa.ArrowException):
+            pass
+        root = (home if isinstance(home, Home) else resolve_home(home)).root
+        target = root / "quarantine" / "cache" / part.path.parent.parent.name / part.path.parent.name / part.key
+        target.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target / f.name)
+        moved.append(target / f.name)
+    return moved
+
+
 def list_cached(home: Home | str | os.PathLike | None, dataset_name: str | None = None) -> list[dict]:
     """One dict per partition: dataset, backbone, key, weights, videos, failures, complete (and path, finished_at)."""
     out = []
@@ -314,10 +362,28 @@ def weights_id(meta: dict) -> str:
     return str(meta.get("weights", "random"))
 
 
-def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str) -> Partition:
-    """The most recently finished complete partition; raises FeaturesNotFound naming dataset and backbone."""
+def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str,
+                     dataset: Any = None) -> Partition:
+    """The most recently finished complete partition; raises FeaturesNotFound naming dataset and backbone.
+
+    With ``dataset`` (a lab.datasets.Dataset) only a partition extracted from that dataset's
+    manifest and video files counts (checked by content, not by folder name), and it must still
+    hold every video it promises; otherwise FeaturesNotFound says which, in one line."""
     cache = _cache_root(home)
     done = [p for p in _partitions(cache, dataset_name, backbone) if p.complete]
+    if done and dataset is not None:
+        same = [p for p in done if matches_dataset(p.meta, dataset)]
+        if not same:
+            raise FeaturesNotFound(
+                f"the feature cache {cache / dataset_name / backbone} was extracted from another dataset named "
+                f"{dataset_name!r} (its manifest or video files differ from {dataset.root}); "
+                f"run `crashsearch extract --dataset {dataset.root} --backbone {backbone}`")
+        best = max(same, key=lambda p: (p.meta.get("finished_at", ""), p.path.stat().st_mtime))
+        problem = partition_problem(best, dataset)
+        if problem:
+            raise FeaturesNotFound(f"the feature cache {best.path} is damaged: {problem}; "
+                                   f"`crashsearch extract --dataset {dataset.root} --backbone {backbone}` repairs it")
+        return best
     if not done:
         found = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c["complete"]})
         raise FeaturesNotFound(
@@ -328,13 +394,14 @@ def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, b
 
 
 def load_features(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str,
-                  device: str | torch.device = "cpu") -> FeatureSet:
+                  device: str | torch.device = "cpu", dataset: Any = None) -> FeatureSet:
     """The FeatureSet of the latest complete partition for a dataset and backbone, on ``device``.
 
-    Rows are sorted by video id. Raises FeaturesNotFound if there is none, and ValueError if a
-    part file's embeddings do not have the S*D values meta.json promises.
+    Rows are sorted by video id. ``dataset``: see latest_partition. Raises FeaturesNotFound if
+    there is none, and ValueError if a part file's embeddings do not have the S*D values
+    meta.json promises.
     """
-    part = latest_partition(home, dataset_name, backbone)
+    part = latest_partition(home, dataset_name, backbone, dataset)
     meta = part.meta
     spec = ExtractSpec.from_dict(meta["spec"])
     n_steps, dim = int(meta["n_steps"]), int(meta["dim"])

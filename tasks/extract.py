@@ -49,7 +49,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, history_from_space,
-                                   min_horizon_from_space, partition_key, utc_now, videos_fingerprint)
+                                   min_horizon_from_space, partition_key, partition_problem, set_aside, utc_now,
+                                   videos_fingerprint)
 from crashsearch.lab.classes import ClassCheckError, check_counts, format_counts, partition_counts
 from crashsearch.lab.datasets import Dataset, VideoItem, load_dataset
 from crashsearch.lab.settings import Home, resolve_home
@@ -365,6 +366,12 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
                "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
 
     meta = part.meta
+    problem = partition_problem(part, ds) if meta.get("complete") else ""
+    if problem:  # not a hit: repair it by extracting what is missing
+        moved = set_aside(part, home)
+        log(f"cache damaged: {part.path}: {problem}; extracting the missing videos"
+            + (f" ({len(moved)} unreadable part file(s) moved to {moved[0].parent})" if moved else ""))
+        meta = {**meta, "complete": False}
     if meta.get("complete"):
         summary.update(cache_hit=True, videos_ok=meta["videos_ok"], videos_failed=meta["videos_failed"], clips=0,
                        seconds=0.0, clips_per_s=0.0)

@@ -595,3 +595,55 @@ def test_temp_files_of_interrupted_writes_are_removed_at_the_next_start(tmp_path
     with CampaignLock(tmp_path, "c1"):
         pass
     assert not any(p.exists() for p in stale) and fresh.exists()  # a fresh one may be a live worker's
+
+
+# ---- features are found by content, and a damaged cache is repaired ------------------------------
+
+def test_a_campaign_never_trains_on_another_datasets_cache(lab_home, tmp_path):
+    # bug: a never-extracted dataset whose folder had the same name trained on the other one's features
+    from crashsearch.flows.campaign import run_campaign
+    from crashsearch.lab.cache import FeaturesNotFound
+    from crashsearch.lab.synth import generate
+
+    home, ds, space = lab_home
+    other = generate(tmp_path / "elsewhere" / ds.name, videos=12, seed=7, style="day", width=64, height=48, fps=8,
+                     seconds=8.0)
+    assert other.name == ds.name
+    with pytest.raises(FeaturesNotFound, match="extracted from another dataset"):
+        run_campaign(home, other.root, "impostor", budget=2, round_size=2, space_path=space, seeds=1, policies=["random"])
+    assert Store(home).log_files("impostor") == []
+
+
+def test_a_damaged_cache_is_named_and_extract_repairs_it(lab_home, tmp_path):
+    # bug: with cache rows deleted a campaign trained on what was left, and extract still said "cache hit"
+    import shutil
+
+    from crashsearch.flows.campaign import run_campaign
+    from crashsearch.lab.cache import FeaturesNotFound, latest_partition, load_features
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.tasks.extract import extract_dataset
+
+    source, ds, space = lab_home
+    home = resolve_home(tmp_path / "home")
+    shutil.copytree(source.root / "cache", home.root / "cache")
+    part = latest_partition(home, ds.name, "pixels")
+    files = part.part_files()
+    table = pq.read_table(files[0])
+    splits = table.column("split").to_pylist()
+    drop = [i for i, split in enumerate(splits) if split == "train"][:2]  # two train videos lost: classes stay
+    keep = table.take([i for i in range(table.num_rows) if i not in drop])
+    pq.write_table(keep, files[0])
+    n_total = sum(pq.read_metadata(f).num_rows for f in part.part_files())
+    with pytest.raises(FeaturesNotFound, match="is damaged: .* videos are missing"):
+        run_campaign(home, ds.root, "dmg", budget=2, round_size=2, space_path=space, seeds=1, policies=["random"])
+    lines: list[str] = []
+    summary = extract_dataset(ds, "pixels", home=home, progress=False, log=lines.append)
+    assert not summary["cache_hit"] and any(line.startswith("cache damaged:") for line in lines)
+    assert len(load_features(home, ds.name, "pixels", dataset=ds).video_ids) == len(ds.videos) - len(part.failures())
+    assert n_total < len(ds.videos)
+    (files[0]).write_bytes(b"garbage")  # an unreadable part file is moved aside, never deleted
+    lines.clear()
+    summary = extract_dataset(ds, "pixels", home=home, progress=False, log=lines.append)
+    assert not summary["cache_hit"] and "unreadable" in " ".join(lines)
+    assert list((home.root / "quarantine" / "cache").rglob(files[0].name))
+    assert extract_dataset(ds, "pixels", home=home, progress=False, log=lines.append)["cache_hit"]
