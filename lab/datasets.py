@@ -198,6 +198,17 @@ def _find_manifest(folder: Path) -> Path:
     raise DatasetError(f"{folder}: several manifests ({', '.join(p.name for p in known)}); pass the CSV file itself")
 
 
+def _first_non_utf8_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 (0 if every line is)."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
 def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The normalised header and (line number, cells) for each non-blank row."""
     try:
@@ -205,7 +216,10 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             reader = csv.reader(fh)
             header = next(reader, None)
             rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:  # name the line, not a byte offset (the decoder's offset is per chunk)
+        line = _first_non_utf8_line(csv_path)
+        raise DatasetError(f"{csv_path}: line {line} is not UTF-8 text; save the manifest as UTF-8") from None
+    except (OSError, csv.Error) as exc:
         raise DatasetError(f"{csv_path}: cannot read the manifest ({exc})") from exc
     if not header:
         raise DatasetError(f"{csv_path}: empty file; {_EXPECTED}")

@@ -647,3 +647,13 @@ def test_a_damaged_cache_is_named_and_extract_repairs_it(lab_home, tmp_path):
     assert not summary["cache_hit"] and "unreadable" in " ".join(lines)
     assert list((home.root / "quarantine" / "cache").rglob(files[0].name))
     assert extract_dataset(ds, "pixels", home=home, progress=False, log=lines.append)["cache_hit"]
+
+
+def test_a_non_utf8_manifest_is_reported_with_its_line(tmp_path):
+    # bug: the error gave the decoder's byte offset ("position 48"), not the line
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_bytes(b"id,time_of_event,time_of_alert,target\n1,,,0\n" + b"2,,,0\n" * 3000
+                                       + b"3,,,\xff\n")
+    err = one_line_error(run_cli("extract", "--home", str(tmp_path / "h"), "--dataset", str(folder), "--backbone", "pixels"))
+    assert f"{folder / 'train.csv'}: line 3003 is not UTF-8" in err
