@@ -139,6 +139,12 @@ class Policy(abc.ABC):
 
     name: str = "policy"
     model: str = ""  # an LLM model id, empty for offline policies
+    # Why the last ``propose`` returned nothing (an LLM agent that sat out), for the campaign's log.
+    last_error: str | None = None
+    # True when ``propose`` may run in several threads at once (the pipeline keeps up to
+    # ``max_calls_in_flight`` calls going); otherwise the campaign calls it, and ``observe``,
+    # one at a time.
+    concurrent_calls: bool = False
 
     def __init__(self, space: Space, seed: int = 0, **kwargs: Any):
         self.space = space
@@ -153,6 +159,10 @@ class Policy(abc.ABC):
 
     def diagnose(self, cell: Cell, error_class: str, traceback: str) -> HealAdvice | None:
         """Advice on a failure the healing rules could not handle. Default: None (no opinion)."""
+        return None
+
+    def usage(self) -> dict[str, Any] | None:
+        """Campaign totals of an LLM agent (tokens_in, tokens_out, cost_usd, ...); None for offline policies."""
         return None
 
     def get_state(self) -> dict:

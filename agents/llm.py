@@ -374,6 +374,8 @@ class LLMPolicy(Policy):
     Raises PolicyUnavailable (one line, no key) when no API key is found.
     """
 
+    concurrent_calls = True  # each call is one HTTP request: calls overlap safely
+
     name = "llm"
     default_model = ""
     key_envs: tuple[str, ...] = ()

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     root = Path(tempfile.mkdtemp(prefix="crashsearch-bench-dist-"))
-    from crashsearch.flows.campaign import LocalExecutor
+    from crashsearch.tasks.campaign.executor import LocalExecutor
     from crashsearch.flows.distributed import DistributedExecutor
     from crashsearch.lab.cache import load_features
     from crashsearch.lab.settings import resolve_home

@@ -279,7 +279,7 @@ def executor_for_campaign(deployment_name: str, home: str | None, dataset: str, 
     Raises ValueError (one line) when no Prefect server is configured or it lacks the deployment
     (see ``check_deployment``).
     """
-    from crashsearch.flows.campaign import default_campaign_id
+    from crashsearch.tasks.campaign.engine import default_campaign_id
     from crashsearch.lab.datasets import load_dataset
 
     check_deployment(deployment_name)

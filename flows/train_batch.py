@@ -39,19 +39,14 @@ _FEATURES: dict[tuple, Any] = {}
 
 
 def recorded_ids(store: Store, campaign: str, ids: list[str]) -> set[str]:
-    """The subset of ``ids`` that the store already holds for ``campaign`` (one DuckDB query)."""
-    if not ids or not store.log_files(campaign):
-        return set()
-    found = store.query("SELECT DISTINCT experiment_id FROM experiments WHERE campaign = ? "
-                        "AND list_contains(?, experiment_id)", [campaign, list(ids)])
-    return set(found["experiment_id"])
+    """The subset of ``ids`` that the store already holds for ``campaign`` (``Store.recorded_ids``)."""
+    return store.recorded_ids(campaign, ids)
 
 
 class RecordOnceStore(Store):
-    """A Store whose ``append`` writes only the rows whose experiment id is not recorded yet.
+    """A Store whose ``append`` is ``Store.append_new``: only rows whose experiment id is not recorded yet.
 
-    The check runs right before the write; ``skipped`` lists the ids it left out. Everything
-    else (reads, compaction) is the plain Store's.
+    ``skipped`` lists the ids it left out. Everything else (reads, compaction) is the plain Store's.
     """
 
     def __init__(self, home: Home):
@@ -59,10 +54,9 @@ class RecordOnceStore(Store):
         self.skipped: list[str] = []
 
     def append(self, campaign: str, rows: list[dict], space: Space) -> Path | None:
-        done = recorded_ids(self, campaign, [r["experiment_id"] for r in rows])
-        self.skipped += [r["experiment_id"] for r in rows if r["experiment_id"] in done]
-        fresh = [r for r in rows if r["experiment_id"] not in done]
-        return super().append(campaign, fresh, space) if fresh else None
+        path, skipped = self.append_new(campaign, rows, space)
+        self.skipped += skipped
+        return path
 
 
 def cached_features(home: Home, dataset: str, backbone: str, device: str):

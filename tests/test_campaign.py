@@ -230,15 +230,16 @@ def test_cli_campaign_passes_policy_args_and_propose_mode_and_records_them(lab_h
 
 def test_campaign_view_passes_only_claimed_unrecorded_cells_as_in_flight(lab_home):
     """Before the fix every claimed cell, recorded ones included, was in flight, so TPE counted results as poor."""
-    from crashsearch.flows.campaign import _Campaign
+    from crashsearch.tasks.campaign.config import CampaignConfig
+    from crashsearch.tasks.campaign.engine import Campaign
 
     home, ds, space = lab_home
     run_campaign(home, ds.root, "c-inflight", policies=["random"], budget=3, round_size=3, space_path=space, seeds=1)
-    runner = _Campaign(home, ds.root, "c-inflight", ["random"], 6, None, space, None, 1, 3, "cpu", 0, {}, False,
-                       "turns", None, lambda m: None)
+    runner = Campaign(home, CampaignConfig(dataset=str(ds.root), campaign="c-inflight", policies="random", budget=6,
+                                           space=space, seeds=1, round_size=3, device="cpu"), log=lambda m: None)
     recorded = set(runner.history["cell_id"].astype(int))
     assert len(recorded) == 3 and runner.view().in_flight == frozenset()
-    claimed = runner._propose(2)  # claimed this round, not trained yet
+    claimed = runner._propose_round(2)  # claimed this round, not trained yet
     assert runner.view().in_flight == {j.cell.id for j in claimed} and not recorded & runner.view().in_flight
 
 
@@ -324,15 +325,16 @@ def test_a_split_without_a_class_is_refused_by_extract_and_campaign_in_one_line(
 
 
 def test_agents_see_pre_fix_rows_and_reruns_use_the_same_segmentation(lab_home):
-    from crashsearch.flows.campaign import _Campaign
     from crashsearch.lab.versions import declare_bugfix
+    from crashsearch.tasks.campaign.config import CampaignConfig
+    from crashsearch.tasks.campaign.engine import Campaign
 
     home, ds, space = lab_home
     run_campaign(home, ds.root, "c-prefix", policies=["random"], budget=3, round_size=3, space_path=space, seeds=1)
 
     def runner():
-        return _Campaign(home, ds.root, "c-prefix", ["random"], 6, None, space, None, 1, 3, "cpu", 0, {}, False,
-                         "turns", None, lambda m: None)
+        return Campaign(home, CampaignConfig(dataset=str(ds.root), campaign="c-prefix", policies="random", budget=6,
+                                             space=space, seeds=1, round_size=3, device="cpu"), log=lambda m: None)
 
     declare_bugfix(home, "another campaign's fix", campaign="c-other", at="2000-01-01")
     assert "pre_fix" not in runner().view().experiments.columns  # an event scoped elsewhere changes nothing here

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROPOSE_MODES = ("pipeline", "turns", "concurrent")
+CLI_ONLY = ("--verbose",)  # terminal options of `crashsearch campaign`, not campaign settings
 
 
 def _f(default: Any, help: str, *, flag: str | None | bool = True, scope: str = "campaign", **cli: Any) -> Any:

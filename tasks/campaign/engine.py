@@ -1,0 +1,519 @@
+"""The campaign engine: observe -> propose -> validate + dedup -> train -> record -> heal, until the goal is met.
+
+``Campaign`` holds one run of a campaign (its config, space, policies, history and claims) and
+the steps every mode shares: the history view, claiming proposals, replicates of leaders,
+recording a finished batch (history, policies' observe, healing), state and summary.
+``run()`` drives them in one of two ways:
+
+- turns (and concurrent): strict rounds. Each round replicates leaders, asks every policy for
+  its share (one after the other, each seeing the earlier claims; or all at once), trains the
+  round in shape-grouped batches, records and heals, then asks again. Reproducible.
+- pipeline (tasks/campaign/pipeline.py): proposers and trainers run at the same time.
+
+Either way each batch is in the store as soon as it finishes (a crash loses only batches in
+flight), the budget counts what the log holds, dedup sees every recorded and claimed cell, and
+re-running a campaign id resumes it (the policies' state comes back from ``state.json``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from crashsearch.agents import create_policy
+from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.lab.classes import check_cached
+from crashsearch.lab.console import echo, progress_bar
+from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.lock import CampaignLock, ending_status
+from crashsearch.lab.settings import Home
+from crashsearch.lab.space import Space
+from crashsearch.lab.store import Store
+from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
+from crashsearch.tasks.campaign.config import CampaignConfig
+from crashsearch.tasks.campaign.executor import Executor, LocalExecutor
+from crashsearch.tasks.campaign.summary import CampaignSummary
+from crashsearch.tasks.dedup import Deduper
+from crashsearch.tasks.execute import BatchContext
+from crashsearch.tasks.failfast import FailFast, SystematicFailure
+from crashsearch.tasks.heal import heal
+from crashsearch.tasks.record import Job, job_seed, one_line, utcnow
+
+REPLACEMENT_ASKS = 2  # turns mode: extra propose calls per policy and round to replace dropped proposals
+LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are reported
+
+# ``wrap(name, fn)`` returns fn or a traced version of it (the flow makes Prefect tasks), so the
+# engine stays free of Prefect: "propose-<policy>", "heal".
+Wrap = Callable[[str, Callable], Callable]
+
+
+def default_campaign_id(dataset_name: str) -> str:
+    return f"{dataset_name}"
+
+
+def _plain(name: str, fn: Callable) -> Callable:
+    return fn
+
+
+class Campaign:
+    """One run of a campaign; ``run()`` returns its CampaignSummary.
+
+    ``reporter`` (flows/progress.CampaignProgress in a flow run) hears of the start, each batch,
+    each round and the end, for the Prefect UI. Raises ValueError when the dataset has no cached
+    features, no policy can run, or another process runs this campaign (CampaignBusy).
+    """
+
+    reporter: Any = None
+
+    def __init__(self, home: Home, config: CampaignConfig, train_fn: Callable | None = None,
+                 log: Callable[[str], None] | None = None, executor: Executor | None = None, wrap: Wrap = _plain,
+                 reporter: Any = None):
+        from crashsearch.lab.cache import latest_partition, list_cached, load_features, weights_id
+
+        self.home, self.config, self.wrap = home, config, wrap
+        self.log, self.reporter = log or echo, reporter
+        self.dataset = load_dataset(config.dataset)
+        self.campaign = default_campaign_id(self.dataset.name) if config.campaign is None else config.campaign
+        self.lock = CampaignLock(home.root, self.campaign).acquire()  # one writer per campaign (lab/lock.py)
+        self.store = Store(home)
+        self.budget, self.hours, self.seeds, self.seed = config.budget, config.hours, config.seeds, config.seed
+        self.device = resolve_device(config.device)
+        self.started = time.monotonic()
+
+        cached = [c for c in list_cached(home, self.dataset.name) if c.get("complete", True)]
+        available = sorted({c["backbone"] for c in cached})
+        wanted = config.backbone_list or available
+        missing = sorted(set(wanted) - set(available))
+        if missing or not wanted:
+            raise ValueError(f"no cached features for dataset {self.dataset.name!r} and backbone(s) {missing or wanted}; "
+                             f"run `crashsearch extract --dataset {config.dataset} --backbone NAME` first "
+                             f"(cached: {available or 'none'})")
+        check_cached(home, self.dataset.name, wanted)  # every split has both classes, or no round starts
+        self.space_path = str(Path(config.space).resolve()) if config.space else None  # control arms reuse it
+        self.space = Space.load(config.space).restrict(backbone=wanted)
+        self.backbones = sorted(wanted)
+        if executor is None:
+            # dataset=: only a cache extracted from this dataset's files counts, not one with its folder name
+            self.features = {b: load_features(home, self.dataset.name, b, device=self.device, dataset=self.dataset)
+                             for b in wanted}
+            self.weights = {b: f.weights for b, f in self.features.items()}
+        else:  # the workers load the features; this process only needs their weights ids
+            self.features = {}
+            self.weights = {b: weights_id(latest_partition(home, self.dataset.name, b, self.dataset).meta) for b in wanted}
+        self.version = code_version()
+        ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
+        self.executor: Executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)
+
+        self.policies: list[Policy] = []
+        self.unavailable: list[str] = []
+        policy_args = config.policy_args or {}
+        for i, name in enumerate(config.policy_list):
+            try:
+                self.policies.append(create_policy(name, self.space, seed=self.seed + i, **policy_args.get(name, {})))
+            except (PolicyUnavailable, ValueError) as exc:  # no key or SDK; a bad option: the rest go on
+                self.unavailable.append(one_line(str(exc)))
+                self.log(f"policy {name} unavailable: {one_line(str(exc))}")
+        if not self.policies:
+            raise ValueError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
+        # a policy that cannot take overlapping calls is called (propose, observe) under its lock
+        self.locks = {p.name: threading.Lock() for p in self.policies}
+        self.advisors = [p for p in self.policies if type(p).diagnose is not Policy.diagnose]
+        self.state_path = home.campaign(self.campaign) / "state.json"
+        self._restore_state()
+
+        self.history = self.store.experiments(self.campaign)
+        self.events = bugfix_events(home, self.campaign)  # the fixes that concern this campaign
+        previous = next((c for c in self.store.campaigns() if c["id"] == self.campaign), {})
+        self.runs_before = list(previous.get("runs") or [])  # one entry per run (a nightly campaign: per night)
+        self.started_at = utcnow().isoformat()
+        self.dedup_before = previous.get("dedup_dropped") or {}  # totals of earlier runs (nights)
+        self.deduper = Deduper(self.space, seen=set(self.history["cell_id"].astype(int)) if len(self.history) else set())
+        self.new = 0
+        self.failfast = FailFast()  # stops the run on systematic failure (rule in tasks/failfast.py)
+        self.stop_line = ""
+        self.train_seconds = 0.0
+        self.code_bugs: list[str] = []
+        self.target = config.target(self.recorded)  # the budget, or what the log holds plus ``extend``
+        self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
+        self.pipeline_stats: dict[str, Any] = {}
+        self.bar = None
+        self.store.write_campaign(self.campaign, {
+            **self._campaign_info(), "status": "running", "host": socket.gethostname(),
+            "updated_at": utcnow().isoformat(), "propose_mode": config.propose_mode, "policy_args": policy_args,
+        })
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self) -> CampaignSummary:
+        """Run until the goal (budget or extend) is recorded, ``hours`` pass or nothing new can be proposed."""
+        self.bar = progress_bar(self.target, self.recorded) if self.config.progress else None
+        stopped, status = "interrupted", "finished"
+        if self.reporter is not None:
+            self.reporter.start(self.campaign, self.recorded, self.target, self.budget)
+        try:
+            if self.config.rerun_leaders_after_fix:
+                self.run_jobs(self._leader_reruns(self.config.rerun_leaders_after_fix))
+            if self.config.propose_mode == "pipeline":
+                from crashsearch.tasks.campaign.pipeline import Pipeline
+
+                stopped = Pipeline(self).run()
+            else:
+                stopped = self._run_turns()
+        except SystematicFailure as exc:  # the unspent budget stays for after the fix
+            stopped, self.stop_line = "failed", exc.stop.line()
+            self.log(self.stop_line)
+        except BaseException as exc:
+            status = stopped = ending_status(exc)  # Ctrl-C or SIGTERM: "interrupted", not "finished"
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self._save_state()
+            run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
+                   "new": self.new, "recorded": self.recorded, "extend": self.config.extend, "stopped": stopped,
+                   "mode": self.config.propose_mode}
+            self.store.write_campaign(self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
+                                                      "status": "failed" if stopped == "failed" else status,
+                                                      "stop_reason": self.stop_line or None,
+                                                      "updated_at": utcnow().isoformat()})
+            try:  # one file per campaign keeps queries fast; safe while others read
+                self.store.compact(self.campaign)
+            except Exception as exc:
+                self.log(f"could not compact the log of {self.campaign}: {one_line(str(exc), 160)}")
+            if self.reporter is not None and status != "interrupted":  # Ctrl-C: leave at once
+                self.reporter.finish(self.recorded, stopped)
+            try:
+                if status == "interrupted":  # summary.txt still tells what this run recorded (the CLI prints it)
+                    self._write_summary(stopped)
+            finally:
+                self.lock.release()
+        return self._write_summary(stopped)
+
+    def _write_summary(self, stopped: str) -> CampaignSummary:
+        summary = self._summary(stopped)
+        _atomic_write(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
+        return summary
+
+    def out_of_time(self) -> bool:
+        return self.hours is not None and time.monotonic() - self.started > self.hours * 3600
+
+    def _run_turns(self) -> str:
+        while self.recorded < self.target:
+            if self.out_of_time():
+                return "hours"
+            slots = min(self.config.round_size, self.target - self.recorded)
+            jobs = self.replicate_jobs(slots)
+            jobs += self._propose_round(slots - len(jobs))
+            if not jobs:
+                self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
+                return "exhausted"
+            self.run_jobs(jobs)
+            self._save_state()
+            self.round += 1
+            if self.reporter is not None:
+                self.reporter.round(self.round, self.recorded)
+        return "budget"
+
+    @property
+    def recorded(self) -> int:
+        """Experiments that count against the budget (invalid proposals do not)."""
+        if self.history.empty:
+            return 0
+        return int((self.history["status"] != "invalid").sum())
+
+    def view(self) -> HistoryView:
+        """What a policy decides from: the history now, and the cells claimed and not yet recorded as in flight."""
+        df = self.history
+        recorded = set(df["cell_id"].astype(int)) if len(df) else set()
+        if self.events and len(df):  # agents see which leaderboard rows were trained before the latest fix
+            df = df.assign(pre_fix=pre_fix(df, self.events))
+        columns = [c for c in VIEW_COLUMNS + [PRE_FIX] + self.space.axis_names if c in df.columns]
+        return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
+                           in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
+
+    # ---- proposing and claiming ---------------------------------------------------------------
+    def replicate_jobs(self, slots: int, pending: set[tuple[int, int]] = frozenset()) -> list[Job]:
+        """Re-runs of the current leaders that have fewer than ``seeds`` replicates (at most ``slots``).
+
+        ``pending``: (cell id, replicate) already queued or training, not asked again."""
+        if self.seeds <= 1 or self.history.empty or slots <= 0:
+            return []
+        board = self.view().leaderboard(LEADERS_TO_CONFIRM)
+        jobs: list[Job] = []
+        for row in board.itertuples():
+            for replicate in range(int(row.n), self.seeds):
+                if len(jobs) >= max(1, slots // 2):  # leave room for new proposals
+                    return jobs
+                if (int(row.cell_id), replicate) in pending:
+                    continue
+                cell = self.space.cell(int(row.cell_id))
+                jobs.append(Job(cell, job_seed(self.seed, cell.id, replicate), replicate, proposer="replicate",
+                                rationale=f"confirm leader with seed replicate {replicate}", round=self.round))
+        return jobs
+
+    def _propose_round(self, slots: int) -> list[Job]:
+        if slots <= 0:
+            return []
+        shares = _shares(slots, len(self.policies))
+        jobs: list[Job] = []
+        if self.config.propose_mode == "concurrent":
+            view = self.view()
+            with ThreadPoolExecutor(max_workers=len(self.policies)) as pool:
+                first = list(pool.map(lambda ps: self.ask(ps[0], view, ps[1]), zip(self.policies, shares)))
+            for policy, want, proposals in zip(self.policies, shares, first):
+                jobs += self._claim_with_replacements(policy, want, proposals)
+        else:
+            for policy, want in zip(self.policies, shares):
+                jobs += self._claim_with_replacements(policy, want, self.ask(policy, self.view(), want))
+        return jobs
+
+    def ask(self, policy: Policy, view: HistoryView, n: int) -> list[Proposal]:
+        """One proposal call (a task run named propose-<policy> in a flow); [] when the policy fails or sits out."""
+        if n <= 0:
+            return []
+        call = self.wrap(f"propose-{policy.name}", _propose_call)
+        try:
+            if policy.concurrent_calls:
+                proposals, error = call(policy, view, n)
+            else:
+                with self.locks[policy.name]:
+                    proposals, error = call(policy, view, n)
+        except Exception as exc:  # a broken policy sits out the round; the campaign goes on
+            self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
+            return []
+        if not proposals and error:
+            self.log(f"policy {policy.name} sits out round {self.round}: {one_line(str(error), 200)}")
+        return proposals
+
+    def claim(self, policy: Policy, proposals: list[Proposal], limit: int | None = None) -> list[Job]:
+        """Validate, dedup and claim up to ``limit`` proposals; return their jobs (invalid ones are logged).
+
+        Proposals beyond ``limit`` are left unclaimed (not counted as duplicates)."""
+        kept = self.deduper.claim(proposals if limit is None else [], policy.name)
+        if limit is not None:
+            for proposal in proposals:
+                if len(kept) >= limit:
+                    break
+                kept += self.deduper.claim([proposal], policy.name)
+        for proposal, reason in self.deduper.invalid:
+            self.log(f"invalid proposal from {proposal.policy or policy.name}: {reason}")
+        self.deduper.invalid.clear()
+        return [self._job(policy, p) for p in kept]
+
+    def _claim_with_replacements(self, policy: Policy, want: int, proposals: list[Proposal]) -> list[Job]:
+        jobs = self.claim(policy, proposals, want)
+        for _ in range(REPLACEMENT_ASKS):
+            if len(jobs) >= want or not proposals:
+                break
+            proposals = self.ask(policy, self.view(), want - len(jobs))
+            jobs += self.claim(policy, proposals, want - len(jobs))
+        return jobs
+
+    def _job(self, policy: Policy, p: Proposal) -> Job:
+        return Job(p.cell, job_seed(self.seed, p.cell.id, 0), 0, proposer=p.policy or policy.name, model=p.model,
+                   rationale=p.rationale, round=self.round, tokens_in=p.tokens_in, tokens_out=p.tokens_out,
+                   cost_usd=p.cost_usd)
+
+    def _leader_reruns(self, k: int) -> list[Job]:
+        """Top k cells trained under code older than the latest bug-fix event, re-run once each."""
+        events = bugfix_events(self.home, self.campaign)
+        if not events or self.history.empty:
+            return []
+        buggy = pre_fix(self.history, events)  # the one segmentation rule (lab.versions)
+        before, after = self.history[buggy], self.history[~buggy]
+        view = HistoryView(self.space, before[[c for c in VIEW_COLUMNS + self.space.axis_names if c in before.columns]])
+        jobs = []
+        for row in view.leaderboard(k).itertuples():
+            if int(row.cell_id) in set(after.loc[after["proposer"] == "rerun", "cell_id"].astype(int)):
+                continue  # already re-run after this fix
+            cell = self.space.cell(int(row.cell_id))
+            replicate = int((self.history["cell_id"] == cell.id).sum())
+            jobs.append(Job(cell, job_seed(self.seed, cell.id, replicate), replicate, proposer="rerun", round=self.round,
+                            rationale=f"re-run leader trained before bug fix {events[-1].get('id', '')}"))
+        return jobs[: max(0, self.target - self.recorded)]
+
+    # ---- training, recording, healing ---------------------------------------------------------
+    def batches(self, jobs: list[Job]) -> list[list[Job]]:
+        """Jobs grouped into training batches: one backbone each, same shape, at most ``max_group`` models."""
+        from crashsearch.tasks.train import group_cells
+
+        out = []
+        for backbone in sorted({j.cell["backbone"] for j in jobs}):
+            same = [j for j in jobs if j.cell["backbone"] == backbone]
+            out += [[same[i] for i in group] for group in group_cells([j.cell for j in same], self.config.max_group)]
+        return out
+
+    def run_jobs(self, jobs: list[Job]) -> None:
+        """Run jobs in shape-grouped batches through the executor; heal failures; repeat for retries."""
+        pending = list(jobs)[: max(0, self.target - self.recorded)]
+        while pending:
+            retries: list[Job] = []
+            for batch, rows in self.executor.run(self.batches(pending)):
+                retries += self.record(batch, rows)
+            pending = retries[: max(0, self.target - self.recorded)]
+
+    def record(self, batch: list[Job], rows: list[dict]) -> list[Job]:
+        """Take in a recorded batch: history, progress, policies' observe, healing. Returns the retries."""
+        self.train_seconds += sum(r.get("train_seconds") or 0.0 for r in rows)
+        self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
+        self.new += len(rows)
+        self._observe(rows)
+        failed = [r for r in rows if r["status"] == "failed"]
+        retries = self.wrap("heal", self._heal)(batch, failed) if failed else []
+        if self.bar is not None:
+            self.bar.update(len(rows))
+            best = self.view().ok["val_ap"].max()
+            rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
+            self.bar.set_postfix_str(f"best val AP {best:.4f}, {rate:.0f} exp/min" if best == best else f"{rate:.0f} exp/min")
+        if self.reporter is not None:
+            self.reporter.batch(self.recorded)
+        if (stop := self.failfast.observe(rows)) is not None:
+            raise SystematicFailure(stop)
+        return retries
+
+    def _heal(self, batch: list[Job], failed: list[dict]) -> list[Job]:
+        """Heal failed rows by rule or advisor; returns the retry jobs (their cells claimed)."""
+        retries = []
+        by_id = {j.experiment_id: j for j in batch}
+        for row in failed:
+            job = by_id[row["experiment_id"]]
+            # an advisor hears about a failure once per run, not once per experiment repeating it
+            advisors = self.advisors if self.failfast.first_time(row["error_class"], row["error_message"] or "") else []
+            outcome = heal(job, row["error_class"], row.get("traceback") or row["error_message"] or "", self.space, advisors)
+            if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in self.deduper.seen:
+                outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
+                outcome.retry = None
+            if outcome.retry is not None:
+                self.deduper.seen.add(outcome.retry.cell.id)
+                retries.append(outcome.retry)
+            if outcome.code_bug:
+                self.code_bugs.append(f"{job.cell!r}: {outcome.code_bug}")
+            if outcome.note != row.get("heal_action"):  # what the advisor said, beside the failure's row
+                self._note_diagnosis(job, row, outcome.note)
+            self.log(f"experiment failed: {job.cell!r}: {row['error_class']}: {one_line(row['error_message'] or '', 160)}"
+                     f" -> {outcome.note}")
+        return retries
+
+    def _note_diagnosis(self, job: Job, row: dict, note: str) -> None:
+        """Append an LLM diagnosis for a failed experiment to diagnoses.jsonl (the row itself never changes)."""
+        line = json.dumps({"experiment_id": row["experiment_id"], "cell_id": job.cell.id, "error_class": row["error_class"],
+                           "note": note, "at": utcnow().isoformat()})
+        with open(self.home.campaign(self.campaign) / "diagnoses.jsonl", "a") as fh:
+            fh.write(line + "\n")
+
+    def _observe(self, rows: list[dict]) -> None:
+        visible = [{k: v for k, v in r.items() if not k.startswith("test_")} for r in rows]
+        for policy in self.policies:
+            mine = [r for r in visible if r["proposer"] == policy.name]
+            if mine:
+                try:
+                    if policy.concurrent_calls:
+                        policy.observe(mine)
+                    else:
+                        with self.locks[policy.name]:
+                            policy.observe(mine)
+                except Exception as exc:
+                    self.log(f"policy {policy.name} failed to observe: {one_line(str(exc), 200)}")
+
+    # ---- state and summary -------------------------------------------------------------------
+    def _restore_state(self) -> None:
+        if not self.state_path.exists():
+            return
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            self.log(f"ignoring unreadable policy state {self.state_path}: {exc}")
+            return
+        for policy in self.policies:
+            if policy.name in state.get("policies", {}):
+                policy.set_state(state["policies"][policy.name])
+
+    def _save_state(self) -> None:
+        policies = {}
+        for p in self.policies:
+            with self.locks[p.name]:
+                policies[p.name] = p.get_state()
+        _atomic_write(self.state_path, json.dumps({"round": self.round, "policies": policies}))
+
+    def _campaign_info(self) -> dict:
+        return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
+                "space": self.space.name, "space_path": self.space_path, "backbones": self.backbones,
+                "policies": [p.name for p in self.policies],
+                "budget": self.budget, "extend": self.config.extend, "hours": self.hours, "seeds": self.seeds,
+                "weights": self.weights, "recorded": self.recorded, "pid": os.getpid(),
+                "dedup_dropped": self._dedup_totals()}
+
+    def _dedup_totals(self) -> dict[str, dict[str, int]]:
+        """Proposals dropped per policy and reason, over every run of this campaign."""
+        totals = {p: dict(r) for p, r in self.dedup_before.items()}
+        for policy, reasons in self.deduper.counts().items():
+            for reason, count in reasons.items():
+                totals.setdefault(policy, {})[reason] = totals.get(policy, {}).get(reason, 0) + count
+        return totals
+
+    def _summary(self, stopped: str) -> CampaignSummary:
+        df = self.history
+        per_policy: dict[str, dict[str, Any]] = {}
+        for name in [p.name for p in self.policies] + ["replicate", "heal", "rerun"]:
+            mine = df[df["proposer"] == name] if len(df) else df
+            if name in ("replicate", "heal", "rerun") and mine.empty:
+                continue
+            ok = mine[mine["status"].isin(["ok", "healed"])] if len(mine) else mine
+            per_policy[name] = {
+                "proposed": int(len(mine)),
+                "best_ap": float(ok["val_ap"].max()) if len(ok) and ok["val_ap"].notna().any() else None,
+                "tokens": int(mine[["tokens_in", "tokens_out"]].fillna(0).to_numpy().sum()) if len(mine) else 0,
+                "cost_usd": float(mine["cost_usd"].fillna(0).sum()) if len(mine) else 0.0,
+            }
+        for policy in self.policies:  # LLM agents know their true totals (rejected proposals, diagnoses)
+            usage = policy.usage()
+            if usage and policy.name in per_policy:
+                per_policy[policy.name]["tokens"] = int(usage.get("tokens_in", 0) + usage.get("tokens_out", 0))
+                per_policy[policy.name]["cost_usd"] = float(usage.get("cost_usd", 0.0))
+        stats = dict(self.pipeline_stats)
+        if stats:
+            tokens = sum(s["tokens"] for n, s in per_policy.items() if n in {p.name for p in self.policies})
+            stats["tokens_per_experiment"] = tokens / max(self.new, 1)
+        board = self.view().leaderboard(5)
+        confirmed = board[board["n"] >= min(self.seeds, board["n"].max() if len(board) else 1)]
+        return CampaignSummary(
+            campaign=self.campaign, dataset=self.dataset.name, home=self.home.root, recorded=self.recorded,
+            new=self.new, budget=self.budget, stopped=stopped, wall_seconds=time.monotonic() - self.started,
+            train_seconds=self.train_seconds, leaderboard=confirmed if len(confirmed) else board,
+            per_policy=per_policy, dedup=self._dedup_totals(),
+            failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
+            unavailable=self.unavailable, weights=self.weights, mode=self.config.propose_mode, pipeline=stats,
+            stop_line=self.stop_line)
+
+
+def _propose_call(policy: Policy, view: HistoryView, n: int) -> tuple[list[Proposal], str | None]:
+    """One ``propose`` call: (up to n proposals, the policy's last_error)."""
+    proposals = list(policy.propose(view, n))[:n]
+    return proposals, policy.last_error
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _shares(slots: int, parts: int) -> list[int]:
+    """Split slots as evenly as possible, earlier parts first."""
+    base, extra = divmod(slots, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,260 @@
+"""The asynchronous pipeline: proposers and trainers at the same time, so training never waits for an agent.
+
+One coordinator (the thread that calls ``Pipeline.run``) owns every piece of state: the history,
+the claims (the Deduper), the queue of claimed jobs. Worker threads only call out:
+
+- proposers: each policy keeps up to ``max_calls_in_flight`` ``propose`` calls running (one for
+  a policy that cannot take overlapping calls). A call sees the history when it starts plus the
+  cells claimed and not yet recorded (``Campaign.view``), and asks for as many cells as the
+  policy's share of the lookahead has free, so proposals per call follow demand.
+- trainers: up to ``trainers_per_device`` training groups at once. Queued jobs are grouped by
+  shape across policies and calls; a group starts when it is full (``max_group``), when its
+  oldest job has waited ``group_wait_s``, or when nothing else is coming (no call in flight).
+
+Invariants (tests/test_pipeline.py): the budget is exact (a cell is claimed only while
+recorded + queued + training + 1 <= the goal); dedup is exact (claims go through one Deduper, in
+one thread); at most ``lookahead`` claimed jobs wait for a trainer; each batch is in the store
+when its trainer returns, so SIGKILL then resume loses no recorded row and repeats no cell.
+
+Staleness of a job: results recorded between its proposal's view and the start of its training.
+The busy fraction is the share of wall time during which at least one group was training.
+"""
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from crashsearch.agents.base import HistoryView, Policy
+from crashsearch.tasks.campaign.engine import Campaign
+from crashsearch.tasks.record import Job
+
+
+@dataclass
+class _Queued:
+    job: Job
+    since: float  # time.monotonic() when claimed
+    view_results: int  # results recorded (this run) when its proposal's view was taken
+
+
+@dataclass
+class _Call:
+    policy: Policy
+    n: int
+    view_results: int
+
+
+@dataclass
+class _Training:
+    batch: list[_Queued]
+    started: float
+    ended: float | None = None
+
+
+@dataclass
+class PipelineStats:
+    calls: int = 0
+    staleness: list[int] = field(default_factory=list)
+    busy: list[tuple[float, float]] = field(default_factory=list)  # training intervals
+    max_queued: int = 0
+    over_lookahead: int = 0  # proposals returned beyond the free lookahead (not claimed)
+
+    def busy_seconds(self) -> float:
+        """Length of the union of the training intervals."""
+        total, end = 0.0, -math.inf
+        for a, b in sorted(self.busy):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
+
+
+class Pipeline:
+    """Runs a Campaign's proposers and trainers concurrently; ``run()`` returns why it stopped."""
+
+    def __init__(self, campaign: Campaign):
+        self.c = campaign
+        cfg = campaign.config
+        self.lookahead = max(cfg.lookahead, 1)
+        self.share = max(1, self.lookahead // len(campaign.policies))  # each policy's part of the queue
+        self.max_calls = {p.name: cfg.max_calls_in_flight if p.concurrent_calls else 1 for p in campaign.policies}
+        self.queue: list[_Queued] = []
+        self.calls: dict[Future, _Call] = {}
+        self.training: dict[Future, _Training] = {}
+        self.idle_until: dict[str, int] = {}  # a policy whose call claimed nothing waits for a new result
+        self.stats = PipelineStats()
+
+    # ---- accounting ---------------------------------------------------------------------------
+    def outstanding(self) -> int:
+        """Experiments recorded, queued or training: what the budget already holds."""
+        return self.c.recorded + len(self.queue) + sum(len(t.batch) for t in self.training.values())
+
+    def room(self) -> int:
+        return max(0, self.c.target - self.outstanding())
+
+    def _queued_by(self, name: str) -> int:
+        return sum(1 for q in self.queue if q.job.proposer == name)
+
+    def _asked_by(self, name: str) -> int:
+        return sum(c.n for c in self.calls.values() if c.policy.name == name)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> str:
+        c = self.c
+        started = time.monotonic()
+        width = sum(self.max_calls.values())
+        proposers = ThreadPoolExecutor(max_workers=width, thread_name_prefix="propose")
+        trainers = ThreadPoolExecutor(max_workers=c.config.trainers_per_device, thread_name_prefix="train")
+        stopped = "interrupted"
+        try:
+            while True:
+                late = c.out_of_time()
+                if not late:
+                    self._enqueue_replicates()
+                    self._launch_calls(proposers)
+                self._launch_training(trainers, late)
+                if not self.training and not self.calls:
+                    if late:
+                        stopped = "hours"
+                        break
+                    if c.recorded >= c.target:
+                        stopped = "budget"
+                        break
+                    if not self.queue:  # nothing claimed, nothing coming: every policy waits for news that cannot come
+                        c.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
+                        stopped = "exhausted"
+                        break
+                self._wait(self._next_deadline())
+        finally:
+            proposers.shutdown(wait=False, cancel_futures=True)  # a call still running ends on its own; its cells are not claimed
+            trainers.shutdown(wait=True, cancel_futures=True)  # a batch in training is recorded before we return
+            wall = time.monotonic() - started
+            s = self.stats
+            c.pipeline_stats = {
+                "busy_fraction": s.busy_seconds() / wall if wall > 0 else 0.0, "wall_seconds": wall,
+                "busy_seconds": s.busy_seconds(), "proposal_calls": s.calls, "max_queued": s.max_queued,
+                "mean_staleness": sum(s.staleness) / len(s.staleness) if s.staleness else 0.0,
+                "over_lookahead": s.over_lookahead}
+        return stopped
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the oldest queued group should start anyway (None: wait for an event)."""
+        if not self.queue or len(self.training) >= self.c.config.trainers_per_device:
+            return None
+        oldest = min(q.since for q in self.queue)
+        return max(0.0, oldest + self.c.config.group_wait_s - time.monotonic()) + 1e-3
+
+    def _wait(self, timeout: float | None) -> None:
+        pending = list(self.calls) + list(self.training)
+        if not pending:
+            if timeout:
+                time.sleep(timeout)
+            return
+        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future in self.training:
+                self._finish_training(future)
+            else:
+                self._finish_call(future)
+
+    # ---- proposers ----------------------------------------------------------------------------
+    def _launch_calls(self, pool: ThreadPoolExecutor) -> None:
+        c = self.c
+        for policy in c.policies:
+            name = policy.name
+            while sum(1 for k in self.calls.values() if k.policy is policy) < self.max_calls[name]:
+                if self.idle_until.get(name, -1) >= c.new:
+                    break  # its last call claimed nothing: ask again once a result has arrived
+                asked = sum(k.n for k in self.calls.values())
+                free = min(self.share - self._queued_by(name) - self._asked_by(name),
+                           self.lookahead - len(self.queue) - asked)
+                budget_free = self.room() - sum(k.n for k in self.calls.values())
+                slots = self.max_calls[name] - sum(1 for k in self.calls.values() if k.policy is policy)
+                n = min(math.ceil(free / slots) if free > 0 else 0, budget_free)
+                if n <= 0:
+                    break
+                view = c.view()
+                ctx = contextvars.copy_context()
+                future = pool.submit(ctx.run, c.ask, policy, view, n)
+                self.calls[future] = _Call(policy, n, c.new)
+                self.stats.calls += 1
+
+    def _finish_call(self, future: Future) -> None:
+        call = self.calls.pop(future)
+        proposals = future.result()  # Campaign.ask never raises: a failing policy returns []
+        name = call.policy.name
+        limit = max(0, min(self.room(), self.share - self._queued_by(name), self.lookahead - len(self.queue)))
+        jobs = self.c.claim(call.policy, proposals, limit)
+        self.stats.over_lookahead += max(0, len(proposals) - limit)
+        if not jobs:
+            self.idle_until[name] = self.c.new
+        now = time.monotonic()
+        self.queue += [_Queued(j, now, call.view_results) for j in jobs]
+        self.stats.max_queued = max(self.stats.max_queued, len(self.queue))
+
+    def _enqueue_replicates(self) -> None:
+        c = self.c
+        room = min(self.room(), max(0, self.lookahead - len(self.queue)))
+        if room <= 0:
+            return
+        pending = {(q.job.cell.id, q.job.replicate) for q in self.queue}
+        pending |= {(q.job.cell.id, q.job.replicate) for t in self.training.values() for q in t.batch}
+        jobs = c.replicate_jobs(min(room * 2, 2 * c.config.round_size), pending)[:room]
+        now = time.monotonic()
+        self.queue += [_Queued(j, now, c.new) for j in jobs]
+
+    # ---- trainers -----------------------------------------------------------------------------
+    def _launch_training(self, pool: ThreadPoolExecutor, late: bool) -> None:
+        c = self.c
+        if late:
+            self.queue.clear()  # out of time: claimed jobs not started are given up (never recorded)
+            return
+        while self.queue and len(self.training) < c.config.trainers_per_device:
+            groups: dict[tuple, list[_Queued]] = defaultdict(list)
+            for q in self.queue:
+                groups[_group_key(q.job)].append(q)
+            now = time.monotonic()
+            # the group whose oldest job has waited longest; full groups first
+            key, members = max(groups.items(), key=lambda kv: (len(kv[1]) >= c.config.max_group, now - kv[1][0].since))
+            full = len(members) >= c.config.max_group
+            waited = now - members[0].since >= c.config.group_wait_s
+            if not (full or waited or not self.calls):
+                return
+            batch = members[: c.config.max_group]
+            chosen = {id(q) for q in batch}
+            self.queue = [q for q in self.queue if id(q) not in chosen]
+            for q in batch:
+                self.stats.staleness.append(c.new - q.view_results)
+            ctx = contextvars.copy_context()
+            record = _Training(batch, time.monotonic())
+            self.training[pool.submit(ctx.run, self._train, [q.job for q in batch], record)] = record
+
+    def _train(self, jobs: list[Job], record: _Training) -> list[tuple[list[Job], list[dict]]]:
+        """Trainer thread: one group through the executor (rows are in the store when it returns)."""
+        try:
+            return list(self.c.executor.run([jobs]))
+        finally:
+            record.ended = time.monotonic()
+
+    def _finish_training(self, future: Future) -> None:
+        record = self.training.pop(future)
+        self.stats.busy.append((record.started, record.ended or time.monotonic()))
+        for batch, rows in future.result():
+            retries = self.c.record(batch, rows)
+            self.c.round += 1  # in the pipeline a "round" is one recorded batch
+            if self.c.reporter is not None:
+                self.c.reporter.round(self.c.round, self.c.recorded)
+            room = self.room()
+            now = time.monotonic()
+            # retries of healed failures go first; beyond the budget they are dropped
+            self.queue[:0] = [_Queued(j, now - self.c.config.group_wait_s, self.c.new) for j in retries[:room]]
+        self.c._save_state()
+
+
+def _group_key(job: Job) -> tuple:
+    from crashsearch.tasks.train import shape_key
+
+    return shape_key(job.cell)

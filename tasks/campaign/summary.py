@@ -1,0 +1,71 @@
+"""What a campaign run did: ``CampaignSummary`` and its text (the CLI prints it, summary.txt holds it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crashsearch.lab.leaderboard import format_interval
+
+
+@dataclass
+class CampaignSummary:
+    """What a campaign run did; ``format()`` is the text the CLI prints."""
+
+    campaign: str
+    dataset: str
+    home: Path
+    recorded: int  # experiments in the log for this campaign (all runs so far)
+    new: int  # experiments this run added
+    budget: int
+    stopped: str  # "budget", "hours", "exhausted", "failed" (systematic failure, tasks.failfast) or "interrupted"
+    wall_seconds: float
+    train_seconds: float
+    leaderboard: pd.DataFrame
+    per_policy: dict[str, dict[str, Any]]
+    dedup: dict[str, dict[str, int]]
+    failures: int
+    code_bugs: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    weights: dict[str, str] = field(default_factory=dict)
+    stop_line: str = ""  # why a failed campaign stopped, one line
+    mode: str = "turns"  # the propose mode
+    pipeline: dict[str, Any] = field(default_factory=dict)  # busy fraction, staleness, ... (pipeline mode)
+
+    @property
+    def best_ap(self) -> float | None:
+        return None if self.leaderboard.empty else float(self.leaderboard.iloc[0]["mean_ap"])
+
+    def format(self) -> str:
+        lines = [f"campaign {self.campaign} on {self.dataset}: {self.new} new experiments "
+                 f"({self.recorded}/{self.budget} recorded, stopped on {self.stopped}) in {self.wall_seconds:.1f}s "
+                 f"({self.train_seconds:.1f}s training, {self.failures} failed)"]
+        random_weights = sorted(b for b, w in self.weights.items() if w == "random")
+        if random_weights:
+            lines.append(f"note: backbones {', '.join(random_weights)} use RANDOM weights (offline); AP reflects that")
+        if self.stop_line:
+            lines.append(self.stop_line)
+        if self.pipeline:
+            p = self.pipeline
+            lines.append(f"pipeline: trainers busy {p['busy_fraction']:.0%} of the time, mean staleness "
+                         f"{p['mean_staleness']:.1f} results, {p['proposal_calls']} proposal calls, "
+                         f"{p['tokens_per_experiment']:.0f} LLM tokens per recorded experiment")
+        for line in self.unavailable:
+            lines.append(f"unavailable: {line}")
+        lines.append("policy        proposed  dedup-dropped  best val AP  tokens  cost $")
+        for name, stats in self.per_policy.items():
+            dropped = sum(self.dedup.get(name, {}).values())
+            best = stats.get("best_ap")
+            lines.append(f"{name:<13} {stats['proposed']:>8}  {dropped:>13}  {best if best is None else round(best, 4)!s:>11}"
+                         f"  {stats['tokens']:>6}  {stats['cost_usd']:>6.3f}")
+        if not self.leaderboard.empty:
+            lines.append("leaderboard (mean validation AP over replicates, 95% interval):")
+            for row in self.leaderboard.itertuples():  # ranks and intervals of lab.leaderboard, as everywhere
+                lines.append(f"  {row.rank}. AP {row.mean_ap:.4f} {format_interval(row.ci_lo, row.ci_hi, row.n)} n={row.n}  "
+                             f"{row.backbone}/{row.encoder}/{row.size} {row.loss} lr={row.lr} bs={row.batch_size} "
+                             f"window={row.window_s}s aug={row.augment}  (cell {row.cell_id})")
+        for bug in self.code_bugs:
+            lines.append(f"code bug flagged: {bug}  -> fix it, then `crashsearch bugfix --note ...`")
+        return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""The asynchronous pipeline: exact budget and dedup, bounded lookahead, overlap of proposing and training,
+healing, replicates, --hours, SIGKILL and resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from crashsearch.agents import register_policy
+from crashsearch.agents.random_search import RandomPolicy
+from crashsearch.flows.campaign import run_campaign
+from crashsearch.lab.store import Store
+from crashsearch.tasks.train import train_batch
+
+from tests.test_campaign import TINY_SPACE, _faulty_train, lab_home  # noqa: F401 (fixture)
+
+EVENTS: list[tuple[str, float, float]] = []  # (what, start, end) of proposal calls and training
+
+
+class SlowRandom(RandomPolicy):
+    """A random policy that answers after 0.3 s, like a (very fast) LLM; calls may overlap."""
+
+    name = "slow-random"
+    concurrent_calls = True
+
+    def propose(self, view, n):
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        out = super().propose(view, n)
+        EVENTS.append(("propose", t0, time.monotonic()))
+        return [self._proposal(p.cell, p.rationale) for p in out]
+
+
+def _timed_train(*args):
+    t0 = time.monotonic()
+    try:
+        return train_batch(*args)
+    finally:
+        EVENTS.append(("train", t0, time.monotonic()))
+
+
+@pytest.fixture
+def slow_policy(monkeypatch):
+    from crashsearch import agents
+
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    register_policy("slow-random", f"{__name__}:SlowRandom")
+    EVENTS.clear()
+
+
+def _history(home, campaign):
+    return Store(home).experiments(campaign)
+
+
+def test_pipeline_spends_the_exact_budget_on_distinct_cells_and_confirms_leaders(lab_home):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-basic", budget=17, seeds=2, space_path=space, propose_mode="pipeline",
+                           lookahead=6, group_wait_s=0.05, log=lambda m: None)
+    df = _history(home, "p-basic")
+    assert len(df) == summary.recorded == 17 and df["experiment_id"].is_unique
+    firsts = df[df["replicate"] == 0]
+    assert firsts["cell_id"].is_unique and set(firsts["proposer"]) <= {"evolution", "tpe", "random"}
+    replicates = df[df["proposer"] == "replicate"]
+    assert len(replicates) >= 1 and set(replicates["cell_id"]) <= set(firsts["cell_id"])
+    assert not replicates.duplicated(["cell_id", "replicate"]).any()
+    p = summary.pipeline
+    assert p["max_queued"] <= 6 and 0 < p["busy_fraction"] <= 1 and p["proposal_calls"] >= 3
+    assert "pipeline: trainers busy" in summary.format()
+
+
+def test_proposals_and_training_overlap_and_lookahead_bounds_the_queue(lab_home, slow_policy):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-overlap", policies=["slow-random"], budget=16, seeds=1,
+                           space_path=space, propose_mode="pipeline", lookahead=3, max_calls_in_flight=2,
+                           group_wait_s=0.0, train_fn=_timed_train, log=lambda m: None)
+    assert summary.recorded == 16 and _history(home, "p-overlap")["cell_id"].is_unique
+    assert summary.pipeline["max_queued"] <= 3  # never more than `lookahead` claimed cells wait for a trainer
+    calls = [(a, b) for kind, a, b in EVENTS if kind == "propose"]
+    trains = [(a, b) for kind, a, b in EVENTS if kind == "train"]
+    overlapping = [c for c in calls if any(a < c[1] and c[0] < b for a, b in trains)]
+    assert overlapping, "no proposal call ran while a batch trained"
+    assert max(b - a for a, b in calls) < 5  # and the calls themselves overlap (two in flight)
+    assert any(c1[0] < c2[1] and c2[0] < c1[1] for i, c1 in enumerate(calls) for c2 in calls[i + 1:])
+    assert summary.pipeline["mean_staleness"] >= 0
+
+
+def test_turns_mode_never_overlaps_proposals_and_training(lab_home, slow_policy):
+    """The strict mode stays strict: the control for the test above."""
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "p-turns", policies=["slow-random"], budget=6, round_size=3, seeds=1,
+                 space_path=space, propose_mode="turns", train_fn=_timed_train, log=lambda m: None)
+    calls = [(a, b) for kind, a, b in EVENTS if kind == "propose"]
+    trains = [(a, b) for kind, a, b in EVENTS if kind == "train"]
+    assert calls and trains and not any(a < c[1] and c[0] < b for c in calls for a, b in trains)
+
+
+def test_pipeline_heals_failures_within_the_budget(lab_home):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-heal", policies=["random"], budget=12, seeds=1, space_path=space,
+                           propose_mode="pipeline", lookahead=4, group_wait_s=0.0, train_fn=_faulty_train,
+                           log=lambda m: None)
+    df = _history(home, "p-heal")
+    assert len(df) == 12 == summary.recorded and df["experiment_id"].is_unique
+    failed = df[df["status"] == "failed"]
+    assert len(failed) >= 1
+    healed = df[df["healed_from"].notna()]
+    assert set(healed["healed_from"]) <= set(failed["experiment_id"])
+    assert len(healed) >= 1
+
+
+def test_pipeline_stops_on_hours_with_nothing_half_recorded(lab_home):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-hours", budget=500, seeds=1, space_path=space, propose_mode="pipeline",
+                           hours=2 / 3600, log=lambda m: None)
+    df = _history(home, "p-hours")
+    assert summary.stopped == "hours" and 0 < len(df) == summary.recorded < 500 and df["cell_id"].is_unique
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from crashsearch.flows.campaign import run_campaign
+    home, dataset, space = sys.argv[1:4]
+    run_campaign(home, dataset, "p-kill", budget=int(sys.argv[4]), seeds=2, space_path=space,
+                 policies=["random", "evolution"], propose_mode="pipeline", lookahead=4, group_wait_s=0.0)
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_pipeline_resumes_without_loss_or_duplicates(lab_home):
+    home, ds, space = lab_home
+    args = [sys.executable, "-c", CHILD, str(home.root), str(ds.root), space]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args + ["60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(_history(home, "p-kill")) >= 6:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the campaign ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = _history(home, "p-kill")
+    assert 6 <= len(before) < 60
+    subprocess.run(args + ["24"], env=env, check=True, capture_output=True, timeout=300)
+    after = _history(home, "p-kill")
+    assert set(before["experiment_id"]) <= set(after["experiment_id"])  # nothing finished is lost
+    assert after["experiment_id"].is_unique
+    assert not after.duplicated(["cell_id", "replicate"]).any()  # no cell (or replicate) run twice
+    assert len(after) == max(24, len(before))  # the budget holds exactly
+
+
+@pytest.mark.slow
+def test_the_campaign_flow_shows_proposals_training_and_healing_as_task_runs(lab_home):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    from crashsearch.flows.campaign import get_campaign_flow
+
+    home, ds, space = lab_home
+    state = get_campaign_flow()(dataset=str(ds.root), campaign="p-flow", home=str(home.root), policies="random",
+                                budget=6, seeds=1, space=space, propose_mode="pipeline", group_wait_s=0.0,
+                                return_state=True)
+    assert state.result()["recorded"] == 6
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+                                     task_run_filter=TaskRunFilter())
+    names = {r.name.rsplit("-", 1)[0] for r in runs}
+    assert {"propose-random", "train-batch"} <= names, names  # proposer threads report to the same flow run
