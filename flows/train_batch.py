@@ -39,8 +39,12 @@ _FEATURES: dict[tuple, Any] = {}
 
 
 def recorded_ids(store: Store, campaign: str, ids: list[str]) -> set[str]:
-    """The subset of ``ids`` that the store already holds for ``campaign`` (``Store.recorded_ids``)."""
-    return store.recorded_ids(campaign, ids)
+    """The subset of ``ids`` that the store already holds for ``campaign`` (one DuckDB query)."""
+    if not ids or not store.log_files(campaign):
+        return set()
+    found = store.query("SELECT DISTINCT experiment_id FROM experiments WHERE campaign = ? "
+                        "AND list_contains(?, experiment_id)", [campaign, list(ids)])
+    return set(found["experiment_id"])
 
 
 class RecordOnceStore(Store):

@@ -170,18 +170,10 @@ class Store:
         self._maybe_minor_compact(campaign)
         return path
 
-    def recorded_ids(self, campaign: str, ids: list[str]) -> set[str]:
-        """The subset of ``ids`` that this campaign's log already holds (one query; empty log: no query)."""
-        if not ids or not self.log_files(campaign):
-            return set()
-        found = self.query("SELECT DISTINCT experiment_id FROM experiments WHERE campaign = ? "
-                           "AND list_contains(?, experiment_id)", [campaign, list(ids)])
-        return set(found["experiment_id"])
-
     def append_new(self, campaign: str, rows: list[dict], space: Space) -> tuple[Path | None, list[str]]:
         """Append only the rows whose experiment id is not recorded yet (idempotent: a retried or
         re-dispatched batch never writes a row twice). Returns (the new file or None, skipped ids)."""
-        done = self.recorded_ids(campaign, [r["experiment_id"] for r in rows])
+        done = self.recorded_ids(campaign) if self.log_files(campaign) else set()
         fresh = [r for r in rows if r["experiment_id"] not in done]
         return (Store.append(self, campaign, fresh, space) if fresh else None), [r["experiment_id"] for r in rows
                                                                           if r["experiment_id"] in done]

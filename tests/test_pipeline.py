@@ -176,3 +176,20 @@ def test_the_campaign_flow_shows_proposals_training_and_healing_as_task_runs(lab
                                      task_run_filter=TaskRunFilter())
     names = {r.name.rsplit("-", 1)[0] for r in runs}
     assert {"propose-random", "train-batch"} <= names, names  # proposer threads report to the same flow run
+
+
+def test_append_new_writes_each_experiment_once(lab_home):
+    from crashsearch.lab.space import Space
+    from crashsearch.tasks.record import Job, make_row, utcnow
+
+    home, ds, space_path = lab_home
+    space = Space.load(space_path)
+    jobs = [Job(space.cell(i), 0) for i in (1, 2)]
+    rows = [make_row(j, campaign="p-once", dataset="synth-day", space=space, code_version="v", status="failed",
+                     error=RuntimeError("x"), started_at=utcnow(), finished_at=utcnow()) for j in jobs]
+    store = Store(home)
+    assert store.append_new("p-once", rows[:1], space)[1] == []
+    path, skipped = store.append_new("p-once", rows, space)
+    assert skipped == [rows[0]["experiment_id"]] and path is not None
+    assert store.append_new("p-once", rows, space) == (None, [r["experiment_id"] for r in rows])
+    assert len(store.experiments("p-once")) == 2
