@@ -241,8 +241,8 @@ groups:
   loss:
     loss: [bce]
   train:
-    lr: [0.001, 0.003, 0.01]
-    batch_size: [16, 32]
+    lr: [0.001, 0.003, 0.01, 0.03]
+    batch_size: [16, 32, 64]
   data:
     window_s: [1.0]
     augment: [none]
@@ -264,7 +264,7 @@ def test_a_separate_connection_during_a_campaign_counts_what_crashsearch_query_c
     space = tmp_path / "tiny.yaml"
     space.write_text(CAMPAIGN_SPACE)
     cmd = [sys.executable, "-m", "crashsearch", "campaign", "--home", str(home.root), "--dataset", str(synth_dataset.root),
-           "--space", str(space), "--campaign", "live", "--budget", "12", "--round-size", "2", "--seeds", "1",
+           "--space", str(space), "--campaign", "live", "--budget", "20", "--round-size", "2", "--seeds", "1",
            "--policies", "random"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     campaign = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -289,9 +289,9 @@ def test_a_separate_connection_during_a_campaign_counts_what_crashsearch_query_c
             seen_during.append((before, cli_count, after))
         time.sleep(0.5)
     assert campaign.wait(timeout=60) == 0, campaign.stderr.read()
-    assert any(0 < b < 12 for b, _, _ in seen_during), seen_during  # really read while it ran
+    assert any(0 < b < 20 for b, _, _ in seen_during), seen_during  # really read while it ran
     con = duckdb.connect(str(path), read_only=True)
-    assert con.execute("SELECT count(*), count(DISTINCT experiment_id) FROM experiments").fetchall() == [(12, 12)]
+    assert con.execute("SELECT count(*), count(DISTINCT experiment_id) FROM experiments").fetchall() == [(20, 20)]
     con.close()
-    assert query_count() == 12
+    assert query_count() == 20
     assert_same_as_store(home)

@@ -14,6 +14,8 @@ import pytest
 from crashsearch.lab import console
 from test_catalog import CAMPAIGN_SPACE
 
+TASKS = console.TASK_LOGGER + ".crashsearch-test"  # a child: its records are task-run records, without the API handler
+
 
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
@@ -28,7 +30,7 @@ def stderr(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s - %(message)s"))
-        for name in ("crashsearch-test", console.TASK_LOGGER):
+        for name in ("crashsearch-test", TASKS):
             logger = logging.getLogger(name)
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
@@ -36,7 +38,7 @@ def stderr(monkeypatch):
         return stream, handler
 
     yield make
-    for name in ("crashsearch-test", console.TASK_LOGGER):
+    for name in ("crashsearch-test", TASKS):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
@@ -51,7 +53,7 @@ def segments(text: str) -> list[str]:
 
 def test_log_lines_print_above_the_bar_not_glued_to_it(stderr):
     stream, handler = stderr(terminal=True)
-    log, tasks = logging.getLogger("crashsearch-test"), logging.getLogger(console.TASK_LOGGER)
+    log, tasks = logging.getLogger("crashsearch-test"), logging.getLogger(TASKS)
     bar = console.progress_bar(4)
     bar.update(1)
     log.info("round 1 done")
@@ -76,7 +78,7 @@ def test_verbose_shows_the_per_batch_task_logs(stderr):
     stream, _ = stderr(terminal=True)
     console.set_verbose(True)
     bar = console.progress_bar(2)
-    logging.getLogger(console.TASK_LOGGER).info("Task run 'train-batch-b17' - Finished in state Completed()")
+    logging.getLogger(TASKS).info("Task run 'train-batch-b17' - Finished in state Completed()")
     bar.close()
     assert "train-batch-b17" in stream.getvalue()
 
@@ -86,7 +88,7 @@ def test_in_a_pipe_there_is_no_bar_only_plain_lines(stderr):
     bar = console.progress_bar(4)
     bar.update(2)
     logging.getLogger("crashsearch-test").info("round 1 done")
-    logging.getLogger(console.TASK_LOGGER).info("Task run 'train-batch-b17' - Finished in state Completed()")
+    logging.getLogger(TASKS).info("Task run 'train-batch-b17' - Finished in state Completed()")
     bar.set_postfix_str("best val AP 0.8123")
     bar.update(2)
     bar.close()
