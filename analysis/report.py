@@ -565,7 +565,7 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
         if conv is None:
             continue
         rows.append({"scope": f"overall ({label})", **conv["overall"]})
-        rows += [{"scope": f"{arm} ({label})", **f} for arm, f in conv["arms"].items()]
+        rows += [{"scope": f"{arm} ({label}; in a shared campaign, not from scratch)", **f} for arm, f in conv["arms"].items()]
     d.table(pd.DataFrame(rows), {"scope": "scope", "n": "experiments", "improvements": "rises", "a": "a", "b": "b",
                                  "c": "c", "c_ci": "c 95%", "r2": "R²", "reason": "note"})
     d.p("Fit: AP*(N) = a - b N^-c on the running best (log-spaced points); intervals from a Poisson bootstrap "
