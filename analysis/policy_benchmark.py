@@ -26,7 +26,8 @@ import pandas as pd
 
 from crashsearch.analysis.arms import TABLE_COLUMNS, arm_best_at_n, arm_power_laws, arm_verdict
 
-N_BOOT = 2000
+N_BOOT = 2000  # arm_verdict's default, so the verdict and best_at agree
+LOW_FIDELITY_R2 = 0.5  # below this held-out R^2 the write-up warns that the surrogate says little
 
 
 def benchmark_ns(budget: int) -> list[int]:
@@ -57,7 +58,8 @@ def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, object
     table = arm_table(runs)
     with warnings.catch_warnings():  # a repeat with no AP at all (every proposal a miss) is a NaN, not news
         warnings.simplefilter("ignore", RuntimeWarning)
-        best = arm_best_at_n(table, ns=tuple(ns), n_boot=N_BOOT, seed=seed).set_index(["arm", "n"])
+        # one N at a time with the same seed, so N=50 carries exactly the interval the verdict states
+        best = pd.concat([arm_best_at_n(table, ns=(n,), n_boot=N_BOOT, seed=seed) for n in ns]).set_index(["arm", "n"])
         laws = arm_power_laws(table).set_index("arm")
     out = {"objective": objective, "budget": int(budget), "repeats": int(repeats),
            "surrogate": {"holdout_r2": _num((fidelity or {}).get("holdout_r2")),
@@ -133,6 +135,9 @@ def markdown(doc: dict, verdict: str, info: dict, figure: str | None) -> str:
         s = doc["surrogate"]
         lines.append(f"Surrogate: {info.get('surrogate', '')}; held-out R^2 {_f(s['holdout_r2'])}, Spearman "
                      f"{_f(s['holdout_spearman'])} (each cell's mean AP against a model that never saw it). {info.get('noise', '')}")
+        if low_fidelity(doc):
+            lines.append(f"**Warning: held-out R^2 below {LOW_FIDELITY_R2}: the surrogate predicts unseen cells poorly, so these "
+                         "curves say little about the real space; record more experiments or use --objective table.**")
     else:
         lines.append("Table: a proposed cell that was recorded replays one of its runs; an unrecorded cell is a miss that "
                      "spends one experiment and yields no AP.")
@@ -142,7 +147,7 @@ def markdown(doc: dict, verdict: str, info: dict, figure: str | None) -> str:
     lines.append("| policy | " + " | ".join(f"N={n}" for n in ns) + " | power law a - b N^-c (R^2) | tokens | cost |")
     lines.append("|---|" + "---|" * len(ns) + "---|---|---|")
     for name, p in doc["policies"].items():
-        cells = [f"{_f(b['mean'])} [{_f(b['lo'])}, {_f(b['hi'])}]" if b["mean"] is not None else "not reached"
+        cells = [f"{_f(b['mean'])} [{_f(b['lo'])}, {_f(b['hi'])}]" if b["mean"] is not None else "no AP"
                  for b in p["best_at"].values()]
         pl = p["power_law"]
         law = f"{_f(pl['a'])} - {_f(pl['b'])} N^-{_f(pl['c'])} ({_f(pl['r2'], 2)})" if pl["a"] is not None else "no fit"
@@ -155,6 +160,12 @@ def markdown(doc: dict, verdict: str, info: dict, figure: str | None) -> str:
     if figure:
         lines += [f"![best-at-N]({figure})", ""]
     return "\n".join(lines)
+
+
+def low_fidelity(doc: dict) -> bool:
+    """True when a surrogate benchmark's held-out R^2 is missing or below LOW_FIDELITY_R2."""
+    r2 = doc["surrogate"]["holdout_r2"]
+    return doc["objective"] == "surrogate" and (r2 is None or r2 < LOW_FIDELITY_R2)
 
 
 def _f(x, digits: int = 4) -> str:

@@ -135,7 +135,11 @@ def main(args) -> int:
     print(result["verdict"])
     for name, p in result["doc"]["policies"].items():
         last = p["best_at"][str(result["doc"]["budget"])]
-        shown = "not reached" if last["mean"] is None else f"{last['mean']:.4f} [{last['lo']:.4f}, {last['hi']:.4f}]"
+        shown = ("no AP (all misses, or not reached)" if last["mean"] is None else f"{last['mean']:.4f} " +
+                 (f"[{last['lo']:.4f}, {last['hi']:.4f}]" if last["lo"] is not None else "(no interval: one repeat with an AP)"))
         print(f"{name}: best at N={result['doc']['budget']}: {shown}")
+    if pb.low_fidelity(result["doc"]):
+        print(f"warning: the surrogate's held-out R^2 is {result['doc']['surrogate']['holdout_r2']}, below "
+              f"{pb.LOW_FIDELITY_R2}: these curves say little about the real space (see benchmark.md)", file=sys.stderr)
     print(f"wrote {result['md']}")
     return 0

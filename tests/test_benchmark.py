@@ -332,3 +332,13 @@ def test_an_llm_agent_without_its_key_is_skipped_with_one_line(tmp_path, monkeyp
     res = run_benchmark(history, SPACE, ["claude", "random"], budget=12, repeats=1, workers=1, log=lines.append)
     assert "claude" in res.skipped and any(line.startswith("claude skipped:") for line in lines)
     assert {r.policy for r in res.runs} == {"random"}
+
+
+def test_a_poor_surrogate_is_flagged_in_the_write_up():
+    runs = {"random": [np.array([0.5, 0.6, 0.55]), np.array([0.4, 0.7, 0.6])]}
+    doc = pb.summary(runs, 3, 2, "surrogate", {"holdout_r2": -0.1, "holdout_spearman": 0.39})
+    assert pb.low_fidelity(doc) and "Warning: held-out R^2 below 0.5" in pb.markdown(doc, "", {}, None)
+    doc = pb.summary(runs, 3, 2, "surrogate", {"holdout_r2": 0.9, "holdout_spearman": 0.95})
+    assert not pb.low_fidelity(doc) and "Warning" not in pb.markdown(doc, "", {}, None)
+    assert doc["policies"]["random"]["best_at"]["3"]["mean"] == pytest.approx(0.65)
+    assert not pb.low_fidelity(pb.summary(runs, 3, 2, "table"))
