@@ -166,9 +166,8 @@ def _job(name: str, repeat: int, ctx: dict | None = None, policy_kwargs: dict | 
         rng = np.random.default_rng(noise_seed)
         surrogate: Surrogate = ctx["surrogate"]
         result = run_policy(policy, space, lambda ids: surrogate.sample(ids, rng), budget, round_size, repeat)
-    usage = getattr(policy, "usage", None)
-    if callable(usage):
-        u = usage()
+    u = policy.usage()  # an LLM agent's totals; None for an offline policy
+    if u:
         result.tokens, result.cost_usd = int(u["tokens_in"] + u["tokens_out"]), float(u["cost_usd"])
     return result
 
