@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from crashsearch.agents import OFFLINE_POLICIES, create_policy
+from crashsearch.agents import create_policy, policy_options
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable
 from crashsearch.analysis.surrogate import Surrogate, fit_surrogate, observed_space, ok_rows
 from crashsearch.lab.space import Space
@@ -166,6 +166,7 @@ def _job(name: str, repeat: int, ctx: dict | None = None, policy_kwargs: dict | 
         rng = np.random.default_rng(noise_seed)
         surrogate: Surrogate = ctx["surrogate"]
         result = run_policy(policy, space, lambda ids: surrogate.sample(ids, rng), budget, round_size, repeat)
+    result.policy = name  # the name asked for (a registered alias may share its class's name)
     u = policy.usage()  # an LLM agent's totals; None for an offline policy
     if u:
         result.tokens, result.cost_usd = int(u["tokens_in"] + u["tokens_out"]), float(u["cost_usd"])
@@ -218,8 +219,9 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
     fit_s = time.perf_counter() - t0
 
     skipped: dict[str, str] = {}
-    offline = [p for p in policies if p in OFFLINE_POLICIES]
-    online = [p for p in policies if p not in OFFLINE_POLICIES]
+    # an agent with a spending budget (the LLM agents) runs here, with a share of --max-usd; the rest in the pool
+    online = [p for p in policies if "budget" in policy_options(p)]
+    offline = [p for p in policies if p not in online]
     kwargs = {p: dict((policy_kwargs or {}).get(p, {})) for p in policies}
     for name in online:  # an agent without its key is skipped with one line, as in a campaign
         kwargs[name].setdefault("budget", {"usd": max_usd / repeats})

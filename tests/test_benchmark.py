@@ -342,3 +342,15 @@ def test_a_poor_surrogate_is_flagged_in_the_write_up():
     assert not pb.low_fidelity(doc) and "Warning" not in pb.markdown(doc, "", {}, None)
     assert doc["policies"]["random"]["best_at"]["3"]["mean"] == pytest.approx(0.65)
     assert not pb.low_fidelity(pb.summary(runs, 3, 2, "table"))
+
+
+def test_a_registered_policy_is_benchmarked_under_its_own_name():
+    from crashsearch.agents import _REGISTRY, register_policy
+
+    register_policy("random_alias", "crashsearch.agents.random_search:RandomPolicy")
+    try:
+        history, _ = planted(n=200, seed=6)
+        res = run_benchmark(history, SPACE, ["random_alias", "random"], budget=12, repeats=2, workers=2, log=lambda m: None)
+    finally:
+        _REGISTRY.pop("random_alias", None)
+    assert [r.policy for r in res.runs] == ["random_alias", "random_alias", "random", "random"]
