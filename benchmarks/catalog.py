@@ -94,7 +94,7 @@ def main() -> None:
     for state, results in states.items():
         for name, ((store_s, _), (cat_s, _)) in results.items():
             lines.append(f"| {state} | {name} | {store_s:.3f} | {cat_s:.3f} | {cat_s / store_s:.2f} |")
-    lines += ["", "Read the ratios: both columns ran in one process on the same files, interleaved, so machine load "
+    lines += ["", "Read the ratios: both columns ran in one process on the same files, one right after the other, so machine load "
               "affects them alike; the absolute seconds are only as good as the load average above allows. A count "
               "costs history.duckdb most (the store answers it from the base file's footer; the glob views read the "
               "file names of every row to split bases from recent rows); queries that read columns anyway cost about "
