@@ -354,3 +354,36 @@ def test_a_registered_policy_is_benchmarked_under_its_own_name():
     finally:
         _REGISTRY.pop("random_alias", None)
     assert [r.policy for r in res.runs] == ["random_alias", "random_alias", "random", "random"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_says_one_line(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    history, _ = planted(n=300, seed=8)
+    home = resolve_home(tmp_path / "home")
+    Store(home).append_table("day", _arrow(history, "day"), SPACE)
+    proc = subprocess.Popen([sys.executable, "-m", "crashsearch", "benchmark", "--home", str(home.root), "--campaign", "day",
+                             "--policies", "tpe", "--budget", "5000", "--repeats", "4", "--out", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        first = proc.stderr.readline()  # the surrogate's line: the worker pool starts next
+        assert "surrogate" in first, first
+        deadline = time.time() + 60
+        kids = []
+        while time.time() < deadline and len(kids) < 2:
+            time.sleep(0.5)
+            kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert err.strip() == "interrupted; finished experiments are kept", err
+    time.sleep(1)
+    assert kids and not [k for k in kids if os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert not (tmp_path / "out" / "benchmark.json").exists()  # nothing half-written
