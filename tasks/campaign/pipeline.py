@@ -45,6 +45,7 @@ class _Call:
     policy: Policy
     n: int
     view_results: int
+    started: float = 0.0
 
 
 @dataclass
@@ -85,6 +86,9 @@ class Pipeline:
         self.calls: dict[Future, _Call] = {}
         self.training: dict[Future, _Training] = {}
         self.idle_until: dict[str, int] = {}  # a policy whose call claimed nothing waits for a new result
+        self.latency: dict[str, float] = {}  # a policy's recent call duration (EWMA), seconds
+        self.first_start: float | None = None  # when training first started
+        self.started_jobs = 0
         self.stats = PipelineStats()
 
     # ---- accounting ---------------------------------------------------------------------------
@@ -100,6 +104,13 @@ class Pipeline:
 
     def _asked_by(self, name: str) -> int:
         return sum(c.n for c in self.calls.values() if c.policy.name == name)
+
+    def _consumed_during_call(self, name: str) -> int:
+        """Jobs the trainers are expected to start, per policy, while one of its calls runs (rate x latency)."""
+        if self.first_start is None or name not in self.latency:
+            return 0
+        rate = self.started_jobs / max(time.monotonic() - self.first_start, 1e-3)  # jobs started per second
+        return math.ceil(rate / len(self.c.policies) * self.latency[name])
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> str:
@@ -168,24 +179,35 @@ class Pipeline:
             while sum(1 for k in self.calls.values() if k.policy is policy) < self.max_calls[name]:
                 if self.idle_until.get(name, -1) >= c.new:
                     break  # its last call claimed nothing: ask again once a result has arrived
+                # demand when the answer arrives: the free part of its lookahead share plus what the
+                # trainers will have taken meanwhile. The claim on return still respects the bound.
                 asked = sum(k.n for k in self.calls.values())
-                free = min(self.share - self._queued_by(name) - self._asked_by(name),
-                           self.lookahead - len(self.queue) - asked)
-                budget_free = self.room() - sum(k.n for k in self.calls.values())
-                slots = self.max_calls[name] - sum(1 for k in self.calls.values() if k.policy is policy)
-                n = min(math.ceil(free / slots) if free > 0 else 0, budget_free)
-                if n <= 0:
+                ahead = self._consumed_during_call(name)
+                free = min(self.share - self._queued_by(name) - self._asked_by(name) + ahead,
+                           self.lookahead - len(self.queue) - asked + ahead * len(c.policies), self.share)
+                budget_free = self.room() - asked
+                want = min(free, budget_free)
+                if want <= 0:
                     break
+                # a call asks for a full chunk of its share (a call costs its prompt whatever it returns);
+                # a smaller one only when the policy has nothing pending or the budget is nearly spent
+                chunk = math.ceil(self.share / self.max_calls[name])
+                pending = self._asked_by(name) + self._queued_by(name)
+                if want < chunk and pending and budget_free > want:
+                    break
+                n = min(chunk, want)
                 view = c.view()
                 ctx = contextvars.copy_context()
                 future = pool.submit(ctx.run, c.ask, policy, view, n)
-                self.calls[future] = _Call(policy, n, c.new)
+                self.calls[future] = _Call(policy, n, c.new, time.monotonic())
                 self.stats.calls += 1
 
     def _finish_call(self, future: Future) -> None:
         call = self.calls.pop(future)
         proposals = future.result()  # Campaign.ask never raises: a failing policy returns []
         name = call.policy.name
+        took = time.monotonic() - call.started
+        self.latency[name] = took if name not in self.latency else 0.7 * self.latency[name] + 0.3 * took
         limit = max(0, min(self.room(), self.share - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
@@ -228,6 +250,9 @@ class Pipeline:
             self.queue = [q for q in self.queue if id(q) not in chosen]
             for q in batch:
                 self.stats.staleness.append(c.new - q.view_results)
+            self.started_jobs += len(batch)
+            if self.first_start is None:
+                self.first_start = time.monotonic()
             ctx = contextvars.copy_context()
             record = _Training(batch, time.monotonic())
             self.training[pool.submit(ctx.run, self._train, [q.job for q in batch], record)] = record
