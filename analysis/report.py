@@ -312,7 +312,7 @@ def _anova_block(df: pd.DataFrame) -> dict:
 
 def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dict] = (), title: str = "crashsearch report",
                  baselines_df: pd.DataFrame | None = None, other_datasets: pd.DataFrame | dict | None = None,
-                 weights: Any = None, n_boot: int = 200, seed: int = 0) -> dict:
+                 weights: Any = None, n_boot: int = 200, seed: int = 0, forecast_more: int | None = None) -> dict:
     """Compute every statistic for one campaign's history and write the report folder.
 
     ``events``: bug-fix events (dicts with ``declared_at``); ``baselines_df``: rows of control-arm
@@ -371,8 +371,10 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     anova_full = _anova_block(df)
     anova_post = _anova_block(post) if post is not None else None
     lap("anova")
-    conv_full = convergence.convergence(df, n_boot=n_boot, seed=seed)
-    conv_post = convergence.convergence(post, n_boot=n_boot, seed=seed) if post is not None else None
+    # forecast_more: the campaign's per-run allowance (extend), so the forecast is the next run's (night's) gain
+    conv_full = convergence.convergence(df, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
+    conv_post = (convergence.convergence(post, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
+                 if post is not None else None)
     curves_full = convergence.curves(df)
     curves_post = convergence.curves(post, by_arm=False) if post is not None else None
     main_conv = conv_post or conv_full

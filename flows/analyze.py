@@ -84,7 +84,8 @@ def analyze(campaign: str, home: str | Path | Home | None = None) -> dict:
     inputs = load_inputs(h, campaign)
     out_dir = h.campaign(campaign) / REPORT_DIR
     numbers = build_report(inputs["history"], out_dir, events=inputs["events"], title=f"Campaign {campaign}",
-                           baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"])
+                           baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"],
+                           forecast_more=inputs["info"].get("extend"))  # a nightly campaign: the next night's gain
     return {"campaign": campaign, "report_dir": str(out_dir), "report": str(out_dir / "report.md"),
             "html": str(out_dir / "report.html"), "numbers_path": str(out_dir / "numbers.json"),
             "headline": numbers["headline"], "arm_fits": numbers["baselines"]["from_scratch"]["power_laws"],

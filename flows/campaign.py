@@ -35,7 +35,8 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
     """Run or resume a campaign until its goal is recorded (``budget``, or ``extend`` more), ``hours`` pass
     or nothing new can be proposed. Returns a CampaignSummary.
 
-    ``settings`` are CampaignConfig fields (``policies`` and ``backbones`` may be lists; the
+    ``settings`` are CampaignConfig fields (``propose_mode`` defaults to "turns" here, the strict,
+    reproducible mode: tests and control arms rely on it; the CLI and the flows default to "pipeline") (``policies`` and ``backbones`` may be lists; the
     older names ``space_path`` and ``policy_kwargs`` still work), applied over ``config``.
     ``train_fn(cells, features, seeds, fixed, device)`` trains a batch (default:
     tasks.train.train_batch); ``executor`` replaces the in-process one (e.g. the distributed one);
@@ -51,7 +52,8 @@ def run_campaign(home: str | os.PathLike | Home | None, dataset: str | os.PathLi
     if campaign_id is not None:
         values["campaign"] = campaign_id
     values.setdefault("policy_args", values.get("policy_args") or None)
-    cfg = (config or CampaignConfig(dataset=str(dataset))).replace(**values)
+    # the library entry point (tests, control arms, benchmarks) is the strict, reproducible mode unless told
+    cfg = (config or CampaignConfig(dataset=str(dataset), propose_mode="turns")).replace(**values)
     h = home if isinstance(home, Home) else resolve_home(home)
     kw = {"wrap": wrap} if wrap is not None else {}
     return Campaign(h, cfg, train_fn=train_fn, log=log, executor=executor, reporter=reporter, **kw).run()
@@ -86,7 +88,7 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      policies: str = "evolution,tpe,random", budget: int = 60, extend: int | None = None,
                      hours: float | None = None, space: str | None = None, backbones: str | None = None,
                      seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
-                     rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "turns",
+                     rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "pipeline",
                      policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int = 24,
                      trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
                      distributed: str | None = None, max_in_flight: int = 4,

@@ -252,6 +252,10 @@ def test_extend_is_a_per_run_allowance_and_each_run_is_listed(lab_home):
     runs = Store(home).query("SELECT json_extract(info, '$.runs') AS runs FROM campaigns WHERE id = 'c-grow'")
     runs = json.loads(runs["runs"][0])
     assert [(r["run"], r["new"], r["recorded"], r["extend"]) for r in runs] == [(1, 4, 4, 4), (2, 4, 8, 4)]
+    from crashsearch.flows.analyze import analyze
+
+    numbers = analyze("c-grow", home)["numbers"]  # the forecast is the next run's: `extend` more experiments
+    assert numbers["convergence"]["forecast"]["more"] == 4
 
 
 class CountingAdvisor(RandomPolicy):

@@ -48,7 +48,7 @@ class CampaignConfig:
     rerun_leaders_after_fix: int = _f(0, "first re-run the top K cells trained before the latest bug-fix event",
                                       metavar="K")
     progress: bool = _f(False, "show a progress bar (the CLI always does)", flag=None)
-    propose_mode: str = _f("turns", "pipeline: proposers and trainers run at once (LLM calls overlap training); "
+    propose_mode: str = _f("pipeline", "pipeline: proposers and trainers run at once (LLM calls overlap training); "
                                     "turns: strict rounds, policies one after another (reproducible); "
                                     "concurrent: strict rounds, all policies asked at once",
                            choices=list(PROPOSE_MODES))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from crashsearch.agents.base import HistoryView, Policy
 from crashsearch.tasks.campaign.engine import Campaign
+from crashsearch.tasks.campaign.executor import LocalExecutor
 from crashsearch.tasks.record import Job
 
 
@@ -90,6 +91,9 @@ class Pipeline:
         self.first_start: float | None = None  # when training first started
         self.started_jobs = 0
         self.stats = PipelineStats()
+        # in-process training: groups at once on the device; a work pool: batches dispatched at once
+        local = isinstance(campaign.executor, LocalExecutor)
+        self.trainers = cfg.trainers_per_device if local else cfg.max_in_flight
 
     # ---- accounting ---------------------------------------------------------------------------
     def outstanding(self) -> int:
@@ -118,7 +122,7 @@ class Pipeline:
         started = time.monotonic()
         width = sum(self.max_calls.values())
         proposers = ThreadPoolExecutor(max_workers=width, thread_name_prefix="propose")
-        trainers = ThreadPoolExecutor(max_workers=c.config.trainers_per_device, thread_name_prefix="train")
+        trainers = ThreadPoolExecutor(max_workers=self.trainers, thread_name_prefix="train")
         stopped = "interrupted"
         try:
             while True:
@@ -153,7 +157,7 @@ class Pipeline:
 
     def _next_deadline(self) -> float | None:
         """Seconds until the oldest queued group should start anyway (None: wait for an event)."""
-        if not self.queue or len(self.training) >= self.c.config.trainers_per_device:
+        if not self.queue or len(self.training) >= self.trainers:
             return None
         oldest = min(q.since for q in self.queue)
         return max(0.0, oldest + self.c.config.group_wait_s - time.monotonic()) + 1e-3
@@ -234,7 +238,7 @@ class Pipeline:
         if late:
             self.queue.clear()  # out of time: claimed jobs not started are given up (never recorded)
             return
-        while self.queue and len(self.training) < c.config.trainers_per_device:
+        while self.queue and len(self.training) < self.trainers:
             groups: dict[tuple, list[_Queued]] = defaultdict(list)
             for q in self.queue:
                 groups[_group_key(q.job)].append(q)
