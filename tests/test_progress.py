@@ -129,7 +129,8 @@ def test_the_campaign_flow_publishes_its_progress_and_the_report_links_its_files
     space = tmp_path / "tiny.yaml"
     space.write_text(CAMPAIGN_SPACE)
     result = get_campaign_flow()(dataset=str(synth_dataset.root), campaign="ui-run", home=str(home.root), budget=8,
-                                 round_size=2, seeds=1, policies="random", space=str(space), device="cpu")
+                                 round_size=2, seeds=1, policies="random", space=str(space), device="cpu",
+                                 propose_mode="turns")  # rounds of 2: the table cadence below counts rounds
     assert result["recorded"] == 8
     (progress,) = _artifacts("ui-run-progress")
     assert progress.data == 100.0 and "8 of 8 experiments recorded, the budget" in progress.description
