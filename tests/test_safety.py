@@ -271,7 +271,7 @@ def test_ending_status_says_interrupted_for_ctrl_c_and_sigterm():
 def _campaign_cmd(home, ds, space, campaign, budget):
     return [sys.executable, "-m", "crashsearch", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
             "--campaign", campaign, "--space", space, "--budget", str(budget), "--seeds", "1", "--round-size", "2",
-            "--policies", "random"]
+            "--policies", "random", "--propose-mode", "turns"]  # rounds of 2: slow enough to be interrupted
 
 
 def _wait_for_rows(home, campaign, n, proc, seconds=240):
