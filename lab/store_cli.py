@@ -14,6 +14,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
+from crashsearch.lab.lock import CampaignLock
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import QueryCancelled, Store
 
@@ -41,7 +42,8 @@ def cli_main(args) -> int:
             return 0
         if command == "import":
             space = Space.load(args.space)
-            result = store.import_log(args.file, args.campaign, space)
+            with CampaignLock(store.home.root, args.campaign):  # a running campaign is its only writer
+                result = store.import_log(args.file, args.campaign, space)
             print(f"import into campaign {args.campaign}: {result}")
             return 0 if result.new or result.already else 1
         if command == "export":

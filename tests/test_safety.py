@@ -297,6 +297,10 @@ def test_a_second_run_is_refused_and_an_interrupted_run_says_so(lab_home, sig):
         second = run_cli(*_campaign_cmd(home, ds, space, campaign, 140)[3:], timeout=120)
         err = one_line_error(second)
         assert f"pid {first.pid}" in err and "already being run" in err
+        csv = home.root / f"{campaign}.csv"
+        pd.DataFrame([{"cell_id": 1, "val_ap": 0.5}]).to_csv(csv, index=False)
+        assert "already being run" in one_line_error(run_cli("import", str(csv), "--campaign", campaign,
+                                                             "--home", str(home.root), "--space", space))
         first.send_signal(sig)
         out, err = first.communicate(timeout=120)
     finally:
@@ -657,3 +661,17 @@ def test_a_non_utf8_manifest_is_reported_with_its_line(tmp_path):
                                        + b"3,,,\xff\n")
     err = one_line_error(run_cli("extract", "--home", str(tmp_path / "h"), "--dataset", str(folder), "--backbone", "pixels"))
     assert f"{folder / 'train.csv'}: line 3003 is not UTF-8" in err
+
+
+def test_every_reading_command_works_beside_a_damaged_file_and_names_it(home, space, tmp_path):
+    _populated_home(home.root, space)
+    Store(home).append("other", rows(space, 3, prefix="o"), space)
+    garbage = home.root / "campaigns" / "other" / "log" / "part-20250101T000000.000000Z-junk.parquet"
+    garbage.write_bytes(b"PAR1 junk")
+    for args in (["status"], ["query", "SELECT count(*) AS n FROM experiments"], ["leaderboard", "--campaign", "c1"],
+                 ["export", "--campaign", "c1", "--out", str(tmp_path / "c1.parquet")], ["compact", "--campaign", "c1"]):
+        proc = run_cli(*args, "--home", str(home.root), timeout=120)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 1, (args, proc.stderr)
+        assert garbage.name in proc.stderr or args[0] in ("export", "compact"), (args, proc.stderr)
+    assert pq.read_metadata(tmp_path / "c1.parquet").num_rows == 6
