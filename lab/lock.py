@@ -16,6 +16,7 @@ the CLI's handler), ``failed`` for anything else, and ``finished`` when there is
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -59,7 +60,11 @@ class CampaignLock:
         self.outer: CampaignLock | None = None  # the lock this process already held, when re-entered
 
     def acquire(self) -> "CampaignLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.created = not self.path.parent.exists()  # a refused first run leaves no folder behind
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path.parent)) from None
         key = str(self.path.parent.resolve() / LOCK_FILE)
         with _GUARD:
             held = _HELD.get(key)
@@ -81,8 +86,12 @@ class CampaignLock:
             holder = {"host": socket.gethostname(), "pid": os.getpid(),
                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             data = (json.dumps(holder) + "\n").encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+            except OSError as exc:  # a full disk: name the file
+                os.close(fd)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             self.fd, self.depth, self.key = fd, 1, key
             _HELD[key] = self
         clean_temp_files(self.path.parent)
@@ -106,6 +115,10 @@ class CampaignLock:
                 os.ftruncate(fd, 0)  # nobody holds it: the file names no one
             except OSError:
                 pass
+            if getattr(self, "created", False) and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+                self.path.unlink(missing_ok=True)  # nothing was written: leave no folder behind
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()
             os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> "CampaignLock":
