@@ -58,7 +58,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from crashsearch.lab.store import cli_main
+    from crashsearch.lab.store_cli import cli_main
 
     return cli_main(args)
 

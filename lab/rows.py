@@ -1,6 +1,6 @@
 """What a valid experiment row is: the checks the history store runs before it writes anything.
 
-``clean_row`` checks and normalises one row dict (``Store.append`` and ``Store.import_log``);
+``clean_row`` checks and normalises one row dict (``Store.append`` and ``lab.exchange.import_log``);
 ``clean_table`` checks a whole Arrow table column-wise (``Store.append_table``, the bulk path).
 Both raise ValueError with a one-line message naming the row and column of the first problem.
 """

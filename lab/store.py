@@ -51,7 +51,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import duckdb
 import numpy as np
@@ -66,9 +66,6 @@ from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.versions import bugfix_events
-
-if TYPE_CHECKING:
-    from crashsearch.lab.exchange import ImportResult
 
 log = logging.getLogger(__name__)
 
@@ -383,33 +380,7 @@ class Store:
         empty = [a for a in axes if board[a].isna().all()]
         return board.drop(columns=empty)
 
-    # ---- import / export / compaction ----------------------------------------------------------
-    def import_log(self, file: str | Path, campaign: str, space: Space,
-                   on_error: Callable[[str], None] | None = None) -> "ImportResult":
-        """Import an external experiment log (CSV or Parquet) into ``campaign``; return an
-        ImportResult (``new`` rows written, ``already`` recorded, ``bad`` rows skipped).
-
-        Columns: ``val_ap`` and either every axis of ``space`` or ``cell_id`` (both: they must
-        agree) are required; any other schema column is optional (``status`` defaults to ok when
-        val_ap is set and failed when it is empty, ``proposer`` to ``import``, ``experiment_id``
-        to a hash of the campaign, row number and row, so importing a file twice adds nothing). An id
-        the campaign already holds is refused, named and skipped: recorded rows never change.
-        A bad row is reported in one line through ``on_error`` (default: stderr) and skipped;
-        unknown columns are reported once and ignored. Raises ValueError when the file cannot be
-        read or lacks a required column.
-        """
-        from crashsearch.lab.exchange import import_log  # exchange builds on Store: imported here, not at the top
-
-        return import_log(self, file, campaign, space, on_error)
-
-    def export(self, campaign: str, out: str | Path) -> Path:
-        """Write one campaign as a single Parquet file (schema columns, rows sorted by
-        finished_at, experiment_id), atomically; return its path. Raises ValueError if the
-        campaign has no experiments."""
-        from crashsearch.lab.exchange import export  # exchange builds on Store: imported here, not at the top
-
-        return export(self, campaign, out)
-
+    # ---- compaction (import and export: lab/exchange.py; the CLI: lab/store_cli.py) ------------------
     def compact(self, campaign: str, full: bool = True) -> tuple[int, int]:
         """Merge a campaign's log files into one; return (files merged, rows in the merged file).
 
@@ -645,12 +616,3 @@ EVENT_FIELDS = pa.schema([("id", pa.string()), ("version", pa.string()), ("note"
 
 def _events_table(events: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(events, schema=EVENT_FIELDS)
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-
-def cli_main(args) -> int:
-    """``crashsearch query|leaderboard|import|export|compact``; returns the exit code (lab/store_cli.py)."""
-    from crashsearch.lab.store_cli import cli_main as main  # the CLI builds on Store: imported here, not at the top
-
-    return main(args)

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from crashsearch.lab.lock import CampaignLock
+from crashsearch.lab.exchange import export, import_log
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import QueryCancelled, Store
 
@@ -43,14 +44,14 @@ def cli_main(args) -> int:
         if command == "import":
             space = Space.load(args.space)
             with CampaignLock(store.home.root, args.campaign):  # a running campaign is its only writer
-                result = store.import_log(args.file, args.campaign, space)
+                result = import_log(store, args.file, args.campaign, space)
             print(f"import into campaign {args.campaign}: {result}")
             return 0 if result.new or result.already else 1
         if command == "export":
             if Path(args.out).suffix.lower() != ".parquet":
                 raise ValueError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
             check_out_path(store, Path(args.out))
-            path = store.export(args.campaign, args.out)
+            path = export(store, args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
             return 0
         if command == "compact":

@@ -86,3 +86,16 @@ def test_cli_refuses_an_impossible_number_without_a_traceback(capsys, tmp_path):
     assert main(["campaign", "--home", str(tmp_path), "--dataset", str(tmp_path), "--extend", "0"]) == 2
     err = capsys.readouterr().err
     assert "extend must be at least 1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("low,high", [("lab/store.py", "lab/exchange.py"), ("lab/store.py", "lab/store_cli.py"),
+                                      ("flows/distributed.py", "flows/campaign.py")])
+def test_no_import_cycle_between_a_module_and_what_builds_on_it(low, high):
+    import ast
+
+    def imported(path):
+        tree = ast.parse((ROOT / path).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    module = "crashsearch." + high[:-3].replace("/", ".")
+    assert module not in imported(low), f"{low} imports {module}, which builds on it"

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crashsearch.lab.exchange import import_log
 from crashsearch.flows.cli import main as cli
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
@@ -76,7 +77,7 @@ def test_import_refuses_ids_already_recorded_before_and_after_compaction(store, 
     csv = tmp_path / "clash.csv"
     clash.to_csv(csv, index=False)
     errors: list[str] = []
-    result = store.import_log(csv, "c1", space, on_error=errors.append)
+    result = import_log(store, csv, "c1", space, on_error=errors.append)
     assert (result.new, result.already) == (1, 3)
     assert len(errors) == 3 and all("already recorded" in e for e in errors)
     assert "'e0'" in errors[0] and "line 2" in errors[0]
@@ -107,7 +108,7 @@ def test_import_refuses_impossible_metrics_naming_the_line(store, space, tmp_pat
     csv = tmp_path / "metrics.csv"
     pd.DataFrame([{"cell_id": c.id, "val_ap": v} for c, v in zip(cells, [math.inf, 1.5, -0.2, 0.7])]).to_csv(csv, index=False)
     errors: list[str] = []
-    result = store.import_log(csv, "m", space, on_error=errors.append)
+    result = import_log(store, csv, "m", space, on_error=errors.append)
     assert result.new == 1 and result.bad == 3
     assert [e.split(":")[0] for e in errors] == ["metrics.csv line 2", "metrics.csv line 3", "metrics.csv line 4"]
     assert all("val_ap" in e for e in errors)

@@ -20,6 +20,7 @@ from scipy import stats
 
 import crashsearch.lab._io as io_module  # the atomic writer: its os.replace is where a crash is simulated
 import crashsearch.lab.store as store_module
+from crashsearch.lab.exchange import export, import_log
 from crashsearch.flows.cli import main as cli
 from crashsearch.lab.schema import BASE_COLUMNS
 from crashsearch.lab.settings import Home
@@ -285,14 +286,14 @@ def test_import_csv_skips_bad_rows_and_round_trips_through_export(store, space, 
     frame.to_csv(csv, index=False)
 
     errors: list[str] = []
-    assert store.import_log(csv, "ext", space, on_error=errors.append).new == 4
+    assert import_log(store, csv, "ext", space, on_error=errors.append).new == 4
     assert len(errors) == 3
     assert "notes" in errors[0]
     assert "line 4" in errors[1] and "lr" in errors[1]
     assert "line 6" in errors[2] and "val_ap" in errors[2]
     assert all("\n" not in e for e in errors)
     # importing the same file again adds nothing (ids are derived from the rows)
-    again = store.import_log(csv, "ext", space, on_error=lambda line: None)
+    again = import_log(store, csv, "ext", space, on_error=lambda line: None)
     assert (again.new, again.already) == (0, 4)
     imported = store.experiments("ext")
     assert len(imported) == 4
@@ -300,14 +301,14 @@ def test_import_csv_skips_bad_rows_and_round_trips_through_export(store, space, 
     assert set(imported["proposer"]) == {"import"} and set(imported["status"]) == {"ok"}
     assert store.campaigns()[0]["status"] == "imported"
 
-    out = store.export("ext", tmp_path / "export" / "ext.parquet")
+    out = export(store, "ext", tmp_path / "export" / "ext.parquet")
     exported = pq.read_table(out)
     assert exported.schema.names[: len(BASE_COLUMNS)] == BASE_COLUMNS
     assert exported.num_rows == 4
     assert as_dicts(exported.to_pandas()) == as_dicts(imported)
 
     # the export is itself an importable log (cell_id, no axis columns needed)
-    assert store.import_log(out, "ext2", space).new == 4
+    assert import_log(store, out, "ext2", space).new == 4
     again = store.experiments("ext2")
     assert set(again["campaign"]) == {"ext2"}
     assert as_dicts(again.drop(columns=["campaign"])) == as_dicts(imported.drop(columns=["campaign"]))
@@ -317,12 +318,12 @@ def test_import_needs_val_ap_and_a_cell(store, space, tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"seed": [1]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match="val_ap"):
-        store.import_log(bad, "x", space)
+        import_log(store, bad, "x", space)
     pd.DataFrame({"val_ap": [0.5]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match="cell_id"):
-        store.import_log(bad, "x", space)
+        import_log(store, bad, "x", space)
     with pytest.raises(ValueError, match="no such file"):
-        store.import_log(tmp_path / "missing.csv", "x", space)
+        import_log(store, tmp_path / "missing.csv", "x", space)
 
 
 # ---- compaction ---------------------------------------------------------------------------------
