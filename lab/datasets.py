@@ -14,7 +14,9 @@ raises DatasetError. Row numbers in problem lines are line numbers in the file (
 line 1), so they match what an editor shows.
 
 Splits are assigned by video with ``stratified_split``: deterministic for a seed, independent of
-row order, stratified by label.
+row order, stratified by label. Either layout may carry an optional ``split`` column (train, val
+or test; DAD and CCD come with official splits): a row that names its split keeps it, the rows
+that leave it empty are split as above.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class VideoItem:
     event_time: float | None  # seconds from the video start; None for negatives
     alert_time: float | None  # earliest time the event was predictable, if annotated
     split: str  # "train" | "val" | "test"
+    split_given: bool = False  # the manifest named the split (else stratified_split chose it)
 
 
 @dataclass
@@ -64,8 +67,9 @@ class Dataset:
     def manifest_hash(self) -> str:
         """sha256 hex of the parsed manifest: ids, paths (relative to the root), labels and times.
 
-        Splits are left out on purpose: they depend on the split seed, not on the videos, and the
-        feature cache keyed by this hash holds per-video features that any split can use.
+        Splits chosen by the seed are left out on purpose: they depend on the split seed, not on the
+        videos, and the feature cache keyed by this hash holds per-video features that any split can
+        use. A split the manifest names is part of the data and is hashed.
         """
         rows = []
         for v in sorted(self.videos, key=lambda v: v.id):
@@ -73,7 +77,7 @@ class Dataset:
                 rel = v.path.relative_to(self.root).as_posix()
             except ValueError:
                 rel = v.path.as_posix()
-            rows.append([v.id, rel, v.label, v.event_time, v.alert_time])
+            rows.append([v.id, rel, v.label, v.event_time, v.alert_time] + ([v.split] if v.split_given else []))
         canonical = json.dumps({"layout": self.layout, "rows": rows}, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -138,6 +142,7 @@ class _Row:
     event_time: float | None
     alert_time: float | None
     where: str  # "train.csv row 7", for problem lines
+    split: str | None = None  # from the optional split column
 
 
 def load_dataset(path: str | Path, seed: int = 0) -> Dataset:
@@ -163,8 +168,9 @@ def load_dataset(path: str | Path, seed: int = 0) -> Dataset:
     present = [row for row in parsed if _exists(row, root, problems)]
     prefix = f"{csv_path.name} row "  # every problem line starts so; keep them in file order
     problems.sort(key=lambda p: int(p[len(prefix):].split(":", 1)[0]))
-    splits = stratified_split([(r.id, r.label) for r in present], seed=seed)
-    videos = [VideoItem(r.id, r.path, r.label, r.event_time, r.alert_time, splits[r.id]) for r in present]
+    splits = stratified_split([(r.id, r.label) for r in present if r.split is None], seed=seed)
+    videos = [VideoItem(r.id, r.path, r.label, r.event_time, r.alert_time, r.split or splits[r.id], r.split is not None)
+              for r in present]
     name = root.name if path.is_dir() or csv_path.stem == "train" else csv_path.stem
     return Dataset(name=name, root=root, layout=layout, videos=videos, problems=problems, manifest=csv_path)
 
@@ -254,6 +260,14 @@ def _label(value: str, column: str) -> int:
     return int(number)
 
 
+def _split(value: str) -> str | None:
+    """The optional split column: empty (the seed decides) or one of SPLITS."""
+    value = value.strip().lower()
+    if value and value not in SPLITS:
+        raise ValueError(f"split {value!r} is not one of {', '.join(SPLITS)} (or empty)")
+    return value or None
+
+
 def _time(value: str, column: str) -> float | None:
     if value == "":
         return None
@@ -280,13 +294,14 @@ def _parse_nexar(csv_path: Path, header, rows, problems: list[str]) -> list[_Row
             alert = _time(rec["time_of_alert"], "time_of_alert")
             if label == 1 and event is None:
                 raise ValueError("positive (target 1) without time_of_event")
+            split = _split(rec.get("split", ""))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue
         seen[vid] = where
         if label == 0:
             event = alert = None
-        out.append(_Row(vid, csv_path.parent / "train" / f"{vid}.mp4", label, event, alert, where))
+        out.append(_Row(vid, csv_path.parent / "train" / f"{vid}.mp4", label, event, alert, where, split))
     return out
 
 
@@ -305,13 +320,14 @@ def _parse_generic(csv_path: Path, header, rows, problems: list[str]) -> list[_R
             alert = _time(rec.get("alert_time", ""), "alert_time")
             if label == 1 and event is None:
                 raise ValueError("positive (label 1) without event_time")
+            split = _split(rec.get("split", ""))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue
         seen[video] = where
         if label == 0:
             event = alert = None
-        out.append(_Row(video.stem, video, label, event, alert, where))
+        out.append(_Row(video.stem, video, label, event, alert, where, split))
     return out
 
 

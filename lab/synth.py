@@ -11,11 +11,19 @@ Z metres lands at ``x = cx + f X / Z`` and a ground point at ``y = horizon + f h
 video has one *key* vehicle whose trajectory decides the label, plus background traffic:
 
 - positives (collisions): the key vehicle ends 1.6-2.6 m from the camera (touching the bonnet) at the event
-  time (lead vehicle braking hard, a cut-in, a vehicle crossing, an oncoming vehicle drifting
-  into the lane), so it looms: its size grows like 1/Z, fastest in the last second.
-- negatives (hard negatives on purpose): the same manoeuvres that end well (the lead brakes and
-  we stop 8-12 m behind, an aborted cut-in, a crossing at a safe distance, oncoming traffic and
-  overtaking vehicles that grow but pass to the side).
+  time (closing on a slower vehicle, the lead braking hard, a cut-in, a vehicle crossing, an
+  oncoming vehicle drifting into the lane), so it looms: its size grows like 1/Z, fastest in the
+  last second.
+- negatives (hard negatives on purpose): most keep a vehicle in our lane at the distances the
+  positives show at their prediction times (0.5-1.5 s before contact, about 4-16 m): one we
+  follow at a steady gap, one pulling away from close behind it, one we brake for and stop
+  behind; the rest are the manoeuvres that end well (an aborted cut-in, a crossing at a safe
+  distance, oncoming and overtaking traffic that passes to the side).
+
+So the cue is the closing speed, not the apparent size: in any one frame before the prediction
+time a positive's key vehicle looks like a negative's, and only the order of the frames (growing
+vs steady or shrinking) tells them apart. A head that pools over time without order (mean
+pooling) sees the same sizes in a car we close on and in one pulling away.
 
 Background vehicles stay in the side lanes or far ahead, so only the key vehicle ever reaches the
 bottom centre of the frame. Lighting, haze, camera height and shake, focal length, road curve,
@@ -47,11 +55,16 @@ from pathlib import Path
 
 import numpy as np
 
-from crashsearch.lab.datasets import Dataset, load_dataset
+from crashsearch.lab.datasets import Dataset, load_dataset, stratified_split
 
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
 END_MARGIN_S = 0.3  # an event needs a few frames after it in the clip
+# scenarios of the key vehicle and how often each is drawn (module docstring)
+POSITIVE_SCENARIOS = ("closing", "brake", "cut_in", "crossing", "oncoming_drift")
+POSITIVE_WEIGHTS = (0.3, 0.3, 0.2, 0.1, 0.1)
+NEGATIVE_SCENARIOS = ("follow", "pull_away", "brake_stop", "aborted_cut_in", "crossing_clear", "oncoming", "overtake")
+NEGATIVE_WEIGHTS = (0.3, 0.25, 0.2, 0.1, 0.05, 0.05, 0.05)
 SHORT_EVENT_S = 1.0  # short clips: the event lies within this many seconds of the end
 MIN_SECONDS = 2.0  # the shortest clip: the event >= 1 s in, so every horizon has some history
 TRUTH_FILE = "synth_truth.json"
@@ -127,7 +140,10 @@ def _key_vehicle(rng: np.random.Generator, label: int, t: np.ndarray, seconds: f
         te = float(rng.uniform(earliest, seconds - END_MARGIN_S))
         z_hit = float(rng.uniform(1.6, 2.6))  # camera to the other vehicle at contact (the bonnet is ~1.5 m)
         before = np.clip(te - t, 0.0, None)  # (T,) seconds to the event, 0 after it
-        scenario = str(rng.choice(["brake", "cut_in", "crossing", "oncoming_drift"]))
+        scenario = str(rng.choice(POSITIVE_SCENARIOS, p=POSITIVE_WEIGHTS))
+        if scenario == "closing":  # a slower or stopped vehicle ahead; we close at a constant speed
+            z = z_hit + rng.uniform(3.0, 9.0) * before
+            return _Vehicle(0.15 * np.sin(0.4 * t + rng.uniform(0, 6)), z, **car), scenario, te
         if scenario == "brake":  # lead vehicle brakes hard; relative speed grows linearly
             d, z_b, ph = rng.uniform(2.5, 4.0), rng.uniform(14.0, 24.0), rng.uniform(0, 6)
             cruise = z_b + 1.5 * (np.sin(0.6 * t + ph) - np.sin(0.6 * (te - d) + ph))  # continuous at te - d
@@ -159,9 +175,16 @@ def _key_vehicle(rng: np.random.Generator, label: int, t: np.ndarray, seconds: f
 
     tr = float(rng.uniform(max(1.0, seconds - 4.0), seconds - 0.5))  # closest approach
     before = tr - t  # (T,) negative after tr
-    scenario = str(rng.choice(["brake_stop", "aborted_cut_in", "crossing_clear", "oncoming", "overtake"]))
-    if scenario == "brake_stop":  # the lead brakes hard but we stop 8-12 m behind it
-        d, z_b, z_stop = rng.uniform(2.5, 4.0), rng.uniform(16.0, 26.0), rng.uniform(8.0, 12.0)
+    scenario = str(rng.choice(NEGATIVE_SCENARIOS, p=NEGATIVE_WEIGHTS))
+    wobble = 0.15 * np.sin(0.4 * t + rng.uniform(0, 6))
+    if scenario == "follow":  # a lead vehicle at a steady gap in the positives' range of distances
+        z_c, amp, ph = rng.uniform(5.0, 16.0), rng.uniform(0.2, 1.0), rng.uniform(0, 6)
+        return _Vehicle(wobble, z_c + amp * np.sin(0.5 * t + ph), **car), scenario, tr
+    if scenario == "pull_away":  # close behind a vehicle that accelerates away: the approach in reverse
+        z_near, v, t0 = rng.uniform(5.0, 7.0), rng.uniform(3.0, 9.0), seconds - rng.uniform(1.5, 4.0)
+        return _Vehicle(wobble, z_near + v * np.clip(t - t0, 0.0, None), **car), scenario, tr
+    if scenario == "brake_stop":  # the lead brakes hard but we stop 5-12 m behind it
+        d, z_b, z_stop = rng.uniform(2.5, 4.0), rng.uniform(16.0, 26.0), rng.uniform(5.0, 12.0)
         z = z_stop + (z_b - z_stop) * (1 - _smoothstep((d - before) / d))
         x = 0.2 * np.sin(0.4 * t)
         if rng.random() < 0.3:
@@ -593,10 +616,13 @@ def _check(style: str, width: int, height: int, fps: int, seconds: float) -> Non
 
 
 def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day", width: int = 160, height: int = 96,
-             fps: int = 8, seconds: float = 10.0, positive_rate: float = 0.5, progress: bool = False) -> Dataset:
+             fps: int = 8, seconds: float = 10.0, positive_rate: float = 0.5, progress: bool = False,
+             split_fractions: tuple[float, float, float] | None = None) -> Dataset:
     """Write a synthetic dashcam dataset in the Nexar layout under ``out`` and return it loaded.
 
-    Exactly round(videos * positive_rate) videos are positives. Overwrites an earlier synthetic
+    Exactly round(videos * positive_rate) videos are positives. ``split_fractions`` (train, val,
+    test) writes a ``split`` column (stratified by label); without it the reader's default split
+    (70/15/15) applies. Overwrites an earlier synthetic
     dataset in ``out`` but refuses a folder holding another dataset. Raises ValueError on bad
     arguments (unknown style, odd frame size, clips too short for the event placement).
     """
@@ -605,6 +631,8 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
         raise ValueError(f"videos {videos} must be at least 1")
     if not 0.0 <= positive_rate <= 1.0:
         raise ValueError(f"positive_rate {positive_rate} must be within [0, 1]")
+    if split_fractions is not None:
+        stratified_split([], fractions=tuple(split_fractions))  # bad fractions fail before any rendering
     out = Path(out).expanduser().resolve()
     if (out / "train.csv").exists() and not (out / TRUTH_FILE).exists():
         raise ValueError(f"{out} already holds a dataset that is not synthetic; choose another --out")
@@ -629,13 +657,18 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
         rows.append([k, "" if info["event_time"] is None else f"{info['event_time']:.3f}",
                      "" if info["alert_time"] is None else f"{info['alert_time']:.3f}", info["label"]])
 
+    header = ["id", "time_of_event", "time_of_alert", "target"]
+    if split_fractions is not None:
+        chosen = stratified_split([(str(r[0]), int(r[3])) for r in rows], seed=seed, fractions=tuple(split_fractions))
+        header.append("split")
+        rows = [r + [chosen[str(r[0])]] for r in rows]
     meta = {"generator": "crashsearch.lab.synth", "seed": seed, "style": style, "width": width, "height": height, "fps": fps,
             "seconds": seconds, "frames": int(round(seconds * fps)), "videos": truth}
     (out / TRUTH_FILE).write_text(json.dumps(meta, separators=(",", ":")))
     tmp = out / "train.csv.part"  # the manifest last: a half-written run is not a dataset
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "time_of_event", "time_of_alert", "target"])
+        writer.writerow(header)
         writer.writerows(rows)
     os.replace(tmp, out / "train.csv")
     return load_dataset(out, seed=seed)

@@ -171,3 +171,25 @@ def test_load_splits_and_hash_ignore_row_order_and_location(tmp_path):
     shutil.rmtree(tmp_path / "b")
     assert load_dataset(_nexar(tmp_path / "b", changed, list(range(30)))).manifest_hash() != first.manifest_hash()
     assert len(first.manifest_hash()) == 64
+
+
+def test_an_optional_split_column_is_kept_and_hashed_and_checked(tmp_path):
+    """DAD and CCD ship official splits; synth writes one for the demo's larger val and test splits."""
+    from crashsearch.lab.synth import generate
+
+    ds = generate(tmp_path / "s", videos=8, seed=2, width=32, height=32, fps=4, seconds=3.0,
+                  split_fractions=(0.5, 0.25, 0.25))
+    assert (ds.root / "train.csv").read_text().splitlines()[0] == "id,time_of_event,time_of_alert,target,split"
+    counts = {s: [v.label for v in ds.by_split(s)] for s in ("train", "val", "test")}
+    assert {s: (sum(c), len(c) - sum(c)) for s, c in counts.items()} == {"train": (2, 2), "val": (1, 1), "test": (1, 1)}
+    assert all(v.split_given for v in ds.videos)
+    manifest = ds.root / "train.csv"
+    lines = manifest.read_text().splitlines()
+    moved = lines[1].rsplit(",", 1)[0] + "," + ("val" if lines[1].endswith("train") else "train")
+    manifest.write_text("\n".join([lines[0], moved, lines[2] + "x", *lines[3:]]) + "\n")
+    again = load_dataset(ds.root)
+    assert again.manifest_hash() != ds.manifest_hash()  # a named split is data
+    assert [p.split(": ", 1)[1] for p in again.problems] == [f"split '{lines[2].rsplit(',', 1)[1]}x' is not one of "
+                                                             "train, val, test (or empty)"]
+    with pytest.raises(ValueError, match="fractions"):
+        generate(tmp_path / "bad", videos=2, split_fractions=(0.5, 0.5, 0.5))

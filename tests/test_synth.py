@@ -141,3 +141,26 @@ def test_cli_writes_into_the_home_by_default(tmp_path, capsys):
     args.seconds = 1.0
     assert main(args) == 2
     assert "too short" in capsys.readouterr().err
+
+
+def test_the_cue_is_closing_speed_not_apparent_size():
+    """At the prediction time a positive's key vehicle is no bigger than a negative's, but it is growing.
+
+    Before: negatives stayed far away, so one frame's size separated the classes and the first
+    experiment of a demo scored AP 1.0 with any head.
+    """
+    from crashsearch.tasks.evaluate import roc_auc
+
+    seconds, fps, lead = 7.5, 8, 1.0  # predict 1 s ahead
+    size, growth, labels = [], [], []
+    for k in range(40):
+        label = k % 2
+        _, truth = render_video(11, k, label, "day", 64, 48, fps, seconds)
+        ref = truth["event_time"] if label else (seconds * fps - 1) / fps  # what extraction uses
+        area = lambda t: (lambda b: 0 if b is None else (b[2] - b[0]) * (b[3] - b[1]))(truth["key_box"][int(t * fps)])
+        size.append(area(ref - lead))
+        growth.append(np.log((1 + area(ref - lead)) / (1 + area(ref - lead - 1.5))))
+        labels.append(label)
+    by_size, by_growth = roc_auc(size, labels), roc_auc(growth, labels)
+    assert by_size < 0.8, f"apparent size alone separates the classes (AUC {by_size:.2f})"
+    assert by_growth > 0.9 and by_growth > by_size + 0.15, (by_growth, by_size)
