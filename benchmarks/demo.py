@@ -71,9 +71,10 @@ def markdown(timing: dict, sig: dict, videos: str) -> str:
         f"{platform.python_version()}; `benchmarks/demo.py` (a clean `crashsearch demo`, nothing cached).",
         "",
         f"Demo: {videos}. Wall time **{timing['wall_s'] / 60:.1f} min**; CPU time (user + sys of the demo and its "
-        f"Prefect server) **{timing['cpu_s'] / 60:.1f} min**. On a busy machine the wall time measures the "
-        f"neighbours; the CPU time is what the demo itself needs, and bounds its wall time on an idle 2-core "
-        f"machine from above (the demo trains on one thread; the server runs beside it).",
+        f"Prefect server together) **{timing['cpu_s'] / 60:.1f} min**. On a busy machine the wall time measures the "
+        f"neighbours; the CPU time is what the demo itself needs. On an idle 2-core machine the server runs "
+        f"beside the single-threaded demo, so the wall time would be roughly that CPU time or somewhat less "
+        f"(not measured here: the machine was never idle).",
         "",
         f"Report (`demo-day`, full history): seed-replicate noise floor sd {nz['sd']:.4f} over {nz['cells']} "
         f"replicated cells (df {nz['df']}), **{100 * nz['share']:.0f}% of the validation-AP variance** (goal <= 20%).",
@@ -104,9 +105,10 @@ def main() -> None:
     ds = resolve_home(args.home).datasets
     n_day = len(list((ds / "synth-day" / "train").glob("*.mp4")))
     n_night = len(list((ds / "synth-night" / "train").glob("*.mp4")))
+    budgets = {c: s["n"] for c, s in sig["campaigns"].items()}
     videos = (f"{n_day} day and {n_night} night synthetic videos, {DEMO_SECONDS:g} s, 160x96, 8 fps, split "
               f"{'/'.join(str(round(100 * f)) for f in DEMO_SPLIT)}; backbones pixels and random tiny V-JEPA 2; "
-              f"campaigns of 60 (day) and 30 (night) experiments")
+              f"campaigns of {budgets['demo-day']} (day) and {budgets['demo-night']} (night) experiments")
     text = markdown(timing, sig, videos)
     print(text)
     if args.write:
