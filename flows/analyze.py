@@ -39,6 +39,7 @@ def load_inputs(home: Home, campaign: str) -> dict:
     if history.empty:
         known = ", ".join(sorted(i for i in infos if not parse_baseline(i))) or "none"
         raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+    require_finished(history, campaign)
     # control arms trained on another dataset or space (before it changed) are kept on disk, not compared
     baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign
                     and same_setup(infos[cid], infos.get(campaign, {}))]
@@ -55,6 +56,15 @@ def load_inputs(home: Home, campaign: str) -> dict:
         "weights": infos.get(campaign, {}).get("weights"),
         "info": infos.get(campaign, {}),
     }
+
+
+def require_finished(history: pd.DataFrame, campaign: str) -> None:
+    """Raise ValueError when no row of ``history`` finished with a validation AP (nothing to analyze)."""
+    ok = (history["status"] == "ok") & pd.to_numeric(history["val_ap"], errors="coerce").notna()
+    if not ok.any():
+        failed = int((history["status"] == "failed").sum())
+        raise ValueError(f"campaign {campaign!r} has no finished experiment with a validation AP yet "
+                         f"({len(history)} recorded, {failed} failed); nothing to analyze")
 
 
 SETUP_KEYS = ("dataset", "space", "space_path", "backbones")
@@ -217,6 +227,7 @@ def main(args) -> int:
         if not Store(args.home_dir).log_files(args.campaign):
             known = ", ".join(c["id"] for c in Store(args.home_dir).campaigns()) or "none"
             raise ValueError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
+        require_finished(Store(args.home_dir).experiments(args.campaign), args.campaign)
         if getattr(args, "control_arms", None):
             parent = next((c for c in Store(args.home_dir).campaigns() if c["id"] == args.campaign), {})
             if not parent.get("dataset_path") or not parent.get("budget"):
