@@ -75,3 +75,14 @@ def test_policy_beats_random_search_on_planted_structure(objective, random_bests
                       for s in SEEDS])
     # mean best-at-100 over 10 seeds; measured: random 0.874, tpe 0.910, evolution 0.912 (sd over seeds ~0.015)
     assert bests.mean() > random_bests.mean(), f"{name} {bests.mean():.4f} <= random {random_bests.mean():.4f}"
+
+
+def test_tpe_fast_study_proposes_what_a_plain_optuna_study_proposes(objective, monkeypatch):
+    # agents/tpe.py skips Optuna's deep copies and recomputations; the proposals must not change
+    from crashsearch.agents import tpe
+
+    fast = [planted_search(create_policy("tpe", objective.space, seed=s), objective, 60) for s in (0, 1)]
+    monkeypatch.setattr(tpe, "_fast_study", lambda optuna, sampler, distributions, n_results:
+                        optuna.create_study(direction="maximize", sampler=sampler))
+    plain = [planted_search(create_policy("tpe", objective.space, seed=s), objective, 60) for s in (0, 1)]
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(fast, plain))
