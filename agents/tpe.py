@@ -8,6 +8,10 @@ so one batch spreads out. Failed cells are left out of the model (a healed retry
 row); they are still never proposed again. The sampler's seed comes from the policy's own
 generator, which is all the state there is.
 
+Rebuilding is kept cheap by ``_fast_study`` (no deep copies, no re-derived search space, choice
+indices kept per trial), which proposes exactly what a plain ``optuna.create_study`` would
+(tests/test_planted.py checks it; benchmarks/tpe_speed.py measures it).
+
 Optuna is imported on the first ``propose``, not when the module loads.
 """
 from __future__ import annotations
