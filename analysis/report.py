@@ -155,6 +155,22 @@ def weights_note(weights) -> str:
 _P_COLUMNS = {"p", "spearman_p", "kendall_p"}
 
 
+def noise_sentence(nz: dict) -> str:
+    """The report's line on the seed-replicate noise floor (``anova.noise_floor``'s dict).
+
+    The share is a ratio of two variance estimates, so it can exceed 1: then the line says that
+    the differences between cells are within seed noise instead of printing "1.44 of the variance".
+    """
+    if nz["reason"] is not None:
+        return f"Noise floor: {nz['reason']}."
+    head = f"Seed-replicate noise floor: sd {_fmt(nz['sd'])} over {nz['cells']} replicated cells (df = {nz['df']})"
+    share = nz["share"]
+    if share is not None and np.isfinite(share) and share >= 1:
+        return (f"{head}: as large as the whole AP variance (ratio {_fmt(share)}), so differences between "
+                f"cells are within seed noise (undecided).")
+    return f"{head} ({_fmt(share)} of the AP variance)."
+
+
 def _fmt(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "-"
@@ -557,8 +573,7 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
                     {"term": "term", "df": "df", "sum_sq": "sum of squares", "F": "F", "p": "p", "eta2": "eta²",
                      "partial_eta2": "partial eta²"})
         nz = block["numbers"]["noise"]
-        d.p(f"Seed-replicate noise floor: sd {_fmt(nz['sd'])} over {nz['cells']} replicated cells "
-            f"({_fmt(nz['share'])} of the AP variance)." if nz["reason"] is None else f"Noise floor: {nz['reason']}.")
+        d.p(noise_sentence(nz))
     d.img(figs["eta2"], "eta² per factorial-ANOVA term")
 
     d.h(2, "2. Convergence")

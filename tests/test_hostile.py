@@ -19,3 +19,11 @@ def test_analyze_of_a_campaign_whose_runs_all_failed_is_one_line(tmp_path, capsy
     assert err.startswith("analyze: campaign 'allfail' has no finished experiment"), err
     assert "2 failed" in err and len(err.splitlines()) == 1
     assert not (home.campaign("allfail") / "report" / "numbers.json").exists()
+
+
+def test_a_noise_floor_above_the_total_variance_is_not_a_share_above_one():
+    from crashsearch.analysis.report import noise_sentence
+
+    line = noise_sentence({"sd": 0.18, "cells": 1, "df": 1, "share": 1.4392, "reason": None})
+    assert "of the AP variance" not in line and "within seed noise" in line and "df = 1" in line
+    assert "0.5000 of the AP variance" in noise_sentence({"sd": 0.1, "cells": 3, "df": 4, "share": 0.5, "reason": None})
