@@ -36,12 +36,15 @@ def _usable(df: pd.DataFrame) -> pd.DataFrame:
 def one_way(df: pd.DataFrame, by: str = "arch_group", value: str = "val_ap") -> dict:
     """One-way ANOVA of ``value`` grouped by column ``by`` over ok rows.
 
-    Returns a dict: by, n, k (groups), F, p, eta2, within_share (1 - eta2), ss_between,
-    ss_within, ss_total, df_between, df_within, reason (None when every number is defined).
+    Returns a dict: by, n, k (groups), F, p, eta2, eta2_ci (95% noncentral-F interval [lo, hi]),
+    omega2 (bias-corrected eta2), eta2_null ((k-1)/(n-1): what eta2 averages with no effect at all),
+    within_share (1 - eta2), ss_between, ss_within, ss_total, df_between, df_within, reason (None when
+    every number is defined).
     """
     rows = _usable(df)
     out = {"by": by, "n": int(len(rows)), "k": 0, "F": math.nan, "p": math.nan, "eta2": math.nan,
-           "within_share": math.nan, "ss_between": math.nan, "ss_within": math.nan, "ss_total": math.nan,
+           "eta2_ci": [math.nan, math.nan], "omega2": math.nan, "eta2_null": math.nan, "within_share": math.nan,
+           "ss_between": math.nan, "ss_within": math.nan, "ss_total": math.nan,
            "df_between": 0, "df_within": 0, "reason": None}
     if by not in rows.columns:
         out["reason"] = f"no column {by!r} in the history"
@@ -51,6 +54,8 @@ def one_way(df: pd.DataFrame, by: str = "arch_group", value: str = "val_ap") -> 
     g = rows.groupby(rows[by].astype(str), sort=False)[value].agg(["count", "mean", "var"])
     k, n = len(g), len(y)
     out.update(n=int(n), k=int(k), df_between=max(k - 1, 0), df_within=max(n - k, 0))
+    if n > 1 and k >= 2:
+        out["eta2_null"] = (k - 1) / (n - 1)
     if n == 0:
         out["reason"] = "no experiment with a validation AP"
         return out
@@ -76,7 +81,38 @@ def one_way(df: pd.DataFrame, by: str = "arch_group", value: str = "val_ap") -> 
     else:
         out["F"] = (ss_between / (k - 1)) / ms_within
         out["p"] = float(stats.f.sf(out["F"], k - 1, n - k))
+        out["omega2"] = (ss_between - (k - 1) * ms_within) / (ss_total + ms_within)
+        out["eta2_ci"] = eta2_interval(out["F"], k - 1, n - k)
     return out
+
+
+def eta2_interval(F: float, df1: int, df2: int, level: float = 0.95) -> list[float]:
+    """95% interval [lo, hi] of the population eta^2 by inverting the noncentral F (Steiger 2004).
+
+    The noncentrality lambda with F at the upper / lower tail quantile maps to eta^2 = lambda /
+    (lambda + df1 + df2 + 1); lo is 0 when F is not significant at (1 - level) / 2. NaN for an
+    undefined F.
+    """
+    from scipy.optimize import brentq
+
+    if not (math.isfinite(F) and df1 >= 1 and df2 >= 1):
+        return [math.nan, math.nan]
+    n = df1 + df2 + 1
+
+    def bound(q: float) -> float:
+        g = lambda lam: stats.ncf.cdf(F, df1, df2, lam) - q  # noqa: E731  decreasing in lam
+        if g(0.0) <= 0:
+            return 0.0
+        hi = max(10.0, F * df1 * 4)
+        while g(hi) > 0:
+            hi *= 4
+            if hi > 1e9:
+                return 1.0
+        lam = brentq(g, 0.0, hi, xtol=1e-6)
+        return lam / (lam + n)
+
+    alpha = (1 - level) / 2
+    return [bound(1 - alpha), bound(alpha)]
 
 
 def arch_anova(df: pd.DataFrame) -> dict:

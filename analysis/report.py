@@ -17,6 +17,10 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | title, generated_at, weights | report title, UTC time, backbone-weights note as given |
 | headline.best_val_ap / best_arch_group | best single validation AP and its backbone/encoder |
 | headline.eta2_arch, headline.F_arch, headline.p_arch, headline.n_arch | one-way ANOVA of AP by arch group on the scope in headline.scope (post-bugfix when a bug-fix event concerns the campaign and runs follow it, else full history); n_arch: runs |
+| headline.eta2_arch_ci, headline.omega2_arch, headline.eta2_null_arch, headline.k_arch | 95% noncentral-F interval of eta2_arch, omega^2 (bias-corrected eta^2), (k-1)/(n-1) (what eta^2 averages with no effect at all), number of arch groups; same scope |
+| headline.arch_undecided | true when p_arch >= 0.05 or eta2_arch_ci reaches 0: too few runs per group to separate architecture from noise |
+| headline.validation {videos, positives, negatives} | the validation split every AP is measured on (null when unknown) |
+| headline.leader {cell_id, arch_group, val_ap, runs, ci_lo, ci_hi, tied, tied_cells} | the leading cell (lab.leaderboard) and the cells not separated from it (intervals overlap; one-run cells: the same value); tied counts the leader too |
 | headline.full_history {eta2_arch, F_arch, p_arch, n} | the same ANOVA on the full history, always (beside the post-bugfix figures) |
 | headline.within_share | 1 - eta2_arch: the most hyperparameters and seeds can explain (same scope) |
 | headline.c, headline.r2 | power-law exponent and fit R^2 (post-bugfix when events exist, else full) |
@@ -28,7 +32,7 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | history.{datasets, campaigns, arms, gpu_hours, tokens, cost_usd, bugfix_events} | scope and spend |
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
 | top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
-| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, within_share, reason |
+| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, omega2, eta2_null, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
 | anova.{full, post_bugfix}.noise {var, sd, df, cells, share, reason} | seed-replicate noise floor |
 | convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, reason} | power law a - b N^-c |
@@ -316,7 +320,7 @@ def _fit_summary(fit: dict) -> dict:
 def _anova_block(df: pd.DataFrame) -> dict:
     one = anova.arch_anova(df)
     fac = anova.factorial(df)
-    keep = ("n", "k", "F", "p", "eta2", "within_share", "reason")
+    keep = ("n", "k", "F", "p", "eta2", "eta2_ci", "omega2", "eta2_null", "within_share", "reason")
     block = {by: {k: r[k] for k in keep} for by, r in one.items()}
     block["factorial"] = {"n": fac["n"], "r2": fac["r2"], "note": fac["note"], "reason": fac["reason"],
                           "terms": anova.eta2_table(fac)}
@@ -324,17 +328,111 @@ def _anova_block(df: pd.DataFrame) -> dict:
     return {"numbers": block, "table": fac["table"]}
 
 
+def _arch_undecided(r: dict) -> bool:
+    """True when the arch ANOVA cannot tell architecture from noise: p >= 0.05, or its interval reaches 0."""
+    lo = _nan(r["eta2_ci"][0]) if r.get("eta2_ci") else math.nan
+    return bool(not (_nan(r["p"]) < 0.05) or math.isnan(lo) or lo <= 0)
+
+
+def leader_tie(df: pd.DataFrame) -> dict | None:
+    """The leading cell of lab.leaderboard and the cells not separated from it.
+
+    Returns {cell_id, arch_group, val_ap, runs, ci_lo, ci_hi, tied (cells at the top, leader
+    included), tied_cells} or None without an AP. Two cells are not separated when their 95%
+    intervals overlap; a one-run cell has no interval, so its value stands for it.
+    """
+    board = leaderboard(df, None)
+    if board.empty:
+        return None
+
+    def span(r) -> tuple[float, float]:
+        lo, hi = _nan(r.ci_lo), _nan(r.ci_hi)
+        return (r.mean_ap, r.mean_ap) if r.n < 2 or math.isnan(lo) else (lo, hi)
+
+    rows = list(board.itertuples())
+    lead = rows[0]
+    lo, hi = span(lead)
+    tied = [int(r.cell_id) for r in rows if span(r)[1] >= lo and span(r)[0] <= hi]
+    group = df.loc[df["cell_id"] == lead.cell_id, "arch_group"]
+    return {"cell_id": int(lead.cell_id), "arch_group": str(group.iloc[0]) if len(group) else None,
+            "val_ap": float(lead.mean_ap), "runs": int(lead.n),
+            "ci_lo": None if lead.n < 2 else _nan(lead.ci_lo), "ci_hi": None if lead.n < 2 else _nan(lead.ci_hi),
+            "tied": len(tied), "tied_cells": tied}
+
+
+def validation_sentence(v: dict | None) -> str:
+    """"on 4 validation videos (2 positives / 2 negatives)", or that the split size is unknown."""
+    if not v or not v.get("videos"):
+        return "validation N not recorded"
+    pn = (f" ({v['positives']} positives / {v['negatives']} negatives)"
+          if v.get("positives") is not None and v.get("negatives") is not None else "")
+    return f"on {v['videos']} validation videos{pn}"
+
+
+def headline_lines(h: dict, best: dict | None = None) -> list[str]:
+    """The headline sentences of the best run, the leading cell and the arch ANOVA, with scope, N and
+    interval; the report and the CLI's `analyze` summary both print them. ``h``: numbers["headline"];
+    ``best``: numbers["best"] (adds test AP, cell and arm)."""
+    out = []
+    if h.get("best_val_ap") is not None and not math.isnan(_nan(h["best_val_ap"])):
+        extra = (f" (test AP {_fmt(best['test_ap'])}), cell {best['cell_id']}, found by {best['arm']}"
+                 if best and best.get("cell_id") is not None else "")
+        out.append(f"Best single run (full history): validation AP {_fmt(h['best_val_ap'])} "
+                   f"{validation_sentence(h.get('validation'))}, one run, no interval{extra}; "
+                   f"{h.get('best_arch_group')}.")
+    lead = h.get("leader")
+    if lead:
+        runs = lead["runs"]
+        ci = (f", 95% interval {format_interval(lead['ci_lo'], lead['ci_hi'], runs)}" if runs >= 2
+              else ", one run: no interval")
+        cell = (f"cell {lead['cell_id']} ({lead['arch_group']}): validation AP {_fmt(lead['val_ap'])} "
+                f"over {runs} run(s){ci}")
+        if lead["tied"] > 1:
+            out.append(f"Leading cell undecided: {lead['tied']} cells tie at {_fmt(lead['val_ap'])} "
+                       f"(intervals, or one-run values, not separated; full history): first by the leaderboard's "
+                       f"order {cell}.")
+        else:
+            out.append(f"Leading cell (full history, separated from the next): {cell}.")
+    if h.get("eta2_arch") is not None and not math.isnan(_nan(h["eta2_arch"])):
+        full = h["full_history"]
+        scope_name = h["scope"]["eta2_arch"]
+        if scope_name == "post-bugfix":
+            scope = (f"post-bugfix, {h['n_arch']:,} runs after the fix; full history beside it: eta² = "
+                     f"{_fmt(full['eta2_arch'])}, F = {_fmt(full['F_arch'])}, p = {_fmt(full['p_arch'], 'p')}, "
+                     f"{full['n']:,} runs")
+        else:
+            scope = (f"full history, {h['n_arch']:,} runs"
+                     + ("" if h.get("bugfix_events") is None else
+                        ": " + ("no bug-fix event concerns this campaign" if not h["bugfix_events"]
+                                else "no run with an AP follows the bug fix yet")))
+        ci = h.get("eta2_arch_ci") or [None, None]
+        stats_text = (f"95% interval of the population eta² {_fmt(ci)}, omega² = {_fmt(h.get('omega2_arch'))}, "
+                      f"F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}; "
+                      f"N = {h['n_arch']:,} runs in {h.get('k_arch')} groups, where no "
+                      f"effect at all averages eta² = {_fmt(h.get('eta2_null_arch'))}; {scope}")
+        if h.get("arch_undecided"):
+            out.append(f"Architecture group: undecided: too few runs per group to separate architecture from noise "
+                       f"(eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
+        else:
+            out.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance ({stats_text}); "
+                       f"hyperparameters and seeds at most {_fmt(h['within_share'])}. "
+                       "(Paper, post-bugfix: 0.94, F = 1324.)")
+    return out
+
+
 # ---- the report -----------------------------------------------------------------------------
 
 def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dict] = (), title: str = "crashsearch report",
                  baselines_df: pd.DataFrame | None = None, other_datasets: pd.DataFrame | dict | None = None,
-                 weights: Any = None, n_boot: int = 200, seed: int = 0, forecast_more: int | None = None) -> dict:
+                 weights: Any = None, n_boot: int = 200, seed: int = 0, forecast_more: int | None = None,
+                 validation: dict | None = None) -> dict:
     """Compute every statistic for one campaign's history and write the report folder.
 
     ``events``: bug-fix events (dicts with ``declared_at``); ``baselines_df``: rows of control-arm
     campaigns (``<id>-baseline-<policy>``); ``other_datasets``: rows (or {name: rows}) of other
     datasets' campaigns for the transfer section; ``weights``: backbone weights note ("random",
-    a weights id, or {backbone: weights}). Returns the numbers (the content of numbers.json; keys
+    a weights id, or {backbone: weights}); ``validation``: {videos, positives, negatives} of the
+    validation split (see ``validation_counts``). Returns the numbers (the content of numbers.json; keys
     in the module docstring). Raises ValueError if the history has no ``val_ap`` column.
     """
     out_dir = Path(out_dir)
@@ -448,12 +546,17 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
         "headline": {"best_val_ap": best["val_ap"], "best_arch_group": best["arch_group"],
                      "eta2_arch": main_arch["eta2"], "F_arch": main_arch["F"], "p_arch": main_arch["p"],
                      "within_share": main_arch["within_share"], "n_arch": main_arch["n"],
+                     "eta2_arch_ci": main_arch["eta2_ci"], "omega2_arch": main_arch["omega2"],
+                     "eta2_null_arch": main_arch["eta2_null"], "k_arch": main_arch["k"],
+                     "arch_undecided": _arch_undecided(main_arch),
+                     "validation": validation, "leader": leader_tie(df),
                      "full_history": {"eta2_arch": arch["eta2"], "F_arch": arch["F"], "p_arch": arch["p"], "n": arch["n"]},
                      "c": main_conv["overall"]["c"], "r2": main_conv["overall"]["r2"],
                      "verdict": v["text"], "verdict_n": v["n"], "verdict_arms": v["arms"], "verdict_leader": v["leader"],
                      "agents_beat_controls": beat_all,
                      "bugfix_events": [e.get("id") for e in events],
-                     "scope": {"best_val_ap": "full history", "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
+                     "scope": {"best_val_ap": "full history", "leader": "full history",
+                               "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
                                "within_share": scope, "c": conv_scope, "r2": conv_scope,
                                "verdict": "from-scratch control arms"}},
         "history": history,
@@ -504,29 +607,8 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
 
     d.h(2, "Headline")
     items = []
-    if best["cell_id"] is not None:
-        items.append(f"Best single run: validation AP {_fmt(best['val_ap'])} (test AP {_fmt(best['test_ap'])}), "
-                     f"{best['arch_group']}, cell {best['cell_id']}, found by {best['arm']}.")
-    if len(nb["top5"]):
-        lead = pd.DataFrame(nb["top5"]).iloc[0]
-        spread = f" ± {_fmt(lead['val_ap_sd'])}" if not math.isnan(_nan(lead["val_ap_sd"])) else ""
-        items.append(f"Leading cell by mean over its replicates: {lead['backbone']}/{lead['encoder']}, {lead['loss']}, "
-                     f"cell {lead['cell_id']}: validation AP {_fmt(lead['val_ap'])}{spread} over {lead['runs']} run(s) "
-                     f"(the top-5 table below).")
-    if not math.isnan(_nan(h["eta2_arch"])):
-        full = h["full_history"]
-        if h["scope"]["eta2_arch"] == "post-bugfix":
-            scope = (f"post-bugfix, {h['n_arch']:,} runs after the fix; full history beside it: eta² = "
-                     f"{_fmt(full['eta2_arch'])}, F = {_fmt(full['F_arch'])}, p = {_fmt(full['p_arch'], 'p')}, "
-                     f"{full['n']:,} runs")
-        else:
-            scope = (f"full history, {h['n_arch']:,} runs: "
-                     + ("no bug-fix event concerns this campaign" if not h["bugfix_events"]
-                        else "no run with an AP follows the bug fix yet"))
-        items.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance "
-                     f"(F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}; {scope}); hyperparameters and seeds "
-                     f"at most {_fmt(h['within_share'])}. (Paper, post-bugfix: 0.94, F = 1324.)")
-    else:
+    items += headline_lines(h, best)
+    if math.isnan(_nan(h["eta2_arch"])):
         items.append(f"Architecture ANOVA not available: {anova_full['numbers']['arch_group']['reason']}.")
     main = conv_post or conv_full
     fit = main["overall"]

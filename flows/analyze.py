@@ -18,7 +18,7 @@ import pandas as pd
 from prefect import flow
 
 from crashsearch.analysis.history import baseline_campaign_id, parse_baseline
-from crashsearch.analysis.report import build_report
+from crashsearch.analysis.report import build_report, headline_lines
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events
@@ -79,6 +79,21 @@ def same_setup(arm: dict, parent: dict) -> bool:
                if arm.get(k) is not None and parent.get(k) is not None)
 
 
+def validation_counts(dataset_path) -> dict | None:
+    """{videos, positives, negatives} of the dataset's validation split (the split campaigns train
+    with), or None when the dataset is not given or cannot be read (the report then says so)."""
+    if not dataset_path:
+        return None
+    from crashsearch.lab.datasets import load_dataset
+
+    try:
+        val = load_dataset(dataset_path).by_split("val")
+    except (OSError, ValueError):
+        return None
+    pos = sum(1 for v in val if v.label == 1)
+    return {"videos": len(val), "positives": pos, "negatives": len(val) - pos}
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -95,7 +110,8 @@ def analyze(campaign: str, home: str | Path | Home | None = None) -> dict:
     out_dir = h.campaign(campaign) / REPORT_DIR
     numbers = build_report(inputs["history"], out_dir, events=inputs["events"], title=f"Campaign {campaign}",
                            baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"],
-                           forecast_more=inputs["info"].get("extend"))  # a nightly campaign: the next night's gain
+                           forecast_more=inputs["info"].get("extend"),  # a nightly campaign: the next night's gain
+                           validation=validation_counts(inputs["info"].get("dataset_path")))
     return {"campaign": campaign, "report_dir": str(out_dir), "report": str(out_dir / "report.md"),
             "html": str(out_dir / "report.html"), "numbers_path": str(out_dir / "numbers.json"),
             "headline": numbers["headline"], "arm_fits": numbers["baselines"]["from_scratch"]["power_laws"],
@@ -201,11 +217,7 @@ def headline_text(result: dict) -> str:
 
     lines = [
         f"campaign {result['campaign']}",
-        f"best validation AP  {f(h.get('best_val_ap'))}  ({h.get('best_arch_group') or 'n/a'})",
-        f"architecture eta^2  {f(h.get('eta2_arch'))}  (F = {f(h.get('F_arch'), '.1f')}, p = {f(h.get('p_arch'), '.2g')}; "
-        f"{(h.get('scope') or {}).get('eta2_arch', 'full history')}, {h.get('n_arch') or 0} runs"
-        + (f"; full history {f(h['full_history']['eta2_arch'])}, F = {f(h['full_history']['F_arch'], '.1f')}"
-           if (h.get('scope') or {}).get('eta2_arch') == 'post-bugfix' else "") + ")",
+        *headline_lines(h),  # the report's own headline sentences: scope, N and interval of each figure
         f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
         f"baselines           {h.get('verdict') or 'n/a'}",
         *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}  (a = {f(r.get('a'))}, b = {f(r.get('b'))}, "

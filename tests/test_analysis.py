@@ -77,6 +77,90 @@ def test_planted_architecture_effect_is_recovered(space):
     assert table.loc["seed noise (pure error)", "sum_sq"] == pytest.approx(fac["noise"]["ss"])
 
 
+def test_eta2_has_an_interval_omega2_and_the_no_effect_expectation():
+    # 8 groups, 13 runs, no effect at all: eta2 is large by chance alone
+    rng = np.random.default_rng(3)
+    groups = np.repeat([f"g{i}" for i in range(8)], [2, 2, 2, 2, 2, 1, 1, 1])
+    r = anova.one_way(_frame(rng.normal(0.7, 0.05, 13), groups))
+    assert (r["n"], r["k"]) == (13, 8) and r["eta2_null"] == pytest.approx(7 / 12)
+    lo, hi = r["eta2_ci"]
+    assert r["p"] > 0.05 and lo == 0.0 <= hi <= 1.0  # not significant: the interval reaches no effect
+    k, n = 8, 13
+    ms_w = r["ss_within"] / (n - k)
+    assert r["omega2"] == pytest.approx((r["ss_between"] - (k - 1) * ms_w) / (r["ss_total"] + ms_w))
+    assert r["omega2"] < r["eta2"]
+    # a planted effect: the interval excludes 0 and holds the population eta2 = lambda / (lambda + N)
+    big = synthetic_history(800, seed=1, policies=("random",))
+    r = anova.one_way(big)
+    assert 0 < r["eta2_ci"][0] <= big.attrs["truth"]["eta2_arch"] <= r["eta2_ci"][1]
+    # at the interval's ends F sits at the 97.5% / 2.5% quantile of the noncentral F
+    lam = r["eta2_ci"][0] / (1 - r["eta2_ci"][0]) * (r["df_between"] + r["df_within"] + 1)
+    assert stats.ncf.cdf(r["F"], r["df_between"], r["df_within"], lam) == pytest.approx(0.975, abs=1e-3)
+
+
+def _small_campaign(tmp_path):
+    """A small campaign as the reviewer saw it: 13 one-run cells in 8 arch groups, five of them at AP 1.0."""
+    groups = [f"b{i % 4}/e{i // 4 % 2}" for i in range(13)]
+    values = [1.0, 1.0, 1.0, 1.0, 1.0, 0.97, 0.9, 0.95, 0.93, 0.99, 0.85, 0.92, 0.88]
+    df = _frame(values, groups)
+    return build_report(df, tmp_path, validation={"videos": 4, "positives": 2, "negatives": 2}), df
+
+
+def test_small_campaign_headline_names_the_tie_and_the_validation_n(tmp_path):
+    numbers, _ = _small_campaign(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert re.search(r"Best single run \(full history\): validation AP 1\.0000 on 4 validation videos "
+                     r"\(2 positives / 2 negatives\), one run, no interval", md)
+    assert "Leading cell undecided: 5 cells tie at 1.0000" in md
+    lead = numbers["headline"]["leader"]
+    assert lead["tied"] == 5 and sorted(lead["tied_cells"]) == [0, 1, 2, 3, 4] and lead["runs"] == 1
+    assert numbers["headline"]["validation"] == {"videos": 4, "positives": 2, "negatives": 2}
+
+
+def test_leader_separated_by_intervals_is_not_a_tie():
+    from crashsearch.analysis.report import leader_tie
+
+    # cell 0: three runs near 0.9; cell 1: three runs near 0.6: intervals far apart
+    df = prepare(_frame([0.90, 0.91, 0.89, 0.60, 0.61, 0.59], ["a/x"] * 3 + ["b/y"] * 3)
+                 .assign(cell_id=[0, 0, 0, 1, 1, 1]))
+    lead = leader_tie(df)
+    assert lead["cell_id"] == 0 and lead["tied"] == 1 and lead["runs"] == 3 and lead["ci_lo"] < 0.9 < lead["ci_hi"]
+    # a noisy runner-up whose interval reaches the leader's: undecided
+    df = prepare(_frame([0.90, 0.91, 0.89, 0.95, 0.60, 0.87], ["a/x"] * 3 + ["b/y"] * 3)
+                 .assign(cell_id=[0, 0, 0, 1, 1, 1]))
+    assert leader_tie(df)["tied"] == 2
+
+
+def test_small_campaign_eta2_is_undecided_not_compared_with_the_paper(tmp_path):
+    numbers, df = _small_campaign(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    h = numbers["headline"]
+    assert h["k_arch"] == 8 and h["n_arch"] == 13 and h["arch_undecided"] is True
+    assert h["eta2_arch_ci"][0] == 0.0 and h["omega2_arch"] < h["eta2_arch"]
+    assert h["eta2_null_arch"] == pytest.approx(7 / 12)
+    assert "undecided: too few runs per group to separate architecture from noise" in md
+    assert "N = 13 runs in 8 groups" in md and "Paper, post-bugfix" not in md
+    assert numbers["anova"]["full"]["arch_group"]["eta2_ci"] == h["eta2_arch_ci"]
+
+
+def test_cli_summary_uses_the_report_headline(tmp_path):
+    from crashsearch.analysis.report import headline_lines
+    from crashsearch.flows.analyze import headline_text
+
+    numbers, _ = _small_campaign(tmp_path)
+    result = {"campaign": "small", "headline": numbers["headline"], "report": "r.md", "html": "r.html", "arm_fits": []}
+    text = headline_text(result)
+    for line in headline_lines(numbers["headline"]):
+        assert line in text
+    assert "on 4 validation videos" in text and "5 cells tie at 1.0000" in text and "undecided" in text
+
+
+def test_validation_counts_reads_the_split(tmp_path):
+    from crashsearch.flows.analyze import validation_counts
+
+    assert validation_counts(None) is None and validation_counts(tmp_path / "missing") is None
+
+
 def test_tiny_or_degenerate_histories_give_reasons_not_crashes():
     empty = _frame([], [])
     assert anova.one_way(empty)["reason"] == "no experiment with a validation AP"
@@ -329,8 +413,10 @@ def test_build_report_writes_every_file_and_number(tmp_path, space):
     assert h["scope"]["eta2_arch"] == "post-bugfix" and h["scope"]["best_val_ap"] == "full history"
     assert h["eta2_arch"] == pytest.approx(anova.one_way(df.iloc[200:])["eta2"])
     assert h["full_history"]["eta2_arch"] == pytest.approx(anova.one_way(df)["eta2"])
-    assert re.search(r"eta² = [0-9.]+ of the AP variance \(F = [0-9.,]+, p = [^;]+; post-bugfix, \d+ runs after the fix; "
-                     r"full history beside it: eta² = ", md)
+    assert re.search(r"eta² = [0-9.]+ of the AP variance \(95% interval of the population eta² \[[0-9.]+, [0-9.]+\], "
+                     r"omega² = -?[0-9.]+, "
+                     r"F = [0-9.,]+, p = [^;]+; N = [0-9,]+ runs in \d+ groups, where no effect at all averages eta² = "
+                     r"[0-9.]+; post-bugfix, \d+ runs after the fix; full history beside it: eta² = ", md)
     assert h["agents_beat_controls"] in (True, False, None)
     assert numbers["convergence"]["post_start"] == 200 and numbers["anova"]["post_bugfix"]["arch_group"]["n"] < 600
     assert len(numbers["top5"]) == 5 and numbers["top5"][0]["rank"] == 1
