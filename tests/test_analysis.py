@@ -159,6 +159,13 @@ def test_validation_counts_reads_the_split(tmp_path):
     from crashsearch.flows.analyze import validation_counts
 
     assert validation_counts(None) is None and validation_counts(tmp_path / "missing") is None
+    lines = ["path,label,event_time,split"]
+    for i, (label, split) in enumerate([(1, "val"), (1, "val"), (0, "val"), (0, "val"), (0, "val"),
+                                        (1, "train"), (0, "train"), (1, "test"), (0, "test")]):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"")
+        lines.append(f"v{i}.mp4,{label},{'3.0' if label else ''},{split}")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    assert validation_counts(tmp_path / "manifest.csv") == {"videos": 5, "positives": 2, "negatives": 3}
 
 
 def test_tiny_or_degenerate_histories_give_reasons_not_crashes():
@@ -467,6 +474,8 @@ def test_analyze_reads_the_store_with_baselines_and_other_datasets(tmp_path, spa
     assert all(r["runs"] == 1 for r in n["baselines"]["shared_best_at_n"] if r["arm"] == "random")
     assert n["transfer"]["datasets"][1]["dataset"] == "synth-night"
     assert "vjepa2_vitl were random-init" in (out / "report.md").read_text()
+    # campaign.json names no dataset_path here: the headline says the validation N is unknown, never a guess
+    assert n["headline"]["validation"] is None and "validation N not recorded" in (out / "report.md").read_text()
     # a wrong campaign id: one line, exit code 2, no Prefect server started
     assert main(Namespace(campaign="nope", home_dir=home)) == 2
 
