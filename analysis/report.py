@@ -401,7 +401,7 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
                      f"{_fmt(full['eta2_arch'])}, F = {_fmt(full['F_arch'])}, p = {_fmt(full['p_arch'], 'p')}, "
                      f"{full['n']:,} runs")
         else:
-            scope = (f"full history, {h['n_arch']:,} runs"
+            scope = ("full history"
                      + ("" if h.get("bugfix_events") is None else
                         ": " + ("no bug-fix event concerns this campaign" if not h["bugfix_events"]
                                 else "no run with an AP follows the bug fix yet")))
