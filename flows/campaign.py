@@ -174,6 +174,7 @@ def main(args) -> int:
     try:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
+        preflight(config)
         _check_classes(args)
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = default_campaign_id(load_dataset(config.dataset).name) if config.campaign is None else config.campaign
@@ -198,6 +199,23 @@ def main(args) -> int:
     print(summary_path.read_text() if summary_path.exists() else result)
     print(f"history: {home.campaign(result['campaign']) / 'log'}  (query: crashsearch query \"SELECT * FROM experiments\" --home {home.root})")
     return 0
+
+
+def preflight(config: CampaignConfig) -> None:
+    """The user's mistakes a campaign would only meet inside its flow (a temporary server, a Prefect
+    traceback), checked first: the dataset loads, the space loads, every policy name is registered.
+    Raises ValueError (DatasetError, SpaceError) in one line. A registered policy that cannot run
+    here (an LLM agent without its key) is no error: the campaign skips it and says so."""
+    from crashsearch.agents import list_policies
+    from crashsearch.lab.space import Space
+
+    load_dataset(config.dataset)
+    Space.load(config.space)
+    names = config.policy_list
+    unknown = [n for n in names if n.strip().lower() not in list_policies()]
+    if unknown or not names:
+        raise ValueError(f"no policy can run: unknown policy {', '.join(unknown) or '(none given)'}; "
+                         f"valid policies: {', '.join(list_policies())}")
 
 
 def _check_classes(args) -> None:

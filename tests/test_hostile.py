@@ -1,6 +1,8 @@
 """What a careless user typed on the night of the hostile pass: each gets one line and a non-zero exit."""
 from __future__ import annotations
 
+import pytest
+
 from crashsearch.flows.cli import main as cli
 from crashsearch.lab.settings import resolve_home
 
@@ -27,3 +29,23 @@ def test_a_noise_floor_above_the_total_variance_is_not_a_share_above_one():
     line = noise_sentence({"sd": 0.18, "cells": 1, "df": 1, "share": 1.4392, "reason": None})
     assert "of the AP variance" not in line and "within seed noise" in line and "df = 1" in line
     assert "0.5000 of the AP variance" in noise_sentence({"sd": 0.1, "cells": 3, "df": 4, "share": 0.5, "reason": None})
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--dataset", "/nonexist"], "no such file"),
+    (["--dataset", "/etc/passwd"], "unknown header"),
+    (["--space", "{tmp}"], "folder"),
+    (["--policies", "nope"], "unknown policy nope"),
+])
+def test_campaign_start_errors_are_one_line_before_any_flow_or_lock(synth_dataset, tmp_path, capsys, monkeypatch,
+                                                                   extra, says):
+    """Found by the hostile review: these surfaced inside the flow (a temporary server, a Prefect
+    traceback) and left a campaign folder holding only its lock."""
+    import crashsearch.flows.campaign as campaign
+
+    monkeypatch.setattr(campaign, "get_campaign_flow", lambda: pytest.fail("a flow was started"))
+    args = ["--dataset", str(synth_dataset.root), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
+    rc = cli(["campaign", "--home", str(tmp_path / "home"), "--campaign", "c5", "--budget", "2", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "home" / "campaigns" / "c5").exists()
