@@ -40,6 +40,10 @@ class CampaignBusy(ValueError):
     """Another live process holds the campaign; the message names it (host, pid, since)."""
 
 
+class _Stale(Exception):
+    """The lock file we locked was removed meanwhile (an empty campaign's release): try again."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every ``finally`` runs and the run ends as interrupted."""
 
@@ -60,7 +64,13 @@ class CampaignLock:
         self.outer: CampaignLock | None = None  # the lock this process already held, when re-entered
 
     def acquire(self) -> "CampaignLock":
-        self.created = not self.path.parent.exists()  # a refused first run leaves no folder behind
+        while True:
+            try:
+                return self._acquire_once()
+            except _Stale:  # a releasing run removed the file we opened and locked: take the new one
+                continue
+
+    def _acquire_once(self) -> "CampaignLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -82,6 +92,9 @@ class CampaignLock:
             except OSError:
                 os.close(fd)
                 raise
+            if _unlinked(fd, self.path):
+                os.close(fd)
+                raise _Stale
             self.previous = read_holder(self.path)
             holder = {"host": socket.gethostname(), "pid": os.getpid(),
                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -115,8 +128,10 @@ class CampaignLock:
                 os.ftruncate(fd, 0)  # nobody holds it: the file names no one
             except OSError:
                 pass
-            if getattr(self, "created", False) and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
-                self.path.unlink(missing_ok=True)  # nothing was written: leave no folder behind
+            if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+                # nothing was written (no campaign.json, no log): leave no ghost campaign behind. Unlinked
+                # while still locked; a run that opened this file meanwhile sees it unlinked and retries.
+                self.path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     self.path.parent.rmdir()
             os.close(fd)  # closing drops the flock
@@ -134,6 +149,16 @@ class CampaignLock:
                 self.release()
         except Exception:
             pass
+
+
+def _unlinked(fd: int, path: Path) -> bool:
+    """Whether the locked file ``fd`` is no longer the one at ``path`` (removed by a releasing run)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
 
 
 TEMP_AGE_SECONDS = 60  # a temp file this old is not being written (writes take well under a second)

@@ -680,3 +680,22 @@ def test_every_reading_command_works_beside_a_damaged_file_and_names_it(home, sp
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 1, (args, proc.stderr)
         assert garbage.name in proc.stderr or args[0] in ("export", "compact"), (args, proc.stderr)
     assert pq.read_metadata(tmp_path / "c1.parquet").num_rows == 6
+
+
+def test_a_run_that_wrote_nothing_leaves_no_ghost_campaign(tmp_path):
+    """Found by the hostile review: failed starts left campaigns/c5/ holding only its lock, and
+    `query "SELECT id FROM campaigns"` listed c5. A folder holding anything else is kept."""
+    from crashsearch.lab.lock import CampaignLock
+
+    ghost = tmp_path / "campaigns" / "c5"
+    ghost.mkdir(parents=True)
+    (ghost / "lock").write_text("")  # what an older failed start left
+    with CampaignLock(tmp_path, "c5"):
+        pass
+    assert not ghost.exists()
+    kept = tmp_path / "campaigns" / "c6"
+    with CampaignLock(tmp_path, "c6"):
+        (kept / "campaign.json").write_text("{}")
+    assert sorted(p.name for p in kept.iterdir()) == ["campaign.json", "lock"]
+    with CampaignLock(tmp_path, "c5"):  # and the lock is taken again after the ghost went
+        assert (ghost / "lock").exists()
