@@ -243,6 +243,13 @@ class Store:
             out.append({**(info or {}), "id": folder.name})
         return out
 
+    def require_campaign(self, campaign: str) -> None:
+        """Raise ValueError (one line naming the known ones) when this home has no campaign ``campaign``."""
+        known = [c["id"] for c in self.campaigns()]
+        if campaign not in known:
+            raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root} "
+                             f"(campaigns: {', '.join(known) or 'none'})")
+
     # ---- reading ----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events.

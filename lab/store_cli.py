@@ -33,6 +33,8 @@ def cli_main(args) -> int:
         if command == "query":
             return _cli_query(store, args)
         if command == "leaderboard":
+            if args.campaign:
+                store.require_campaign(args.campaign)  # a typo is an error, not an empty board
             board = store.leaderboard(args.campaign, k=args.k, min_replicates=getattr(args, "min_replicates", 1))
             if board.empty:
                 print("no finished experiments yet" + (f" in campaign {args.campaign}" if args.campaign else ""))

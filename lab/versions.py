@@ -259,6 +259,14 @@ def cli_bugfix(args) -> int:
     """``crashsearch bugfix --note TEXT [--campaign ID] [--version V | --at TIME]`` or ``bugfix --list``."""
     home = args.home_dir
     if getattr(args, "list", False):
+        if getattr(args, "campaign", None):
+            from crashsearch.lab.store import Store  # store imports this module: imported here
+
+            try:
+                Store(home).require_campaign(args.campaign)
+            except ValueError as exc:
+                print(f"bugfix: {exc}", file=sys.stderr)
+                return 2
         events = bugfix_events(home, getattr(args, "campaign", None))
         if not events:
             print("no bug-fix events" + (f" concern campaign {args.campaign}" if getattr(args, "campaign", None) else ""))

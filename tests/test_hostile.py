@@ -49,3 +49,14 @@ def test_campaign_start_errors_are_one_line_before_any_flow_or_lock(synth_datase
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "home" / "campaigns" / "c5").exists()
+
+
+def test_an_unknown_campaign_is_an_error_for_leaderboard_and_bugfix_list(tmp_path, capsys):
+    """Found by the hostile review: both said 'nothing yet' and exited 0 for a typo."""
+    (tmp_path / "campaigns" / "c1").mkdir(parents=True)  # known, with no finished rows: still exit 0
+    for argv in (["leaderboard", "--campaign", "nope"], ["bugfix", "--list", "--campaign", "nope"]):
+        assert cli([*argv, "--home", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "'nope'" in err and "(campaigns: c1)" in err, err
+    for argv in (["leaderboard", "--campaign", "c1"], ["bugfix", "--list", "--campaign", "c1"]):
+        assert cli([*argv, "--home", str(tmp_path)]) == 0
