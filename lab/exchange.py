@@ -72,6 +72,9 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
     recorded = store.recorded_ids(campaign)
     result = ImportResult()
     rows, seen = [], set()
+    campaign_dataset = info.get("dataset")  # a campaign the engine ran: its rows are of this dataset only
+    if campaign_dataset and "dataset" not in frame.columns:
+        report(f"{path}: no dataset column; recording the rows as campaign {campaign}'s dataset {campaign_dataset!r}")
     for index, record in enumerate(frame.to_dict("records")):
         where = f"{path.name} line {index + 2}" if csv else f"{path.name} row {index + 1}"
         try:
@@ -80,21 +83,27 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
             report(f"{where}: {exc}; skipped")
             result.bad += 1
             continue
+        problem = _check_outcome(row) or _check_dataset(row, "dataset" in frame.columns, campaign, campaign_dataset)
+        if problem:
+            report(f"{where}: {problem}; skipped")
+            result.bad += 1
+            continue
         row["campaign"] = campaign
-        row.setdefault("dataset", info.get("dataset"))
+        row.setdefault("dataset", campaign_dataset)
         row.setdefault("proposer", "import")
-        row.setdefault("status", "ok" if row.get("val_ap") is not None else "failed")
         if row.get("experiment_id") is None:
             key = json.dumps([campaign, index, record], sort_keys=True, default=str)
             row["experiment_id"] = "imp-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        # a duplicate within the file is one on every import, before and after its first copy is recorded
+        if row["experiment_id"] in seen:
+            report(f"{where}: experiment_id {row['experiment_id']!r} appears earlier in the file; skipped")
+            result.bad += 1
+            continue
+        seen.add(row["experiment_id"])
         if row["experiment_id"] in recorded:
             if explicit_ids:  # a file that reuses ids: name each; a re-import of our own hashes: count them
                 report(f"{where}: experiment_id {row['experiment_id']!r} is already recorded in campaign {campaign}; skipped")
             result.already += 1
-            continue
-        if row["experiment_id"] in seen:
-            report(f"{where}: experiment_id {row['experiment_id']!r} appears earlier in the file; skipped")
-            result.bad += 1
             continue
         try:
             rows.append(clean_row(row, campaign, space, schema, datetime.now(timezone.utc)))
@@ -102,7 +111,6 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
             report(f"{where}: {exc}; skipped")
             result.bad += 1
             continue
-        seen.add(row["experiment_id"])
         if len(rows) >= IMPORT_BATCH:
             store._write(campaign, pa.Table.from_pylist(rows, schema=schema))
             result.new, rows = result.new + len(rows), []
@@ -135,6 +143,27 @@ def export(store: Store, campaign: str, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: pq.write_table(table.replace_schema_metadata(None), f, compression="zstd"))
     return out
+
+
+def _check_outcome(row: dict) -> str | None:
+    """Why a row without val_ap cannot be imported (None when it can). A row with no metric is a failed
+    run only if the file says so; it then carries an error message (filled in when the file has none)."""
+    if row.get("val_ap") is not None:
+        row.setdefault("status", "ok")
+        return None
+    status = row.get("status")
+    if status is None or status == "ok":
+        return f"val_ap is empty but the status is {status or 'not given'}; a run without a metric must be marked failed"
+    if not row.get("error_message"):
+        row["error_message"] = f"imported as {status}; no message in the file"
+    return None
+
+
+def _check_dataset(row: dict, has_column: bool, campaign: str, dataset: str | None) -> str | None:
+    """Why a row's dataset does not fit the campaign's (None when it does, or the campaign names none)."""
+    if not dataset or not has_column or row.get("dataset") == dataset:
+        return None
+    return (f"dataset {row.get('dataset') or '(empty)'!r} is not campaign {campaign}'s dataset {dataset!r}")
 
 
 def _import_row(record: dict, fields: dict, space: Space, has_axes: bool) -> dict:

@@ -699,3 +699,49 @@ def test_a_run_that_wrote_nothing_leaves_no_ghost_campaign(tmp_path):
     assert sorted(p.name for p in kept.iterdir()) == ["campaign.json", "lock"]
     with CampaignLock(tmp_path, "c5"):  # and the lock is taken again after the ghost went
         assert (ghost / "lock").exists()
+
+
+def test_import_refuses_rows_without_a_metric_unless_the_file_marks_them_failed(store, space, tmp_path):
+    """Found by the hostile review: val_ap nan or empty was recorded as failed with no error message."""
+    cells = space.sample(random.Random(5), 4)
+    csv = tmp_path / "nometric.csv"
+    pd.DataFrame([{"cell_id": c.id, "val_ap": v, "status": s}
+                  for c, v, s in zip(cells, [math.nan, None, math.nan, 0.6], [None, "ok", "failed", "ok"])]).to_csv(csv, index=False)
+    errors: list[str] = []
+    result = import_log(store, csv, "nm", space, on_error=errors.append)
+    assert (result.new, result.bad) == (2, 2)
+    assert [e.split(":")[0] for e in errors] == ["nometric.csv line 2", "nometric.csv line 3"]
+    failed = store.experiments("nm").query("status == 'failed'")
+    assert len(failed) == 1 and failed["error_message"].iloc[0] == "imported as failed; no message in the file"
+
+
+def test_an_in_file_duplicate_is_reported_the_same_on_every_import(home, space, tmp_path):
+    """Found by the hostile review: '3 new; 0 already; 7 bad' then '0 new; 4 already; 6 bad'."""
+    cells = space.sample(random.Random(6), 3)
+    csv = tmp_path / "dups.csv"
+    frame = pd.DataFrame([{"experiment_id": f"x{i}", **c.to_dict(), "val_ap": 0.5} for i, c in enumerate(cells)])
+    pd.concat([frame, frame.iloc[[0]]]).to_csv(csv, index=False)
+    store = Store(home)
+    first = import_log(store, csv, "d", space, on_error=lambda _: None)
+    again = import_log(store, csv, "d", space, on_error=lambda _: None)
+    assert (first.new, first.already, first.bad) == (3, 0, 1)
+    assert (again.new, again.already, again.bad) == (0, 3, 1)
+
+
+def test_import_into_an_engine_campaign_refuses_rows_of_another_dataset(store, space, tmp_path):
+    """Found by the hostile review: rows with a missing or different dataset went in silently."""
+    store.write_campaign("eng", {"space": space.name, "status": "finished", "dataset": "synth-day"})
+    cells = space.sample(random.Random(7), 3)
+    csv = tmp_path / "ds.csv"
+    pd.DataFrame([{"cell_id": c.id, "val_ap": 0.5, "dataset": d}
+                  for c, d in zip(cells, ["synth-day", "other", None])]).to_csv(csv, index=False)
+    errors: list[str] = []
+    assert import_log(store, csv, "eng", space, on_error=errors.append).bad == 2
+    assert [e.split(":")[0] for e in errors] == ["ds.csv line 3", "ds.csv line 4"]
+    assert all("'synth-day'" in e for e in errors)
+    bare = tmp_path / "bare.csv"  # no dataset column: the campaign's, said once
+    pd.DataFrame([{"cell_id": c.id, "val_ap": 0.4} for c in cells]).to_csv(bare, index=False)
+    errors.clear()
+    assert import_log(store, bare, "eng", space, on_error=errors.append).new == 3
+    assert len(errors) == 1 and "synth-day" in errors[0]
+    assert set(store.experiments("eng")["dataset"]) == {"synth-day"}
