@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -81,6 +82,15 @@ READ_RETRIES = 5
 # A query never fetches code: an extension it would need (httpfs for a URL, ...) is an error instead.
 DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
                  "allow_community_extensions": False}
+
+
+def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path) -> None:
+    """Let ``con`` read files under ``campaigns`` only, for good: a query over the views cannot read
+    /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories)."""
+    folders = {str(campaigns), os.path.realpath(campaigns)}
+    listed = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in sorted(folders))
+    con.execute(f"SET allowed_directories = [{listed}]")
+    con.execute("SET enable_external_access = false")
 
 
 class QueryCancelled(Exception):
@@ -273,6 +283,7 @@ class Store:
         con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
         con.register("_bugfix_events", _events_table(bugfix_events(self.home)))
         con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
+        lock_to_campaigns(con, self.home.campaigns)
         return con
 
     def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pd.DataFrame:

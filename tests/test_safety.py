@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -745,3 +746,15 @@ def test_import_into_an_engine_campaign_refuses_rows_of_another_dataset(store, s
     assert import_log(store, bare, "eng", space, on_error=errors.append).new == 3
     assert len(errors) == 1 and "synth-day" in errors[0]
     assert set(store.experiments("eng")["dataset"]) == {"synth-day"}
+
+
+def test_a_query_reads_no_file_outside_the_campaigns(store, space, home, tmp_path):
+    """Found by the hostile review: `query "SELECT * FROM read_csv('/etc/passwd')"` read the file."""
+    store.append("q", rows(space, 2), space)
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a,b\n1,2\n")
+    for sql in (f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM read_text('/etc/hostname')",
+                "SELECT * FROM glob('/*')", f"SELECT * FROM '{secret}'"):
+        with pytest.raises(duckdb.Error):
+            store.query(sql)
+    assert len(store.query("SELECT * FROM experiments")) == 2  # the views still read the log
