@@ -13,7 +13,7 @@ CELL = "pixels,transformer,small,focal_1.0,0.0003,16,4.0,jitter"
 def test_analyze_of_a_campaign_whose_runs_all_failed_is_one_line(tmp_path, capsys):
     home = resolve_home(tmp_path / "home")
     log = tmp_path / "failed.csv"
-    log.write_text(f"experiment_id,{AXES},val_ap\nf1,{CELL},nan\nf2,{CELL},\n")
+    log.write_text(f"experiment_id,{AXES},val_ap,status\nf1,{CELL},nan,failed\nf2,{CELL},,failed\n")
     assert cli(["import", str(log), "--campaign", "allfail", "--home", str(home.root)]) == 0
     capsys.readouterr()
     assert cli(["analyze", "--campaign", "allfail", "--home", str(home.root)]) == 2
