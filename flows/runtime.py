@@ -17,6 +17,13 @@ The temporary server must also never outlive the command. Prefect stops it at in
 which a SIGKILL (or a crash of the interpreter) skips. ``bind_server_to_parent`` gives each
 temporary server a watchdog, a tiny process that polls the command's pid twice a second and
 stops the server (SIGTERM, then SIGKILL) once the command is gone, however it went.
+
+Nor may the server die before the command: a terminal's Ctrl-C (and ``timeout -s INT``) signals
+the whole foreground process group, and a server in our group stopped at once, so the flow's
+last state updates and the log/event workers retried a dead server for minutes ("Connection
+refused" tracebacks, "Finished in state Running()"). The server therefore starts in its own
+session: only the command hears the signal, and the server stops after it (at exit, or by the
+watchdog).
 """
 from __future__ import annotations
 
@@ -114,6 +121,18 @@ while alive(server):
 """
 
 
+class _OwnSession:
+    """``subprocess`` as Prefect's server module sees it while it starts the server: every Popen
+    gets its own session, out of reach of the signals a terminal sends to the command's group."""
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802  (subprocess's name)
+        return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
+
+
 def bind_server_to_parent() -> None:
     """Give every temporary Prefect server this process starts a watchdog (see the module docstring).
 
@@ -128,7 +147,12 @@ def bind_server_to_parent() -> None:
         return
 
     def run_with_watchdog(self):
-        process = original(self)
+        module = sys.modules[SubprocessASGIServer.__module__]
+        module.subprocess = _OwnSession()
+        try:
+            process = original(self)
+        finally:
+            module.subprocess = subprocess
         try:
             subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(process.pid)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

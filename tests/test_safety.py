@@ -327,6 +327,41 @@ def test_a_second_run_is_refused_and_an_interrupted_run_says_so(lab_home, sig):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_mid_training_ends_the_run_at_once(lab_home, sig):
+    # bug: Ctrl-C in a terminal (or `timeout -s INT`) signals the whole process group; the temporary
+    # Prefect server stopped first, the run then retried it for minutes, printed ConnectError
+    # tracebacks and "Finished in state Running()", and never printed the interrupted line
+    home, ds, space = lab_home
+    campaign = f"group-{sig.name.lower()}"
+    first = subprocess.Popen(_campaign_cmd(home, ds, space, campaign, 480), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own group, as a shell's job
+    try:
+        _wait_for_rows(home, campaign, 2, first)
+        os.killpg(first.pid, sig)
+        sent = time.monotonic()
+        out, err = first.communicate(timeout=180)
+        took = time.monotonic() - sent
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 130, err[-3000:]
+    assert took < 15, f"{took:.0f} s after the signal: {err[-3000:]}"
+    assert "interrupted; finished experiments are kept" in err, err[-3000:]
+    assert "Traceback" not in err and "ConnectError" not in err and "state Running()" not in err, err[-3000:]
+    assert "stopped on interrupted" in out
+    info = json.loads((home.root / "campaigns" / campaign / "campaign.json").read_text())
+    assert info["status"] == "interrupted"
+    kept = len(Store(home).experiments(campaign))
+    resumed = run_cli(*_campaign_cmd(home, ds, space, campaign, kept + 2)[3:], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = Store(home).experiments(campaign)
+    assert len(rows) >= kept + 2 and rows["experiment_id"].is_unique
+    assert not rows.duplicated(["cell_id", "replicate"]).any()
+
+
 # ---- damage stays local, is named, and check moves it aside ----------------------------------------
 
 def test_a_garbage_file_in_one_campaign_leaves_the_others_working(store, space, home, tmp_path):
