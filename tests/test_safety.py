@@ -347,7 +347,7 @@ def test_a_signal_to_the_whole_process_group_mid_training_ends_the_run_at_once(l
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-    assert first.returncode == 130, err[-3000:]
+    assert first.returncode == 130, (out[-2000:], err[-3000:])
     assert took < 15, f"{took:.0f} s after the signal: {err[-3000:]}"
     assert "interrupted; finished experiments are kept" in err, err[-3000:]
     assert "Traceback" not in err and "ConnectError" not in err and "state Running()" not in err, err[-3000:]
