@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="cancel the query after this long")
     p.set_defaults(store_command="query")
 
-    p = command("leaderboard", cmd_store, "best cells by mean validation AP with replicates and 95% interval")
+    p = command("leaderboard", cmd_store, "best cells by mean validation AP with replicates and 95%% interval")
     p.add_argument("--campaign", default=None)
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(store_command="leaderboard")

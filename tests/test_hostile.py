@@ -60,3 +60,10 @@ def test_an_unknown_campaign_is_an_error_for_leaderboard_and_bugfix_list(tmp_pat
         assert len(err.splitlines()) == 1 and "'nope'" in err and "(campaigns: c1)" in err, err
     for argv in (["leaderboard", "--campaign", "c1"], ["bugfix", "--list", "--campaign", "c1"]):
         assert cli([*argv, "--home", str(tmp_path)]) == 0
+
+
+def test_top_level_help_prints(capsys):
+    """`crashsearch --help` crashed: the leaderboard's help said '95% interval' (argparse read '% i')."""
+    with pytest.raises(SystemExit) as stop:
+        cli(["--help"])
+    assert stop.value.code == 0 and "leaderboard" in capsys.readouterr().out
