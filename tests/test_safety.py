@@ -236,7 +236,9 @@ def lab_home(synth_dataset, tmp_path_factory):
     space_path.write_text(TINY_SPACE)
     # 480 cells: a campaign on it runs long enough to be interrupted on a busy machine
     (home.root / "big.yaml").write_text(TINY_SPACE.replace("[meanpool_mlp, gru]", "[meanpool_mlp, gru, tcn, transformer]")
-                                        .replace("[0.001, 0.003, 0.01]", "[0.0003, 0.001, 0.003, 0.01, 0.03]"))
+                                        .replace("[0.001, 0.003, 0.01]", "[0.0003, 0.001, 0.003, 0.01, 0.03]")
+                                        .replace("epochs: 1\n", "epochs: 100\n"))  # at 1 epoch all 480 took 32 s, under a signal
+
     return home, synth_dataset, str(space_path)
 
 
@@ -314,7 +316,7 @@ def test_a_second_run_is_refused_and_an_interrupted_run_says_so(lab_home, sig):
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert first.returncode == 130, err[-2000:]
+    assert first.returncode == 130, (out[-2000:], err[-2000:])
     assert "Traceback" not in err, err[-3000:]
     assert f"campaign {campaign} on synth-day" in out and "stopped on interrupted" in out  # the summary is printed
     info = json.loads((home.root / "campaigns" / campaign / "campaign.json").read_text())
