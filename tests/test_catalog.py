@@ -247,7 +247,7 @@ groups:
     window_s: [1.0]
     augment: [none]
 fixed:
-  epochs: 1
+  epochs: 60  # slow enough that the reader sees the log grow, even on an idle machine
   weight_decay: 0.01
   class_balance: true
   horizons_s: [0.5, 1.0]
@@ -265,7 +265,7 @@ def test_a_separate_connection_during_a_campaign_counts_what_crashsearch_query_c
     space.write_text(CAMPAIGN_SPACE)
     cmd = [sys.executable, "-m", "crashsearch", "campaign", "--home", str(home.root), "--dataset", str(synth_dataset.root),
            "--space", str(space), "--campaign", "live", "--budget", "20", "--round-size", "2", "--seeds", "1",
-           "--policies", "random"]
+           "--policies", "random", "--propose-mode", "turns"]  # strict rounds: 10 batches of 2, recorded one by one
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     campaign = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
