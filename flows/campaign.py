@@ -174,10 +174,10 @@ def main(args) -> int:
     try:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
-        preflight(config)
-        _check_classes(args)
+        dataset = preflight(config)
+        _check_classes(args, dataset.name)
         # one writer per campaign: refused here in one line, before a flow run starts
-        campaign_id = default_campaign_id(load_dataset(config.dataset).name) if config.campaign is None else config.campaign
+        campaign_id = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
         lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
     except ValueError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
@@ -201,33 +201,32 @@ def main(args) -> int:
     return 0
 
 
-def preflight(config: CampaignConfig) -> None:
+def preflight(config: CampaignConfig):
     """The user's mistakes a campaign would only meet inside its flow (a temporary server, a Prefect
     traceback), checked first: the dataset loads, the space loads, every policy name is registered.
-    Raises ValueError (DatasetError, SpaceError) in one line. A registered policy that cannot run
+    Returns the loaded dataset. Raises ValueError (DatasetError, SpaceError) in one line. A registered policy that cannot run
     here (an LLM agent without its key) is no error: the campaign skips it and says so."""
     from crashsearch.agents import list_policies
     from crashsearch.lab.space import Space
 
-    load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset)
     Space.load(config.space)
     names = config.policy_list
     unknown = [n for n in names if n.strip().lower() not in list_policies()]
     if unknown or not names:
         raise ValueError(f"no policy can run: unknown policy {', '.join(unknown) or '(none given)'}; "
                          f"valid policies: {', '.join(list_policies())}")
+    return dataset
 
 
-def _check_classes(args) -> None:
+def _check_classes(args, name: str) -> None:
     """The class check of the campaign's cached features, before a flow run starts; raises
-    ClassCheckError. A missing dataset or cache is left for the campaign to report."""
+    ClassCheckError. A missing cache is left for the campaign to report."""
     from crashsearch.lab.cache import FeaturesNotFound, list_cached
-    from crashsearch.lab.datasets import DatasetError
 
     home = args.home_dir
     try:
-        name = load_dataset(args.dataset).name
         cached = sorted({c["backbone"] for c in list_cached(home, name) if c["complete"]})
         check_cached(home, name, args.backbones.split(",") if args.backbones else cached)
-    except (DatasetError, FeaturesNotFound):
+    except FeaturesNotFound:
         pass
