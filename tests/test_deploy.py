@@ -429,12 +429,13 @@ def cluster(tmp_path_factory):
         c.close()
 
 
-def _campaign_cli(c: Cluster, lab, campaign: str, budget: int, round_size: int, timeout_s: int) -> subprocess.Popen:
+def _campaign_cli(c: Cluster, lab, campaign: str, budget: int, round_size: int, timeout_s: int,
+                  extra: tuple[str, ...] = ()) -> subprocess.Popen:
     home, ds, space_path, _ = lab
     args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
             "--campaign", campaign, "--budget", str(budget), "--round-size", str(round_size), "--seeds", "2",
             "--space", space_path, "--distributed", "train-batch/gpu", "--max-in-flight", "2",
-            "--dispatch-timeout", str(timeout_s)]
+            "--dispatch-timeout", str(timeout_s), *extra]
     # INFO: inside the flow the campaign's messages (re-dispatches among them) are Prefect log lines
     return c.spawn(f"campaign-{campaign}", args, {**c.client_env, "PREFECT_LOGGING_LEVEL": "INFO"})
 
@@ -491,8 +492,11 @@ def test_prefect_yaml_deploys_every_flow_with_pools_schedule_and_pull_steps(clus
 @pytest.mark.slow
 def test_a_distributed_campaign_trains_on_both_workers_and_records_each_experiment_once(cluster, lab):
     home = lab[0]
-    out = _finish(cluster, _campaign_cli(cluster, lab, "dist-both", budget=10, round_size=5, timeout_s=300),
-                  "campaign-dist-both", timeout=240)
+    # groups of at most 3: the first 5 cells go out as two batches at once, and since each worker takes
+    # one run at a time, both workers must train. (With one group per round the pipeline dispatches
+    # the seed-0 batch, then its replicates; a fast idle machine then ran both on w1, in turn.)
+    out = _finish(cluster, _campaign_cli(cluster, lab, "dist-both", budget=10, round_size=5, timeout_s=300,
+                                         extra=("--max-group", "3")), "campaign-dist-both", timeout=240)
     assert "Traceback" not in out
     df = Store(home).experiments("dist-both")
     assert len(df) == 10 and df["experiment_id"].is_unique and (df["status"] == "ok").all()
