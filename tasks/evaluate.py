@@ -81,11 +81,11 @@ def roc_auc(scores, labels) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-ScoreFn = Callable[..., torch.Tensor]  # (windows (B, T, D)[, mask (B, T)]) -> (M, B) or (B,)
+ScoreFn = Callable[..., torch.Tensor]  # (windows (B, T, D)[, mask (B, T) or per head (M, B, T)]) -> (M, B) or (B,)
 
 
 @torch.no_grad()
-def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
+def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float | Sequence[float],
                    horizons_s: Sequence[float] = HORIZONS_S, chunk_rows: int = 512) -> list[dict[str, float]]:
     """Score one or many heads on the validation and test splits; one metrics dict per head.
 
@@ -96,7 +96,12 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
     horizons on the test split); a horizon's AP covers the videos that have history there.
     A head whose scores are not all finite gets NaN for every metric. Raises IndexError (from
     ``FeatureSet.window``) if the window does not fit the cached history.
+
+    ``window_s`` may also be one window per head (a training group whose heads read different
+    windows): every head then scores the longest window, its own older steps masked off (a
+    ``(M, B, T)`` mask, ``models.mask``), which gives the logits of its own window.
     """
+    window_s, window_mask = _group_windows(features, window_s)
     val_rows, test_rows = features.indices("val"), features.indices("test")
     rows = torch.cat([val_rows, test_rows])
     if rows.numel() == 0:
@@ -111,6 +116,9 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
             chunk = rows[start:start + chunk_rows]
             windows = features.window(chunk, horizon, window_s)  # (B, T, D)
             mask = features.window_mask(chunk, horizon, window_s)
+            if window_mask is not None:  # (M, T) per head, with the short-clip mask (B, T) if any
+                own = window_mask[:, None, :].expand(-1, chunk.numel(), -1)
+                mask = own if mask is None else own & mask[None]
             logits = score_fn(windows) if mask is None else score_fn(windows, mask)
             chunks.append(logits.reshape(-1, windows.shape[0]).float())  # (M, B)
         keep = features.has_history(rows, horizon).cpu().numpy()
@@ -140,6 +148,17 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float,
         metrics["test_auc"] = _mean_defined(test_aucs)
         results.append({key: metrics[key] for key in _keys(horizons_s)})
     return results
+
+
+def _group_windows(features: FeatureSet, window_s: float | Sequence[float]) -> tuple[float, torch.Tensor | None]:
+    """The window to read and, for heads of different windows, each head's (M, T) mask of its own
+    steps (the last ``steps(window)`` of the longest); None when one window serves every head."""
+    if isinstance(window_s, (int, float)) or len(set(map(float, window_s))) == 1:
+        return float(window_s if isinstance(window_s, (int, float)) else window_s[0]), None
+    longest = max(map(float, window_s))
+    t_max = features.steps(longest)
+    own = torch.tensor([features.steps(float(w)) for w in window_s], device=features.device)
+    return longest, torch.arange(t_max, device=features.device)[None, :] >= (t_max - own)[:, None]
 
 
 def _mean_defined(values: list[float]) -> float:

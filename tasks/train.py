@@ -1,12 +1,23 @@
 """The training engine: train temporal heads on cached features, many models at once.
 
-Cells that share a shape (backbone, encoder, size, window, batch size) train together as ONE
+Cells whose heads have the same parameter shapes (backbone, encoder, size) train together as ONE
 vectorised model: their heads are stacked along a leading model axis and run through
 ``torch.func.vmap(functional_call)``; each keeps its own learning rate, focal gamma,
-augmentation and seed (its own initialisation, batch order and noise). All parameters of a group
-live in one ``(M, P)`` tensor, so the AdamW step and the per-model NaN check are a handful of
-tensor ops whatever the architecture. A model whose loss or gradient turns non-finite stops
-updating and is reported as a NaNLossError; the other models of the group train on unharmed.
+augmentation, window, batch size and seed (its own initialisation, batch order and noise). All
+parameters of a group live in one ``(M, P)`` tensor, so the AdamW step and the per-model NaN
+check are a handful of tensor ops whatever the architecture. A model whose loss or gradient turns
+non-finite stops updating and is reported as a NaNLossError; the other models train on unharmed.
+
+Different windows and batch sizes share a group so that a diverse queue (agents rarely propose
+two cells of one exact shape) still trains in few, large groups:
+- windows: every model reads the group's longest window; a shorter one's older steps are masked
+  off (the time mask of ``models.mask``, left padding), which gives its own window's logits.
+- batch sizes: a step reads ``gcd`` of the group's batch sizes examples per model (a "chunk");
+  a model's gradient is accumulated over the chunks of its own batch, averaged over the batch,
+  and its optimiser steps when its batch ends. Each model thus sees exactly its own batches
+  (its examples, its order, its batch means) with its own step count.
+So a cell trains the same in any group as alone (tests/test_train.py checks it within float
+rounding): what changes is only how many models share each kernel launch.
 
 The feature tensor stays on the device; every step gathers its ``(M, B, T, D)`` windows from it
 by index (no DataLoader). Training examples are, for each train video, the windows ending at the
@@ -30,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from crashsearch.lab.features import FeatureSet
@@ -91,17 +103,27 @@ def _default_fixed() -> dict[str, Any]:
 # ---- grouping --------------------------------------------------------------------------------
 
 def shape_key(cell: Cell) -> tuple:
-    """What must be equal for cells to train as one vectorised model."""
-    return (cell["backbone"], cell["encoder"], cell["size"], float(cell["window_s"]), int(cell["batch_size"]))
+    """What must be equal for cells to train as one vectorised model: the head's parameter shapes
+    (and the features they read). Window and batch size may differ inside a group."""
+    return (cell["backbone"], cell["encoder"], cell["size"])
 
 
 def group_cells(cells: Sequence[Cell], max_models: int = DEFAULT_MAX_MODELS) -> list[list[int]]:
-    """Indices of ``cells`` grouped by shape key (first appearance order), chunks of <= max_models."""
+    """Indices of ``cells`` grouped by shape key (first appearance order), chunks of <= max_models.
+
+    Inside a key the cells are ordered by (window, batch size) before chunking, so a key split into
+    several groups splits where the padding and the chunking cost the least.
+    """
     assert max_models >= 1, "max_models must be at least 1"
     by_key: dict[tuple, list[int]] = {}
     for i, cell in enumerate(cells):
         by_key.setdefault(shape_key(cell), []).append(i)
-    return [idx[i:i + max_models] for idx in by_key.values() for i in range(0, len(idx), max_models)]
+    out = []
+    for idx in by_key.values():
+        if len(idx) > max_models:
+            idx = sorted(idx, key=lambda i: (float(cells[i]["window_s"]), int(cells[i]["batch_size"]), i))
+        out += [idx[i:i + max_models] for i in range(0, len(idx), max_models)]
+    return out
 
 
 # ---- public entry points ---------------------------------------------------------------------
@@ -183,8 +205,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _check_features(cell: Cell, features: FeatureSet, recipe: Recipe) -> None:
-    """Raise MissingFeaturesError / ShapeError if the cell cannot train on these features."""
+def _check_features(cell: Cell, features: FeatureSet) -> None:
+    """Raise MissingFeaturesError / ShapeError if the cell's group cannot train on these features
+    (each cell's window is checked on its own: ``_window_error``)."""
     backbone = cell.values.get("backbone")
     if backbone is not None and features.backbone != backbone:
         raise MissingFeaturesError(cell, f"features are from backbone {features.backbone!r}, the cell needs {backbone!r}")
@@ -199,13 +222,18 @@ def _check_features(cell: Cell, features: FeatureSet, recipe: Recipe) -> None:
         if n_pos == 0 or n_pos == labels.numel():
             raise MissingFeaturesError(cell, f"the {split} split of {features.dataset!r} has only one class "
                                              f"({n_pos} positives of {labels.numel()})")
+
+
+def _window_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> ShapeError | None:
+    """The ShapeError of a cell whose window does not fit the cached history, else None."""
     try:  # the earliest window training or evaluation reads
         features.window(features.indices("train")[:1], max(recipe.horizons_s), float(cell["window_s"]))
     except IndexError:
         needed = features.steps(float(cell["window_s"])) + round(max(recipe.horizons_s) * features.step_hz)
-        raise ShapeError(cell, f"window_s={cell['window_s']} ending {max(recipe.horizons_s)}s before the event "
-                               f"needs {needed} steps but the cache holds {features.x.shape[1]} "
-                               f"({features.x.shape[1] / features.step_hz:g}s at {features.step_hz:g} Hz)") from None
+        return ShapeError(cell, f"window_s={cell['window_s']} ending {max(recipe.horizons_s)}s before the event "
+                                f"needs {needed} steps but the cache holds {features.x.shape[1]} "
+                                f"({features.x.shape[1] / features.step_hz:g}s at {features.step_hz:g} Hz)")
+    return None
 
 
 def _init_head(cell: Cell, seed: int, in_dim: int) -> torch.nn.Module:
@@ -222,9 +250,10 @@ def _init_head(cell: Cell, seed: int, in_dim: int) -> torch.nn.Module:
 class StackedAdamW:
     """AdamW over a stack of models whose parameters are the rows of one ``(M, P)`` tensor.
 
-    Each model has its own learning rate; the step count, betas, eps and weight decay are shared.
+    Each model has its own learning rate and step count; betas, eps and weight decay are shared.
     Follows ``torch.optim.AdamW`` (decoupled weight decay, bias correction) exactly. A model
-    marked inactive in ``step`` does not move (its gradient is ignored, even if NaN).
+    marked inactive in ``step`` does not move and its state does not change (its gradient is
+    ignored, even if NaN): models of different batch sizes step at different times.
     """
 
     def __init__(self, flat: torch.Tensor, lr: torch.Tensor, weight_decay: float,
@@ -234,20 +263,25 @@ class StackedAdamW:
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
-        self.steps = 0
+        self.steps = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)  # (M, 1)
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
         """One update with ``grad`` (M, P); ``active`` (M,) bool selects the models that move."""
-        self.steps += 1
         beta1, beta2 = self.betas
-        grad = torch.where(active[:, None], grad, 0.0)
-        lr = torch.where(active[:, None], self.lr, 0.0)  # (M, 1)
+        on = active[:, None]  # (M, 1)
+        self.steps += on
+        steps = self.steps.clamp(min=1)  # an inactive model's bias correction is never used
+        # per-model bias corrections, in float64 like torch's Python floats, then the params' dtype
+        correction1 = (1 - beta1 ** steps).to(self.flat.dtype)
+        correction2 = (1 - beta2 ** steps).sqrt().to(self.flat.dtype)
+        grad = torch.where(on, grad, 0.0)
+        lr = torch.where(on, self.lr, 0.0)  # (M, 1)
         self.flat.mul_(1 - lr * self.weight_decay)
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
-        self.flat.sub_(lr / (1 - beta1 ** self.steps) * self.exp_avg / denom)
+        self.exp_avg.copy_(torch.where(on, self.exp_avg.lerp(grad, 1 - beta1), self.exp_avg))
+        self.exp_avg_sq.copy_(torch.where(on, torch.addcmul(self.exp_avg_sq * beta2, grad, grad, value=1 - beta2), self.exp_avg_sq))
+        denom = (self.exp_avg_sq.sqrt() / correction2).add_(self.eps)
+        self.flat.sub_(lr / correction1 * self.exp_avg / denom)
 
 
 class StackedHeads:
@@ -256,8 +290,9 @@ class StackedHeads:
     ``flat`` (M, P) holds every model's parameters (a leaf tensor: autograd gives one (M, P)
     gradient), ``buffers`` the stacked buffers; ``forward`` runs each model on its own batch
     ``(M, B, T, D) -> (M, B)`` and ``score`` every model on shared windows ``(B, T, D) -> (M, B)``.
-    Both take an optional time mask (``(M, B, T)`` / ``(B, T)`` bool, True = real step, see
-    ``models.mask``): left padding of short clips, or shorter windows padded to the group's longest.
+    Both take an optional time mask (``(M, B, T)``; for ``score`` also a shared ``(B, T)``; bool,
+    True = real step, see ``models.mask``): left padding of short clips, or shorter windows padded
+    to the group's longest.
     """
 
     def __init__(self, heads: list[torch.nn.Module], device: torch.device):
@@ -272,6 +307,7 @@ class StackedHeads:
         self._score = vmap(self._one, in_dims=(0, 0, None))  # every model the same windows
         self._train_masked = vmap(self._one, in_dims=(0, 0, 0, 0), randomness="different")
         self._score_masked = vmap(self._one, in_dims=(0, 0, None, None))
+        self._score_own_mask = vmap(self._one, in_dims=(0, 0, None, 0))  # each model its own window
 
     def _one(self, params, buffers, x, mask=None):  # one model: (B, T, D), (B, T) -> (B,)
         args = (x,) if mask is None else (x, mask)
@@ -292,12 +328,15 @@ class StackedHeads:
 
     @torch.no_grad()
     def score(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D), mask (B, T) -> (M, B) logits, evaluation mode."""
+        """(B, T, D), mask (B, T) or (M, B, T) -> (M, B) logits, evaluation mode."""
         if self.base.training:
             self.base.eval()
+        params = self.params(self.flat.detach())
         if mask is None:
-            return self._score(self.params(self.flat.detach()), self.buffers, windows)
-        return self._score_masked(self.params(self.flat.detach()), self.buffers, windows, mask)
+            return self._score(params, self.buffers, windows)
+        if mask.dim() == 3:
+            return self._score_own_mask(params, self.buffers, windows, mask)
+        return self._score_masked(params, self.buffers, windows, mask)
 
 
 class ExampleSampler:
@@ -307,7 +346,12 @@ class ExampleSampler:
     video (all of them without short clips): n_train x n_horizons at most. A model's generator
     (seeded with its seed) draws its permutation and, with ``augment=jitter``, its end offsets
     (uniform between the first horizon and the last, or the video's real history if shorter) and
-    noise.
+    its noise: one draw per batch of its own batch size and window, so a model's noise does not
+    depend on the group it trains in.
+
+    Steps read ``chunk`` examples per model (the gcd of the batch sizes); ``plan`` says, for each
+    chunk of an epoch, each model's batch size (the divisor of its loss) and whether its batch
+    ends there (it steps).
     """
 
     def __init__(self, cells: list[Cell], seeds: list[int], features: FeatureSet, horizons_s: tuple[float, ...]):
@@ -323,6 +367,14 @@ class ExampleSampler:
         real = (features.x.shape[1] - 1 - features.first_real[self.rows]).cpu().float() / features.step_hz
         self.max_end = real.clamp(max=max(horizons_s))  # (E,) cpu
         self.jitter = [c["augment"] == "jitter" for c in cells]
+        self.t_steps = [features.steps(float(c["window_s"])) for c in cells]
+        self.t_max = max(self.t_steps)
+        pad = torch.tensor([self.t_max - t for t in self.t_steps], device=dev)
+        # each model's own steps of the longest window: (M, T); None when every window is the longest
+        self.own_steps = None if not pad.any() else torch.arange(self.t_max, device=dev)[None, :] >= pad[:, None]
+        self.batch = [int(c["batch_size"]) for c in cells]
+        self.chunk = math.gcd(*self.batch)
+        self._noise: dict[int, torch.Tensor] = {}  # jitter model -> its current batch's noise
         self.order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
         self.noise_rngs = [torch.Generator(device=dev).manual_seed(s) for s, j in zip(seeds, self.jitter) if j]
         self.jittered = torch.tensor([m for m, j in enumerate(self.jitter) if j], dtype=torch.long, device=dev)
@@ -344,18 +396,42 @@ class ExampleSampler:
         last = fs.x.shape[1] - 1 - torch.round(torch.stack(ends).to(fs.device) * fs.step_hz).long()
         return self.rows[perm], last, self.y[perm]
 
-    def windows(self, rows: torch.Tensor, last: torch.Tensor,
-                t_steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (M, b, T, D) windows ending at ``last`` (M, b) of videos ``rows``, noised for jitter
-        models, and their (M, b, T) time mask (None when no video of the set is padded)."""
-        offsets = torch.arange(-t_steps + 1, 1, device=rows.device)  # (T,)
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per chunk of an epoch: each model's batch size, (C, M) float, and whether its batch ends
+        with the chunk, (C, M) bool. A model's last batch of an epoch may be short."""
+        n, c = self.n_examples, self.chunk
+        starts = torch.arange(0, n, c)[:, None]  # (C, 1)
+        batch = torch.tensor(self.batch)[None, :]  # (1, M)
+        first = starts // batch * batch  # the first example of the batch each chunk belongs to
+        end = torch.clamp(first + batch, max=n)
+        ends = torch.clamp(starts + c, max=n) >= end
+        dev = self.features.device
+        return (end - first).float().to(dev), ends.to(dev)
+
+    def windows(self, rows: torch.Tensor, last: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (M, b, T, D) windows ending at ``last`` (M, b) of videos ``rows`` (the epoch's
+        examples ``start`` to ``start + b``), noised for jitter models, and their (M, b, T) time
+        mask: each model's own window inside the longest, and the real history of short clips
+        (None when neither masks anything)."""
+        t_max = self.t_max
+        offsets = torch.arange(-t_max + 1, 1, device=rows.device)  # (T,)
         steps = last[..., None] + offsets  # (M, b, T)
         windows = self.features.x[rows[..., None], steps]  # (M, b, T, D)
+        b = rows.shape[1]
         if self.noise_rngs:
-            noise = torch.stack([torch.randn(windows.shape[1:], generator=g, device=windows.device)
-                                 for g in self.noise_rngs])  # (J, b, T, D)
-            windows[self.jittered] += noise * self.noise_scale
+            noise = []
+            for m, g in zip(self.jittered.tolist(), self.noise_rngs):
+                size, t = self.batch[m], self.t_steps[m]
+                if start % size == 0:  # the model's batch starts here: draw its noise
+                    shape = (min(size, self.n_examples - start), t, windows.shape[-1])
+                    self._noise[m] = torch.randn(shape, generator=g, device=windows.device)
+                part = self._noise[m][start % size:start % size + b]  # (b, t, D)
+                noise.append(F.pad(part, (0, 0, t_max - t, 0)) if t < t_max else part)
+            windows[self.jittered] += torch.stack(noise) * self.noise_scale  # (J, b, T, D)
         mask = steps >= self.features.first_real[rows][..., None] if self.features.padded else None
+        if self.own_steps is not None:
+            own = self.own_steps[:, None, :].expand(-1, b, -1)
+            mask = own if mask is None else mask & own
         return windows, mask
 
 
@@ -364,7 +440,12 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     """Train one group of same-shape cells as one vectorised model and evaluate every model."""
     cell0, n_models = cells[0], len(cells)
     assert all(shape_key(c) == shape_key(cell0) for c in cells), "a group must share one shape key"
-    _check_features(cell0, features, recipe)
+    _check_features(cell0, features)
+    too_long = [_window_error(c, features, recipe) for c in cells]
+    if any(too_long):  # those cells fail alone; the others train without them
+        fit = [i for i, e in enumerate(too_long) if e is None]
+        trained = iter(_train_group([cells[i] for i in fit], [seeds[i] for i in fit], features, recipe) if fit else [])
+        return [e if e is not None else next(trained) for e in too_long]
     dev = features.device
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -372,7 +453,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     started = time.perf_counter()
 
     heads = StackedHeads([_init_head(c, s, features.dim) for c, s in zip(cells, seeds)], dev)
-    window_s, batch = float(cell0["window_s"]), int(cell0["batch_size"])
+    window_s = float(cell0["window_s"])
     probe_rows = features.indices("train")[:2]
     probe = features.window(probe_rows, recipe.horizons_s[0], window_s)  # (2, T, D)
     if (shape := tuple(heads.score(probe, features.window_mask(probe_rows, recipe.horizons_s[0], window_s)).shape)
@@ -388,29 +469,38 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
                              recipe.weight_decay)
 
     alive = torch.ones(n_models, dtype=torch.bool, device=dev)
-    failed_at = torch.full((n_models,), -1, dtype=torch.long, device=dev)  # global step of the first NaN
-    steps_per_epoch = math.ceil(sampler.n_examples / batch)
-    t_steps = features.steps(window_s)
+    failed_at = torch.full((n_models,), -1, dtype=torch.long, device=dev)  # global chunk of the first NaN
+    chunk = sampler.chunk
+    batch_size, batch_ends = sampler.plan()  # (C, M) each
+    chunks_per_epoch = batch_size.shape[0]
+    accumulate = not bool(batch_ends.all())  # some model's batch spans several chunks
+    grad_sum = torch.zeros_like(heads.flat) if accumulate else None
     epochs_run = 0
     for epoch in range(recipe.epochs):
         rows_epoch, last_epoch, y_epoch = sampler.epoch()  # (M, E) each
-        for s in range(steps_per_epoch):
-            cols = slice(s * batch, (s + 1) * batch)
-            logits = heads.forward(*sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], t_steps))  # (M, b)
-            losses = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none").mean(dim=1)
+        for c in range(chunks_per_epoch):
+            cols = slice(c * chunk, (c + 1) * chunk)
+            logits = heads.forward(*sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], c * chunk))  # (M, b)
+            per_example = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none")
+            losses = per_example.sum(dim=1) / batch_size[c]  # this chunk's part of each model's batch mean
             # a failed model's loss is left out, so its NaN never reaches the others' gradients
             (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), heads.flat)  # (M, P)
             finite = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
-            failed_at = torch.where(alive & ~finite, epoch * steps_per_epoch + s, failed_at)
+            failed_at = torch.where(alive & ~finite, epoch * chunks_per_epoch + c, failed_at)
             alive &= finite
-            optimiser.step(grad, alive)
+            if grad_sum is None:
+                optimiser.step(grad, alive)
+                continue
+            grad_sum += torch.where(alive[:, None], grad, 0.0)
+            optimiser.step(grad_sum, alive & batch_ends[c])
+            grad_sum.masked_fill_(batch_ends[c][:, None], 0.0)
         epochs_run = epoch + 1
         if not bool(alive.any()):  # one sync per epoch: stop when every model has failed
             break
     train_seconds = _elapsed(started, dev)
 
     started = time.perf_counter()
-    metrics = evaluate_heads(heads.score, features, window_s, recipe.horizons_s)
+    metrics = evaluate_heads(heads.score, features, [float(c["window_s"]) for c in cells], recipe.horizons_s)
     eval_seconds = _elapsed(started, dev)
 
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
@@ -418,9 +508,10 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     device_name = f"cuda:{dev.index or 0} {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
     out: list[TrainResult | TrainingError] = []
     for m, (cell, seed, step) in enumerate(zip(cells, seeds, failed_at.tolist())):
-        if step >= 0:
-            out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // steps_per_epoch + 1}, "
-                                          f"step {step % steps_per_epoch + 1} (lr={cell['lr']}, loss={cell['loss']})"))
+        if step >= 0:  # the chunk, as the model's own epoch and step
+            own_step = step % chunks_per_epoch * chunk // int(cell["batch_size"]) + 1
+            out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // chunks_per_epoch + 1}, "
+                                          f"step {own_step} (lr={cell['lr']}, loss={cell['loss']})"))
         elif not math.isfinite(metrics[m]["val_ap"]):  # a horizon's AP may be undefined (one class there)
             out.append(NaNLossError(cell, f"evaluation scores are not finite after training (lr={cell['lr']})"))
         else:

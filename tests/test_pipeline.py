@@ -114,10 +114,15 @@ def test_pipeline_heals_failures_within_the_budget(lab_home):
     assert len(healed) >= 1
 
 
+def _slow_train(*args):
+    time.sleep(0.25)  # a batch takes a while, so 2 s of --hours end before the tiny space runs out
+    return train_batch(*args)
+
+
 def test_pipeline_stops_on_hours_with_nothing_half_recorded(lab_home):
     home, ds, space = lab_home
     summary = run_campaign(home, ds.root, "p-hours", budget=500, seeds=1, space_path=space, propose_mode="pipeline",
-                           hours=2 / 3600, log=lambda m: None)
+                           hours=2 / 3600, lookahead=4, max_group=2, train_fn=_slow_train, log=lambda m: None)
     df = _history(home, "p-hours")
     assert summary.stopped == "hours" and 0 < len(df) == summary.recorded < 500 and df["cell_id"].is_unique
 

@@ -1,6 +1,7 @@
 """The training engine on small synthetic FeatureSets: repeatability, batching, failures, grouping."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -192,13 +193,59 @@ def test_errors_are_one_line_and_pickle():
     assert issubclass(OOMError, TrainingError) and issubclass(MissingFeaturesError, TrainingError)
 
 
-def test_group_cells_groups_by_shape_and_chunks():
+def test_group_cells_groups_by_head_shape_and_chunks():
+    # window and batch size no longer split a group (padded windows, chunked batches); a key
+    # larger than max_models is cut in (window, batch size) order, so the cuts pad the least
     cells = [cell(), cell(lr=0.01), cell(window_s=1.0), cell(loss="focal_3.0", augment="jitter"),
              cell(encoder="gru"), cell(batch_size=32), cell(size="medium"), cell(backbone="pixels")]
-    assert group_cells(cells) == [[0, 1, 3], [2], [4], [5], [6], [7]]
-    assert group_cells(cells, max_models=2) == [[0, 1], [3], [2], [4], [5], [6], [7]]
-    assert shape_key(cells[0]) == shape_key(cells[3]) != shape_key(cells[2])
+    assert group_cells(cells) == [[0, 1, 2, 3, 5], [4], [6], [7]]
+    assert group_cells(cells, max_models=2) == [[2, 0], [1, 3], [5], [4], [6], [7]]
+    assert shape_key(cells[0]) == shape_key(cells[2]) == shape_key(cells[5]) != shape_key(cells[4])
     assert group_cells([]) == []
+
+
+# Tolerance for a cell trained in a group of other windows / batch sizes vs alone: the masked
+# padding and the chunked gradient sums change float rounding only (summation order), nothing else.
+GROUP_TOL = dict(rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["meanpool_mlp", "gru", "transformer", "zipformer"])
+def test_cells_of_different_windows_and_batch_sizes_train_together_as_alone(features, encoder):
+    cells = [cell(encoder=encoder, window_s=1.0, batch_size=16),
+             cell(encoder=encoder, window_s=3.0, batch_size=64, lr=0.01, loss="focal_2.0", augment="jitter"),
+             cell(encoder=encoder, window_s=2.0, batch_size=32, augment="jitter"),
+             cell(encoder=encoder, window_s=3.0, batch_size=16, lr=0.0003)]
+    seeds = [21, 22, 23, 24]
+    together = train_batch(cells, features, seeds, fixed=FAST)
+    assert [r.group_size for r in together] == [4] * 4  # one group, not four
+    for c, s, r in zip(cells, seeds, together):
+        alone = train_cell(c, features, s, fixed=FAST)
+        assert alone.group_size == 1
+        assert r.metrics == pytest.approx(alone.metrics, **GROUP_TOL), (c.values, r.metrics, alone.metrics)
+
+
+def test_mixed_windows_and_batches_train_as_alone_on_short_clips():
+    # short clips (left-padded history) and shorter windows padded to the group's longest: both masks
+    fs = synthetic(signal=0.6, seed=5)
+    first_real = torch.zeros(fs.x.shape[0], dtype=torch.long)
+    first_real[::3] = 10  # a third of the videos have 13 of 23 steps of real history
+    fs = dataclasses.replace(fs, real_s=(fs.x.shape[1] - 1 - first_real) / fs.step_hz)
+    assert fs.padded
+    cells = [cell(encoder="gru", window_s=4.0, batch_size=32), cell(encoder="gru", window_s=1.5, batch_size=16,
+                                                                     augment="jitter")]
+    together = train_batch(cells, fs, [3, 4], fixed=FAST)
+    assert [r.group_size for r in together] == [2, 2]
+    for c, s, r in zip(cells, [3, 4], together):
+        assert r.metrics == pytest.approx(train_cell(c, fs, s, fixed=FAST).metrics, **GROUP_TOL)
+
+
+def test_a_nan_in_a_group_of_batch_sizes_names_the_models_own_step(features):
+    # batch 64 in a group chunked by 16: its first step is chunks 1-4, so it fails at its step 1
+    results = train_batch([raw_cell(lr=1e30, batch_size=64), cell(batch_size=16)], features, [1, 2],
+                          fixed={"epochs": 3})
+    assert isinstance(results[0], NaNLossError) and isinstance(results[1], TrainResult)
+    assert results[1].group_size == 2
+    assert "epoch 1, step 1 " in str(results[0]) or "epoch 1, step 2 " in str(results[0]), str(results[0])
 
 
 def test_stacked_adamw_matches_torch_adamw():
@@ -225,6 +272,27 @@ def test_stacked_adamw_matches_torch_adamw():
             assert torch.equal(flat[1], frozen)
         else:
             assert torch.allclose(flat[1], reference[1].detach(), atol=1e-6)
+
+
+def test_stacked_adamw_models_stepping_at_different_times_match_torch_adamw():
+    # model 0 steps every call, model 1 every other call (a batch twice as long): each must follow
+    # its own torch AdamW, bias correction by its own step count, state untouched while it waits
+    torch.manual_seed(1)
+    lrs = [0.01, 0.05]
+    flat = torch.randn(2, 7)
+    reference = [flat[m].clone().requires_grad_(True) for m in range(2)]
+    optims = [torch.optim.AdamW([p], lr=lr, weight_decay=0.01) for p, lr in zip(reference, lrs)]
+    stacked = StackedAdamW(flat, torch.tensor(lrs), weight_decay=0.01)
+    for call in range(8):
+        grad = torch.randn(2, 7)
+        active = torch.tensor([True, call % 2 == 1])
+        stacked.step(grad, active)
+        for m in range(2):
+            if active[m]:
+                reference[m].grad = grad[m].clone()
+                optims[m].step()
+            assert torch.allclose(flat[m], reference[m].detach(), atol=1e-6), (call, m)
+    assert stacked.steps.flatten().tolist() == [8, 4]
 
 
 @pytest.mark.parametrize("encoder", list_encoders())
