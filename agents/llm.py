@@ -390,6 +390,8 @@ class LLMPolicy(Policy):
                  prices: tuple[float, float] | None = None, max_output_tokens: int = 8192,
                  prompt_limits: PromptLimits | None = None, **kwargs: Any):
         super().__init__(space, seed=seed)
+        self._calls = threading.local()  # each call's own last_error (calls of one agent may overlap)
+        self._latest_error: str | None = None  # the most recent error of any call, for usage()
         if role not in (None, "explorer", "exploiter"):
             raise ValueError(f"{self.name}: role must be 'explorer', 'exploiter' or None, got {role!r}")
         if timeout_s <= 0:
@@ -410,8 +412,8 @@ class LLMPolicy(Policy):
             log.warning("%s: no price known for model %s; cost is not counted (pass prices=(in, out) $/Mtok)", self.name, self.model)
         self.max_output_tokens = int(max_output_tokens)
         self.limits = prompt_limits or PromptLimits()
-        self.last_error: str | None = None
         self._usage = Usage()
+        self._usage_lock = threading.Lock()  # the pipeline runs several calls of one agent at once
         self._rng = random.Random(seed)
         self._sleep: Callable[[float], None] = time.sleep
         key = resolve_key(self.name, self.key_envs, self.secret_block)
@@ -421,6 +423,17 @@ class LLMPolicy(Policy):
         except Exception as exc:  # a broken SDK install or option: one line, never the key
             raise PolicyUnavailable(f"{self.name}: cannot create the client ({self._scrub(exc)}); the campaign goes on without it") from None
         self._static = static_prompt(space, self.answer_hint)
+
+    @property
+    def last_error(self) -> str | None:
+        """Why this thread's last ``propose``/``diagnose`` came back empty (None: it did not)."""
+        return getattr(self._calls, "error", None)
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._calls.error = value
+        if value:
+            self._latest_error = value
 
     # -- provider hooks --------------------------------------------------------------------------
     def _make_client(self, key: str) -> Any:
@@ -450,12 +463,12 @@ class LLMPolicy(Policy):
         calls.append(reply)
         accepted, reasons = parse_proposals(self.space, reply.data, n, taken) if reply.error is None else ([], [reply.error])
         if reasons and len(accepted) < n:
-            self._usage.rejected += len(reasons)
+            self._count(rejected=len(reasons))
             blocked = self.budget.exhausted(self._usage)
             if blocked:
                 self.last_error = f"{self.name}: no repair turn: {blocked}"
             else:
-                self._usage.repairs += 1
+                self._count(repairs=1)
                 feedback = repair_prompt(reasons, n - len(accepted), [c for c, _ in accepted], self.answer_hint)
                 try:
                     second = self._request("propose", user, (reply, feedback))
@@ -463,14 +476,14 @@ class LLMPolicy(Policy):
                     more, reasons2 = (parse_proposals(self.space, second.data, n - len(accepted), taken)
                                       if second.error is None else ([], [second.error]))
                     accepted += more
-                    self._usage.rejected += len(reasons2)
+                    self._count(rejected=len(reasons2))
                     if reasons2:
                         self.last_error = f"{self.name}: after the repair turn still rejected: " + "; ".join(reasons2)[:600]
                 except CallFailed as exc:
                     self.last_error = f"{self.name}: repair turn failed: {exc.message}"
         if self.last_error:
             log.warning("%s", self.last_error)
-        self._usage.proposals += len(accepted)
+        self._count(proposals=len(accepted))
         return self._priced_proposals(accepted, calls)
 
     def diagnose(self, cell: Cell, error_class: str, traceback: str) -> HealAdvice | None:
@@ -488,7 +501,7 @@ class LLMPolicy(Policy):
             self.last_error = f"{self.name}: no diagnosis: {exc.message}"
             log.warning("%s", self.last_error)
             return None
-        self._usage.diagnoses += 1
+        self._count(diagnoses=1)
         cost = self._cost(reply)
         paid = dict(tokens_in=reply.tokens_in + reply.cache_read + reply.cache_write, tokens_out=reply.tokens_out, cost_usd=cost)
         data = reply.data if reply.error is None else None
@@ -513,15 +526,17 @@ class LLMPolicy(Policy):
 
     def usage(self) -> dict[str, Any]:
         """Campaign totals for the summary: calls, tokens, cost, proposals, sit-outs, budget, last error."""
-        out: dict[str, Any] = {"policy": self.name, "model": self.model, **asdict(self._usage)}
+        with self._usage_lock:
+            out: dict[str, Any] = {"policy": self.name, "model": self.model, **asdict(self._usage)}
         out["cost_usd"] = round(out["cost_usd"], 6)
         out["budget_tokens"] = self.budget.max_tokens
         out["budget_usd"] = self.budget.max_usd
-        out["last_error"] = self.last_error
+        out["last_error"] = self._latest_error
         return out
 
     def get_state(self) -> dict:
-        return {"usage": asdict(self._usage)}
+        with self._usage_lock:
+            return {"usage": asdict(self._usage)}
 
     def set_state(self, state: dict) -> None:
         saved = state.get("usage") or {}
@@ -538,12 +553,12 @@ class LLMPolicy(Policy):
             try:
                 return self._call(kind, self._static, user, repair)
             except CallFailed as exc:
-                self._usage.failed_calls += 1
+                self._count(failed_calls=1)
                 exc.message = self._scrub(exc.message)
                 exc.args = (exc.message,)
                 raise
             except Exception as exc:  # an SDK error we did not classify: one line, no retry
-                self._usage.failed_calls += 1
+                self._count(failed_calls=1)
                 raise CallFailed(self._scrub(f"{type(exc).__name__}: {one_line(exc)}")) from None
 
         def on_retry(exc: CallFailed, delay: float) -> None:
@@ -553,14 +568,16 @@ class LLMPolicy(Policy):
                              rng=self._rng, sleep=self._sleep, on_retry=on_retry)
         if reply.error:
             reply.error = self._scrub(reply.error)
-        u = self._usage
-        u.calls += 1
-        u.tokens_in += reply.tokens_in + reply.cache_read + reply.cache_write
-        u.tokens_out += reply.tokens_out
-        u.cache_read_tokens += reply.cache_read
-        u.cache_write_tokens += reply.cache_write
-        u.cost_usd += self._cost(reply)
+        self._count(calls=1, tokens_in=reply.tokens_in + reply.cache_read + reply.cache_write,
+                    tokens_out=reply.tokens_out, cache_read_tokens=reply.cache_read,
+                    cache_write_tokens=reply.cache_write, cost_usd=self._cost(reply))
         return reply
+
+    def _count(self, **deltas: float) -> None:
+        """Add to the running totals, under the lock (calls of one agent may run at once)."""
+        with self._usage_lock:
+            for field_name, delta in deltas.items():
+                setattr(self._usage, field_name, getattr(self._usage, field_name) + delta)
 
     def _cost(self, reply: Reply) -> float:
         price_in, price_out = self.prices
@@ -579,7 +596,7 @@ class LLMPolicy(Policy):
                 for (cell, rationale), a, b in zip(accepted, tin, tout)]
 
     def _sit_out(self, why: str) -> list[Proposal]:
-        self._usage.rounds_sat_out += 1
+        self._count(rounds_sat_out=1)
         self.last_error = f"{self.name}: sits out this round: {self._scrub(why)}"
         log.warning("%s", self.last_error)
         return []

@@ -531,3 +531,62 @@ def test_campaign_with_claude_gemini_and_random_against_the_fake_server(server, 
     assert set(llm.loc[llm["proposer"] == "claude", "model"]) == {"claude-opus-5-5"}
     assert llm["rationale"].str.contains("pick").all()
     assert llm["cell_id"].is_unique and server.unscripted == 0
+
+
+def test_concurrent_calls_of_one_agent_lose_no_usage_count(monkeypatch):
+    """The pipeline runs up to max_calls_in_flight calls of one agent at once: its running totals
+    (calls, tokens, cost) must count every call. Before: unlocked ``+=`` lost increments."""
+    import sys
+    import threading
+
+    from crashsearch.agents.llm import LLMPolicy, Reply
+
+    class Instant(LLMPolicy):
+        name, key_envs = "instant", ("CRASHSEARCH_INSTANT_KEY",)
+
+        def _make_client(self, key):
+            return None
+
+        def _call(self, kind, system, user, repair):
+            return Reply(data={}, tokens_in=3, tokens_out=2)
+
+        def _cost(self, reply):  # a price lookup that lets other threads run (as any I/O or lock would)
+            time.sleep(0)
+            return super()._cost(reply)
+
+    monkeypatch.setenv("CRASHSEARCH_INSTANT_KEY", "k")
+    agent = Instant(Space.load(), prices=(1.0, 1.0))
+    threads, per_thread = 8, 3000
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: a lost update shows quickly
+    try:
+        workers = [threading.Thread(target=lambda: [agent._request("propose", "u", None) for _ in range(per_thread)])
+                   for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(old)
+    usage = agent.usage()
+    n = threads * per_thread
+    assert (usage["calls"], usage["tokens_in"], usage["tokens_out"]) == (n, 3 * n, 2 * n)
+    assert usage["cost_usd"] == pytest.approx(5 * n / 1e6)
+
+
+def test_each_concurrent_call_of_an_agent_reports_its_own_error(monkeypatch):
+    """The campaign reads ``last_error`` right after each call, in the thread that made it; a call
+    starting or failing in another thread must not change what this thread reads. Before: one
+    attribute shared by every call of the agent."""
+    import threading
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    agent = ClaudePolicy(Space.load())
+    agent.last_error = "claude: sits out this round: HTTP 529 overloaded"
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(agent.last_error))
+    other.start()
+    other.join()
+    assert seen == [None]  # another call's thread does not see this call's error ...
+    assert agent.last_error.endswith("529 overloaded")  # ... this one does
+    assert agent.usage()["last_error"].endswith("529 overloaded")  # and the summary shows the latest
