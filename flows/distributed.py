@@ -18,7 +18,9 @@ remaining jobs are recorded as failed rows (error class ``DispatchFailed``) so t
 goes on.
 
 While batches are in flight, ``<home>/campaigns/<id>/inflight.json`` lists them (written
-atomically; removed when ``run`` returns). ``crashsearch status`` reads it.
+atomically; removed when the last ``run`` returns). The pipeline calls ``run`` from several
+trainer threads at once, one batch each: the file lists the batches of every call.
+``crashsearch status`` reads it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -92,6 +95,8 @@ class DistributedExecutor:
         self.max_in_flight, self.timeout_s, self.poll_s, self.max_attempts = max_in_flight, timeout_s, poll_s, max_attempts
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.store = Store(self.home)
+        self._published: dict[int, list[_Dispatch]] = {}  # each running ``run`` call's dispatches
+        self._publish_lock = threading.Lock()
         self.dispatches = 0  # flow runs created, re-dispatches included
         self.redispatches = 0
         self.workers: dict[str, int] = {}  # Prefect worker name -> batches it finished
@@ -112,7 +117,7 @@ class DistributedExecutor:
                         d = self._dispatch(batch, jobs, attempt)
                         d.history = history
                         inflight[d.run_id] = d
-                    self._write_inflight(inflight)
+                    self._publish(id(inflight), inflight)
                     time.sleep(self.poll_s)
                     self._poll_states(client, inflight)
                     ids = [j.experiment_id for d in inflight.values() for j in d.batch]
@@ -148,7 +153,7 @@ class DistributedExecutor:
                 if not finished and inflight:  # the campaign stopped: its batches should not train on
                     for d in inflight.values():
                         self._cancel(client, d, "the campaign stopped")
-                self._clear_inflight()
+                self._publish(id(inflight), None)
 
     # ---- dispatch and polling -----------------------------------------------------------------
     def _dispatch(self, batch: list[Job], jobs: list[Job], attempt: int) -> _Dispatch:
@@ -232,22 +237,27 @@ class DistributedExecutor:
     def _inflight_path(self) -> Path:
         return self.home.campaign(self.campaign) / INFLIGHT_FILE
 
-    def _write_inflight(self, inflight: dict[UUID, _Dispatch]) -> None:
-        doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
-               "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
-                         "worker": d.worker, "attempt": d.attempt, "experiment_ids": [j.experiment_id for j in d.jobs]}
-                        for d in inflight.values()]}
-        path = self._inflight_path()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
-
-    def _clear_inflight(self) -> None:
-        try:
-            self._inflight_path().unlink()
-        except FileNotFoundError:
-            pass
+    def _publish(self, call: int, inflight: dict[UUID, _Dispatch] | None) -> None:
+        """Record one ``run`` call's in-flight dispatches (None: the call ended) and rewrite the
+        file with every call's; remove it when no call is left."""
+        with self._publish_lock:
+            if inflight is None:
+                self._published.pop(call, None)
+            else:
+                self._published[call] = list(inflight.values())
+            path = self._inflight_path()
+            if not self._published:
+                path.unlink(missing_ok=True)
+                return
+            dispatches = [d for ds in self._published.values() for d in ds]
+            doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
+                   "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
+                             "worker": d.worker, "attempt": d.attempt,
+                             "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, path)
 
 
 def check_deployment(deployment_name: str) -> None:

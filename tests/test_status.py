@@ -104,3 +104,65 @@ def test_status_lists_only_the_most_recent_finished_campaigns(home):
         store.write_campaign(f"c{i}", {"status": "finished", "budget": 1})
     shown = campaign_status(home, recent=2)
     assert len(shown) == 2
+
+
+def test_inflight_json_lists_the_batches_of_every_trainer_thread(home, monkeypatch):
+    """The pipeline calls DistributedExecutor.run from several trainer threads, one batch each.
+    Before: each call wrote inflight.json with its own batch only (status saw a fraction of the
+    work in flight), and the first call to end deleted the file under the others."""
+    import threading
+    import time
+    import uuid
+    from contextlib import nullcontext
+
+    import prefect.client.orchestration
+
+    from crashsearch.flows import distributed
+    from crashsearch.flows.distributed import DistributedExecutor, _Dispatch
+
+    done: set[str] = set()
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda **kw: nullcontext(None))
+    monkeypatch.setattr(distributed, "recorded_ids", lambda store, campaign, ids: {i for i in ids if i in done})
+    ex = DistributedExecutor("train-batch/gpu", home, "dist", SPACE, "d", poll_s=0.01, log=lambda m: None)
+    monkeypatch.setattr(ex, "_dispatch", lambda batch, jobs, attempt: _Dispatch(
+        batch, jobs, uuid.uuid4(), f"run-{jobs[0].experiment_id}", attempt, time.monotonic()))
+    monkeypatch.setattr(ex, "_poll_states", lambda client, inflight: None)
+    monkeypatch.setattr(ex, "_lost", lambda d: None)
+    monkeypatch.setattr(ex, "_rows", lambda batch: [])
+    a, b = [Job(SPACE.cell(0), seed=1)], [Job(SPACE.cell(1), seed=1), Job(SPACE.cell(2), seed=1)]
+    path = home.campaign("dist") / "inflight.json"
+    errors: list[BaseException] = []
+
+    def train(batch):
+        try:
+            list(ex.run([batch]))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def listed() -> set[str]:
+        try:
+            return {i for r in json.loads(path.read_text())["runs"] for i in r["experiment_ids"]}
+        except (FileNotFoundError, json.JSONDecodeError):
+            return set()
+
+    def wait_for(condition) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.01)
+        return condition()
+
+    threads = [threading.Thread(target=train, args=(batch,)) for batch in (a, b)]
+    for t in threads:
+        t.start()
+    try:
+        ids_a, ids_b = {j.experiment_id for j in a}, {j.experiment_id for j in b}
+        assert wait_for(lambda: listed() == ids_a | ids_b), listed()  # both calls' batches at once
+        done.update(ids_a)
+        threads[0].join(timeout=10)
+        assert listed() == ids_b  # the first call ended: the other's batch is still listed
+    finally:
+        done.update(j.experiment_id for j in a + b)
+        for t in threads:
+            t.join(timeout=10)
+    assert not errors, errors
+    assert not path.exists()  # the last call removed it
