@@ -127,6 +127,40 @@ def test_pipeline_stops_on_hours_with_nothing_half_recorded(lab_home):
     assert summary.stopped == "hours" and 0 < len(df) == summary.recorded < 500 and df["cell_id"].is_unique
 
 
+class StuckAfterFirst(RandomPolicy):
+    """Answers its first call at once, then takes 60 s per call (an LLM call stuck on a slow network)."""
+
+    name = "stuck-after-first"
+    concurrent_calls = True
+    calls = 0
+
+    def propose(self, view, n):
+        type(self).calls += 1
+        if type(self).calls > 1:
+            time.sleep(60)
+        return super().propose(view, n)
+
+
+def test_hours_does_not_wait_for_proposal_calls_in_flight(lab_home, monkeypatch):
+    """Before: at the --hours deadline the pipeline waited for every proposal call still running
+    (an LLM call can take minutes), and the process then waited for its thread at exit."""
+    from crashsearch import agents
+
+    home, ds, space = lab_home
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    register_policy("stuck-after-first", f"{__name__}:StuckAfterFirst")
+    StuckAfterFirst.calls = 0
+    logs: list[str] = []
+    t0 = time.monotonic()
+    summary = run_campaign(home, ds.root, "p-stuck", policies=["stuck-after-first"], budget=100, seeds=1,
+                           space_path=space, propose_mode="pipeline", hours=3 / 3600, lookahead=4,
+                           log=logs.append)
+    took = time.monotonic() - t0
+    assert summary.stopped == "hours" and took < 30, (took, summary.stopped)
+    assert any("proposal call" in line and "abandoned" in line for line in logs), logs
+    assert _history(home, "p-stuck")["experiment_id"].is_unique
+
+
 CHILD = textwrap.dedent("""
     import sys
     from crashsearch.flows.campaign import run_campaign

@@ -204,6 +204,10 @@ class Campaign:
     def out_of_time(self) -> bool:
         return self.hours is not None and time.monotonic() - self.started > self.hours * 3600
 
+    def time_left(self) -> float | None:
+        """Seconds until the --hours deadline (None: no deadline)."""
+        return None if self.hours is None else self.hours * 3600 - (time.monotonic() - self.started)
+
     def _run_turns(self) -> str:
         while self.recorded < self.target:
             if self.out_of_time():

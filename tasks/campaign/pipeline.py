@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -120,8 +121,6 @@ class Pipeline:
     def run(self) -> str:
         c = self.c
         started = time.monotonic()
-        width = sum(self.max_calls.values())
-        proposers = ThreadPoolExecutor(max_workers=width, thread_name_prefix="propose")
         trainers = ThreadPoolExecutor(max_workers=self.trainers, thread_name_prefix="train")
         stopped = "interrupted"
         try:
@@ -129,12 +128,15 @@ class Pipeline:
                 late = c.out_of_time()
                 if not late:
                     self._enqueue_replicates()
-                    self._launch_calls(proposers)
+                    self._launch_calls()
                 self._launch_training(trainers, late)
+                if late and not self.training:  # calls still out are not waited for (an LLM call can take minutes)
+                    if self.calls:
+                        c.log(f"out of time: {len(self.calls)} proposal call(s) still running abandoned "
+                              f"(their cells are not claimed; their tokens are not counted)")
+                    stopped = "hours"
+                    break
                 if not self.training and not self.calls:
-                    if late:
-                        stopped = "hours"
-                        break
                     if c.recorded >= c.target:
                         stopped = "budget"
                         break
@@ -144,7 +146,7 @@ class Pipeline:
                         break
                 self._wait(self._next_deadline())
         finally:
-            proposers.shutdown(wait=False, cancel_futures=True)  # a call still running ends on its own; its cells are not claimed
+            # a proposal call still running ends on its own daemon thread; its cells are not claimed
             trainers.shutdown(wait=True, cancel_futures=True)  # a batch in training is recorded before we return
             wall = time.monotonic() - started
             s = self.stats
@@ -156,11 +158,15 @@ class Pipeline:
         return stopped
 
     def _next_deadline(self) -> float | None:
-        """Seconds until the oldest queued group should start anyway (None: wait for an event)."""
+        """Seconds until the oldest queued group should start anyway, or the --hours deadline,
+        whichever comes first (None: wait for an event)."""
+        left = self.c.time_left()
+        deadline = None if left is None else max(0.0, left) + 1e-3
         if not self.queue or len(self.training) >= self.trainers:
-            return None
+            return deadline
         oldest = min(q.since for q in self.queue)
-        return max(0.0, oldest + self.c.config.group_wait_s - time.monotonic()) + 1e-3
+        group = max(0.0, oldest + self.c.config.group_wait_s - time.monotonic()) + 1e-3
+        return group if deadline is None else min(group, deadline)
 
     def _wait(self, timeout: float | None) -> None:
         pending = list(self.calls) + list(self.training)
@@ -176,7 +182,7 @@ class Pipeline:
                 self._finish_call(future)
 
     # ---- proposers ----------------------------------------------------------------------------
-    def _launch_calls(self, pool: ThreadPoolExecutor) -> None:
+    def _launch_calls(self) -> None:
         c = self.c
         for policy in c.policies:
             name = policy.name
@@ -201,8 +207,7 @@ class Pipeline:
                     break
                 n = min(chunk, want)
                 view = c.view()
-                ctx = contextvars.copy_context()
-                future = pool.submit(ctx.run, c.ask, policy, view, n)
+                future = _in_daemon_thread(c.ask, policy, view, n)
                 self.calls[future] = _Call(policy, n, c.new, time.monotonic())
                 self.stats.calls += 1
 
@@ -281,6 +286,28 @@ class Pipeline:
             # retries of healed failures go first; beyond the budget they are dropped
             self.queue[:0] = [_Queued(j, now - self.c.config.group_wait_s, self.c.new) for j in retries[:room]]
         self.c._save_state()
+
+
+def _in_daemon_thread(fn, *args) -> Future:
+    """Run ``fn(*args)`` on a daemon thread (in a copy of the caller's context); its Future.
+
+    Proposal calls run this way, not in a ThreadPoolExecutor, whose threads the interpreter joins
+    at exit: a campaign that stops (--hours, Ctrl-C) must not wait minutes for an LLM call it will
+    not use. At most ``max_calls_in_flight`` per policy run at once, so a thread per call is cheap.
+    """
+    future: Future = Future()
+    ctx = contextvars.copy_context()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(ctx.run(fn, *args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="propose", daemon=True).start()
+    return future
 
 
 def _group_key(job: Job) -> tuple:
