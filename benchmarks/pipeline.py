@@ -42,7 +42,7 @@ from crashsearch.lab.synth import generate  # noqa: E402
 from crashsearch.tasks.extract import extract_dataset  # noqa: E402
 from crashsearch.tasks.train import train_batch  # noqa: E402
 
-# fast heads: the demo recipe (20 epochs) with the two cheapest encoders, small size
+# fast heads: the demo recipe (20 epochs) with the two cheapest encoders, small size; 1,080 cells
 SPACE = """
 name: bench-pipeline
 groups:
@@ -51,12 +51,12 @@ groups:
     encoder: [meanpool_mlp, gru]
     size: [small]
   loss:
-    loss: [bce, focal_1.0, focal_2.0, focal_3.0]
+    loss: [bce, focal_1.0, focal_1.5, focal_2.0, focal_2.5, focal_3.0]
   train:
-    lr: [0.0001, 0.0003, 0.001, 0.003]
-    batch_size: [32, 64]
+    lr: [0.0001, 0.0003, 0.001, 0.003, 0.01]
+    batch_size: [16, 32, 64]
   data:
-    window_s: [1.0, 2.0]
+    window_s: [1.0, 1.5, 2.0]
     augment: [none, jitter]
 fixed: {epochs: 20, weight_decay: 0.01, class_balance: true, horizons_s: [0.5, 1.0, 1.5]}
 """
