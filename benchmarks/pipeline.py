@@ -42,7 +42,7 @@ from crashsearch.lab.synth import generate  # noqa: E402
 from crashsearch.tasks.extract import extract_dataset  # noqa: E402
 from crashsearch.tasks.train import train_batch  # noqa: E402
 
-# fast heads: the demo recipe (20 epochs) with the two cheapest encoders, small size; 1,080 cells
+# fast heads: the demo recipe (20 epochs) with the two cheapest encoders, small size; 1,800 cells
 SPACE = """
 name: bench-pipeline
 groups:
@@ -56,7 +56,7 @@ groups:
     lr: [0.0001, 0.0003, 0.001, 0.003, 0.01]
     batch_size: [16, 32, 64]
   data:
-    window_s: [1.0, 1.5, 2.0]
+    window_s: [1.0, 1.5, 2.0, 2.5, 3.0]
     augment: [none, jitter]
 fixed: {epochs: 20, weight_decay: 0.01, class_balance: true, horizons_s: [0.5, 1.0, 1.5]}
 """

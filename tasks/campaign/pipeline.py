@@ -91,6 +91,7 @@ class Pipeline:
         self.latency: dict[str, float] = {}  # a policy's recent call duration (EWMA), seconds
         self.first_start: float | None = None  # when training first started
         self.started_jobs = 0
+        self.trained_jobs, self.trainer_seconds = 0, 0.0  # finished batches: jobs and their trainer time
         self.stats = PipelineStats()
         # in-process training: groups at once on the device; a work pool: batches dispatched at once
         local = isinstance(campaign.executor, LocalExecutor)
@@ -111,11 +112,17 @@ class Pipeline:
         return sum(c.n for c in self.calls.values() if c.policy.name == name)
 
     def _consumed_during_call(self, name: str) -> int:
-        """Jobs the trainers are expected to start, per policy, while one of its calls runs (rate x latency)."""
+        """Jobs the trainers can start, per policy, while one of its calls runs (rate x latency).
+
+        The rate is what the trainers can take when kept busy (jobs per trainer-second of the
+        finished batches, times the trainers), not what they took: a starved trainer's rate is the
+        proposers' own supply, and sizing calls by it would keep it starved.
+        """
         if self.first_start is None or name not in self.latency:
             return 0
-        rate = self.started_jobs / max(time.monotonic() - self.first_start, 1e-3)  # jobs started per second
-        return math.ceil(rate / len(self.c.policies) * self.latency[name])
+        started = self.started_jobs / max(time.monotonic() - self.first_start, 1e-3)  # jobs started per second
+        capacity = self.trained_jobs / self.trainer_seconds * self.trainers if self.trainer_seconds > 0 else 0.0
+        return math.ceil(max(started, capacity) / len(self.c.policies) * self.latency[name])
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> str:
@@ -199,9 +206,10 @@ class Pipeline:
                 want = min(free, budget_free)
                 if want <= 0:
                     break
-                # a call asks for a full chunk of its share (a call costs its prompt whatever it returns);
-                # a smaller one only when the policy has nothing pending or the budget is nearly spent
-                chunk = math.ceil(self.share / self.max_calls[name])
+                # a call asks for a full chunk (a call costs its prompt whatever it returns): its part of
+                # the share, or of what the trainers take during a call if that is more (within the
+                # share); a smaller one only when the policy has nothing pending or the budget is nearly spent
+                chunk = min(self.share, math.ceil(max(self.share, ahead) / self.max_calls[name]))
                 pending = self._asked_by(name) + self._queued_by(name)
                 if want < chunk and pending and budget_free > want:
                     break
@@ -276,6 +284,8 @@ class Pipeline:
     def _finish_training(self, future: Future) -> None:
         record = self.training.pop(future)
         self.stats.busy.append((record.started, record.ended or time.monotonic()))
+        self.trained_jobs += len(record.batch)
+        self.trainer_seconds += (record.ended or time.monotonic()) - record.started
         for batch, rows in future.result():
             retries = self.c.record(batch, rows)
             self.c.round += 1  # in the pipeline a "round" is one recorded batch
