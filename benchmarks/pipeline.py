@@ -10,7 +10,10 @@ loop: both agents asked at once, then the round trains, then they are asked agai
 ``pipeline``. Every call into the trainer is timed; the busy fraction is the share of the
 campaign's wall time during which at least one batch was training (the union of the intervals),
 the same definition for both engines. Also: experiments per hour, mean staleness (results
-recorded between a proposal's view and its training), LLM tokens per recorded experiment.
+recorded between a proposal's view and its training), LLM tokens per recorded experiment, and
+proposals dropped (returned when the agent's lookahead share had no room left: paid for, not
+claimed; the fake server does not hand a dropped cell out again, so a run whose drops eat the
+pool ends early, "exhausted").
 
     .venv/bin/python benchmarks/pipeline.py [--latency 2,8] [--budget 240] [--lookahead 96]
 """
@@ -127,7 +130,8 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
             "wall": wall, "train": sum(b - a for a, b in intervals), "busy": busy / wall,
             "busy_after_fill": _union(intervals) / (t0 + wall - first), "exp_per_hour": summary.new / wall * 3600,
             "staleness": summary.pipeline.get("mean_staleness", 0.0) if summary.pipeline else 0.0,
-            "tokens_per_exp": tokens / max(summary.new, 1), "calls": len(server.requests)}
+            "tokens_per_exp": tokens / max(summary.new, 1), "calls": len(server.requests),
+            "dropped": summary.pipeline.get("over_lookahead", 0) if summary.pipeline else 0}
 
 
 def main() -> None:
@@ -156,14 +160,14 @@ def main() -> None:
           f"no GPU lent; budget {args.budget}, round size {args.round_size}, lookahead {args.lookahead}, "
           f"{args.calls} calls in flight per agent, {args.trainers} trainers, group wait {args.group_wait}s")
     print("| L (s) | engine | experiments | wall s | training s | busy | busy after first batch | exp/hour | "
-          "mean staleness | tokens/exp | LLM calls |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "mean staleness | tokens/exp | LLM calls | proposals dropped |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for latency in [float(x) for x in args.latency.split(",")]:
         for mode in args.modes.split(","):
             r = run_one(home, dataset, space_path, mode, latency, args.budget, args, f"{mode}-{latency:g}")
             print(f"| {latency:g} | {r['mode']} | {r['n']} | {r['wall']:.1f} | {r['train']:.1f} | {r['busy']:.0%} | "
                   f"{r['busy_after_fill']:.0%} | {r['exp_per_hour']:,.0f} | {r['staleness']:.1f} | "
-                  f"{r['tokens_per_exp']:,.0f} | {r['calls']} |", flush=True)
+                  f"{r['tokens_per_exp']:,.0f} | {r['calls']} | {r['dropped']} |", flush=True)
 
 
 if __name__ == "__main__":
