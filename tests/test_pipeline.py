@@ -72,6 +72,7 @@ def test_pipeline_spends_the_exact_budget_on_distinct_cells_and_confirms_leaders
     p = summary.pipeline
     assert p["max_queued"] <= 6 and 0 < p["busy_fraction"] <= 1 and p["proposal_calls"] >= 3
     assert "pipeline: trainers busy" in summary.format()
+    assert 0 <= p["starved_fraction"] < 1 and p["lookahead"] == 6
 
 
 def test_proposals_and_training_overlap_and_lookahead_bounds_the_queue(lab_home, slow_policy):
@@ -88,6 +89,9 @@ def test_proposals_and_training_overlap_and_lookahead_bounds_the_queue(lab_home,
     assert max(b - a for a, b in calls) < 5  # and the calls themselves overlap (two in flight)
     assert any(c1[0] < c2[1] and c2[0] < c1[1] for i, c1 in enumerate(calls) for c2 in calls[i + 1:])
     assert summary.pipeline["mean_staleness"] >= 0
+    # 0.3 s calls feeding a queue of 3 to fast trainers: they mostly wait, and the summary says what to do
+    assert summary.pipeline["starved_fraction"] >= 0.2, summary.pipeline
+    assert "hint: the trainers waited for proposals" in summary.format() and "--lookahead (now 3)" in summary.format()
 
 
 def test_turns_mode_never_overlaps_proposals_and_training(lab_home, slow_policy):

@@ -64,6 +64,7 @@ class PipelineStats:
     busy: list[tuple[float, float]] = field(default_factory=list)  # training intervals
     max_queued: int = 0
     over_lookahead: int = 0  # proposals returned beyond the free lookahead (not claimed)
+    starved_seconds: float = 0.0  # no group training, none queued, proposal calls out: waiting for agents
 
     def busy_seconds(self) -> float:
         """Length of the union of the training intervals."""
@@ -161,7 +162,8 @@ class Pipeline:
                 "busy_fraction": s.busy_seconds() / wall if wall > 0 else 0.0, "wall_seconds": wall,
                 "busy_seconds": s.busy_seconds(), "proposal_calls": s.calls, "max_queued": s.max_queued,
                 "mean_staleness": sum(s.staleness) / len(s.staleness) if s.staleness else 0.0,
-                "over_lookahead": s.over_lookahead}
+                "over_lookahead": s.over_lookahead, "starved_fraction": s.starved_seconds / wall if wall > 0 else 0.0,
+                "lookahead": self.lookahead}
         return stopped
 
     def _next_deadline(self) -> float | None:
@@ -181,7 +183,11 @@ class Pipeline:
             if timeout:
                 time.sleep(timeout)
             return
+        starved = not self.training and not self.queue  # only proposal calls are out
+        waited = time.monotonic()
         done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        if starved:
+            self.stats.starved_seconds += time.monotonic() - waited
         for future in done:
             if future in self.training:
                 self._finish_training(future)
