@@ -279,7 +279,8 @@ class StackedAdamW:
         lr = torch.where(on, self.lr, 0.0)  # (M, 1)
         self.flat.mul_(1 - lr * self.weight_decay)
         self.exp_avg.copy_(torch.where(on, self.exp_avg.lerp(grad, 1 - beta1), self.exp_avg))
-        self.exp_avg_sq.copy_(torch.where(on, torch.addcmul(self.exp_avg_sq * beta2, grad, grad, value=1 - beta2), self.exp_avg_sq))
+        moved_sq = torch.addcmul(self.exp_avg_sq * beta2, grad, grad, value=1 - beta2)
+        self.exp_avg_sq.copy_(torch.where(on, moved_sq, self.exp_avg_sq))
         denom = (self.exp_avg_sq.sqrt() / correction2).add_(self.eps)
         self.flat.sub_(lr / correction1 * self.exp_avg / denom)
 
