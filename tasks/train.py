@@ -207,7 +207,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _check_features(cell: Cell, features: FeatureSet) -> None:
     """Raise MissingFeaturesError / ShapeError if the cell's group cannot train on these features
-    (each cell's window is checked on its own: ``_window_error``)."""
+    (each cell's batch size and window are checked on their own: ``_cell_error``)."""
     backbone = cell.values.get("backbone")
     if backbone is not None and features.backbone != backbone:
         raise MissingFeaturesError(cell, f"features are from backbone {features.backbone!r}, the cell needs {backbone!r}")
@@ -224,8 +224,15 @@ def _check_features(cell: Cell, features: FeatureSet) -> None:
                                              f"({n_pos} positives of {labels.numel()})")
 
 
-def _window_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> ShapeError | None:
-    """The ShapeError of a cell whose window does not fit the cached history, else None."""
+def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> ShapeError | None:
+    """The ShapeError of a cell that cannot train in any group (a batch size under 1, a window the
+    cached history cannot hold), else None. Checked per cell: it must not fail its group."""
+    try:
+        batch_ok = int(cell["batch_size"]) >= 1 and int(cell["batch_size"]) == float(cell["batch_size"])
+    except (TypeError, ValueError):
+        batch_ok = False
+    if not batch_ok:
+        return ShapeError(cell, f"batch_size={cell['batch_size']!r} is not a whole number of at least 1")
     try:  # the earliest window training or evaluation reads
         features.window(features.indices("train")[:1], max(recipe.horizons_s), float(cell["window_s"]))
     except IndexError:
@@ -442,11 +449,11 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     cell0, n_models = cells[0], len(cells)
     assert all(shape_key(c) == shape_key(cell0) for c in cells), "a group must share one shape key"
     _check_features(cell0, features)
-    too_long = [_window_error(c, features, recipe) for c in cells]
-    if any(too_long):  # those cells fail alone; the others train without them
-        fit = [i for i, e in enumerate(too_long) if e is None]
+    unfit = [_cell_error(c, features, recipe) for c in cells]
+    if any(unfit):  # those cells fail alone; the others train without them
+        fit = [i for i, e in enumerate(unfit) if e is None]
         trained = iter(_train_group([cells[i] for i in fit], [seeds[i] for i in fit], features, recipe) if fit else [])
-        return [e if e is not None else next(trained) for e in too_long]
+        return [e if e is not None else next(trained) for e in unfit]
     dev = features.device
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

@@ -123,6 +123,17 @@ def test_a_window_longer_than_the_cache_is_a_shape_error():
         train_cell(cell(window_s=3.0), short, seed=0)
 
 
+def test_a_cell_that_cannot_train_fails_alone_not_its_group(features):
+    # window and batch size no longer split groups, so a bad value must not fail the cells beside it
+    bad = [raw_cell(batch_size=0), raw_cell(batch_size=12.5), raw_cell(window_s=30.0)]
+    results = train_batch([cell(), *bad, cell(lr=0.01)], features, [1, 2, 3, 4, 5], fixed={"epochs": 1})
+    assert isinstance(results[0], TrainResult) and isinstance(results[4], TrainResult)
+    assert results[0].group_size == results[4].group_size == 2
+    assert [type(r) for r in results[1:4]] == [ShapeError] * 3
+    assert "batch_size=0 " in str(results[1]) and "batch_size=12.5 " in str(results[2])
+    assert "window_s=30.0" in str(results[3])
+
+
 def test_missing_features_are_named(features):
     other = synthetic(backbone="pixels")
     (wrong,) = train_batch([cell()], other, [0], fixed={"epochs": 1})
