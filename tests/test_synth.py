@@ -164,3 +164,35 @@ def test_the_cue_is_closing_speed_not_apparent_size():
     by_size, by_growth = roc_auc(size, labels), roc_auc(growth, labels)
     assert by_size < 0.8, f"apparent size alone separates the classes (AUC {by_size:.2f})"
     assert by_growth > 0.9 and by_growth > by_size + 0.15, (by_growth, by_size)
+
+
+def test_order_free_summaries_of_the_size_do_not_give_the_label_away():
+    """Mean pooling sees a window's sizes without their order: their mean must not separate the classes.
+
+    Before: negatives kept a vehicle close for the whole window while a positive's approached from
+    far, so a positive's mean apparent size over a 4 s window was the smaller one (ROC AUC 0.19, i.e.
+    0.81 the other way round): an order-blind head learned "small on average = collision".
+    Measured on the scene plan (the key vehicle's apparent height, height / distance, at 4 Hz).
+    """
+    from crashsearch.lab.synth import _key_vehicle
+    from crashsearch.tasks.evaluate import roc_auc
+
+    seconds, fps = 7.5, 8
+    t = np.arange(int(seconds * fps)) / fps
+    plans = []
+    for k in range(300):
+        vehicle, _, ref = _key_vehicle(np.random.default_rng([3, k, 0]), k % 2, t, seconds)
+        size = np.where(vehicle.z > 1.0, vehicle.height / np.maximum(vehicle.z, 1e-3), 0.0)  # (T,)
+        plans.append((k % 2, size, ref if k % 2 else t[-1]))  # negatives: the clip end, as extraction does
+    for window in (1.0, 2.0, 4.0):
+        mean, growth, labels = [], [], []
+        for label, size, ref in plans:
+            for horizon in (0.5, 1.0, 1.5):
+                steps = np.round((ref - horizon - np.arange(0, window + 1e-9, 0.25)[::-1]) * fps).astype(int)
+                s = size[np.clip(steps, 0, len(size) - 1)]
+                mean.append(s.mean())
+                growth.append(np.log((s[-1] + 0.01) / (s[-5] + 0.01)))  # over the last second
+                labels.append(label)
+        by_mean, by_growth = roc_auc(mean, labels), roc_auc(growth, labels)
+        assert abs(by_mean - 0.5) < 0.22, f"{window} s window: the mean size separates the classes (AUC {by_mean:.2f})"
+        assert by_growth > 0.85, f"{window} s window: growth AUC {by_growth:.2f}"
