@@ -31,6 +31,7 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | history.{experiments, ok, failed, healed, invalid, cells, arch_groups} | counts |
 | history.{datasets, campaigns, arms, gpu_hours, tokens, cost_usd, bugfix_events} | scope and spend |
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
+| temporal[] {backbone, meanpool, encoders, best, best_stats, verdict, text, paired} | analysis.temporal: mean pooling vs the best temporal head per backbone (mean val AP, n, 95% t-interval; verdict "undecided" when the intervals overlap); paired: a temporal cell vs its mean-pooling twin (every other axis equal) or null |
 | top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
 | anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, omega2, eta2_null, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
@@ -70,6 +71,7 @@ import numpy as np
 import pandas as pd
 
 from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer
+from crashsearch.analysis.temporal import temporal_vs_meanpool
 from crashsearch.analysis.arms import arm_best_at_n, arm_power_laws, arm_table, arm_verdict
 from crashsearch.analysis.history import is_llm, prepare
 from crashsearch.lab.leaderboard import format_interval, leaderboard
@@ -561,6 +563,7 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                                "verdict": "from-scratch control arms"}},
         "history": history,
         "best": best,
+        "temporal": temporal_vs_meanpool(df),
         "top5": top5,
         "anova": {"full": anova_full["numbers"], "post_bugfix": anova_post["numbers"] if anova_post else None},
         "convergence": {
@@ -622,6 +625,10 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     else:
         items.append(f"Convergence fit not available ({which}): {fit['reason']}.")
     items.append("**" + h["verdict"] + "**")
+    for t in nb.get("temporal") or []:
+        items.append(f"Temporal heads vs mean pooling, {t['text']}")
+        if t.get("paired"):
+            items.append(f"Temporal heads vs mean pooling, {t['backbone']}, {t['paired']['text']}.")
     d.ul(items)
 
     d.h(2, "Top 5 cells")
