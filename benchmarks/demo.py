@@ -32,23 +32,25 @@ def run_demo(home: Path, extra: list[str]) -> dict:
     """Run the demo CLI in a clean home; returns wall and CPU seconds (the child and its children)."""
     if home.exists():
         raise SystemExit(f"{home} exists: the benchmark needs a clean home (nothing cached)")
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([str(BIN), "demo", "--home", str(home), *extra], capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    home.with_name(home.name + ".log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"demo failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    return {"wall_s": wall, "cpu_s": cpu, "load_before": load_before[0], "load_after": os.getloadavg()[0],
+            "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
 
 
 def signal(home: Path) -> dict:
     """The report's noise floor, each campaign's first AP and APs of 1.0, AP by backbone and encoder."""
     h = resolve_home(home)
     numbers = json.loads((h.campaign("demo-day") / "report" / "numbers.json").read_text())
-    out = {"noise": numbers["anova"]["full"]["noise"], "campaigns": {}}
+    out = {"noise": numbers["anova"]["full"]["noise"], "temporal": numbers.get("temporal") or [], "campaigns": {}}
     store = Store(h)
     for campaign in ("demo-day", "demo-night"):
         df = store.experiments(campaign).sort_values(["finished_at", "experiment_id"])
@@ -67,7 +69,7 @@ def markdown(timing: dict, sig: dict, videos: str) -> str:
     nz = sig["noise"]
     lines = [
         f"Measured {date.today().isoformat()} on {platform.machine()} {os.cpu_count()}-core CPU shared with other jobs "
-        f"(load average {timing['load_before']:.1f} before, {timing['load_after']:.1f} after), Python "
+        f"(load average {_load(timing, 'before')} before, {_load(timing, 'after')} after), Python "
         f"{platform.python_version()}; `benchmarks/demo.py` (a clean `crashsearch demo`, nothing cached).",
         "",
         f"Demo: {videos}. Wall time **{timing['wall_s'] / 60:.1f} min**; CPU time (user + sys of the demo and its "
@@ -83,12 +85,20 @@ def markdown(timing: dict, sig: dict, videos: str) -> str:
     ]
     for name, c in sig["campaigns"].items():
         lines.append(f"| {name} | {c['n']} | {c['failed']} | {c['first_cell']} | {c['first_ap']:.4f} | {c['aps_of_1']} |")
+    lines += ["", "The report's comparison of mean pooling with the best temporal head (`analysis/temporal.py`):", ""]
+    lines += [f"- {t['text']}" for t in sig["temporal"]] or ["- (none: no backbone has mean-pooling runs)"]
     lines += ["", "Mean validation AP by backbone and encoder (`demo-day`; n runs, replicates included; sd across runs):",
               "", "| backbone | encoder | n | mean val AP | sd |", "|---|---|---:|---:|---:|"]
     for r in sig["campaigns"]["demo-day"]["by_encoder"]:
         sd = "" if r["std"] != r["std"] else f"{r['std']:.3f}"
         lines.append(f"| {r['backbone']} | {r['encoder']} | {r['count']} | {r['mean']:.3f} | {sd} |")
     return "\n".join(lines)
+
+
+def _load(timing: dict, when: str) -> str:
+    """"1.2 / 1.5 / 1.4" (1, 5 and 15 minutes, as `uptime` prints them), or the 1-minute figure alone."""
+    triple = timing.get(f"loadavg_{when}")
+    return " / ".join(f"{v:.1f}" for v in triple) if triple else f"{timing[f'load_{when}']:.1f}"
 
 
 def main() -> None:

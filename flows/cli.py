@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print Prefect's per-batch task logs (the Prefect UI always has them)")
 
     p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
-    p.add_argument("--videos", type=int, default=112, help="day videos (night: 4/7 as many)")
+    p.add_argument("--videos", type=int, default=None, help="day videos (default 144; night: 4/9 as many)")
     p.add_argument("--budget", type=int, default=60)
     p.add_argument("--tiny", action="store_true", help="a seconds-long run for tests")
 

@@ -5,14 +5,17 @@ synthetic dashcam videos (day, plus a night task for transfer) -> features with 
 Gemini when their keys are set) -> leaderboard -> analysis report. Everything lands under the
 home directory; the last lines say where and how to query it.
 
-Sizes (measured in benchmarks/README.md, "Demo"): differences in the report must mean something,
-so the validation and test splits are large enough for seed noise to stay a small share of the AP
-variance (60/20/20 instead of 70/15/15, 112 day and 64 night videos: about 22 and 13 validation
-videos), while the training split stays large enough for a temporal head to learn the closing
-speed; the clips are 7.5 s, the shortest that gives every window its full history, and the night
-campaign (transfer) runs a third of the day budget, to keep the run near 5 minutes on 2 cores.
-The synthetic task's cue is the closing speed (lab/synth.py), so temporal heads can beat mean
-pooling on the pixels features; nothing in the demo fixes which one wins.
+Sizes (measured in benchmarks/README.md, "Demo"): differences in the report must mean something.
+144 day and 64 night videos of 7.5 s (the shortest that gives every window its full history),
+split 50/25/25: 36 validation videos, so the split a verdict rests on is not a handful (at 60/20/20
+of 112, about 22, one split's luck decided the comparison below), and 72 training videos, enough
+for a temporal head to learn the closing speed. The night campaign (transfer) runs a third of the
+day budget, to keep the run under 5 minutes on 2 cores.
+
+The synthetic task's cue is the closing speed (lab/synth.py). After the day campaign the demo
+trains its leading temporal cell on the pixels features and the same cell with mean pooling,
+ABLATION_RUNS runs each (``encoder_ablation``), and the report compares them like for like with
+N and intervals (analysis.temporal); nothing in the demo fixes which one wins.
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ from crashsearch.lab.settings import Home
 
 DEMO_BACKBONES = ("pixels", "vjepa2_vitl")
 DEMO_SECONDS = 7.5  # MIN_EVENT_S + END_MARGIN_S rounded up: full history, fewest frames
-DEMO_SPLIT = (0.6, 0.2, 0.2)  # train, val, test: larger val and test than the reader's default
+DEMO_VIDEOS = 144  # day videos; the night set has 4/9 as many (64)
+DEMO_SPLIT = (0.5, 0.25, 0.25)  # train, val, test: larger val and test than the reader's default
+ABLATION_RUNS = 4  # runs of the leading temporal cell and of its mean-pooling twin (analysis.temporal.MIN_RUNS+)
 
 
-def demo_flow_fn(home: str, videos: int = 112, budget: int = 60, tiny: bool = False) -> dict:
+def demo_flow_fn(home: str, videos: int = DEMO_VIDEOS, budget: int = 60, tiny: bool = False) -> dict:
     """Prefect flow body of the demo; returns paths and headline numbers."""
     from crashsearch.flows.analyze import analyze_flow
     from crashsearch.flows.campaign import campaign_flow_fn
@@ -38,7 +43,7 @@ def demo_flow_fn(home: str, videos: int = 112, budget: int = 60, tiny: bool = Fa
     h = resolve_home(home)
     size = dict(videos=12, width=64, height=48) if tiny else dict(videos=videos)
     budget = min(budget, 10) if tiny else budget
-    night_videos = max(12, size["videos"] * 4 // 7)
+    night_videos = max(12, size["videos"] * 4 // 9)
     t0 = time.monotonic()
     common = dict(seconds=DEMO_SECONDS, split_fractions=DEMO_SPLIT)
     day = generate(h.datasets / "synth-day", seed=0, style="day", **size, **common)
@@ -61,15 +66,62 @@ def demo_flow_fn(home: str, videos: int = 112, budget: int = 60, tiny: bool = Fa
     # the pipeline's order depends on thread timing (one run: noise share 24% at 47 experiments)
     run_args = dict(seeds=2 if tiny else 3, round_size=round_size, progress=not tiny, propose_mode="turns")
     main = campaign_flow_fn(str(day.root), "demo-day", str(h.root), ",".join(policies), budget, **run_args)
+    ablation = encoder_ablation(h.root, "demo-day", day, runs=3 if tiny else ABLATION_RUNS)
     transfer = campaign_flow_fn(str(night.root), "demo-night", str(h.root), ",".join(policies), max(8, budget // 3),
                                 **run_args)
     _say(f"[3/4] campaigns: demo-day {main['recorded']} experiments (best val AP {_fmt(main['best_ap'])}), "
-         f"demo-night {transfer['recorded']} (best {_fmt(transfer['best_ap'])}) ({time.monotonic() - t0:.0f}s)")
+         f"demo-night {transfer['recorded']} (best {_fmt(transfer['best_ap'])}); ablation: {ablation['trained']} runs "
+         f"of cell {ablation['cell_id']} and its mean-pooling twin {ablation['twin_cell_id']} "
+         f"({time.monotonic() - t0:.0f}s)" if ablation else
+         f"[3/4] campaigns: demo-day {main['recorded']} experiments, demo-night {transfer['recorded']}; no temporal "
+         f"run on pixels to ablate ({time.monotonic() - t0:.0f}s)")
     print((h.campaign("demo-day") / "summary.txt").read_text())
 
     report = analyze_flow("demo-day", home=str(h.root))
     _say(f"[4/4] report: {report.get('report_dir')} ({time.monotonic() - t0:.0f}s)")
     return {"home": str(h.root), "campaign": main, "transfer": transfer, "report": report}
+
+
+def encoder_ablation(home, campaign: str, dataset, backbone: str = "pixels", runs: int = ABLATION_RUNS,
+                     seed: int = 0) -> dict | None:
+    """Train the campaign's leading temporal cell on ``backbone`` and its twin with mean pooling
+    (every other axis equal) until each has ``runs`` runs, recorded in the campaign as proposer
+    "ablation", so the report can compare them like for like (analysis.temporal.paired).
+
+    A search replicates its leaders, not the baseline it left behind; this is the control that
+    says whether the order of the steps matters, whichever way it comes out. Returns
+    {cell_id, twin_cell_id, trained} or None when the campaign has no temporal run on ``backbone``.
+    """
+    from crashsearch.lab.cache import load_features
+    from crashsearch.lab.leaderboard import leaderboard
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+    from crashsearch.lab.versions import code_version
+    from crashsearch.tasks.execute import BatchContext, run_batch
+    from crashsearch.tasks.record import Job, job_seed
+
+    home = resolve_home(home)
+    store = Store(home)
+    df = store.experiments(campaign)
+    temporal = df[(df["backbone"] == backbone) & (df["encoder"] != "meanpool_mlp")]
+    earlier = temporal[temporal["proposer"] == "ablation"]
+    board = leaderboard(earlier if len(earlier) else temporal, k=1)  # a re-run completes the same pair
+    if board.empty:
+        return None
+    space = Space.load()
+    leader = space.cell(int(board["cell_id"].iloc[0]))
+    twin = space.validate({**leader.to_dict(), "encoder": "meanpool_mlp"})
+    rows = df.groupby("cell_id").size()  # every recorded row: a new replicate never reuses a seed
+    done = df[df["status"].isin(("ok", "healed"))].groupby("cell_id").size()
+    jobs = []
+    for cell in (leader, twin):
+        first, missing = int(rows.get(cell.id, 0)), max(0, runs - int(done.get(cell.id, 0)))
+        jobs += [Job(cell, job_seed(seed, cell.id, r), r, proposer="ablation") for r in range(first, first + missing)]
+    if jobs:
+        features = load_features(home, dataset.name, backbone, dataset=dataset)
+        run_batch(jobs, features, BatchContext(campaign, dataset.name, space, code_version(), "cpu"), store)
+    return {"cell_id": leader.id, "twin_cell_id": twin.id, "trained": len(jobs)}
 
 
 def _fmt(x) -> str:
@@ -89,7 +141,8 @@ def main(args) -> int:
     print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "
           "so absolute AP says little about real V-JEPA 2 features.", flush=True)
     with quiet_prefect():
-        result = flow(name="demo", log_prints=True)(demo_flow_fn)(str(home.root), args.videos, args.budget, args.tiny)
+        videos = DEMO_VIDEOS if args.videos is None else args.videos
+        result = flow(name="demo", log_prints=True)(demo_flow_fn)(str(home.root), videos, args.budget, args.tiny)
     print(f"\nhome:        {result['home']}")
     print(f"history:     {home.campaigns}/demo-day/log/*.parquet")
     print(f"cache:       {home.cache}")

@@ -25,12 +25,17 @@ def test_tiny_demo_runs_end_to_end_and_says_weights_are_random(tmp_path):
     for name in ("report.md", "report.html", "numbers.json", "figures/convergence.png", "figures/coverage.png"):
         assert (report / name).stat().st_size > 0, name
     numbers = json.loads((report / "numbers.json").read_text())
-    assert numbers["history"]["experiments"] == 10
+    ablation = numbers["history"]["arms"].get("ablation", 0)  # the leading temporal cell and its twin, 3 runs each
+    assert 1 <= ablation <= 6 and numbers["history"]["experiments"] == 10 + ablation
+    (pixels,) = [t for t in numbers["temporal"] if t["backbone"] == "pixels"]
+    assert pixels["paired"] and pixels["paired"]["meanpool"]["n"] == 3 and pixels["paired"]["temporal"]["n"] >= 3
+    assert "like for like" in (report / "report.md").read_text()
     assert {d["dataset"] for d in numbers["transfer"]["datasets"]} == {"synth-day", "synth-night"}
     assert "random" in (report / "report.md").read_text().lower()
 
     board = _cli("leaderboard", "--campaign", "demo-day", home=home)
     assert board.returncode == 0 and "mean_val_ap" in board.stdout
     query = _cli("query", "SELECT count(*) AS n, count(DISTINCT experiment_id) AS ids FROM experiments", home=home)
-    assert query.returncode == 0 and query.stdout.split()[2:4] == ["18", "18"]  # 10 day + 8 night, none twice
+    total = str(18 + ablation)  # 10 day + 8 night + the ablation's runs, none twice
+    assert query.returncode == 0 and query.stdout.split()[2:4] == [total, total]
     assert _cli("query", "DELETE FROM experiments", home=home).returncode != 0
