@@ -86,7 +86,15 @@ def markdown(timing: dict, sig: dict, videos: str) -> str:
     for name, c in sig["campaigns"].items():
         lines.append(f"| {name} | {c['n']} | {c['failed']} | {c['first_cell']} | {c['first_ap']:.4f} | {c['aps_of_1']} |")
     lines += ["", "The report's comparison of mean pooling with the best temporal head (`analysis/temporal.py`):", ""]
-    lines += [f"- {t['text']}" for t in sig["temporal"]] or ["- (none: no backbone has mean-pooling runs)"]
+    for t in sig["temporal"]:
+        lines.append(f"- {t['text']}")
+        if t.get("paired"):
+            lines.append(f"- {t['backbone']}, {t['paired']['text']}.")
+    if not sig["temporal"]:
+        lines.append("- (none: no backbone has mean-pooling runs)")
+    if sig.get("steps"):
+        lines += ["", "Steps (the demo's own lines, seconds since its flow started):", ""]
+        lines += [f"    {step}" for step in sig["steps"]]
     lines += ["", "Mean validation AP by backbone and encoder (`demo-day`; n runs, replicates included; sd across runs):",
               "", "| backbone | encoder | n | mean val AP | sd |", "|---|---|---:|---:|---:|"]
     for r in sig["campaigns"]["demo-day"]["by_encoder"]:
@@ -110,6 +118,10 @@ def main() -> None:
     args = ap.parse_args()
     timing = json.loads(args.timing) if args.reuse else run_demo(args.home, [])
     sig = signal(args.home)
+    log = args.home.with_name(args.home.name + ".log")
+    if log.exists():  # "[1/4] synthetic datasets: ... (9s)" etc., without Prefect's prefix
+        sig["steps"] = [line.split(" - ", 1)[-1] for line in log.read_text().splitlines() if "] " in line
+                        and any(f"[{k}/4]" in line for k in range(1, 5))]
     from crashsearch.flows.demo import DEMO_SECONDS, DEMO_SPLIT
     ds = resolve_home(args.home).datasets
     n_day = len(list((ds / "synth-day" / "train").glob("*.mp4")))
