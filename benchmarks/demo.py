@@ -114,9 +114,15 @@ def main() -> None:
     ap.add_argument("--home", required=True, type=Path)
     ap.add_argument("--write", action="store_true", help="write the Demo section of benchmarks/README.md")
     ap.add_argument("--reuse", action="store_true", help="read the figures of a finished run in --home (no timing)")
-    ap.add_argument("--timing", default=None, help="with --reuse: JSON of a timing measured outside")
+    ap.add_argument("--timing", default=None, help="with --reuse: JSON of a timing measured outside "
+                    "(default: HOME.timing.json, written by the run)")
     args = ap.parse_args()
-    timing = json.loads(args.timing) if args.reuse else run_demo(args.home, [])
+    saved = args.home.with_name(args.home.name + ".timing.json")
+    if args.reuse:
+        timing = json.loads(args.timing) if args.timing else json.loads(saved.read_text())
+    else:
+        timing = run_demo(args.home, [])
+        saved.write_text(json.dumps(timing))  # so --reuse --write can rewrite the section later
     sig = signal(args.home)
     log = args.home.with_name(args.home.name + ".log")
     if log.exists():  # "[1/4] synthetic datasets: ... (9s)" etc., without Prefect's prefix
