@@ -31,3 +31,26 @@ def synth_dataset(tmp_path_factory):
 
     return generate(tmp_path_factory.mktemp("synth") / "synth-day", videos=12, seed=0, style="day",
                     width=64, height=48, fps=8, seconds=8.0)
+
+
+# The default space, an empty home and its store: shared by the store, catalog and safety tests
+# (a test module that needs another kind defines its own fixture of the same name).
+@pytest.fixture(scope="module")
+def space():
+    from crashsearch.lab.space import Space
+
+    return Space.load()
+
+
+@pytest.fixture
+def home(tmp_path):
+    from crashsearch.lab.settings import Home
+
+    return Home(tmp_path / "home")
+
+
+@pytest.fixture
+def store(home):
+    from crashsearch.lab.store import Store
+
+    return Store(home)

@@ -25,16 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 VIEWS = ("experiments", "campaigns", "bugfix_events")
 
 
-@pytest.fixture(scope="module")
-def space() -> Space:
-    return Space.load()
-
-
-@pytest.fixture
-def home(tmp_path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def read_only(home: Home) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(home.root / "history.duckdb"), read_only=True)
 

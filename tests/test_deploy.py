@@ -526,7 +526,9 @@ def test_a_batch_that_keeps_failing_ends_as_failed_rows(cluster, lab):
 @pytest.mark.slow
 def test_a_killed_workers_batch_is_redispatched_and_the_history_is_complete(cluster, lab):
     home = lab[0]
-    proc = _campaign_cli(cluster, lab, "dist-kill", budget=8, round_size=4, timeout_s=12)
+    # groups of at most 2: the first 4 cells go out as two batches at once, one per worker (each takes
+    # one run at a time), so w1 surely gets one; with one group w2 could train everything alone
+    proc = _campaign_cli(cluster, lab, "dist-kill", budget=8, round_size=4, timeout_s=12, extra=("--max-group", "2"))
     deadline, victim = time.monotonic() + 120, None
     while victim is None:  # w1 has taken a batch and is starting it
         assert time.monotonic() < deadline and proc.poll() is None, cluster.log("campaign-dist-kill")

@@ -31,21 +31,6 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 LONG_QUERY = "SELECT sum(i::DOUBLE) FROM range(100000000000) t(i)"  # minutes of work: only a cancel ends it
 
 
-@pytest.fixture(scope="module")
-def space() -> Space:
-    return Space.load()
-
-
-@pytest.fixture
-def home(tmp_path) -> Home:
-    return Home(tmp_path / "home")
-
-
-@pytest.fixture
-def store(home) -> Store:
-    return Store(home)
-
-
 def rows(space: Space, n: int, seed: int = 0, prefix: str = "e") -> list[dict]:
     rng = random.Random(seed)
     return [{"experiment_id": f"{prefix}{i}", "cell_id": cell.id, "status": "ok", "val_ap": 0.1 + i / 100,

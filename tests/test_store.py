@@ -31,21 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def space() -> Space:
-    return Space.load()
-
-
-@pytest.fixture
-def home(tmp_path) -> Home:
-    return Home(tmp_path / "home")
-
-
-@pytest.fixture
-def store(home) -> Store:
-    return Store(home)
-
-
 def make_rows(space: Space, n: int, seed: int = 0, prefix: str = "e", start: int = 0) -> list[dict]:
     """n ok rows on random cells, finished one minute apart."""
     rng = random.Random(seed)
