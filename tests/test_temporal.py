@@ -53,3 +53,21 @@ def test_the_report_states_the_comparison_in_its_headline(tmp_path):
     assert numbers["temporal"][0]["verdict"] == "temporal ahead"
     md = (tmp_path / "report.md").read_text()
     assert "Temporal heads vs mean pooling, pixels: a temporal head beats mean pooling (gru; intervals apart)" in md
+
+
+def test_the_like_for_like_pair_is_judged_on_the_held_out_test_split():
+    """The temporal cell of the pair is a leader, picked on validation AP; its validation mean is
+    biased up. Before: the pair was judged on validation AP and called 'temporal ahead' here."""
+    axes = dict(backbone="pixels", size="small", loss="bce", lr=0.001, batch_size=32, window_s=2.0, augment="none")
+    rows = [{**axes, "encoder": enc, "cell_id": cid, "status": "ok", "val_ap": val, "test_ap": test,
+             "campaign": "c", "proposer": "ablation", "arch_group": f"pixels/{enc}"}
+            for enc, cid, vals in (("gru", 1, [(0.90, 0.70), (0.91, 0.72), (0.89, 0.69)]),
+                                   ("meanpool_mlp", 2, [(0.70, 0.71), (0.71, 0.70), (0.69, 0.72)]))
+            for val, test in vals]
+    (r,) = temporal_vs_meanpool(pd.DataFrame(rows))
+    p = r["paired"]
+    assert p["metric"] == "test_ap" and p["verdict"] == "undecided", p["text"]
+    assert "held-out test AP" in p["text"] and "validation AP 0.9000 vs 0.7000" in p["text"]
+    no_test = pd.DataFrame(rows).drop(columns="test_ap")
+    p = temporal_vs_meanpool(no_test)[0]["paired"]
+    assert p["metric"] == "val_ap" and p["verdict"] == "temporal ahead" and "biased up by its pick" in p["text"]
