@@ -74,8 +74,8 @@ def markdown(timing: dict, sig: dict, videos: str) -> str:
         "",
         f"Demo: {videos}. Wall time **{timing['wall_s'] / 60:.1f} min**; CPU time (user + sys of the demo and its "
         f"Prefect server together) **{timing['cpu_s'] / 60:.1f} min**. On a busy machine the wall time measures the "
-        f"neighbours; the CPU time is what the demo itself needs (on an idle 2-core machine the server runs "
-        f"beside the single-threaded demo, so the wall time is about the CPU time).",
+        f"neighbours; the CPU time is what the demo itself needs (the demo's torch threads and the server share "
+        f"the cores, so on an idle machine the CPU time can exceed the wall time).",
         "",
         f"Report (`demo-day`, full history): seed-replicate noise floor sd {nz['sd']:.4f} over {nz['cells']} "
         f"replicated cells (df {nz['df']}), **{100 * nz['share']:.0f}% of the validation-AP variance** (goal <= 20%).",
