@@ -121,9 +121,19 @@ def group_cells(cells: Sequence[Cell], max_models: int = DEFAULT_MAX_MODELS) -> 
     out = []
     for idx in by_key.values():
         if len(idx) > max_models:
-            idx = sorted(idx, key=lambda i: (float(cells[i]["window_s"]), int(cells[i]["batch_size"]), i))
+            idx = sorted(idx, key=lambda i: (*map(_sort_number, (cells[i]["window_s"], cells[i]["batch_size"])), i))
         out += [idx[i:i + max_models] for i in range(0, len(idx), max_models)]
     return out
+
+
+def _sort_number(value: Any) -> float:
+    """``value`` as a float to order cells by; a value that is not a number sorts last (its cell
+    then fails alone in ``_cell_error``, it must not crash the grouping)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    return number if not math.isnan(number) else math.inf
 
 
 # ---- public entry points ---------------------------------------------------------------------
@@ -224,15 +234,27 @@ def _check_features(cell: Cell, features: FeatureSet) -> None:
                                              f"({n_pos} positives of {labels.numel()})")
 
 
-def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> ShapeError | None:
-    """The ShapeError of a cell that cannot train in any group (a batch size under 1, a window the
-    cached history cannot hold), else None. Checked per cell: it must not fail its group."""
+def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> TrainingError | None:
+    """The error of a cell that cannot train in any group, else None: a ShapeError for a batch size
+    that is not a whole number >= 1 or a window that is not a positive number of seconds the cached
+    history holds, a TrainingError for an lr that is not a finite number >= 0, a loss that is not
+    known or an augment other than none/jitter. Checked per cell: it must not fail its group."""
     try:
         batch_ok = int(cell["batch_size"]) >= 1 and int(cell["batch_size"]) == float(cell["batch_size"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         batch_ok = False
     if not batch_ok:
         return ShapeError(cell, f"batch_size={cell['batch_size']!r} is not a whole number of at least 1")
+    if not _number_at_least(cell["window_s"], 0.0) or float(cell["window_s"]) == 0:
+        return ShapeError(cell, f"window_s={cell['window_s']!r} is not a positive number of seconds")
+    if not _number_at_least(cell["lr"], 0.0):
+        return TrainingError(cell, f"lr={cell['lr']!r} is not a finite number >= 0", error_class="ValueError")
+    try:
+        loss_for(cell["loss"])
+    except ValueError as exc:
+        return TrainingError(cell, str(exc), error_class="ValueError")
+    if cell["augment"] not in ("none", "jitter"):
+        return TrainingError(cell, f"augment={cell['augment']!r} is not 'none' or 'jitter'", error_class="ValueError")
     try:  # the earliest window training or evaluation reads
         features.window(features.indices("train")[:1], max(recipe.horizons_s), float(cell["window_s"]))
     except IndexError:
@@ -241,6 +263,15 @@ def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> ShapeError 
                                 f"needs {needed} steps but the cache holds {features.x.shape[1]} "
                                 f"({features.x.shape[1] / features.step_hz:g}s at {features.step_hz:g} Hz)")
     return None
+
+
+def _number_at_least(value: Any, low: float) -> bool:
+    """Whether ``value`` reads as a finite number (``float(value)``) >= ``low``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(number) and number >= low
 
 
 def _init_head(cell: Cell, seed: int, in_dim: int) -> torch.nn.Module:

@@ -134,6 +134,30 @@ def test_a_cell_that_cannot_train_fails_alone_not_its_group(features):
     assert "window_s=30.0" in str(results[3])
 
 
+def test_a_cell_with_an_impossible_value_fails_alone_with_one_line(features):
+    # a custom space may hold any string or number: window 0, -3 or "abc" trained as a 1-step window
+    # recorded ok or failed the whole group; a bad lr, loss or augment failed the group or trained as none
+    bad = [raw_cell(window_s=0), raw_cell(window_s=-3.0), raw_cell(window_s="abc"), raw_cell(window_s=float("inf")),
+           raw_cell(lr=-1.0), raw_cell(lr=float("nan")), raw_cell(loss="hinge"), raw_cell(augment="flip")]
+    results = train_batch([cell(), *bad, cell(lr=0.01)], features, list(range(len(bad) + 2)), fixed={"epochs": 1})
+    assert isinstance(results[0], TrainResult) and isinstance(results[-1], TrainResult)
+    assert results[0].group_size == 2
+    for c, r in zip(bad, results[1:-1]):
+        assert isinstance(r, TrainingError) and not isinstance(r, TrainResult) and r.cell is c, r
+        assert "\n" not in str(r)
+    assert [type(r) for r in results[1:5]] == [ShapeError] * 4 and "window_s=0 " in str(results[1])
+    assert "lr=-1.0 " in str(results[5]) and "'hinge'" in str(results[7]) and "'flip'" in str(results[8])
+
+
+def test_a_bad_batch_size_in_a_split_group_does_not_crash_the_batch(features):
+    # more cells of one shape than max_models sorts them by window and batch size: a value that is
+    # not a number raised out of train_batch, failing every cell of the call
+    results = train_batch([cell(), raw_cell(batch_size="x"), raw_cell(batch_size=None)], features, [1, 2, 3],
+                          fixed={"epochs": 1}, max_models=1)
+    assert isinstance(results[0], TrainResult)
+    assert [type(r) for r in results[1:]] == [ShapeError, ShapeError]
+
+
 def test_missing_features_are_named(features):
     other = synthetic(backbone="pixels")
     (wrong,) = train_batch([cell()], other, [0], fixed={"epochs": 1})
