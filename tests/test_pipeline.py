@@ -94,6 +94,31 @@ def test_proposals_and_training_overlap_and_lookahead_bounds_the_queue(lab_home,
     assert "hint: the trainers waited for proposals" in summary.format() and "--lookahead (now 3)" in summary.format()
 
 
+class SlowFirstAnswer(SlowRandom):
+    """Answers after 0.4 s: with one call covering the budget, the trainers only wait for the first answer."""
+
+    name = "slow-first-answer"
+
+    def propose(self, view, n):
+        time.sleep(0.4)
+        return super().propose(view, n)
+
+
+def test_waiting_for_the_first_answer_is_not_a_lookahead_hint(lab_home, monkeypatch):
+    # one call brings the whole budget (lookahead 8 > budget 4): the trainers waited ~90% of the run, all of
+    # it for the first answer, which no lookahead shortens; the summary still told the user to raise it
+    from crashsearch import agents
+
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    register_policy("slow-first-answer", f"{__name__}:SlowFirstAnswer")
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-first", policies=["slow-first-answer"], budget=4, seeds=1, round_size=4,
+                           space_path=space, propose_mode="pipeline", lookahead=8, group_wait_s=0.0, log=lambda m: None)
+    assert summary.recorded == 4 and summary.pipeline["proposal_calls"] == 1
+    assert summary.pipeline["starved_fraction"] < 0.2, summary.pipeline
+    assert "hint: the trainers waited" not in summary.format()
+
+
 def test_turns_mode_never_overlaps_proposals_and_training(lab_home, slow_policy):
     """The strict mode stays strict: the control for the test above."""
     home, ds, space = lab_home

@@ -64,7 +64,9 @@ class PipelineStats:
     busy: list[tuple[float, float]] = field(default_factory=list)  # training intervals
     max_queued: int = 0
     over_lookahead: int = 0  # proposals returned beyond the free lookahead (not claimed)
-    starved_seconds: float = 0.0  # no group training, none queued, proposal calls out: waiting for agents
+    # after the first batch started: no group training, none queued, proposal calls out (waiting for agents);
+    # the wait for the first answer is not counted, no lookahead can shorten it
+    starved_seconds: float = 0.0
 
     def busy_seconds(self) -> float:
         """Length of the union of the training intervals."""
@@ -162,7 +164,7 @@ class Pipeline:
                 "busy_fraction": s.busy_seconds() / wall if wall > 0 else 0.0, "wall_seconds": wall,
                 "busy_seconds": s.busy_seconds(), "proposal_calls": s.calls, "max_queued": s.max_queued,
                 "mean_staleness": sum(s.staleness) / len(s.staleness) if s.staleness else 0.0,
-                "over_lookahead": s.over_lookahead, "starved_fraction": s.starved_seconds / wall if wall > 0 else 0.0,
+                "over_lookahead": s.over_lookahead, "starved_fraction": _fraction(s.starved_seconds, self.first_start),
                 "lookahead": self.lookahead}
         return stopped
 
@@ -183,7 +185,7 @@ class Pipeline:
             if timeout:
                 time.sleep(timeout)
             return
-        starved = not self.training and not self.queue  # only proposal calls are out
+        starved = self.first_start is not None and not self.training and not self.queue  # only calls are out
         waited = time.monotonic()
         done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
         if starved:
@@ -302,6 +304,12 @@ class Pipeline:
             # retries of healed failures go first; beyond the budget they are dropped
             self.queue[:0] = [_Queued(j, now - self.c.config.group_wait_s, self.c.new) for j in retries[:room]]
         self.c._save_state()
+
+
+def _fraction(seconds: float, since: float | None) -> float:
+    """``seconds`` as a fraction of the time from ``since`` (monotonic) to now; 0 when never started."""
+    span = 0.0 if since is None else time.monotonic() - since
+    return seconds / span if span > 0 else 0.0
 
 
 def _in_daemon_thread(fn, *args) -> Future:
