@@ -61,9 +61,12 @@ def _in_flight(home: Home, campaign: str, store: Store) -> int:
     path = home.campaigns / campaign / INFLIGHT_FILE
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, or damaged (not UTF-8, not JSON)
         return 0
-    ids = [i for run in doc.get("runs", []) for i in run.get("experiment_ids", [])]
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    ids = [i for run in (runs if isinstance(runs, list) else []) if isinstance(run, dict)
+           for i in (run.get("experiment_ids") if isinstance(run.get("experiment_ids"), list) else [])
+           if isinstance(i, str)]  # a damaged file counts what it still says, never fails the status
     if not ids:
         return 0
     found = store.query("SELECT DISTINCT experiment_id FROM experiments WHERE campaign = ? AND list_contains(?, experiment_id)",

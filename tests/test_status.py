@@ -84,6 +84,18 @@ def test_status_counts_distributed_batches_in_flight_until_recorded(home):
     assert campaign_status(home)[0]["in_flight"] == 0
 
 
+@pytest.mark.parametrize("text", [b"[]", b"null", b'{"runs": null}', b'{"runs": [1, {"experiment_ids": "ab"}]}',
+                                  b'{"runs": [{"experiment_ids": [1, null, "pending"]}]}', b"\x00\xff not utf-8"])
+def test_status_of_a_running_campaign_survives_a_damaged_inflight_file(home, text):
+    # each of these raised (AttributeError, TypeError, a DuckDB BinderException, UnicodeDecodeError)
+    store = Store(home)
+    store.append("dist", [_row(0, "ok", 0.7, campaign="dist")], SPACE)
+    store.write_campaign("dist", {"status": "running", "pid": os.getpid(), "budget": 8})
+    (home.campaign("dist") / "inflight.json").write_bytes(text)
+    (row,) = campaign_status(home)
+    assert row["status"] == "running" and row["in_flight"] == (1 if b"pending" in text else 0)
+
+
 def test_status_of_a_campaign_on_another_host_does_not_judge_its_pid(home):
     store = Store(home)
     store.write_campaign("remote", {"status": "running", "pid": _dead_pid(), "host": "some-other-node", "budget": 3})
