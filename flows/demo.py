@@ -90,12 +90,13 @@ def encoder_ablation(home, campaign: str, dataset, backbone: str = "pixels", run
 
     A search replicates its leaders, not the baseline it left behind; this is the control that
     says whether the order of the steps matters, whichever way it comes out. Returns
-    {cell_id, twin_cell_id, trained} or None when the campaign has no temporal run on ``backbone``.
+    {cell_id, twin_cell_id, trained} or None when the campaign has no temporal run on ``backbone``
+    or its space (read from the campaign) has no mean pooling.
     """
     from crashsearch.lab.cache import load_features
     from crashsearch.lab.leaderboard import leaderboard
     from crashsearch.lab.settings import resolve_home
-    from crashsearch.lab.space import Space
+    from crashsearch.lab.space import InvalidCell, Space
     from crashsearch.lab.store import Store
     from crashsearch.lab.versions import code_version
     from crashsearch.tasks.execute import BatchContext, run_batch
@@ -109,9 +110,13 @@ def encoder_ablation(home, campaign: str, dataset, backbone: str = "pixels", run
     board = leaderboard(earlier if len(earlier) else temporal, k=1)  # a re-run completes the same pair
     if board.empty:
         return None
-    space = Space.load()
+    info = next((c for c in store.campaigns() if c["id"] == campaign), {})
+    space = Space.load(info.get("space_path"))  # cell ids mean cells of the campaign's own space
     leader = space.cell(int(board["cell_id"].iloc[0]))
-    twin = space.validate({**leader.to_dict(), "encoder": "meanpool_mlp"})
+    try:
+        twin = space.validate({**leader.to_dict(), "encoder": "meanpool_mlp"})
+    except InvalidCell:  # a space without mean pooling has no twin to compare with
+        return None
     rows = df.groupby("cell_id").size()  # every recorded row: a new replicate never reuses a seed
     done = df[df["status"].isin(("ok", "healed"))].groupby("cell_id").size()
     jobs = []

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_campaign import lab_home  # noqa: F401 (fixture)
+
 BIN = Path(sys.executable).parent / "crashsearch"
 
 
@@ -39,3 +41,26 @@ def test_tiny_demo_runs_end_to_end_and_says_weights_are_random(tmp_path):
     total = str(18 + ablation)  # 10 day + 8 night + the ablation's runs, none twice
     assert query.returncode == 0 and query.stdout.split()[2:4] == [total, total]
     assert _cli("query", "DELETE FROM experiments", home=home).returncode != 0
+
+
+def test_the_encoder_ablation_reads_the_campaign_s_own_space(lab_home):
+    # a campaign on a custom space: its cell ids mean other cells in the default space, which the
+    # ablation used (it trained and recorded cells the campaign never ran, with the wrong space)
+    from crashsearch.flows.campaign import run_campaign
+    from crashsearch.flows.demo import encoder_ablation
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+
+    home, ds, space_path = lab_home
+    run_campaign(home, ds.root, "abl", policies=["random"], budget=8, seeds=1, space_path=space_path,
+                 backbones=["pixels"], log=lambda m: None)
+    result = encoder_ablation(home.root, "abl", ds, runs=1)
+    space = Space.load(space_path)
+    df = Store(home).experiments("abl")
+    leader, twin = space.cell(result["cell_id"]), space.cell(result["twin_cell_id"])
+    assert leader["backbone"] == "pixels" and leader["encoder"] != "meanpool_mlp"
+    assert twin.to_dict() == {**leader.to_dict(), "encoder": "meanpool_mlp"}
+    ablation = df[df["proposer"] == "ablation"]
+    assert result["trained"] >= 1 and len(ablation) == result["trained"]
+    assert set(ablation["space"]) <= {space.name} and set(ablation["cell_id"]) <= {leader.id, twin.id}
+    assert (ablation["backbone"] == "pixels").all() and set(ablation["status"]) <= {"ok", "healed"}
