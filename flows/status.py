@@ -26,7 +26,10 @@ SELECT campaign,
        count(*) FILTER (WHERE status != 'invalid') AS done,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        max(val_ap) FILTER (WHERE status IN ('ok', 'healed') AND NOT isnan(val_ap)) AS best_val_ap,
-       arg_max(error_class || ': ' || coalesce(error_message, ''), finished_at) FILTER (WHERE status = 'failed') AS last_error,
+       -- a TrainingError's message already starts with its class (str(exc)); other errors' do not
+       arg_max(CASE WHEN starts_with(coalesce(error_message, ''), error_class || ': ') THEN error_message
+                    ELSE error_class || ': ' || coalesce(error_message, '') END, finished_at)
+           FILTER (WHERE status = 'failed') AS last_error,
        max(finished_at) AS last_finished
 FROM experiments GROUP BY campaign
 """

@@ -96,6 +96,16 @@ def test_status_of_a_running_campaign_survives_a_damaged_inflight_file(home, tex
     assert row["status"] == "running" and row["in_flight"] == (1 if b"pending" in text else 0)
 
 
+def test_status_names_a_training_error_s_class_once(home):
+    # a TrainingError's message starts with its class: the status showed "NaNLossError: NaNLossError: ..."
+    from crashsearch.tasks.errors import NaNLossError
+
+    store = Store(home)
+    store.append("c", [_row(0, "failed", error=NaNLossError(SPACE.cell(0), "loss went NaN"))], SPACE)
+    store.write_campaign("c", {"status": "finished", "budget": 1})
+    assert campaign_status(home)[0]["last_error"].startswith("NaNLossError: loss went NaN [cell 0")
+
+
 def test_status_of_a_campaign_on_another_host_does_not_judge_its_pid(home):
     store = Store(home)
     store.write_campaign("remote", {"status": "running", "pid": _dead_pid(), "host": "some-other-node", "budget": 3})
