@@ -240,7 +240,7 @@ def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> TrainingErr
     history holds, a TrainingError for an lr that is not a finite number >= 0, a loss that is not
     known or an augment other than none/jitter. Checked per cell: it must not fail its group."""
     try:
-        batch_ok = int(cell["batch_size"]) >= 1 and int(cell["batch_size"]) == float(cell["batch_size"])
+        batch_ok = float(cell["batch_size"]).is_integer() and float(cell["batch_size"]) >= 1
     except (TypeError, ValueError, OverflowError):
         batch_ok = False
     if not batch_ok:
@@ -411,7 +411,8 @@ class ExampleSampler:
         pad = torch.tensor([self.t_max - t for t in self.t_steps], device=dev)
         # each model's own steps of the longest window: (M, T); None when every window is the longest
         self.own_steps = None if not pad.any() else torch.arange(self.t_max, device=dev)[None, :] >= pad[:, None]
-        self.batch = [int(c["batch_size"]) for c in cells]
+        # a batch larger than the training set is the whole set (and a huge one must not overflow int64)
+        self.batch = [min(int(float(c["batch_size"])), max(self.n_examples, 1)) for c in cells]
         self.chunk = math.gcd(*self.batch)
         self._noise: dict[int, torch.Tensor] = {}  # jitter model -> its current batch's noise
         self.order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
@@ -548,7 +549,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     out: list[TrainResult | TrainingError] = []
     for m, (cell, seed, step) in enumerate(zip(cells, seeds, failed_at.tolist())):
         if step >= 0:  # the chunk, as the model's own epoch and step
-            own_step = step % chunks_per_epoch * chunk // int(cell["batch_size"]) + 1
+            own_step = step % chunks_per_epoch * chunk // sampler.batch[m] + 1
             out.append(NaNLossError(cell, f"loss or gradient became non-finite at epoch {step // chunks_per_epoch + 1}, "
                                           f"step {own_step} (lr={cell['lr']}, loss={cell['loss']})"))
         elif not math.isfinite(metrics[m]["val_ap"]):  # a horizon's AP may be undefined (one class there)

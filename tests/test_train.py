@@ -158,6 +158,14 @@ def test_a_bad_batch_size_in_a_split_group_does_not_crash_the_batch(features):
     assert [type(r) for r in results[1:]] == [ShapeError, ShapeError]
 
 
+def test_a_batch_larger_than_the_training_set_is_the_whole_set(features):
+    # 1e30 overflowed int64 and failed its whole group; 10**30 was "not a whole number"
+    huge = [raw_cell(batch_size=1e30), raw_cell(batch_size=10**30), raw_cell(batch_size=1000)]
+    results = train_batch([cell(), *huge], features, [1, 2, 2, 2], fixed={"epochs": 1})
+    assert all(isinstance(r, TrainResult) and r.group_size == 4 for r in results), results
+    assert results[1].metrics == results[2].metrics == results[3].metrics  # one full batch each, same seed
+
+
 def test_missing_features_are_named(features):
     other = synthetic(backbone="pixels")
     (wrong,) = train_batch([cell()], other, [0], fixed={"epochs": 1})
