@@ -215,7 +215,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _check_features(cell: Cell, features: FeatureSet) -> None:
+def _check_features(cell: Cell, features: FeatureSet, horizons_s: Sequence[float]) -> None:
     """Raise MissingFeaturesError / ShapeError if the cell's group cannot train on these features
     (each cell's batch size and window are checked on their own: ``_cell_error``)."""
     backbone = cell.values.get("backbone")
@@ -232,6 +232,10 @@ def _check_features(cell: Cell, features: FeatureSet) -> None:
         if n_pos == 0 or n_pos == labels.numel():
             raise MissingFeaturesError(cell, f"the {split} split of {features.dataset!r} has only one class "
                                              f"({n_pos} positives of {labels.numel()})")
+        rows = features.indices(split)
+        if not any(bool(features.has_history(rows, h).any()) for h in horizons_s):  # clips too short
+            raise MissingFeaturesError(cell, f"no {split} video of {features.dataset!r} has history {min(horizons_s):g}s "
+                                             f"before its event (the earliest horizon): its clips are too short")
 
 
 def _cell_error(cell: Cell, features: FeatureSet, recipe: Recipe) -> TrainingError | None:
@@ -480,7 +484,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     """Train one group of same-shape cells as one vectorised model and evaluate every model."""
     cell0, n_models = cells[0], len(cells)
     assert all(shape_key(c) == shape_key(cell0) for c in cells), "a group must share one shape key"
-    _check_features(cell0, features)
+    _check_features(cell0, features, recipe.horizons_s)
     unfit = [_cell_error(c, features, recipe) for c in cells]
     if any(unfit):  # those cells fail alone; the others train without them
         fit = [i for i, e in enumerate(unfit) if e is None]

@@ -190,6 +190,14 @@ class _Broken(_WrongShape):
         raise RuntimeError("boom in forward")
 
 
+def test_clips_too_short_for_every_horizon_are_missing_features_not_nan(features):
+    # no video has 0.5 s of history: nothing trained, evaluation undefined, and the error said
+    # NaNLossError, which the campaign healed by lowering lr again and again
+    short = dataclasses.replace(features, real_s=torch.full((features.x.shape[0],), 0.2))
+    results = train_batch([cell(), cell(augment="jitter")], short, [1, 2], fixed={"epochs": 1})
+    assert all(type(r) is MissingFeaturesError and "too short" in str(r) for r in results), results
+
+
 def test_a_head_with_the_wrong_output_shape_or_a_crash_is_reported(features, monkeypatch):
     monkeypatch.setattr(train_module, "create_head", lambda enc, size, in_dim: _WrongShape(in_dim))
     (shape,) = train_batch([cell()], features, [0], fixed={"epochs": 1})
