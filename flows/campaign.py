@@ -14,13 +14,12 @@ import sys
 import time
 from typing import Any, Callable
 
-from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, set_verbose
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.lock import CampaignLock, ending_status
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.tasks.campaign.config import CampaignConfig, from_cli_args
-from crashsearch.tasks.campaign.engine import Campaign, Wrap, default_campaign_id  # noqa: F401 (re-exported)
+from crashsearch.tasks.campaign.engine import Campaign, Wrap, default_campaign_id, features_to_use  # noqa: F401 (re-exported)
 from crashsearch.tasks.campaign.executor import Executor, LocalExecutor  # noqa: F401 (re-exported)
 from crashsearch.tasks.campaign.summary import CampaignSummary
 
@@ -175,7 +174,7 @@ def main(args) -> int:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
         dataset = preflight(config)
-        _check_classes(args, dataset.name)
+        features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list)  # cached, both classes
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
         lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
@@ -219,14 +218,3 @@ def preflight(config: CampaignConfig):
     return dataset
 
 
-def _check_classes(args, name: str) -> None:
-    """The class check of the campaign's cached features, before a flow run starts; raises
-    ClassCheckError. A missing cache is left for the campaign to report."""
-    from crashsearch.lab.cache import FeaturesNotFound, list_cached
-
-    home = args.home_dir
-    try:
-        cached = sorted({c["backbone"] for c in list_cached(home, name) if c["complete"]})
-        check_cached(home, name, args.backbones.split(",") if args.backbones else cached)
-    except FeaturesNotFound:
-        pass

@@ -187,7 +187,7 @@ def test_a_killed_campaign_resumes_without_loss_or_duplicates(lab_home):
 
 def test_missing_features_and_unavailable_policies_fail_clearly(lab_home, tmp_path):
     home, ds, space = lab_home
-    with pytest.raises(ValueError, match=r"no cached features for dataset 'synth-day' and backbone\(s\) \['r2plus1d_18'\]"):
+    with pytest.raises(ValueError, match=r"no cached features for dataset 'synth-day' and backbone\(s\) r2plus1d_18; "):
         run_campaign(home, ds.root, "c-x", backbones=["r2plus1d_18"], space_path=None)
     logs = []
     summary = run_campaign(home, ds.root, "c-nokey", policies=["claude", "random"], budget=2, round_size=2,
@@ -350,3 +350,22 @@ def test_agents_see_pre_fix_rows_and_reruns_use_the_same_segmentation(lab_home):
     reruns = runner()._leader_reruns(2)
     assert len(reruns) == 2 and {j.proposer for j in reruns} == {"rerun"}
     assert [j.cell.id for j in reruns] == list(view.leaderboard(2)["cell_id"])
+
+
+def test_a_campaign_without_cached_features_is_refused_in_one_line_before_any_flow(synth_dataset, lab_home, tmp_path,
+                                                                                     capsys):
+    """Before: the check ran inside the flow, so Prefect printed a traceback before the line, and the
+    line read "backbone(s) []" when nothing at all was cached."""
+    from crashsearch.flows.cli import main as cli
+
+    home = tmp_path / "empty-home"
+    assert cli(["campaign", "--home", str(home), "--dataset", str(synth_dataset.root), "--budget", "4"]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert "Traceback" not in out.out + out.err and len(err.splitlines()) == 1, out
+    assert err.startswith("campaign: no cached features for dataset 'synth-day'; run `crashsearch extract") and "[]" not in err
+    cached_home, ds, space = lab_home  # pixels cached, r2plus1d_18 not
+    assert cli(["campaign", "--home", str(cached_home.root), "--dataset", str(ds.root), "--budget", "4", "--space", space,
+                "--backbones", "pixels,r2plus1d_18"]) == 2
+    err = capsys.readouterr().err
+    assert "backbone(s) r2plus1d_18; run `crashsearch extract" in err and "(cached: pixels)" in err

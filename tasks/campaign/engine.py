@@ -55,6 +55,26 @@ LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are repo
 Wrap = Callable[[str, Callable], Callable]
 
 
+def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: list[str] | None) -> list[str]:
+    """The backbones a campaign trains on (``backbones``, or every complete cache of the dataset),
+    after checking each is cached and every split has both classes (lab.classes). Raises
+    ValueError / ClassCheckError in one line; the CLI calls it before a flow starts, the engine
+    again when it starts."""
+    from crashsearch.lab.cache import list_cached
+
+    available = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c.get("complete", True)})
+    wanted = list(backbones or available)
+    extract = f"run `crashsearch extract --dataset {dataset_arg} --backbone NAME` first"
+    if not available:
+        raise ValueError(f"no cached features for dataset {dataset_name!r}; {extract}")
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise ValueError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
+                         f"{extract} (cached: {', '.join(available)})")
+    check_cached(home, dataset_name, wanted)  # every split has both classes, or no round starts
+    return wanted
+
+
 def default_campaign_id(dataset_name: str) -> str:
     return f"{dataset_name}"
 
@@ -88,15 +108,7 @@ class Campaign:
         self.device = resolve_device(config.device)
         self.started = time.monotonic()
 
-        cached = [c for c in list_cached(home, self.dataset.name) if c.get("complete", True)]
-        available = sorted({c["backbone"] for c in cached})
-        wanted = config.backbone_list or available
-        missing = sorted(set(wanted) - set(available))
-        if missing or not wanted:
-            raise ValueError(f"no cached features for dataset {self.dataset.name!r} and backbone(s) {missing or wanted}; "
-                             f"run `crashsearch extract --dataset {config.dataset} --backbone NAME` first "
-                             f"(cached: {available or 'none'})")
-        check_cached(home, self.dataset.name, wanted)  # every split has both classes, or no round starts
+        wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list)
         self.space_path = str(Path(config.space).resolve()) if config.space else None  # control arms reuse it
         self.space = Space.load(config.space).restrict(backbone=wanted)
         self.backbones = sorted(wanted)
