@@ -43,6 +43,8 @@ def _stats(ap: pd.Series) -> dict:
 def _verdict(temporal: dict | None, base: dict) -> str:
     if temporal is None or base["n"] < 2 or temporal["n"] < 2:
         return "undecided"
+    if temporal["sd"] == 0 or base["sd"] == 0:  # identical runs (a few videos give few AP values):
+        return "undecided"  # the zero-width interval shows no seed noise, not certainty
     if temporal["ci_lo"] > base["ci_hi"]:
         return "temporal ahead"
     if temporal["ci_hi"] < base["ci_lo"]:

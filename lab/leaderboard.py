@@ -34,10 +34,11 @@ def t_quantile(df: np.ndarray, q: float = 0.975) -> np.ndarray:
 
 
 def interval(mean, std, n) -> tuple[np.ndarray, np.ndarray]:
-    """95% t-interval of a mean from (mean, sample sd, runs); NaN bounds where n < 2."""
+    """95% t-interval of a mean AP from (mean, sample sd, runs), clipped to [0, 1] where AP lives
+    (a wide interval of a few runs reached 1.29); NaN bounds where n < 2."""
     mean, std, n = (np.asarray(v, dtype=float) for v in (mean, std, n))
     half = t_quantile(n - 1) * std / np.sqrt(np.maximum(n, 1))
-    return mean - half, mean + half
+    return np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
 
 
 def rank_cells(agg: pd.DataFrame, k: int | None = None) -> pd.DataFrame:

@@ -71,3 +71,13 @@ def test_the_like_for_like_pair_is_judged_on_the_held_out_test_split():
     no_test = pd.DataFrame(rows).drop(columns="test_ap")
     p = temporal_vs_meanpool(no_test)[0]["paired"]
     assert p["metric"] == "val_ap" and p["verdict"] == "temporal ahead" and "biased up by its pick" in p["text"]
+
+
+def test_identical_runs_are_no_certainty_and_intervals_stay_inside_0_1():
+    """On a 4-video split replicates often score the same AP: a zero-width interval then showed
+    'intervals apart'; and a wide interval of few runs reached past 1."""
+    same = _runs({"meanpool_mlp": [0.75, 0.75, 0.75], "gru": [1.0, 1.0, 1.0]})
+    assert temporal_vs_meanpool(same)[0]["verdict"] == "undecided"
+    wide = _runs({"meanpool_mlp": [0.2, 0.3, 0.25], "gru": [0.99, 0.6, 0.98]})
+    s = temporal_vs_meanpool(wide)[0]["best_stats"]
+    assert 0.0 <= s["ci_lo"] and s["ci_hi"] == 1.0
