@@ -96,7 +96,8 @@ class DistributedExecutor:
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.store = Store(self.home)
         self._published: dict[int, list[_Dispatch]] = {}  # each running ``run`` call's dispatches
-        self._publish_lock = threading.Lock()
+        self._lock = threading.Lock()  # run() is called from several trainer threads: counters and the file
+        self._warned_publish = False
         self.dispatches = 0  # flow runs created, re-dispatches included
         self.redispatches = 0
         self.workers: dict[str, int] = {}  # Prefect worker name -> batches it finished
@@ -125,7 +126,8 @@ class DistributedExecutor:
                     for run_id, d in list(inflight.items()):
                         if all(j.experiment_id in done for j in d.batch):
                             del inflight[run_id]
-                            self.workers[d.worker or "?"] = self.workers.get(d.worker or "?", 0) + 1
+                            with self._lock:
+                                self.workers[d.worker or "?"] = self.workers.get(d.worker or "?", 0) + 1
                             yield d.batch, self._rows(d.batch)
                             continue
                         lost = self._lost(d)
@@ -142,7 +144,8 @@ class DistributedExecutor:
                             yield d.batch, self._rows(d.batch)
                         else:
                             self.log(f"re-dispatching {len(remaining)} of {len(d.batch)} jobs: {d.run_name} {lost}")
-                            self.redispatches += 1
+                            with self._lock:
+                                self.redispatches += 1
                             queue.appendleft((d.batch, remaining, d.attempt + 1, history))
                 finished = True
                 if self.dispatches:
@@ -166,7 +169,8 @@ class DistributedExecutor:
         flow_run = run_deployment(self.deployment_name, parameters=params, timeout=0,
                                   tags=["crashsearch", f"campaign:{self.campaign}"],
                                   flow_run_name=f"{self.campaign}-{backbone}-{len(jobs)}jobs-try{attempt}")
-        self.dispatches += 1
+        with self._lock:
+            self.dispatches += 1
         return _Dispatch(batch, jobs, flow_run.id, flow_run.name, attempt, time.monotonic())
 
     def _poll_states(self, client, inflight: dict[UUID, _Dispatch]) -> None:
@@ -239,25 +243,35 @@ class DistributedExecutor:
 
     def _publish(self, call: int, inflight: dict[UUID, _Dispatch] | None) -> None:
         """Record one ``run`` call's in-flight dispatches (None: the call ended) and rewrite the
-        file with every call's; remove it when no call is left."""
-        with self._publish_lock:
+        file with every call's; remove it when no call is left. The file only informs ``status``: a
+        failed write (a full disk) is said once and never stops the batches."""
+        with self._lock:
             if inflight is None:
                 self._published.pop(call, None)
             else:
                 self._published[call] = list(inflight.values())
-            path = self._inflight_path()
-            if not self._published:
-                path.unlink(missing_ok=True)
-                return
-            dispatches = [d for ds in self._published.values() for d in ds]
-            doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
-                   "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
-                             "worker": d.worker, "attempt": d.attempt,
-                             "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, path)
+            try:
+                self._write_published()
+            except OSError as exc:
+                if not self._warned_publish:
+                    self._warned_publish = True
+                    self.log(f"cannot write {self._inflight_path()}: {one_line(exc)} (status will not list batches "
+                             f"in flight; training goes on)")
+
+    def _write_published(self) -> None:
+        path = self._inflight_path()
+        if not self._published:
+            path.unlink(missing_ok=True)
+            return
+        dispatches = [d for ds in self._published.values() for d in ds]
+        doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
+               "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
+                         "worker": d.worker, "attempt": d.attempt,
+                         "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
 
 
 def check_deployment(deployment_name: str) -> None:

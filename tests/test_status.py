@@ -188,3 +188,27 @@ def test_inflight_json_lists_the_batches_of_every_trainer_thread(home, monkeypat
             t.join(timeout=10)
     assert not errors, errors
     assert not path.exists()  # the last call removed it
+
+
+def test_a_full_disk_for_inflight_json_is_said_once_and_stops_nothing(home, monkeypatch):
+    """inflight.json only informs `status`; before, a failed write (a full disk) raised out of the
+    executor's run call and failed the batch it was dispatching."""
+    import errno
+    import uuid
+
+    from crashsearch.flows import distributed
+    from crashsearch.flows.distributed import DistributedExecutor, _Dispatch
+
+    said: list[str] = []
+    ex = DistributedExecutor("train-batch/gpu", home, "dist", SPACE, "d", poll_s=0.01, log=said.append)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(distributed.os, "replace", full)
+    batch = [Job(SPACE.cell(0), seed=1)]
+    d = _Dispatch(batch, batch, uuid.uuid4(), "run-a", 1, 0.0)
+    for _ in range(3):
+        ex._publish(1, {d.run_id: d})  # no exception
+    ex._publish(1, None)
+    assert len(said) == 1 and "No space left on device" in said[0] and "training goes on" in said[0]
