@@ -11,6 +11,8 @@ means every step is real. Padded values are never read: they may hold anything f
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -60,3 +62,14 @@ def left_align(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor
     x = torch.gather(x, 1, order[..., None].expand(*order.shape, x.shape[-1]))
     length = mask.sum(dim=1, keepdim=True)
     return x, torch.arange(mask.shape[1], device=mask.device)[None, :] < length
+
+
+def own_windows(lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Models of different window lengths reading one window of the longest: (M, max(lengths))
+    bool, True on each model's own last ``lengths[m]`` steps (the older ones are its left
+    padding). None when every model's window is the longest (nothing to mask)."""
+    t_max = max(lengths)
+    pad = torch.tensor([t_max - t for t in lengths], device=device)
+    if not bool(pad.any()):
+        return None
+    return torch.arange(t_max, device=device)[None, :] >= pad[:, None]

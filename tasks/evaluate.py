@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from crashsearch.lab.features import FeatureSet
+from crashsearch.models.mask import own_windows
 
 HORIZONS_S = (0.5, 1.0, 1.5)
 METRIC_KEYS = ("val_ap", "val_ap_h05", "val_ap_h10", "val_ap_h15", "val_auc", "test_ap", "test_auc")
@@ -153,12 +154,10 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float | Se
 def _group_windows(features: FeatureSet, window_s: float | Sequence[float]) -> tuple[float, torch.Tensor | None]:
     """The window to read and, for heads of different windows, each head's (M, T) mask of its own
     steps (the last ``steps(window)`` of the longest); None when one window serves every head."""
-    if isinstance(window_s, (int, float)) or len(set(map(float, window_s))) == 1:
-        return float(window_s if isinstance(window_s, (int, float)) else window_s[0]), None
-    longest = max(map(float, window_s))
-    t_max = features.steps(longest)
-    own = torch.tensor([features.steps(float(w)) for w in window_s], device=features.device)
-    return longest, torch.arange(t_max, device=features.device)[None, :] >= (t_max - own)[:, None]
+    if isinstance(window_s, (int, float)):
+        return float(window_s), None
+    windows = [float(w) for w in window_s]
+    return max(windows), own_windows([features.steps(w) for w in windows], features.device)
 
 
 def _mean_defined(values: list[float]) -> float:

@@ -47,6 +47,7 @@ from torch.func import functional_call, vmap
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Cell, Space
 from crashsearch.models.losses import binary_focal_loss, loss_for
+from crashsearch.models.mask import own_windows
 from crashsearch.models.registry import create_head
 from crashsearch.tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
 from crashsearch.tasks.evaluate import evaluate_heads
@@ -412,9 +413,8 @@ class ExampleSampler:
         self.jitter = [c["augment"] == "jitter" for c in cells]
         self.t_steps = [features.steps(float(c["window_s"])) for c in cells]
         self.t_max = max(self.t_steps)
-        pad = torch.tensor([self.t_max - t for t in self.t_steps], device=dev)
         # each model's own steps of the longest window: (M, T); None when every window is the longest
-        self.own_steps = None if not pad.any() else torch.arange(self.t_max, device=dev)[None, :] >= pad[:, None]
+        self.own_steps = own_windows(self.t_steps, dev)
         # a batch larger than the training set is the whole set (and a huge one must not overflow int64)
         self.batch = [min(int(float(c["batch_size"])), max(self.n_examples, 1)) for c in cells]
         self.chunk = math.gcd(*self.batch)
