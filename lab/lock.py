@@ -13,6 +13,12 @@ interrupted writes left in the campaign's folder (``clean_temp_files``).
 ``ending_status(exc)`` is the status a campaign.json gets when a run stops by ``exc``:
 ``interrupted`` for Ctrl-C, SIGTERM (Prefect's TerminationSignal, or ``Terminated`` raised by
 the CLI's handler), ``failed`` for anything else, and ``finished`` when there is none.
+
+DuckDB checks for signals while a query runs in the main thread, and a Ctrl-C or SIGTERM that
+arrives then becomes ``RuntimeError("Query interrupted")``: the KeyboardInterrupt (or
+``Terminated``) the handler raised is dropped. ``ending_status`` counts that error as an
+interruption, and an ``except Exception`` that would swallow it calls ``reraise_interrupt``
+first, so a signal during a query stops the run like any other.
 """
 from __future__ import annotations
 
@@ -199,9 +205,25 @@ def ending_status(exc: BaseException | None) -> str:
     if exc is None:
         return "finished"
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, KeyboardInterrupt) or names & {"TerminationSignal", "ExternalSignal"}:
+    if isinstance(exc, KeyboardInterrupt) or names & {"TerminationSignal", "ExternalSignal"} or signal_in_query(exc):
         return "interrupted"
     return "failed"
+
+
+def signal_in_query(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's report of a signal that arrived during a query (module docstring)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "InterruptException" in names or (isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted"))
+
+
+def reraise_interrupt(exc: BaseException) -> None:
+    """Raise KeyboardInterrupt if ``exc`` is a signal DuckDB caught during a query; else return.
+
+    Call it first in an ``except Exception`` that logs and goes on, so a Ctrl-C or SIGTERM is not
+    swallowed with the error that carried it.
+    """
+    if signal_in_query(exc):
+        raise KeyboardInterrupt("a signal arrived during a DuckDB query") from exc
 
 
 def raise_on_sigterm() -> None:

@@ -65,6 +65,7 @@ from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clea
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.versions import bugfix_events
 
@@ -193,6 +194,7 @@ class Store:
         try:
             self.compact(campaign, full=False)
         except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
+            reraise_interrupt(exc)
             log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
     def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
@@ -228,6 +230,7 @@ class Store:
         try:
             ensure_exists(self.home)
         except Exception as exc:  # the rows are written; the catalog is a convenience built again later
+            reraise_interrupt(exc)  # a Ctrl-C or SIGTERM during its query stops the run (lab/lock.py)
             log.warning("could not build %s: %s", self.home.root / "history.duckdb", str(exc).splitlines()[0])
 
     def write_campaign(self, campaign: str, info: dict) -> None:

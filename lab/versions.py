@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,8 @@ def _rows_with_version(home: Home, version: str, campaign: str | None) -> int:
     sql = "SELECT count(*) AS n FROM experiments WHERE code_version = $v" + (" AND campaign = $c" if campaign else "")
     try:
         return int(Store(home).query(sql, {"v": version, **({"c": campaign} if campaign else {})})["n"][0])
-    except Exception:  # an empty home has no experiments to count
+    except Exception as exc:  # an empty home has no experiments to count
+        reraise_interrupt(exc)
         return 0
 
 
@@ -322,7 +324,8 @@ def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
         sql = "SELECT DISTINCT code_version FROM experiments" + (" WHERE campaign = $c" if campaign else "")
         try:
             known_versions = [v for v in store.query(sql, {"c": campaign} if campaign else None)["code_version"] if v]
-        except Exception:  # an empty store has no experiments view to read
+        except Exception as exc:  # an empty store has no experiments view to read
+            reraise_interrupt(exc)
             known_versions = []
         if version not in known_versions:
             raise ValueError(f"no experiment{' of campaign ' + campaign if campaign else ''} has code version "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from crashsearch.agents.base import Policy
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.space import Cell, InvalidCell, Space
 from crashsearch.tasks.record import Job, new_experiment_id, one_line
 
@@ -62,6 +63,7 @@ def heal(job: Job, error_class: str, traceback: str, space: Space, advisors: lis
         try:
             advice = advisor.diagnose(job.cell, error_class, traceback)
         except Exception as exc:  # an advisor is optional help; its failure must not stop the campaign
+            reraise_interrupt(exc)
             notes.append(f"{advisor.name} diagnosis failed: {one_line(str(exc), 120)}")
             continue
         if advice is None:

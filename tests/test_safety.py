@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -259,6 +260,41 @@ def test_ending_status_says_interrupted_for_ctrl_c_and_sigterm():
     assert ending_status(Terminated()) == "interrupted"
     assert ending_status(TerminationSignal(signal.SIGTERM)) == "interrupted"
     assert ending_status(RuntimeError("boom")) == "failed"
+
+
+def _query_hit_by(sig: int) -> None:
+    """Run a real DuckDB query in this (the main) thread and send this process ``sig`` while it runs.
+
+    DuckDB notices the signal at once or when the query ends (it varies); a 1 s query keeps that short.
+    """
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), sig))
+    timer.start()
+    try:
+        duckdb.connect().execute("SELECT sum(i::DOUBLE) FROM range(1000000000) t(i)").fetchall()
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_duckdb_query_stops_the_run(store, space, monkeypatch, sig):
+    # bug (CI): SIGTERM to a campaign while it built history.duckdb reached DuckDB, which turns a signal
+    # during a query into RuntimeError("Query interrupted"); the store logged "could not build
+    # history.duckdb: Query interrupted" and went on, so the campaign trained on for minutes
+    from crashsearch.lab import catalog
+    from crashsearch.lab.lock import ending_status, raise_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm()
+    try:
+        with pytest.raises(BaseException) as lost:
+            _query_hit_by(sig)
+        assert ending_status(lost.value) == "interrupted", repr(lost.value)  # where it is not caught
+        monkeypatch.setattr(catalog, "ensure_exists", lambda home: _query_hit_by(sig))  # the catalog's build
+        with pytest.raises(KeyboardInterrupt):
+            store.append("c1", rows(space, 2), space)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert len(store.experiments("c1")) == 2  # the rows were written before the catalog's query
 
 
 def _campaign_cmd(home, ds, space, campaign, budget):

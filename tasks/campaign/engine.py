@@ -33,7 +33,7 @@ from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, 
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset
-from crashsearch.lab.lock import CampaignLock, ending_status
+from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -183,6 +183,7 @@ class Campaign:
             self.log(self.stop_line)
         except BaseException as exc:
             status = stopped = ending_status(exc)  # Ctrl-C or SIGTERM: "interrupted", not "finished"
+            reraise_interrupt(exc)  # a signal DuckDB caught mid-query leaves as the Ctrl-C it was
             raise
         finally:
             if self.bar is not None:
@@ -302,6 +303,7 @@ class Campaign:
                 with self.locks[policy.name]:
                     proposals, error = call(policy, view, n)
         except Exception as exc:  # a broken policy sits out the round; the campaign goes on
+            reraise_interrupt(exc)
             self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
             return []
         if not proposals and error:
@@ -436,6 +438,7 @@ class Campaign:
                         with self.locks[policy.name]:
                             policy.observe(mine)
                 except Exception as exc:
+                    reraise_interrupt(exc)
                     self.log(f"policy {policy.name} failed to observe: {one_line(str(exc), 200)}")
 
     # ---- state and summary -------------------------------------------------------------------
