@@ -140,6 +140,8 @@ class Pipeline:
                     self._enqueue_replicates()
                     self._launch_calls()
                 self._launch_training(trainers, late)
+                if not late:  # the groups just started freed room in the queue: ask for more now, not after
+                    self._launch_calls()  # the next event (a training can take as long as a call)
                 if late and not self.training:  # calls still out are not waited for (an LLM call can take minutes)
                     if self.calls:
                         c.log(f"out of time: {len(self.calls)} proposal call(s) still running abandoned "
