@@ -145,6 +145,8 @@ class Policy(abc.ABC):
     # ``max_calls_in_flight`` calls going); otherwise the campaign calls it, and ``observe``,
     # one at a time.
     concurrent_calls: bool = False
+    # The most cells one ``propose`` call can return (None: no limit); the pipeline asks for no more.
+    max_per_call: int | None = None
 
     def __init__(self, space: Space, seed: int = 0, **kwargs: Any):
         self.space = space

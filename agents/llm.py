@@ -362,6 +362,9 @@ def split_evenly(total: int, parts: int) -> list[int]:
 # ---- the policy -----------------------------------------------------------------------------------
 
 
+OUTPUT_TOKENS_PER_PROPOSAL = 100  # a proposed cell's fields and a sentence of rationale, with margin
+
+
 class LLMPolicy(Policy):
     """A Policy backed by a chat model; subclasses provide the SDK client and one call.
 
@@ -411,6 +414,9 @@ class LLMPolicy(Policy):
         if self.prices == (0.0, 0.0) and prices is None:
             log.warning("%s: no price known for model %s; cost is not counted (pass prices=(in, out) $/Mtok)", self.name, self.model)
         self.max_output_tokens = int(max_output_tokens)
+        # a reply has room for about max_output_tokens / OUTPUT_TOKENS_PER_PROPOSAL cells; a larger ask is cut off
+        self.max_per_call = max(1, min(proposals_per_round or self.max_output_tokens,
+                                       self.max_output_tokens // OUTPUT_TOKENS_PER_PROPOSAL))
         self.limits = prompt_limits or PromptLimits()
         self._usage = Usage()
         self._usage_lock = threading.Lock()  # the pipeline runs several calls of one agent at once

@@ -15,7 +15,10 @@ proposals dropped (returned when the agent's lookahead share had no room left: p
 claimed; the fake server does not hand a dropped cell out again, so a run whose drops eat the
 pool ends early, "exhausted").
 
-    .venv/bin/python benchmarks/pipeline.py [--latency 2,8] [--budget 240] [--lookahead 96]
+For each lookahead of ``--lookahead`` (a comma list; ``auto`` is the default, sized from the
+measured trainer rate and call latency), the pipeline runs once more.
+
+    .venv/bin/python benchmarks/pipeline.py [--latency 2,8] [--budget 240] [--lookahead auto,24]
 """
 from __future__ import annotations
 
@@ -92,7 +95,8 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: int, args, tag: str) -> dict:
+def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: int, args, tag: str,
+            lookahead: int | None = None) -> dict:
     server = FakeLLMServer().start()
     os.environ.update(ANTHROPIC_BASE_URL=server.base_url, GOOGLE_GEMINI_BASE_URL=server.base_url,
                       ANTHROPIC_API_KEY="sk-ant-bench", GEMINI_API_KEY="gm-bench")
@@ -117,7 +121,7 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
         summary = run_campaign(home, dataset.root, f"bench-{tag}", policies=["claude", "gemini"], budget=budget,
                                seeds=1, round_size=args.round_size, device="cpu", space_path=space_path,
                                policy_kwargs={"claude": fast, "gemini": fast}, propose_mode=mode,
-                               lookahead=args.lookahead, max_calls_in_flight=args.calls,
+                               lookahead=lookahead, max_calls_in_flight=args.calls,
                                trainers_per_device=args.trainers, group_wait_s=args.group_wait,
                                train_fn=timed_train, log=lambda m: None)
     finally:
@@ -131,7 +135,9 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
             "busy_after_fill": _union(intervals) / (t0 + wall - first), "exp_per_hour": summary.new / wall * 3600,
             "staleness": summary.pipeline.get("mean_staleness", 0.0) if summary.pipeline else 0.0,
             "tokens_per_exp": tokens / max(summary.new, 1), "calls": len(server.requests),
-            "dropped": summary.pipeline.get("over_lookahead", 0) if summary.pipeline else 0}
+            "dropped": summary.pipeline.get("over_lookahead", 0) if summary.pipeline else 0,
+            "lookahead": "" if not summary.pipeline else (f"auto (max {summary.pipeline['lookahead']})"
+                                                          if summary.pipeline["lookahead_auto"] else str(lookahead))}
 
 
 def main() -> None:
@@ -139,7 +145,7 @@ def main() -> None:
     parser.add_argument("--latency", default="2,8", help="comma list of LLM latencies in seconds")
     parser.add_argument("--budget", type=int, default=240, help="experiments per campaign")
     parser.add_argument("--round-size", type=int, default=12, help="today's loop: experiments per round")
-    parser.add_argument("--lookahead", type=int, default=96)
+    parser.add_argument("--lookahead", default="auto", help="pipeline: comma list of lookaheads; auto: sized by the engine")
     parser.add_argument("--calls", type=int, default=2, help="pipeline: calls in flight per agent")
     parser.add_argument("--trainers", type=int, default=2, help="pipeline: groups training at once")
     parser.add_argument("--group-wait", type=float, default=0.5)
@@ -159,15 +165,18 @@ def main() -> None:
     print(f"{date.today()} {platform.machine()} {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
           f"no GPU lent; budget {args.budget}, round size {args.round_size}, lookahead {args.lookahead}, "
           f"{args.calls} calls in flight per agent, {args.trainers} trainers, group wait {args.group_wait}s")
-    print("| L (s) | engine | experiments | wall s | training s | busy | busy after first batch | exp/hour | "
+    print("| L (s) | engine | lookahead | experiments | wall s | training s | busy | busy after first batch | exp/hour | "
           "mean staleness | tokens/exp | LLM calls | proposals dropped |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lookaheads = [None if x.strip() == "auto" else int(x) for x in args.lookahead.split(",")]
     for latency in [float(x) for x in args.latency.split(",")]:
         for mode in args.modes.split(","):
-            r = run_one(home, dataset, space_path, mode, latency, args.budget, args, f"{mode}-{latency:g}")
-            print(f"| {latency:g} | {r['mode']} | {r['n']} | {r['wall']:.1f} | {r['train']:.1f} | {r['busy']:.0%} | "
-                  f"{r['busy_after_fill']:.0%} | {r['exp_per_hour']:,.0f} | {r['staleness']:.1f} | "
-                  f"{r['tokens_per_exp']:,.0f} | {r['calls']} | {r['dropped']} |", flush=True)
+            for lookahead in lookaheads if mode == "pipeline" else [None]:
+                tag = f"{mode}-{latency:g}-{lookahead or 'auto'}"
+                r = run_one(home, dataset, space_path, mode, latency, args.budget, args, tag, lookahead)
+                print(f"| {latency:g} | {r['mode']} | {r['lookahead']} | {r['n']} | {r['wall']:.1f} | {r['train']:.1f} | {r['busy']:.0%} | "
+                      f"{r['busy_after_fill']:.0%} | {r['exp_per_hour']:,.0f} | {r['staleness']:.1f} | "
+                      f"{r['tokens_per_exp']:,.0f} | {r['calls']} | {r['dropped']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,14 @@ def test_proposals_per_round_caps_n(server, wire):
     assert "propose exactly 2 new experiments" in wire.requests(server)[0].text
 
 
+def test_an_agent_says_how_many_cells_one_reply_can_hold(server, wire):
+    # the pipeline asks for what the trainers need; an ask beyond what max_output_tokens can hold is cut off
+    assert wire.make().max_per_call == 8192 // 100
+    assert wire.make(max_output_tokens=1000).max_per_call == 10
+    assert wire.make(max_output_tokens=1000, proposals_per_round=4).max_per_call == 4
+    assert wire.make(max_output_tokens=50).max_per_call == 1
+
+
 def test_malformed_answer_gets_one_repair_turn(server, wire):
     cs = cells(2)
     wire.script(server, wire.malformed(), wire.ok(answer(cs)))

@@ -94,6 +94,66 @@ def test_proposals_and_training_overlap_and_lookahead_bounds_the_queue(lab_home,
     assert "hint: the trainers waited for proposals" in summary.format() and "--lookahead (now 3)" in summary.format()
 
 
+def test_the_automatic_lookahead_holds_what_the_trainers_take_during_a_call():
+    # before: a fixed lookahead of 24 by default; with an agent that thinks 8 s and trainers that take 13 jobs/s,
+    # the trainers waited for proposals most of the run unless the user knew to raise --lookahead
+    from types import SimpleNamespace
+
+    from crashsearch.tasks.campaign.config import CampaignConfig
+    from crashsearch.tasks.campaign.pipeline import AUTO_LOOKAHEAD_MIN, Pipeline
+
+    assert CampaignConfig(dataset="ds").lookahead is None  # automatic is the default
+    policies = [SimpleNamespace(name="claude", concurrent_calls=True), SimpleNamespace(name="random", concurrent_calls=False)]
+    campaign = SimpleNamespace(config=CampaignConfig(dataset="ds"), policies=policies, executor=None)
+    p = Pipeline(campaign)
+    assert p.lookahead == AUTO_LOOKAHEAD_MIN == 24 and p.share("claude") == p.share("random") == 12  # nothing measured
+    p.trainers, p.first_start = 2, time.monotonic() - 10
+    p.trained_jobs, p.trainer_seconds = 130, 20.0  # 6.5 jobs per trainer-second, 2 trainers: 13 jobs/s
+    p.latency = {"claude": 8.0, "random": 0.01}
+    # during one 8 s claude call the trainers take 13 / 2 x 8 = 52 of claude's jobs; with 2 calls in flight an
+    # answer comes every 4 s, so its share holds 52 + 26. Random answers at once: its share stays small, so it
+    # proposes a few cells at a time, close to the evidence (a fast baseline is not handicapped by a slow agent)
+    assert p.share("claude") == 52 + 26 and p.share("random") == 12 and p.lookahead == 78 + 12
+    p.max_calls["claude"] = 1  # one call at a time: a whole call's worth more
+    assert p.share("claude") == 52 + 52
+    p.latency["claude"] = 0.2  # fast answers: the floor
+    assert p.lookahead == AUTO_LOOKAHEAD_MIN
+    fixed = Pipeline(SimpleNamespace(config=CampaignConfig(dataset="ds", lookahead=6), policies=policies, executor=None))
+    fixed.trainers, fixed.first_start, fixed.trained_jobs, fixed.trainer_seconds = 2, p.first_start, 130, 20.0
+    fixed.latency = {"claude": 8.0, "random": 0.01}
+    assert fixed.lookahead == 6 and fixed.share("claude") == fixed.share("random") == 3  # a number set is a bound
+
+
+class CappedRandom(SlowRandom):
+    """A slow random policy whose replies hold at most 2 cells (an LLM with a small max_output_tokens)."""
+
+    name = "capped-random"
+    max_per_call = 2
+    asked: list[int] = []
+
+    def propose(self, view, n):
+        type(self).asked.append(n)
+        return super().propose(view, n)[:2]
+
+
+def test_a_call_never_asks_for_more_than_the_policy_can_answer(lab_home, monkeypatch):
+    # before: a call asked for its whole share of the lookahead (12 here); an LLM whose reply holds fewer
+    # cells is cut off at max_tokens and returns nothing
+    from crashsearch import agents
+
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    register_policy("capped-random", f"{__name__}:CappedRandom")
+    CappedRandom.asked = []
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "p-capped", policies=["capped-random", "random"], budget=14, seeds=1,
+                           space_path=space, propose_mode="pipeline", lookahead=None, group_wait_s=0.0,
+                           log=lambda m: None)
+    assert summary.recorded == 14 and _history(home, "p-capped")["cell_id"].is_unique
+    assert CappedRandom.asked and max(CappedRandom.asked) <= 2, CappedRandom.asked
+    p = summary.pipeline
+    assert p["lookahead_auto"] and p["lookahead"] >= 24 and p["max_queued"] <= p["lookahead"]
+
+
 class SlowFirstAnswer(SlowRandom):
     """Answers after 0.4 s: with one call covering the budget, the trainers only wait for the first answer."""
 

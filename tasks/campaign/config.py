@@ -56,8 +56,10 @@ class CampaignConfig:
                                         "gemini.temperature=0.7, claude.role=explorer, tpe.n_startup_trials=5",
                                   flag="--policy-arg", action="append", metavar="NAME.KEY=VALUE")
     max_calls_in_flight: int = _f(2, "pipeline: proposal calls each policy keeps running at once")
-    lookahead: int = _f(24, "pipeline: cells claimed beyond what the trainers can start (bounds how far an "
-                            "agent runs ahead of the evidence)")
+    lookahead: int | None = _f(None, "pipeline: cells claimed beyond what the trainers can start (bounds how far "
+                                     "an agent runs ahead of the evidence); default: sized from the measured "
+                                     "trainer rate and call latency to keep the trainers busy (at least 24)",
+                               metavar="N")
     trainers_per_device: int = _f(2, "pipeline: training groups running at once on the device")
     group_wait_s: float = _f(0.5, "pipeline: longest wait for a training group to fill", metavar="SECONDS")
     max_group: int = _f(64, "models trained together as one vectorised group")
@@ -85,7 +87,7 @@ class CampaignConfig:
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("seed", "rerun_leaders_after_fix", "lookahead", "control_budget"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.extend is not None and self.extend < 1:
             out.append(f"extend must be at least 1, got {self.extend}")

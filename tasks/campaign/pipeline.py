@@ -6,7 +6,14 @@ the claims (the Deduper), the queue of claimed jobs. Worker threads only call ou
 - proposers: each policy keeps up to ``max_calls_in_flight`` ``propose`` calls running (one for
   a policy that cannot take overlapping calls). A call sees the history when it starts plus the
   cells claimed and not yet recorded (``Campaign.view``), and asks for as many cells as the
-  policy's share of the lookahead has free, so proposals per call follow demand.
+  policy's share of the lookahead has free, so proposals per call follow demand (never more
+  than the policy's ``max_per_call``).
+- the lookahead: ``lookahead`` when set, in equal shares per policy. By default each policy's
+  share is sized from what is measured: what the trainers take from it during one of its calls
+  (trainer capacity over the policies x its call latency) plus the gap between two of its
+  answers (that over the calls it keeps in flight), never below an equal part of
+  ``AUTO_LOOKAHEAD_MIN``. So a slow LLM agent runs far enough ahead to keep the trainers busy while
+  a fast policy (TPE, evolution) still proposes a few cells at a time, close to the evidence.
 - trainers: up to ``trainers_per_device`` training groups at once. Queued jobs are grouped by
   shape across policies and calls; a group starts when it is full (``max_group``), when its
   oldest job has waited ``group_wait_s``, or when nothing else is coming (no call in flight).
@@ -33,6 +40,8 @@ from crashsearch.agents.base import HistoryView, Policy
 from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.tasks.campaign.executor import LocalExecutor
 from crashsearch.tasks.record import Job
+
+AUTO_LOOKAHEAD_MIN = 24  # the automatic lookahead before anything is measured, and its floor
 
 
 @dataclass
@@ -64,6 +73,7 @@ class PipelineStats:
     busy: list[tuple[float, float]] = field(default_factory=list)  # training intervals
     max_queued: int = 0
     over_lookahead: int = 0  # proposals returned beyond the free lookahead (not claimed)
+    max_lookahead: int = 0  # the largest lookahead the run used (it grows with measurements when automatic)
     # after the first batch started: no group training, none queued, proposal calls out (waiting for agents);
     # the wait for the first answer is not counted, no lookahead can shorten it
     starved_seconds: float = 0.0
@@ -84,8 +94,7 @@ class Pipeline:
     def __init__(self, campaign: Campaign):
         self.c = campaign
         cfg = campaign.config
-        self.lookahead = max(cfg.lookahead, 1)
-        self.share = max(1, self.lookahead // len(campaign.policies))  # each policy's part of the queue
+        self.fixed_lookahead = None if cfg.lookahead is None else max(cfg.lookahead, 1)  # None: automatic
         self.max_calls = {p.name: cfg.max_calls_in_flight if p.concurrent_calls else 1 for p in campaign.policies}
         self.queue: list[_Queued] = []
         self.calls: dict[Future, _Call] = {}
@@ -107,6 +116,21 @@ class Pipeline:
 
     def room(self) -> int:
         return max(0, self.c.target - self.outstanding())
+
+    @property
+    def lookahead(self) -> int:
+        """How many claimed jobs may wait for a trainer: ``--lookahead``, or the policies' shares."""
+        if self.fixed_lookahead is not None:
+            return self.fixed_lookahead
+        return sum(self.share(p.name) for p in self.c.policies)
+
+    def share(self, name: str) -> int:
+        """The part of the lookahead policy ``name``'s claimed jobs may fill (module docstring)."""
+        n = len(self.c.policies)
+        if self.fixed_lookahead is not None:
+            return max(1, self.fixed_lookahead // n)
+        need = math.ceil(self._consumed_during_call(name) * (1 + 1 / self.max_calls[name]))
+        return max(math.ceil(AUTO_LOOKAHEAD_MIN / n), need)
 
     def _queued_by(self, name: str) -> int:
         return sum(1 for q in self.queue if q.job.proposer == name)
@@ -135,6 +159,7 @@ class Pipeline:
         stopped = "interrupted"
         try:
             while True:
+                self.stats.max_lookahead = max(self.stats.max_lookahead, self.lookahead)
                 late = c.out_of_time()
                 if not late:
                     self._enqueue_replicates()
@@ -167,7 +192,7 @@ class Pipeline:
                 "busy_seconds": s.busy_seconds(), "proposal_calls": s.calls, "max_queued": s.max_queued,
                 "mean_staleness": sum(s.staleness) / len(s.staleness) if s.staleness else 0.0,
                 "over_lookahead": s.over_lookahead, "starved_fraction": _fraction(s.starved_seconds, self.first_start),
-                "lookahead": self.lookahead}
+                "lookahead": s.max_lookahead, "lookahead_auto": self.fixed_lookahead is None}
         return stopped
 
     def _next_deadline(self) -> float | None:
@@ -210,8 +235,9 @@ class Pipeline:
                 # trainers will have taken meanwhile. The claim on return still respects the bound.
                 asked = sum(k.n for k in self.calls.values())
                 ahead = self._consumed_during_call(name)
-                free = min(self.share - self._queued_by(name) - self._asked_by(name) + ahead,
-                           self.lookahead - len(self.queue) - asked + ahead * len(c.policies), self.share)
+                share, lookahead = self.share(name), self.lookahead
+                free = min(share - self._queued_by(name) - self._asked_by(name) + ahead,
+                           lookahead - len(self.queue) - asked + ahead * len(c.policies), share)
                 budget_free = self.room() - asked
                 want = min(free, budget_free)
                 if want <= 0:
@@ -219,7 +245,7 @@ class Pipeline:
                 # a call asks for a full chunk (a call costs its prompt whatever it returns): its part of
                 # the share, or of what the trainers take during a call if that is more (within the
                 # share); a smaller one only when the policy has nothing pending or the budget is nearly spent
-                chunk = min(self.share, math.ceil(max(self.share, ahead) / self.max_calls[name]))
+                chunk = min(share, math.ceil(max(share, ahead) / self.max_calls[name]), policy.max_per_call or share)
                 pending = self._asked_by(name) + self._queued_by(name)
                 if want < chunk and pending and budget_free > want:
                     break
@@ -235,7 +261,7 @@ class Pipeline:
         name = call.policy.name
         took = time.monotonic() - call.started
         self.latency[name] = took if name not in self.latency else 0.7 * self.latency[name] + 0.3 * took
-        limit = max(0, min(self.room(), self.share - self._queued_by(name), self.lookahead - len(self.queue)))
+        limit = max(0, min(self.room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
         if not jobs:

@@ -53,9 +53,10 @@ class CampaignSummary:
                          f"{p['mean_staleness']:.1f} results, {p['proposal_calls']} proposal calls, "
                          f"{p['tokens_per_experiment']:.0f} LLM tokens per recorded experiment")
             if p.get("starved_fraction", 0.0) >= 0.2:
+                now = f"automatic, at most {p['lookahead']}" if p.get("lookahead_auto") else f"now {p['lookahead']}"
                 lines.append(f"hint: the trainers waited for proposals {p['starved_fraction']:.0%} of the time after "
-                             f"their first batch; a larger --lookahead (now {p['lookahead']}) keeps them busier, "
-                             f"at the price of staler proposals")
+                             f"their first batch; a larger --lookahead ({now}) or --max-calls-in-flight keeps them "
+                             f"busier, at the price of staler proposals")
         for line in self.unavailable:
             lines.append(f"unavailable: {line}")
         lines.append("policy        proposed  dedup-dropped  best val AP  tokens  cost $")
