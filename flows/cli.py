@@ -15,6 +15,7 @@ from crashsearch.lab.settings import resolve_home
 
 
 # commands that only read the home: they never create a folder in it
+INTERRUPTED = "interrupted; finished experiments are kept"
 READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
 
 
@@ -216,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. A user's mistake (a bad id, file or number, a full
     disk, a busy campaign) is one line on stderr, exit 2; Ctrl-C or SIGTERM one line, exit 130.
     ``CRASHSEARCH_DEBUG=1`` shows the traceback instead."""
-    from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
-    from crashsearch.lab.lock import ending_status, raise_on_sigterm
+    try:  # a Ctrl-C right at start lands in these imports (pandas takes a while): one line, no traceback
+        from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
+        from crashsearch.lab.lock import ending_status, raise_on_sigterm
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
 
     args = build_parser().parse_args(argv)
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CRASHSEARCH_DEBUG") or isinstance(exc, SystemExit):
             raise
         if ending_status(exc) == "interrupted":
-            print("interrupted; finished experiments are kept", file=sys.stderr)
+            print(INTERRUPTED, file=sys.stderr)
             return 130
         if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith("duckdb"):
             print(f"{args.command}: {user_message(exc)}", file=sys.stderr)

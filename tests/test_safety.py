@@ -262,6 +262,24 @@ def test_ending_status_says_interrupted_for_ctrl_c_and_sigterm():
     assert ending_status(RuntimeError("boom")) == "failed"
 
 
+def test_ctrl_c_while_the_cli_imports_its_modules_is_one_line_not_a_traceback(monkeypatch, capsys):
+    # bug: a Ctrl-C in the first second of any command (main() importing lab.lock, i.e. pandas) printed a traceback
+    import builtins
+
+    from crashsearch.flows.cli import main
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "crashsearch.lab.lock":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    assert main(["status", "--home", "/nonexistent"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; finished experiments are kept"
+
+
 def _query_hit_by(sig: int) -> None:
     """Run a real DuckDB query in this (the main) thread and send this process ``sig`` while it runs.
 
