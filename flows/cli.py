@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from typing import Callable
 
 from crashsearch.lab.settings import resolve_home
 
 
-# commands that only read the home: they never create a folder in it
 INTERRUPTED = "interrupted; finished experiments are kept"
+# commands that only read the home: they never create a folder in it
 READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
 
 
@@ -217,15 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. A user's mistake (a bad id, file or number, a full
     disk, a busy campaign) is one line on stderr, exit 2; Ctrl-C or SIGTERM one line, exit 130.
     ``CRASHSEARCH_DEBUG=1`` shows the traceback instead."""
-    try:  # a Ctrl-C right at start lands in these imports (pandas takes a while): one line, no traceback
-        from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
-        from crashsearch.lab.lock import ending_status, raise_on_sigterm
+    # The first second goes to imports. Ctrl-C and SIGTERM are held meanwhile and arrive when
+    # released, as one line and exit 130: a signal during duckdb's import aborts the process
+    # ("Critical nanobind error", exit -6) and one during pandas' printed a traceback.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        try:
+            import duckdb  # noqa: F401  (every command that reads the history needs it)
+
+            from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
+            from crashsearch.lab.lock import ending_status, raise_on_sigterm
+
+            args = build_parser().parse_args(argv)
+            raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal is raised here
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
-
-    args = build_parser().parse_args(argv)
-    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: campaign.json says interrupted, temp files go
     try:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
         args.home_dir = resolve_home(args.home, create=writes)

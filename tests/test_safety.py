@@ -262,22 +262,32 @@ def test_ending_status_says_interrupted_for_ctrl_c_and_sigterm():
     assert ending_status(RuntimeError("boom")) == "failed"
 
 
-def test_ctrl_c_while_the_cli_imports_its_modules_is_one_line_not_a_traceback(monkeypatch, capsys):
-    # bug: a Ctrl-C in the first second of any command (main() importing lab.lock, i.e. pandas) printed a traceback
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_cli_imports_its_modules_is_one_line_not_a_crash(monkeypatch, capsys, sig):
+    # bugs: a Ctrl-C in the first second of any command printed a KeyboardInterrupt traceback (main() importing
+    # pandas), or aborted the process with "Critical nanobind error" and exit -6 (during duckdb's import);
+    # a SIGTERM then killed it without a word
     import builtins
 
     from crashsearch.flows.cli import main
 
-    real_import = builtins.__import__
+    real_import, masks = builtins.__import__, {}
+    previous = signal.getsignal(signal.SIGTERM)
 
-    def interrupted_import(name, *args, **kwargs):
-        if name == "crashsearch.lab.lock":
-            raise KeyboardInterrupt
+    def import_hit_by_a_signal(name, *args, **kwargs):
+        if name == "duckdb" and "duckdb" not in masks:
+            masks["duckdb"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            os.kill(os.getpid(), sig)  # a user's Ctrl-C or kill while the native library initialises
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", interrupted_import)
-    assert main(["status", "--home", "/nonexistent"]) == 130
+    monkeypatch.setattr(builtins, "__import__", import_hit_by_a_signal)
+    try:
+        assert main(["status", "--home", "/nonexistent"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {signal.SIGINT, signal.SIGTERM} <= masks["duckdb"]  # held while duckdb initialises
     assert capsys.readouterr().err.strip() == "interrupted; finished experiments are kept"
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}  # released
 
 
 def _query_hit_by(sig: int) -> None:
