@@ -550,15 +550,21 @@ def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict 
 
     threading.Thread(target=work, name="crashsearch-query", daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
+    def stop() -> None:
+        # interrupt again until the worker is out: one sent before its query began is lost, and a
+        # connection closed while still busy raises, which would replace the Ctrl-C with a DuckDB error
+        until = time.monotonic() + 5
+        while not done.is_set() and time.monotonic() < until:
+            con.interrupt()
+            done.wait(0.05)
+
     try:
         while not done.wait(0.05):
             if deadline is not None and time.monotonic() > deadline:
-                con.interrupt()
-                done.wait(5)
+                stop()
                 raise QueryCancelled(f"the query ran past its timeout of {timeout:g} s and was cancelled")
     except KeyboardInterrupt:
-        con.interrupt()
-        done.wait(5)
+        stop()
         raise
     if "error" in box:
         raise box["error"]

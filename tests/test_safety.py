@@ -168,6 +168,31 @@ def test_ctrl_c_cancels_a_query_within_a_second(home):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "cancelled" in err, err
 
 
+def test_a_ctrl_c_just_before_the_query_begins_still_stops_it():
+    # bug: a Ctrl-C that came after the query's thread started but before DuckDB began the query was lost
+    # (DuckDB's interrupt only stops a running query): the query ran on, and closing its busy connection
+    # raised "connection is busy", so `crashsearch query` said a DuckDB error (exit 2) instead of cancelled
+    from crashsearch.lab.store import interruptible
+
+    real = duckdb.connect()
+
+    class SlowToStart:  # the worker thread reaches execute 0.3 s after the Ctrl-C
+        def execute(self, *args):
+            time.sleep(0.3)
+            return real.execute(*args)
+
+        def interrupt(self):
+            real.interrupt()
+
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        interruptible(SlowToStart(), "SELECT sum(i::DOUBLE) FROM range(100000000000) t(i)")
+    assert time.monotonic() - started < 3
+    real.close()  # raised "connection is busy with another call" while the query ran on
+
+
 def test_query_timeout_cancels_in_one_line(home):
     proc, started = _start_long_query(home, "--timeout", "1")
     out, err = proc.communicate(timeout=60)
