@@ -20,6 +20,16 @@ def _campaign_parser() -> argparse.ArgumentParser:
     return sub.choices["campaign"]
 
 
+def test_every_command_help_reads_right():
+    # bug: `crashsearch leaderboard --help` said "95%% interval" (argparse %-formats a help, not a description)
+    from crashsearch.flows.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "95% interval" in sub.choices["leaderboard"].format_help()
+    for name, parser in sub.choices.items():
+        assert "%%" not in parser.format_help(), name
+
+
 def _flow_params(fn) -> dict:
     return {n: p.default for n, p in inspect.signature(fn).parameters.items()}
 
