@@ -7,7 +7,25 @@ to diagnosis. ``str(error)`` is always one line naming the class, the problem an
 """
 from __future__ import annotations
 
+import contextvars
+import threading
+
 from crashsearch.lab.space import Cell
+
+# The event a stopping campaign sets (Ctrl-C, SIGTERM): training in a context that carries it ends
+# at its next step with TrainingCancelled. The pipeline's trainer threads run in copies of the
+# coordinator's context, which is how the event reaches them (tasks/campaign/pipeline.py).
+STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("crashsearch_stop", default=None)
+
+
+class TrainingCancelled(KeyboardInterrupt):
+    """Training stopped because its campaign is stopping; the batch is not recorded (a resume trains it)."""
+
+
+def stopping() -> bool:
+    """Whether this context's campaign is stopping."""
+    event = STOP.get()
+    return event is not None and event.is_set()
 
 
 class TrainingError(Exception):

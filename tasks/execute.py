@@ -16,6 +16,7 @@ from typing import Callable
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
+from crashsearch.tasks.errors import stopping
 from crashsearch.tasks.heal import rule_fix
 from crashsearch.tasks.record import Job, make_row, utcnow
 
@@ -48,6 +49,11 @@ def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: S
         results = train_fn([j.cell for j in jobs], features, [j.seed for j in jobs], ctx.space.fixed, ctx.device)
     except Exception as exc:
         results = [exc] * len(jobs)
+    if stopping():  # a failure while the campaign stops may be the stop's doing: not recorded, a resume retrains
+        kept = [(job, result) for job, result in zip(jobs, results) if not isinstance(result, BaseException)]
+        jobs, results = [job for job, _ in kept], [result for _, result in kept]
+        if not jobs:
+            return []
     finished = utcnow()
     wall = time.perf_counter() - t0
     rows = []

@@ -49,7 +49,8 @@ from crashsearch.lab.space import Cell, Space
 from crashsearch.models.losses import binary_focal_loss, loss_for
 from crashsearch.models.mask import own_windows
 from crashsearch.models.registry import create_head
-from crashsearch.tasks.errors import MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingError
+from crashsearch.tasks.errors import (STOP, MissingFeaturesError, NaNLossError, OOMError, ShapeError, TrainingCancelled,
+                                      TrainingError)
 from crashsearch.tasks.evaluate import evaluate_heads
 
 DEFAULT_MAX_MODELS = 64  # models per vectorised group; the campaign may pass more on a big GPU
@@ -520,9 +521,12 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     accumulate = not bool(batch_ends.all())  # some model's batch spans several chunks
     grad_sum = torch.zeros_like(heads.flat) if accumulate else None
     epochs_run = 0
+    stop = STOP.get()  # set when the campaign stops: end at the next step, record nothing
     for epoch in range(recipe.epochs):
         rows_epoch, last_epoch, y_epoch = sampler.epoch()  # (M, E) each
         for c in range(chunks_per_epoch):
+            if stop is not None and stop.is_set():
+                raise TrainingCancelled("the campaign is stopping")
             cols = slice(c * chunk, (c + 1) * chunk)
             logits = heads.forward(*sampler.windows(rows_epoch[:, cols], last_epoch[:, cols], c * chunk))  # (M, b)
             per_example = binary_focal_loss(logits, y_epoch[:, cols], gamma, pos_weight, reduction="none")

@@ -250,6 +250,38 @@ def test_hours_does_not_wait_for_proposal_calls_in_flight(lab_home, monkeypatch)
     assert _history(home, "p-stuck")["experiment_id"].is_unique
 
 
+def test_a_ctrl_c_cancels_batches_in_training_and_counts_the_finished_ones(lab_home):
+    """Before: the pipeline waited for every batch in training before it ended (minutes for a long
+    batch), and rows a trainer had recorded that the coordinator had not taken in were missing from
+    campaign.json's counts."""
+    import _thread
+    import json
+
+    home, ds, space = lab_home
+    calls: list[float] = []
+
+    def train(cells, features, seeds, fixed, device):
+        calls.append(time.monotonic())
+        if len(calls) == 1:  # the first group: a normal batch; the user presses Ctrl-C as it is recorded
+            out = train_batch(cells, features, seeds, fixed, device)
+            time.sleep(1.0)  # the second group is training by now
+            _thread.interrupt_main()
+            return out
+        return train_batch(cells, features, seeds, {**fixed, "epochs": 100000}, device)  # hours, unless cancelled
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(home, ds.root, "p-ctrl-c", policies=["random"], budget=12, seeds=1, space_path=space,
+                     propose_mode="pipeline", lookahead=12, max_group=3, trainers_per_device=2, group_wait_s=0.0,
+                     train_fn=train, log=lambda m: None)
+    assert time.monotonic() - t0 < 60 and len(calls) >= 2
+    rows = _history(home, "p-ctrl-c")
+    info = json.loads((home.root / "campaigns" / "p-ctrl-c" / "campaign.json").read_text())
+    assert info["status"] == "interrupted"
+    assert len(rows) == 3 == info["runs"][-1]["recorded"] == info["runs"][-1]["new"]  # the finished group, counted
+    assert (rows["status"] == "ok").all()  # the cancelled group is not recorded (a resume trains it)
+
+
 CHILD = textwrap.dedent("""
     import sys
     from crashsearch.flows.campaign import run_campaign

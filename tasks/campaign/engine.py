@@ -379,9 +379,7 @@ class Campaign:
 
     def record(self, batch: list[Job], rows: list[dict]) -> list[Job]:
         """Take in a recorded batch: history, progress, policies' observe, healing. Returns the retries."""
-        self.train_seconds += sum(r.get("train_seconds") or 0.0 for r in rows)
-        self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
-        self.new += len(rows)
+        self.count(rows)
         self._observe(rows)
         failed = [r for r in rows if r["status"] == "failed"]
         retries = self.wrap("heal", self._heal)(batch, failed) if failed else []
@@ -395,6 +393,14 @@ class Campaign:
         if (stop := self.failfast.observe(rows)) is not None:
             raise SystematicFailure(stop)
         return retries
+
+    def count(self, rows: list[dict]) -> None:
+        """Add rows now in the store to the history and this run's counts (all that a stopping run still does)."""
+        if not rows:
+            return
+        self.train_seconds += sum(r.get("train_seconds") or 0.0 for r in rows)
+        self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
+        self.new += len(rows)
 
     def _heal(self, batch: list[Job], failed: list[dict]) -> list[Job]:
         """Heal failed rows by rule or advisor; returns the retry jobs (their cells claimed)."""

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 
 from crashsearch.agents.base import HistoryView, Policy
 from crashsearch.tasks.campaign.engine import Campaign
+from crashsearch.lab.lock import ending_status
 from crashsearch.tasks.campaign.executor import LocalExecutor
+from crashsearch.tasks.errors import STOP
 from crashsearch.tasks.record import Job
 
 AUTO_LOOKAHEAD_MIN = 24  # the automatic lookahead before anything is measured, and its floor
@@ -156,6 +158,8 @@ class Pipeline:
         c = self.c
         started = time.monotonic()
         trainers = ThreadPoolExecutor(max_workers=self.trainers, thread_name_prefix="train")
+        stop = threading.Event()
+        token = STOP.set(stop)  # the trainers' contexts are copies of this one: set, it cancels their batches
         stopped = "interrupted"
         try:
             while True:
@@ -182,9 +186,18 @@ class Pipeline:
                         stopped = "exhausted"
                         break
                 self._wait(self._next_deadline())
+        except BaseException as exc:
+            if ending_status(exc) == "interrupted":  # Ctrl-C, SIGTERM: batches in training end at their next
+                stop.set()  # step, unrecorded (a resume trains them), as in turns mode; the user is not kept waiting
+            raise
         finally:
             # a proposal call still running ends on its own daemon thread; its cells are not claimed
-            trainers.shutdown(wait=True, cancel_futures=True)  # a batch in training is recorded before we return
+            trainers.shutdown(wait=True, cancel_futures=True)
+            for future in self.training:  # finished, and in the store, but not taken in: counted
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    for _, rows in future.result():
+                        c.count(rows)
+            STOP.reset(token)
             wall = time.monotonic() - started
             s = self.stats
             c.pipeline_stats = {
