@@ -44,6 +44,7 @@ from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.flows.status import INFLIGHT_FILE
 from crashsearch.flows.train_batch import RecordOnceStore, recorded_ids
+from crashsearch.tasks.errors import TrainingCancelled, stopping
 from crashsearch.tasks.record import Job, make_row, one_line
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -120,6 +121,8 @@ class DistributedExecutor:
                         inflight[d.run_id] = d
                     self._publish(id(inflight), inflight)
                     time.sleep(self.poll_s)
+                    if stopping():  # Ctrl-C or SIGTERM to the campaign: its runs are cancelled (finally), not awaited
+                        raise TrainingCancelled("the campaign is stopping")
                     self._poll_states(client, inflight)
                     ids = [j.experiment_id for d in inflight.values() for j in d.batch]
                     done = recorded_ids(self.store, self.campaign, ids)

@@ -524,6 +524,37 @@ def test_a_batch_that_keeps_failing_ends_as_failed_rows(cluster, lab):
 
 
 @pytest.mark.slow
+def test_ctrl_c_to_a_distributed_campaign_cancels_its_runs_instead_of_waiting_for_them(cluster, lab):
+    # bug: the pipeline waited for every dispatched batch to be recorded, so a Ctrl-C waited for the
+    # workers' training (here hours) without a word
+    home, _, space_path, _ = lab
+    long = Path(space_path).with_name("long.yaml")
+    long.write_text(SPACE_YAML.replace("epochs: 2\n", "epochs: 100000\n"))
+    proc = _campaign_cli(cluster, (lab[0], lab[1], str(long), lab[3]), "dist-int", budget=4, round_size=2,
+                         timeout_s=600)
+    deadline, running = time.monotonic() + 120, None
+    while running is None:  # a worker is training a batch
+        assert time.monotonic() < deadline and proc.poll() is None, cluster.log("campaign-dist-int")
+        running = next((r for r in _train_runs(cluster, "dist-int") if r.state.type.value == "RUNNING"), None)
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        proc.wait(timeout=120)
+    finally:
+        took = time.monotonic() - sent
+    out = cluster.log("campaign-dist-int", tail=20000)
+    assert proc.returncode == 130 and took < 30, (took, out[-3000:])
+    assert "interrupted; finished experiments are kept" in out and "Traceback" not in out, out[-3000:]
+    deadline = time.monotonic() + 60
+    with cluster.client() as client:
+        while client.read_flow_run(running.id).state.type.value not in ("CANCELLING", "CANCELLED", "CRASHED"):
+            assert time.monotonic() < deadline, client.read_flow_run(running.id).state
+            time.sleep(0.5)
+    assert len(Store(home).experiments("dist-int")) == 0  # nothing half-trained was recorded
+
+
+@pytest.mark.slow
 def test_a_killed_workers_batch_is_redispatched_and_the_history_is_complete(cluster, lab):
     home = lab[0]
     # groups of at most 2: the first 4 cells go out as two batches at once, one per worker (each takes
