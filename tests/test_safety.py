@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import pandas as pd
@@ -364,6 +365,22 @@ def _campaign_cmd(home, ds, space, campaign, budget):
             "--policies", "random", "--propose-mode", "turns"]  # rounds of 2: slow enough to be interrupted
 
 
+def _signal_group(proc: subprocess.Popen, sig: int, ready: Callable[[], None], timeout: float = 180
+                  ) -> tuple[str, str, float]:
+    """Once ``ready()`` returns, send ``sig`` to ``proc``'s process group (a shell's Ctrl-C); its stdout,
+    stderr and seconds to exit. A process still running at the end (a failed wait, the timeout) is killed."""
+    try:
+        ready()
+        os.killpg(proc.pid, sig)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=timeout)
+        return out, err, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _wait_for_rows(home, campaign, n, proc, seconds=240):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
@@ -420,16 +437,7 @@ def test_a_signal_to_the_whole_process_group_mid_training_ends_the_run_at_once(l
     campaign = f"group-{sig.name.lower()}"
     first = subprocess.Popen(_campaign_cmd(home, ds, space, campaign, 480), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own group, as a shell's job
-    try:
-        _wait_for_rows(home, campaign, 2, first)
-        os.killpg(first.pid, sig)
-        sent = time.monotonic()
-        out, err = first.communicate(timeout=180)
-        took = time.monotonic() - sent
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+    out, err, took = _signal_group(first, sig, ready=lambda: _wait_for_rows(home, campaign, 2, first))
     assert first.returncode == 130, (out[-2000:], err[-3000:])
     assert took < 15, f"{took:.0f} s after the signal: {err[-3000:]}"
     assert "interrupted; finished experiments are kept" in err, err[-3000:]
@@ -458,19 +466,14 @@ def test_ctrl_c_in_the_pipeline_does_not_wait_for_the_batches_in_training(lab_ho
     cmd[cmd.index("--space") + 1] = str(long)
     info_path = home.root / "campaigns" / "pipe-int" / "campaign.json"
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+
+    def training() -> None:
         deadline = time.monotonic() + 120
         while not info_path.exists() and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.2)
         time.sleep(4)  # the first groups are training (3,000 epochs: far longer than this test waits)
-        os.killpg(first.pid, signal.SIGINT)
-        sent = time.monotonic()
-        out, err = first.communicate(timeout=180)
-        took = time.monotonic() - sent
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+
+    out, err, took = _signal_group(first, signal.SIGINT, ready=training)
     assert first.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert took < 15, f"{took:.0f} s after Ctrl-C: {err[-2000:]}"
     info = json.loads(info_path.read_text())
