@@ -415,8 +415,8 @@ class LLMPolicy(Policy):
             log.warning("%s: no price known for model %s; cost is not counted (pass prices=(in, out) $/Mtok)", self.name, self.model)
         self.max_output_tokens = int(max_output_tokens)
         # a reply has room for about max_output_tokens / OUTPUT_TOKENS_PER_PROPOSAL cells; a larger ask is cut off
-        self.max_per_call = max(1, min(proposals_per_round or self.max_output_tokens,
-                                       self.max_output_tokens // OUTPUT_TOKENS_PER_PROPOSAL))
+        room = max(1, self.max_output_tokens // OUTPUT_TOKENS_PER_PROPOSAL)
+        self.max_per_call = min(room, proposals_per_round) if proposals_per_round else room
         self.limits = prompt_limits or PromptLimits()
         self._usage = Usage()
         self._usage_lock = threading.Lock()  # the pipeline runs several calls of one agent at once

@@ -550,6 +550,7 @@ def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict 
 
     threading.Thread(target=work, name="crashsearch-query", daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
+
     def stop() -> None:
         # interrupt again until the worker is out: one sent before its query began is lost, and a
         # connection closed while still busy raises, which would replace the Ctrl-C with a DuckDB error

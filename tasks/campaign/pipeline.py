@@ -37,8 +37,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from crashsearch.agents.base import HistoryView, Policy
-from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.lab.lock import ending_status
+from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.tasks.campaign.executor import LocalExecutor
 from crashsearch.tasks.errors import STOP
 from crashsearch.tasks.record import Job
