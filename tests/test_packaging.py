@@ -82,3 +82,62 @@ print('ok', crashsearch.__version__)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "ok 0.1.0"
     assert (venv / "bin" / "crashsearch").exists()  # the console script is installed
+
+
+def _package_folders() -> set[str]:
+    """Every folder of the checkout that installs as a package: those with an __init__.py, and
+    those holding package data (lab/spaces). tests/ and benchmarks/ are not installed."""
+    found = {"crashsearch"}
+    for init in REPO.rglob("__init__.py"):
+        rel = init.parent.relative_to(REPO)
+        if rel.parts and rel.parts[0] not in ("tests", "benchmarks", "build", ".venv") and not any(
+                p.startswith(".") or p.endswith(".egg-info") for p in rel.parts):
+            found.add(".".join(("crashsearch",) + rel.parts))
+    return found | {"crashsearch.lab.spaces"}
+
+
+def test_pyproject_lists_every_package_of_the_tree():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert listed == _package_folders(), f"missing: {sorted(_package_folders() - listed)}, extra: {sorted(listed - _package_folders())}"
+
+
+@pytest.mark.slow
+def test_every_module_of_the_installed_wheel_imports_and_the_cli_runs(wheel, tmp_path):
+    """A fresh venv with the wheel installed by pip and the project's dependencies visible (a .pth
+    line naming this interpreter's site-packages; .pth files inside it, such as an editable
+    install's finder, are not run from there): every module imports and `crashsearch --help` runs."""
+    import site
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "absent from the packages configuration" not in out.stdout + out.stderr
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
+    Path(purelib, "project-deps.pth").write_text("\n".join(deps) + "\n")
+    modules = sorted(".".join(("crashsearch",) + p.relative_to(REPO).with_suffix("").parts)
+                     for p in REPO.rglob("*.py")
+                     if p.parts[len(REPO.parts)] not in ("tests", "benchmarks", "build", ".venv")
+                     and p.name not in ("__init__.py", "__main__.py") and p.parent != REPO)
+    check = f"""
+import importlib, crashsearch
+assert crashsearch.__file__.startswith({str(venv)!r}), crashsearch.__file__
+for name in {modules!r}:
+    mod = importlib.import_module(name)
+    assert mod.__file__.startswith({str(venv)!r}), mod.__file__
+print('imported', len({modules!r}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    out = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == f"imported {len(modules)}"
+    out = subprocess.run([str(venv / "bin" / "crashsearch"), "--help"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "campaign" in out.stdout, out.stdout + out.stderr
