@@ -767,7 +767,8 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     else:
         d.table(tr["datasets"], {"dataset": "dataset", "experiments": "experiments", "eta2_arch": "eta² of architecture",
                                  "top_backbone": "winning backbone", "top_arch_group": "winning arch group",
-                                 "best_ap": "best AP", "best_arch_group": "best run's group", "c": "c"})
+                                 "best_ap": "best single run (validation AP)", "best_arch_group": "best run's group",
+                                 "c": "c"})
         d.p("**" + tr["winner"]["text"] + "** (winner: highest mean AP over its runs)."
             + paper_clause(nb["headline"].get("paper"), "eta² 0.94 and 0.75 on its two datasets"))
         rc = nb["transfer"]["rank_correlation"]
