@@ -123,9 +123,10 @@ def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: st
          judged: dict[str, list[np.ndarray]] | None = None) -> Path:
     """Per policy: the held-out AP of the cell picked at N with its 95% band (solid) and the best
     validation AP seen (dotted, selection-biased); the N=50 verdict under the title."""
-    from crashsearch.analysis.plots import _empty, _figure, _save, integer_log_ticks
+    from crashsearch.analysis.plots import _empty, _figure, _legend_below, _save, integer_log_ticks
 
-    fig, (ax,) = _figure(1, width=7.2, height=4.6)
+    height = 6.0
+    fig, (ax,) = _figure(1, width=8.0, height=height)
     table = curve_table(runs, budget, seed=seed, judged=judged)
     if table.empty:
         _empty(ax, "no run has an AP")
@@ -138,14 +139,16 @@ def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: st
             ax.plot(part["n"], part["best"], ls=":", lw=1, color=line.get_color(),
                     label=f"{arm}: best validation AP seen (selection-biased)")
         ax.axvline(50, color="0.6", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
         integer_log_ticks(ax, int(table["n"].max()))
         ax.set_xlabel("experiments N")
         ax.set_ylabel("AP at N (mean over repeats)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        _legend_below(ax, ncol=2)
     ax.set_title(title, fontsize=10)
-    fig.suptitle(_wrap(verdict, 110), fontsize=7, y=0.02, va="bottom") if verdict else None
-    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94)) if verdict else None
+    if verdict:  # under everything, in a band of its own, so it never runs over the axis labels
+        text = _wrap(verdict, 130)
+        band = (text.count("\n") + 1) * 0.13 / height + 0.02
+        fig.text(0.5, 0.01, text, ha="center", va="bottom", fontsize=7)
+        fig.get_layout_engine().set(rect=(0, band, 1, 1 - band))  # (left, bottom, width, height)
     return _save(fig, path)
 
 

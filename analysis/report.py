@@ -711,7 +711,8 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
         "AP (its replicate mean of validation AP where no test AP was recorded): the best validation AP seen is a "
         "maximum over noisy runs and rewards luck, so it is shown beside it only for comparison. Each figure is the "
         "mean over repeats with a 95% bootstrap interval over repeats (none with one repeat); arms are compared by "
-        "bootstrap intervals of their differences, paired by repeat.")
+        "95% intervals of their differences, paired by repeat (a bootstrap over repeats; Student t below 10 "
+        "repeats, where a bootstrap understates the spread).")
     d.p("**" + scratch["verdict"]["text"] + "**")
     d.table(pd.DataFrame(scratch["best_at_n"]), {"arm": "arm", "n": "N", "picked": "held-out AP of the pick",
                                                   "picked_lo": "95% lo", "picked_hi": "95% hi",
