@@ -13,13 +13,11 @@ What is promised, each checked on the drawn matplotlib figure or the written rep
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from crashsearch.analysis import baselines, convergence, dynamics, plots
+from crashsearch.analysis import convergence, dynamics, plots
 from crashsearch.analysis.history import prepare
 from crashsearch.analysis.report import build_report, convergence_caption, hours_label, paper_reference
 from crashsearch.analysis.synthetic import synthetic_history
