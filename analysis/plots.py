@@ -108,11 +108,14 @@ def convergence(curves_full: pd.DataFrame, fit_full: dict, path: str | Path, eve
     if len(pts) > MAX_SCATTER_POINTS:
         pts = pts.sample(MAX_SCATTER_POINTS, random_state=0)
     ax.scatter(pts["n"], pts["val_ap"], s=3, color="0.75", label="each experiment", rasterized=True)
+    # a short campaign trains for minutes or seconds: 0.00025-hour ticks read badly
+    total_h = float(np.nanmax(curves_full["gpu_hours"])) if curves_full["gpu_hours"].notna().any() else 0.0
+    unit, per_hour = ("seconds", 3600.0) if total_h < 0.05 else ("minutes", 60.0) if total_h < 2 else ("hours", 1.0)
     for scope, part in curves_full.groupby("scope", sort=True):
         part = _thin(part)
         style = dict(color="black", lw=2) if scope == "overall" else dict(lw=1)
         ax.step(part["n"], part["best_ap"], where="post", label=f"best: {scope}", **style)
-        ax_h.step(part["gpu_hours"], part["best_ap"], where="post", label=str(scope), **style)
+        ax_h.step(part["gpu_hours"] * per_hour, part["best_ap"], where="post", label=str(scope), **style)
     n_max = int(overall["n"].max())
     if fit_drawn(fit_full):
         n = np.geomspace(1, n_max, 200)
@@ -132,7 +135,7 @@ def convergence(curves_full: pd.DataFrame, fit_full: dict, path: str | Path, eve
         lo = float(np.nanpercentile(overall["val_ap"], 5)) if np.isfinite(overall["val_ap"]).any() else finite.min()
         ax.set_ylim(min(lo, finite.min()) - 0.01, min(1.0, finite.max() + 0.02))
     _legend_below(ax)
-    ax_h.set_xlabel(f"{hours_label} (cumulative)")
+    ax_h.set_xlabel(f"{hours_label.replace('hours', unit) if unit != 'hours' else hours_label} (cumulative)")
     ax_h.set_ylabel("best validation AP")
     _legend_below(ax_h, ncol=3)
     return _save(fig, path)

@@ -720,14 +720,14 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
                                                   "repeats": "repeats", "judge": "judged by"},
             empty="No from-scratch arm: run `crashsearch analyze --campaign ID --control-arms random,tpe`.")
     laws = pd.DataFrame(scratch["power_laws"])
-    if len(laws):
+    if len(laws):  # no arm: the table above already says how to run them
         laws["c_ci"] = [[lo, hi] for lo, hi in zip(laws["c_lo"], laws["c_hi"])]
         laws["note"] = [r if isinstance(r, str) else (f"at a bound: {b} (a cap, not an estimate)" if b else i)
                         for r, b, i in zip(laws["reason"], laws["at_bound"], laws["interval"])]
-    d.table(laws, {"arm": "arm", "a": "a", "b": "b", "c": "c", "c_ci": "c 95%", "r2": "R²",
-                   "n": "N", "repeats": "repeats", "note": "note"}, empty="No from-scratch arm to fit.")
-    d.p("Power law a - b N^-c per arm, fitted to the mean running best validation AP over repeats (the paper's "
-        "curve); the interval of c is a bootstrap over repeats (repeats resampled with replacement, refitted).")
+        d.table(laws, {"arm": "arm", "a": "a", "b": "b", "c": "c", "c_ci": "c 95%", "r2": "R²",
+                       "n": "N", "repeats": "repeats", "note": "note"})
+        d.p("Power law a - b N^-c per arm, fitted to the mean running best validation AP over repeats (the paper's "
+            "curve); the interval of c is a bootstrap over repeats (repeats resampled with replacement, refitted).")
     d.h(3, "Arms in a shared campaign, not from scratch")
     d.p("The campaign's own policies share one history (each sees the others' results), so these are not "
         "independent searches and enter no verdict.")

@@ -97,6 +97,7 @@ def test_convergence_draws_the_fit_its_caption_promises(tmp_path, drawn):
     none = convergence.fit_power_law(flat["val_ap"].to_numpy(float), n_boot=0)
     plots.convergence(convergence.curves(flat), none, tmp_path / "c2.png")
     assert not [line for line in drawn[-1].axes[0].get_lines() if line.get_label().startswith("power-law fit")]
+    assert drawn[-1].axes[1].get_xlabel() == "training seconds (cumulative)"  # no 0.00025-hour ticks
     caption = convergence_caption(none, None, "GPU-hours")
     assert "no power-law fit is drawn: the running best rose 2 times" in caption
 
