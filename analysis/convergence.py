@@ -96,13 +96,28 @@ def _fit_once(n: np.ndarray, y: np.ndarray, a_max: float, refine: bool = True) -
     return p0
 
 
+def at_bounds(a: float, b: float, c: float, a_max: float = 1.0) -> list[str]:
+    """The parameters of a fit that sit at a bound of the search (a fit there is a cap, not an estimate)."""
+    out = []
+    if a >= a_max - 1e-9:
+        out.append(f"a = {a_max:g}")
+    if b <= 1e-12:
+        out.append("b = 0")
+    if c <= C_GRID[0] * (1 + 1e-6):
+        out.append(f"c <= {C_GRID[0]:g}")
+    if c >= C_GRID[-1] * (1 - 1e-6):
+        out.append(f"c = {C_GRID[-1]:g}")
+    return out
+
+
 def fit_power_law(values, n_boot: int = 200, seed: int = 0, a_max: float = 1.0, max_points: int = 300) -> dict:
     """Fit AP*(N) = a - b N^-c to the running best of ``values`` (AP per experiment, in order; NaN = failed).
 
     Returns a dict: a, b, c, r2, rmse, n (experiments), points (used in the fit), improvements
     (times the running best rose), a_ci, b_ci, c_ci (95% bootstrap [lo, hi] or None), samples
     (array of bootstrap (a, b, c) rows, for ``forecast``), n_boot (successful bootstrap fits),
-    reason (None or why NaN). The bootstrap is a Poisson bootstrap (each experiment kept
+    at_bound (the parameters the fit pushed to a bound of the search, e.g. "a = 1.0": the ceiling
+    is the cap ``a_max``, not an estimate; empty when none), reason (None or why NaN). The bootstrap is a Poisson bootstrap (each experiment kept
     Poisson(1) times in its place), so the order of the search is preserved; histories over
     BOOT_BUDGET / n_boot experiments get fewer resamples (at least 20; ``n_boot`` says how many).
     """
@@ -110,7 +125,7 @@ def fit_power_law(values, n_boot: int = 200, seed: int = 0, a_max: float = 1.0, 
     best = running_best(vals)
     out = {"a": math.nan, "b": math.nan, "c": math.nan, "r2": math.nan, "rmse": math.nan, "n": int(len(vals)),
            "points": 0, "improvements": 0, "a_ci": None, "b_ci": None, "c_ci": None,
-           "samples": np.empty((0, 3)), "n_boot": 0, "reason": None}
+           "samples": np.empty((0, 3)), "n_boot": 0, "at_bound": [], "reason": None}
     defined = ~np.isnan(best)
     out["improvements"] = int(np.sum(np.diff(best[defined]) > 0)) if defined.any() else 0
     if out["improvements"] < 3:
@@ -125,7 +140,8 @@ def fit_power_law(values, n_boot: int = 200, seed: int = 0, a_max: float = 1.0, 
     resid = y - power_law(n, a, b, c)
     ss_tot = float(((y - y.mean()) ** 2).sum())
     out.update(a=a, b=b, c=c, points=int(len(y)), rmse=float(np.sqrt(np.mean(resid**2))),
-               r2=1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else math.nan)
+               r2=1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else math.nan,
+               at_bound=at_bounds(a, b, c, a_max))
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         samples = []

@@ -1,16 +1,25 @@
 """Statistics and the write-up of a policy benchmark (``crashsearch benchmark``): pure functions of the runs.
 
-The runs (each policy's AP per experiment, per repeat, NaN where an experiment gave no AP) form an
-*arm table* (``analysis.arms``: arm, repeat, n, val_ap), so the benchmark and the report share one
-implementation: ``arm_best_at_n`` (mean over repeats, 95% bootstrap interval resampling repeats),
-``arm_power_laws`` (a - b N^-c on each arm's mean running best) and ``arm_verdict`` (the N=50
-sentence of the report: which arm leads, or undecided when the intervals overlap).
+The runs (each policy's AP per experiment, per repeat, NaN where an experiment gave no AP) and
+their held-out APs (``judged``: each experiment's cell judged by the surrogate's noise-free mean or
+a table's test AP) form an *arm table* (``analysis.arms``: arm, repeat, n, val_ap, heldout), so the
+benchmark and the report share one implementation: ``arm_best_at_n`` (mean over repeats, 95%
+bootstrap interval resampling repeats), ``arm_power_laws`` (a - b N^-c on each arm's mean running
+best, c's interval from a bootstrap over repeats) and ``arm_verdict`` (the N=50 sentence of the
+report: the arm whose picked cell is best held out, or undecided when an interval of a difference
+includes 0).
 
 ``summary`` returns the benchmark.json document, exactly::
 
     {"objective", "budget", "repeats", "surrogate": {"holdout_r2", "holdout_spearman"},
      "policies": {NAME: {"best_at": {"10"|"50"|"100"|...: {"mean", "lo", "hi"}},
-                         "power_law": {"a", "b", "c", "r2"}, "tokens", "cost_usd"}}}
+                         "picked_at": {"10"|...: {"mean", "lo", "hi"}}, "judge",
+                         "power_law": {"a", "b", "c", "r2", "c_lo", "c_hi", "at_bound"},
+                         "tokens", "cost_usd"}}}
+
+``best_at``: the best validation AP seen among the first N (selection-biased: a maximum over noisy
+runs); ``picked_at``: the held-out AP of the cell the policy would pick at N (its best by
+validation), the figure verdicts rest on; ``judge`` names what scored the pick.
 
 ``best_at`` keys: 10, 50, 100, every power of ten up to the budget, and the budget itself (those
 not above the budget). A key no repeat reached (an agent stopped by its dollar budget) holds nulls.
@@ -40,9 +49,17 @@ def benchmark_ns(budget: int) -> list[int]:
     return sorted(n for n in ns if 1 <= n <= budget)
 
 
-def arm_table(runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
-    """The ``analysis.arms`` table of the runs: one row per experiment (arm, repeat, n, val_ap)."""
-    parts = [pd.DataFrame({"arm": policy, "repeat": k, "n": np.arange(1, len(vals) + 1), "val_ap": np.asarray(vals, dtype=float)})
+def arm_table(runs: dict[str, list[np.ndarray]], judged: dict[str, list[np.ndarray]] | None = None) -> pd.DataFrame:
+    """The ``analysis.arms`` table of the runs: one row per experiment (arm, repeat, n, val_ap, heldout).
+
+    ``judged``: per policy and repeat, each experiment's held-out AP (NaN or absent: unknown, and
+    the pick is scored by its replicate mean of validation AP instead)."""
+    def held(policy: str, k: int, size: int) -> np.ndarray:
+        seqs = (judged or {}).get(policy) or []
+        return np.asarray(seqs[k], dtype=float) if k < len(seqs) and seqs[k] is not None else np.full(size, np.nan)
+
+    parts = [pd.DataFrame({"arm": policy, "repeat": k, "n": np.arange(1, len(vals) + 1), "val_ap": np.asarray(vals, dtype=float),
+                           "heldout": held(policy, k, len(vals))})
              for policy, seqs in runs.items() for k, vals in enumerate(seqs)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TABLE_COLUMNS)
 
@@ -52,10 +69,11 @@ def _num(x) -> float | None:
 
 
 def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, objective: str,
-            fidelity: dict | None = None, spend: dict[str, tuple[int, float]] | None = None, seed: int = 0) -> dict:
+            fidelity: dict | None = None, spend: dict[str, tuple[int, float]] | None = None, seed: int = 0,
+            judged: dict[str, list[np.ndarray]] | None = None) -> dict:
     """The benchmark.json document (shape in the module docstring); NaN becomes None."""
     ns = benchmark_ns(budget)
-    table = arm_table(runs)
+    table = arm_table(runs, judged)
     with warnings.catch_warnings():  # a repeat with no AP at all (every proposal a miss) is a NaN, not news
         warnings.simplefilter("ignore", RuntimeWarning)
         # one N at a time with the same seed, so N=50 carries exactly the interval the verdict states
@@ -66,55 +84,71 @@ def summary(runs: dict[str, list[np.ndarray]], budget: int, repeats: int, object
                          "holdout_spearman": _num((fidelity or {}).get("holdout_spearman"))},
            "policies": {}}
     for policy in runs:
-        best_at = {}
+        best_at, picked_at, judge = {}, {}, None
         for n in ns:
             r = best.loc[(policy, n)] if (policy, n) in best.index else None
             best_at[str(n)] = {k: _num(r[col]) if r is not None else None
                                for k, col in (("mean", "best"), ("lo", "lo"), ("hi", "hi"))}
+            picked_at[str(n)] = {k: _num(r[col]) if r is not None else None
+                                 for k, col in (("mean", "picked"), ("lo", "picked_lo"), ("hi", "picked_hi"))}
+            judge = r["judge"] if r is not None else judge
         law = laws.loc[policy] if policy in laws.index else {}
         tokens, cost = (spend or {}).get(policy, (0, 0.0))
-        out["policies"][policy] = {"best_at": best_at,
-                                   "power_law": {k: _num(law[k]) if k in law else None for k in ("a", "b", "c", "r2")},
+        out["policies"][policy] = {"best_at": best_at, "picked_at": picked_at, "judge": judge,
+                                   "power_law": {**{k: _num(law[k]) if k in law else None
+                                                    for k in ("a", "b", "c", "r2", "c_lo", "c_hi")},
+                                                 "at_bound": (law["at_bound"] or None) if "at_bound" in law else None},
                                    "tokens": int(tokens), "cost_usd": float(cost)}
     return out
 
 
-def verdict_line(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0) -> str:
+def verdict_line(runs: dict[str, list[np.ndarray]], n: int = 50, seed: int = 0,
+                 judged: dict[str, list[np.ndarray]] | None = None) -> str:
     """The report's N=50 sentence (``analysis.arms.arm_verdict``) for these runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return arm_verdict(arm_table(runs), n=n, seed=seed)["text"]
+        return arm_verdict(arm_table(runs, judged), n=n, seed=seed)["text"]
 
 
-def curve_table(runs: dict[str, list[np.ndarray]], budget: int, points: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Best-at-N (mean, lo, hi over repeats) on a log grid of N for the figure: arm, n, best, lo, hi, repeats."""
+def curve_table(runs: dict[str, list[np.ndarray]], budget: int, points: int = 40, seed: int = 0,
+                judged: dict[str, list[np.ndarray]] | None = None) -> pd.DataFrame:
+    """``arm_best_at_n`` on a log grid of N for the figure (picked and best-seen, with intervals)."""
     ns = np.unique(np.geomspace(1, max(budget, 1), points).astype(int))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return arm_best_at_n(arm_table(runs), ns=tuple(int(n) for n in ns), n_boot=500, seed=seed)
+        return arm_best_at_n(arm_table(runs, judged), ns=tuple(int(n) for n in ns), n_boot=500, seed=seed)
 
 
-def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: str, path: str | Path, seed: int = 0) -> Path:
-    """Best-at-N curves with their 95% bands, one per policy, the N=50 verdict under the title."""
-    from crashsearch.analysis.plots import _empty, _figure, _save
+def plot(runs: dict[str, list[np.ndarray]], budget: int, title: str, verdict: str, path: str | Path, seed: int = 0,
+         judged: dict[str, list[np.ndarray]] | None = None) -> Path:
+    """Per policy: the held-out AP of the cell picked at N with its 95% band (solid) and the best
+    validation AP seen (dotted, selection-biased); the N=50 verdict under the title."""
+    from crashsearch.analysis.plots import _empty, _figure, _legend_below, _save, integer_log_ticks
 
-    fig, (ax,) = _figure(1, width=7.2, height=4.6)
-    table = curve_table(runs, budget, seed=seed)
+    height = 6.0
+    fig, (ax,) = _figure(1, width=8.0, height=height)
+    table = curve_table(runs, budget, seed=seed, judged=judged)
     if table.empty:
         _empty(ax, "no run has an AP")
     else:
         for arm, part in table.groupby("arm", sort=False):
-            line, = ax.plot(part["n"], part["best"], label=str(arm))
-            if part["lo"].notna().any():  # one repeat has no interval
-                ax.fill_between(part["n"], part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+            line, = ax.plot(part["n"], part["picked"], label=f"{arm}: {part['judge'].iloc[-1]} of the pick")
+            if part["picked_lo"].notna().any():  # one repeat has no interval
+                ax.fill_between(part["n"], part["picked_lo"], part["picked_hi"], color=line.get_color(), alpha=0.2,
+                                linewidth=0)
+            ax.plot(part["n"], part["best"], ls=":", lw=1, color=line.get_color(),
+                    label=f"{arm}: best validation AP seen (selection-biased)")
         ax.axvline(50, color="0.6", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
+        integer_log_ticks(ax, int(table["n"].max()))
         ax.set_xlabel("experiments N")
-        ax.set_ylabel("best validation AP among the first N")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_ylabel("AP at N (mean over repeats)")
+        _legend_below(ax, ncol=2)
     ax.set_title(title, fontsize=10)
-    fig.suptitle(_wrap(verdict, 110), fontsize=7, y=0.02, va="bottom") if verdict else None
-    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94)) if verdict else None
+    if verdict:  # under everything, in a band of its own, so it never runs over the axis labels
+        text = _wrap(verdict, 130)
+        band = (text.count("\n") + 1) * 0.13 / height + 0.02
+        fig.text(0.5, 0.01, text, ha="center", va="bottom", fontsize=7)
+        fig.get_layout_engine().set(rect=(0, band, 1, 1 - band))  # (left, bottom, width, height)
     return _save(fig, path)
 
 
@@ -143,15 +177,28 @@ def markdown(doc: dict, verdict: str, info: dict, figure: str | None) -> str:
                      "spends one experiment and yields no AP.")
     lines += ["", "## Verdict at N=50", "", verdict, ""]
     ns = list(next(iter(doc["policies"].values()))["best_at"]) if doc["policies"] else []
-    lines += ["## Best validation AP among the first N (mean over repeats, 95% bootstrap interval over repeats)", ""]
-    lines.append("| policy | " + " | ".join(f"N={n}" for n in ns) + " | power law a - b N^-c (R^2) | tokens | cost |")
-    lines.append("|---|" + "---|" * len(ns) + "---|---|---|")
-    for name, p in doc["policies"].items():
-        cells = [f"{_f(b['mean'])} [{_f(b['lo'])}, {_f(b['hi'])}]" if b["mean"] is not None else "no AP"
-                 for b in p["best_at"].values()]
-        pl = p["power_law"]
-        law = f"{_f(pl['a'])} - {_f(pl['b'])} N^-{_f(pl['c'])} ({_f(pl['r2'], 2)})" if pl["a"] is not None else "no fit"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {law} | {p['tokens']:,} | ${p['cost_usd']:.2f} |")
+    for key, head in (("picked_at", "Held-out AP of the cell each policy would pick at N (its best by validation; "
+                                    "what the verdict rests on)"),
+                      ("best_at", "Best validation AP seen among the first N (selection-biased: a maximum over noisy "
+                                  "runs; for comparison with the paper's figure)")):
+        lines += [f"## {head}: mean over repeats, 95% bootstrap interval over repeats", ""]
+        lines.append("| policy | " + " | ".join(f"N={n}" for n in ns) + (" | judge |" if key == "picked_at" else
+                                                                          " | power law a - b N^-c (R^2); c 95% | tokens | cost |"))
+        lines.append("|---|" + "---|" * len(ns) + ("---|" if key == "picked_at" else "---|---|---|"))
+        for name, p in doc["policies"].items():
+            cells = [f"{_f(b['mean'])} [{_f(b['lo'])}, {_f(b['hi'])}]" if b["mean"] is not None else "no AP"
+                     for b in p.get(key, {}).values()]
+            if key == "picked_at":
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {p.get('judge') or '-'} |")
+                continue
+            pl = p["power_law"]
+            law = (f"{_f(pl['a'])} - {_f(pl['b'])} N^-{_f(pl['c'])} ({_f(pl['r2'], 2)}); "
+                   f"[{_f(pl.get('c_lo'))}, {_f(pl.get('c_hi'))}]" if pl["a"] is not None else "no fit")
+            if pl.get("at_bound"):
+                law += f"; at a bound: {pl['at_bound']} (a cap, not an estimate)"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {law} | {p['tokens']:,} | ${p['cost_usd']:.2f} |")
+        lines.append("")
+    lines.append("The interval of c is a bootstrap over repeats (repeats resampled, the mean running best refitted).")
     lines.append("")
     if info.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in info["notes"]] + [""]

@@ -27,22 +27,23 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | headline.verdict, verdict_n, verdict_arms, verdict_leader | the like-for-like sentence over from-scratch arms: the N used, the arms compared, the leader (null: undecided) |
 | headline.agents_beat_controls | true/false when an LLM arm was compared from scratch and the verdict is decided, else null |
 | headline.bugfix_events | ids of the bug-fix events that concern this campaign |
+| headline.paper {comparable, why} | whether the paper's figures are printed beside these (not with random-init weights or synthetic data) and what differs |
 | headline.scope.<figure> | "post-bugfix", "full history" or "from-scratch control arms": the scope of each headline figure |
 | history.{experiments, ok, failed, healed, invalid, cells, arch_groups} | counts |
-| history.{datasets, campaigns, arms, gpu_hours, tokens, cost_usd, bugfix_events} | scope and spend |
+| history.{datasets, campaigns, arms, gpu_hours, devices, tokens, cost_usd, bugfix_events} | scope and spend; gpu_hours: training hours summed whatever the device, named by devices (the kinds recorded, e.g. ["cpu"]) |
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
 | temporal[] {backbone, meanpool, encoders, best, best_stats, verdict, text, paired} | analysis.temporal: mean pooling vs the best temporal head per backbone (mean val AP, n, 95% t-interval; verdict "undecided" when the intervals overlap); paired: a temporal cell vs its mean-pooling twin (every other axis equal) or null |
 | top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
 | anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, omega2, eta2_null, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
 | anova.{full, post_bugfix}.noise {var, sd, df, cells, share, reason} | seed-replicate noise floor |
-| convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, reason} | power law a - b N^-c |
+| convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, at_bound, reason} | power law a - b N^-c; at_bound: parameters at a bound of the fit (e.g. "a = 1") |
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |
 | convergence.{best_ap, gpu_hours, post_start} | best AP, total GPU-hours, experiments before the last bug fix |
-| baselines.from_scratch.best_at_n[] {arm, n, best, lo, hi, repeats} | from-scratch arms: mean over repeats of best-at-N, 95% bootstrap interval over repeats (null with one repeat) |
-| baselines.from_scratch.power_laws[] {arm, a, b, c, r2, n, repeats, reason} | per-arm power law on the mean running best over repeats |
-| baselines.from_scratch.verdict {text, n, arms, leader, undecided, per_arm[] {arm, best, lo, hi, repeats}} | the like-for-like verdict |
+| baselines.from_scratch.best_at_n[] {arm, n, picked, picked_lo, picked_hi, best, lo, hi, repeats, judge} | from-scratch arms (analysis.arms): picked = held-out AP of the cell the arm would pick at N (its best by validation), best = best validation AP seen (selection-biased); means over repeats, 95% bootstrap intervals over repeats (null with one repeat); judge: what scored the pick |
+| baselines.from_scratch.power_laws[] {arm, a, b, c, c_lo, c_hi, r2, at_bound, n, repeats, interval, reason} | per-arm power law on the mean running best over repeats; c's 95% interval from a bootstrap over repeats; at_bound: parameters at a bound of the fit |
+| baselines.from_scratch.verdict {text, n, arms, leader, undecided, judge, per_arm[], differences[] {arm, other, diff, lo, hi, paired}} | the like-for-like verdict on the picks' held-out AP, by paired bootstrap differences |
 | baselines.shared_best_at_n[] {arm, n, best, lo, hi, runs, method} | the campaign's own arms, in a shared campaign, not from scratch |
 | baselines.distributions[] {arm, n, mean, min, q25, median, q75, q90, max} | AP distribution per arm of the campaign |
 | dynamics.{window, step} | sliding window and step in experiments |
@@ -53,7 +54,7 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | transfer.datasets[] {dataset, experiments, ok, best_ap, best_arch_group, best_cell_id, top_backbone, top_encoder, top_arch_group, eta2_arch, F_arch, c} | per dataset |
 | transfer.winner {backbone_differs, arch_group_differs, text} | whether the winning backbone / arch group differs between datasets |
 | transfer.rank_correlation[] {by, dataset_a, dataset_b, common, spearman, spearman_p, kendall, kendall_p, reason} | across datasets |
-| figures.<name> | figure paths relative to out_dir |
+| figures.<name>, figures_absent.<name> | figure paths relative to out_dir (null when not drawn); why a figure was not drawn (nothing to show) |
 | timings.<section> | seconds spent per section |
 """
 from __future__ import annotations
@@ -139,12 +140,15 @@ def _gamma(loss) -> float:
         return math.nan
 
 
+RANDOM_WEIGHTS = ("random", "none", "random-init")  # weights ids that mean no pretrained features
+
+
 def weights_note(weights) -> str:
     """One plain sentence about the backbone weights behind the features."""
     if weights is None or weights == {}:
         return "Backbone weights were not recorded for this history."
     if isinstance(weights, dict):
-        random_init = sorted(b for b, w in weights.items() if str(w).lower() in ("random", "none", "random-init"))
+        random_init = sorted(b for b, w in weights.items() if str(w).lower() in RANDOM_WEIGHTS)
         named = ", ".join(f"{b}: {w}" for b, w in sorted(weights.items()))
         if random_init:
             return (f"Backbones {', '.join(random_init)} were random-init (no pretrained weights), so their APs "
@@ -226,7 +230,10 @@ class _Doc:
         rows = [[_fmt(v, c) for c, v in zip(columns, row)] for row in frame[list(columns)].itertuples(index=False)]
         self.blocks.append(("table", list(columns.values()), rows))
 
-    def img(self, path: Path, caption: str):
+    def img(self, path: "Path | plots.Absent", caption: str):
+        if isinstance(path, plots.Absent):  # nothing to draw: say why instead of an empty box
+            self.p(f"(Figure not drawn: {caption.split(' (')[0]}: {path.why}.)")
+            return
         self.blocks.append(("img", path, caption))
 
     def markdown(self) -> str:
@@ -315,7 +322,8 @@ def _stack(df: pd.DataFrame, extra: pd.DataFrame | None, columns: list[str]) -> 
 
 
 def _fit_summary(fit: dict) -> dict:
-    keys = ("a", "b", "c", "r2", "rmse", "a_ci", "b_ci", "c_ci", "n", "points", "improvements", "n_boot", "reason")
+    keys = ("a", "b", "c", "r2", "rmse", "a_ci", "b_ci", "c_ci", "n", "points", "improvements", "n_boot", "at_bound",
+            "reason")
     return {k: fit.get(k) for k in keys}
 
 
@@ -390,9 +398,10 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
         cell = (f"cell {lead['cell_id']} ({lead['arch_group']}): validation AP {_fmt(lead['val_ap'])} "
                 f"over {runs} run(s){ci}")
         if lead["tied"] > 1:
-            out.append(f"Leading cell undecided: {lead['tied']} cells tie at {_fmt(lead['val_ap'])} "
-                       f"(intervals, or one-run values, not separated; full history): first by the leaderboard's "
-                       f"order {cell}.")
+            out.append(f"Leading cell undecided (full history): {lead['tied'] - 1} other cell(s) are not separated "
+                       f"from the leader: their 95% intervals overlap its interval (a one-run cell has no interval "
+                       f"and counts by its value), so their APs differ but not beyond noise; first by the "
+                       f"leaderboard's order {cell}.")
         else:
             out.append(f"Leading cell (full history, separated from the next): {cell}.")
     if h.get("eta2_arch") is not None and not math.isnan(_nan(h["eta2_arch"])):
@@ -417,8 +426,8 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
                        f"(eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
         else:
             out.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance ({stats_text}); "
-                       f"hyperparameters and seeds at most {_fmt(h['within_share'])}. "
-                       "(Paper, post-bugfix: 0.94, F = 1324.)")
+                       f"hyperparameters and seeds at most {_fmt(h['within_share'])}."
+                       + paper_clause(h.get("paper"), "eta² 0.94, F = 1324 post-bugfix"))
     return out
 
 
@@ -471,6 +480,7 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
         "datasets": sorted(df["dataset"].unique().tolist()), "campaigns": sorted(df["campaign"].unique().tolist()),
         "arms": {str(k): int(v) for k, v in df["arm"].value_counts().items()},
         "gpu_hours": float(pd.to_numeric(df.get("train_seconds", pd.Series(dtype=float)), errors="coerce").fillna(0).sum() / 3600),
+        "devices": devices(df),
         "tokens": tokens,
         "cost_usd": float(pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0).sum()) if "cost_usd" in df else 0.0,
         "bugfix_events": len(events),
@@ -526,7 +536,7 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     figs = {
         "convergence": plots.convergence(curves_full, conv_full["overall"], fig_dir / "convergence.png", positions,
                                          curves_post, conv_post["overall"] if conv_post else None, post_start,
-                                         title=f"Convergence: {title}"),
+                                         title=f"Convergence: {title}", hours_label=hours_label(history["devices"])),
         "best_at_n": plots.best_at_n(bat, regret, fig_dir / "best_at_n.png"),
         "dynamics": plots.dynamics(dyn["windows"], fig_dir / "dynamics.png"),
         "eta2": plots.eta2_bars({"full history": anova_full["table"],
@@ -557,6 +567,7 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                      "verdict": v["text"], "verdict_n": v["n"], "verdict_arms": v["arms"], "verdict_leader": v["leader"],
                      "agents_beat_controls": beat_all,
                      "bugfix_events": [e.get("id") for e in events],
+                     "paper": paper_reference(weights, history["datasets"]),
                      "scope": {"best_val_ap": "full history", "leader": "full history",
                                "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
                                "within_share": scope, "c": conv_scope, "r2": conv_scope,
@@ -584,7 +595,8 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
             "rank_correlation": pd.concat([t.assign(by=by) for by, t in tr.items() if by not in ("datasets", "winner")],
                                           ignore_index=True),
         },
-        "figures": {k: v.relative_to(out_dir).as_posix() for k, v in figs.items()},
+        "figures": {k: None if isinstance(v, plots.Absent) else v.relative_to(out_dir).as_posix() for k, v in figs.items()},
+        "figures_absent": {k: v.why for k, v in figs.items() if isinstance(v, plots.Absent)},
     }
 
     doc = _render(numbers, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, dyn, tr, weights, title, out_dir)
@@ -603,7 +615,8 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.h(1, title)
     d.p(f"Generated {nb['generated_at']}. {hist['experiments']:,} experiments ({hist['ok']:,} with an AP, "
         f"{hist['failed']:,} failed, {hist['healed']:,} healed, {hist['invalid']:,} invalid) over {hist['cells']:,} "
-        f"distinct cells and {hist['arch_groups']} architecture groups; {hist['gpu_hours']:.2f} GPU-hours of training; "
+        f"distinct cells and {hist['arch_groups']} architecture groups; {hist['gpu_hours']:.2f} "
+        f"{hours_label(hist['devices'])}{' of training' if hours_label(hist['devices']) == 'GPU-hours' else ''}; "
         f"{hist['tokens']:,} LLM tokens (${hist['cost_usd']:.2f}). Datasets: {', '.join(hist['datasets']) or '-'}; "
         f"campaigns: {', '.join(hist['campaigns'])}.")
     d.p("**" + weights_note(weights) + "**")
@@ -618,7 +631,8 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     which = "post-bugfix" if conv_post else "full history"
     if fit["reason"] is None:
         items.append(f"Convergence ({which}): AP*(N) = {fit['a']:.4f} - {fit['b']:.4f} N^-{fit['c']:.3f}, "
-                     f"R² = {fit['r2']:.2f}, c 95% interval {_fmt(fit['c_ci'])}. (Paper: c = 0.11, R² = 0.93.)")
+                     f"R² = {fit['r2']:.2f}, c 95% interval {_fmt(fit['c_ci'])}."
+                     + bound_clause(fit.get("at_bound")) + paper_clause(h.get("paper"), "c = 0.11, R² = 0.93"))
         fc = main["forecast"]
         items.append(f"Forecast: {fc['more']:,} more experiments are expected to lift the best AP from "
                      f"{fc['now']:.4f} to {fc['expected']:.4f} (gain {fc['gain']:+.4f}, 95% {_fmt(fc['gain_ci'])}).")
@@ -657,13 +671,18 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
             d.p(f"OLS over every varying axis with two-way interactions among the arch axes; R² = {_fmt(fac['r2'])}."
                 + (f" {fac['note']}." if fac["note"] else "")
                 + " Type II sums of squares do not add up to the total when the search sampled unevenly (it "
-                "always does); partial eta² compares each term with the residual alone.")
+                "always does); partial eta² compares each term with the residual alone. Why the terms are smaller "
+                "than the architecture group's eta² above: the group (one level per backbone x encoder) holds the "
+                "backbone and encoder main effects and their interaction together, while here each term gets only "
+                "the variance no other term explains, so a share the axes hold jointly (unbalanced sampling ties "
+                "them) is credited to none of them.")
             d.table(block["table"].reset_index(names="term"),
                     {"term": "term", "df": "df", "sum_sq": "sum of squares", "F": "F", "p": "p", "eta2": "eta²",
                      "partial_eta2": "partial eta²"})
         nz = block["numbers"]["noise"]
         d.p(noise_sentence(nz))
-    d.img(figs["eta2"], "eta² per factorial-ANOVA term")
+    d.img(figs["eta2"], "eta² per factorial-ANOVA term (Type II: each term's own share; the arch group's one-way "
+                        "eta² holds backbone, encoder and their interaction together, so it is larger)")
 
     d.h(2, "2. Convergence")
     rows = []
@@ -672,26 +691,43 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
             continue
         rows.append({"scope": f"overall ({label})", **conv["overall"]})
         rows += [{"scope": f"{arm} ({label}; in a shared campaign, not from scratch)", **f} for arm, f in conv["arms"].items()]
-    d.table(pd.DataFrame(rows), {"scope": "scope", "n": "experiments", "improvements": "rises", "a": "a", "b": "b",
-                                 "c": "c", "c_ci": "c 95%", "r2": "R²", "reason": "note"})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["reason"] = [r if isinstance(r, str) else (f"at a bound: {', '.join(b)} (a cap, not an estimate)" if b else None)
+                           for r, b in zip(frame["reason"], frame.get("at_bound", [[]] * len(frame)))]
+    d.table(frame, {"scope": "scope", "n": "experiments", "improvements": "rises", "a": "a", "b": "b",
+                    "c": "c", "c_ci": "c 95%", "r2": "R²", "reason": "note"})
     d.p("Fit: AP*(N) = a - b N^-c on the running best (log-spaced points); intervals from a Poisson bootstrap "
         "that keeps the order of the search. Dashed orange lines mark bug-fix events.")
-    d.img(figs["convergence"], "Running best validation AP vs experiments and GPU-hours, with power-law fits")
+    d.img(figs["convergence"], convergence_caption(conv_full["overall"], conv_post["overall"] if conv_post else None,
+                                                   hours_label(hist["devices"])))
 
     d.h(2, "3. Baselines")
     scratch = nb["baselines"]["from_scratch"]
     d.h(3, "From-scratch arms (like for like)")
     d.p("Each arm is one policy searching alone from scratch with the campaign's budget and space "
-        "(`crashsearch analyze --control-arms ... --repeats R`); best-at-N is the mean over repeats of the best AP "
-        "among the first N, with a 95% bootstrap interval over repeats (none with one repeat).")
+        "(`crashsearch analyze --control-arms ... --repeats R`). An arm is judged at N by the cell it would pick "
+        "at N (its best by mean validation AP among its first N experiments), scored by that cell's held-out test "
+        "AP (its replicate mean of validation AP where no test AP was recorded): the best validation AP seen is a "
+        "maximum over noisy runs and rewards luck, so it is shown beside it only for comparison. Each figure is the "
+        "mean over repeats with a 95% bootstrap interval over repeats (none with one repeat); arms are compared by "
+        "95% intervals of their differences, paired by repeat (a bootstrap over repeats; Student t below 10 "
+        "repeats, where a bootstrap understates the spread).")
     d.p("**" + scratch["verdict"]["text"] + "**")
-    d.table(pd.DataFrame(scratch["best_at_n"]), {"arm": "arm", "n": "N", "best": "best AP", "lo": "95% lo",
-                                                  "hi": "95% hi", "repeats": "repeats"},
+    d.table(pd.DataFrame(scratch["best_at_n"]), {"arm": "arm", "n": "N", "picked": "held-out AP of the pick",
+                                                  "picked_lo": "95% lo", "picked_hi": "95% hi",
+                                                  "best": "best validation AP seen (selection-biased)",
+                                                  "repeats": "repeats", "judge": "judged by"},
             empty="No from-scratch arm: run `crashsearch analyze --campaign ID --control-arms random,tpe`.")
-    d.table(pd.DataFrame(scratch["power_laws"]), {"arm": "arm", "a": "a", "b": "b", "c": "c", "r2": "R²",
-                                                   "n": "N", "repeats": "repeats", "reason": "note"},
-            empty="No from-scratch arm to fit.")
-    d.p("Power law a - b N^-c per arm, fitted to the mean running best over repeats (paper: c per policy).")
+    laws = pd.DataFrame(scratch["power_laws"])
+    if len(laws):  # no arm: the table above already says how to run them
+        laws["c_ci"] = [[lo, hi] for lo, hi in zip(laws["c_lo"], laws["c_hi"])]
+        laws["note"] = [r if isinstance(r, str) else (f"at a bound: {b} (a cap, not an estimate)" if b else i)
+                        for r, b, i in zip(laws["reason"], laws["at_bound"], laws["interval"])]
+        d.table(laws, {"arm": "arm", "a": "a", "b": "b", "c": "c", "c_ci": "c 95%", "r2": "R²",
+                       "n": "N", "repeats": "repeats", "note": "note"})
+        d.p("Power law a - b N^-c per arm, fitted to the mean running best validation AP over repeats (the paper's "
+            "curve); the interval of c is a bootstrap over repeats (repeats resampled with replacement, refitted).")
     d.h(3, "Arms in a shared campaign, not from scratch")
     d.p("The campaign's own policies share one history (each sees the others' results), so these are not "
         "independent searches and enter no verdict.")
@@ -700,7 +736,9 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.p("Bootstrap 'runs': mean over independent runs (seeds or campaigns), runs resampled. "
         "'resample-first-N': one run; its first N experiments resampled with replacement.")
     d.table(dists, empty="No AP distribution.")
-    d.img(figs["best_at_n"], "Best-at-N per arm with 95% intervals, and regret curves")
+    d.img(figs["best_at_n"], "Best validation AP seen among the first N per arm of this campaign (shared, "
+                             "selection-biased), with 95% intervals, and regret curves" if len(bat) else
+          "Regret curves per arm of this campaign (no arm reached N = 10: no best-at-N panel)")
 
     d.h(2, "4. Multi-agent dynamics")
     win = dyn["windows"]
@@ -730,8 +768,10 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     else:
         d.table(tr["datasets"], {"dataset": "dataset", "experiments": "experiments", "eta2_arch": "eta² of architecture",
                                  "top_backbone": "winning backbone", "top_arch_group": "winning arch group",
-                                 "best_ap": "best AP", "best_arch_group": "best run's group", "c": "c"})
-        d.p("**" + tr["winner"]["text"] + "** (winner: highest mean AP over its runs; paper: eta² 0.94 and 0.75.)")
+                                 "best_ap": "best single run (validation AP)", "best_arch_group": "best run's group",
+                                 "c": "c"})
+        d.p("**" + tr["winner"]["text"] + "** (winner: highest mean AP over its runs)."
+            + paper_clause(nb["headline"].get("paper"), "eta² 0.94 and 0.75 on its two datasets"))
         rc = nb["transfer"]["rank_correlation"]
         d.table(rc, {"by": "by", "dataset_a": "dataset", "dataset_b": "dataset", "common": "common",
                      "spearman": "Spearman", "spearman_p": "p", "kendall": "Kendall", "kendall_p": "p", "reason": "note"})
@@ -739,6 +779,64 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.h(2, "Coverage")
     d.img(figs["coverage"], "Best AP per backbone x encoder (runs in brackets)")
     return d
+
+
+def paper_reference(weights, datasets: list[str]) -> dict:
+    """Whether this history's figures can be set beside the paper's: {comparable, why}.
+
+    Not when a backbone was random-init (no pretrained features) or a dataset is synthetic: the
+    numbers then measure the search machinery on another task, and the paper's would only invite a
+    false comparison. Otherwise ``why`` says what still differs."""
+    values = list(weights.values()) if isinstance(weights, dict) else [weights] if weights else []
+    random_init = any(str(w).lower() in RANDOM_WEIGHTS for w in values)
+    synthetic = [d for d in datasets if "synth" in str(d).lower()]
+    if random_init or synthetic:
+        parts = (["random-init backbone weights"] if random_init else []) + (
+            [f"synthetic data ({', '.join(synthetic)})"] if synthetic else [])
+        return {"comparable": False, "why": "no comparison with the paper: " + " and ".join(parts)}
+    return {"comparable": True,
+            "why": (f"the paper: 10,469 runs of two LLM agents on Nexar dashcam videos with pretrained V-JEPA 2 "
+                    f"features, a 108,000-cell space; this history: {', '.join(datasets) or 'dataset not recorded'}, "
+                    f"weights {', '.join(map(str, values)) or 'not recorded'}")}
+
+
+def paper_clause(paper: dict | None, figure: str) -> str:
+    """" (Paper: <figure>; what differs.)" where the comparison means something, else ""."""
+    if not paper or not paper.get("comparable"):
+        return ""
+    return f" (Paper: {figure}; {paper['why']}.)"
+
+
+def bound_clause(at_bound) -> str:
+    """" The fit sits at a bound (a = 1): ..." when it does, else ""."""
+    if not at_bound:
+        return ""
+    return (f" The fit sits at a bound ({', '.join(at_bound)}): that parameter is the cap of the search, not an "
+            "estimate, and the curve says little beyond the range observed.")
+
+
+def convergence_caption(fit_full: dict, fit_post: dict | None, hours: str) -> str:
+    """The convergence figure's caption: what it draws, the fits included or why they are not."""
+    drawn = [name for name, f in (("full history", fit_full), ("post-bugfix", fit_post)) if plots.fit_drawn(f)]
+    head = f"Running best validation AP vs experiments (log scale) and vs {hours}"
+    if drawn:
+        return f"{head}, with the power-law fit AP*(N) = a - b N^-c ({', '.join(drawn)}; dashed)"
+    return f"{head}; no power-law fit is drawn: {fit_full.get('reason') or 'the fit failed'}"
+
+
+def devices(df: pd.DataFrame) -> list[str]:
+    """The kinds of device that trained the rows ("cpu", "cuda", ...), sorted; [] when not recorded."""
+    if "device" not in df.columns:
+        return []
+    kinds = df["device"].dropna().astype(str).str.split(":").str[0].str.strip().str.lower()
+    return sorted(k for k in kinds.unique() if k)
+
+
+def hours_label(kinds: list[str]) -> str:
+    """"GPU-hours" only when every run trained on a GPU; else the hours named by their device."""
+    if kinds and all(k in ("cuda", "gpu", "mps", "rocm") for k in kinds):
+        return "GPU-hours"
+    return f"training hours on {', '.join(kinds)}" if kinds else "training hours (device not recorded)"
 
 
 def _nan(v) -> float:

@@ -220,8 +220,11 @@ def headline_text(result: dict) -> str:
         *headline_lines(h),  # the report's own headline sentences: scope, N and interval of each figure
         f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
         f"baselines           {h.get('verdict') or 'n/a'}",
-        *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}  (a = {f(r.get('a'))}, b = {f(r.get('b'))}, "
-          f"R^2 = {f(r.get('r2'), '.2f')}; {r.get('repeats')} repeats of {r.get('n')})"
+        *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}"
+          + (f" [{f(r['c_lo'], '.3f')}, {f(r['c_hi'], '.3f')}]" if r.get("c_lo") is not None else "")
+          + f"  (a = {f(r.get('a'))}, b = {f(r.get('b'))}, R^2 = {f(r.get('r2'), '.2f')}; "
+          f"{r.get('repeats')} repeats of {r.get('n')})"
+          + (f"  at a bound: {r['at_bound']}" if r.get("at_bound") else "")
           + (f"  {r['reason']}" if r.get("reason") else "")
           for r in result.get("arm_fits") or []],
         f"report              {result['report']}",

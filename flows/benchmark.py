@@ -65,23 +65,29 @@ def benchmark(campaign: str, home: str | Path | Home | None = None, policies: st
 def write_outputs(res: BenchmarkRuns, out_dir: Path, title: str, history: pd.DataFrame, seed: int = 0) -> dict:
     """benchmark.json, benchmark.md, best_at_n.png and runs.csv of a finished benchmark, in ``out_dir``."""
     runs: dict[str, list[np.ndarray]] = {}
+    judged: dict[str, list[np.ndarray]] = {}
     spend: dict[str, list] = {}
     for r in res.runs:
         runs.setdefault(r.policy, []).append(r.values)
+        judged.setdefault(r.policy, []).append(r.heldout)
         s = spend.setdefault(r.policy, [0, 0.0])
         s[0] += r.tokens
         s[1] += r.cost_usd
     fidelity = res.surrogate.fidelity if res.surrogate is not None else None
-    doc = pb.summary(runs, res.budget, res.repeats, res.objective, fidelity, {k: tuple(v) for k, v in spend.items()}, seed)
-    verdict = pb.verdict_line(runs, 50, seed)
-    figure = pb.plot(runs, res.budget, f"Best-at-N, {title} ({res.objective}, {res.repeats} repeats)",
-                     verdict, out_dir / "best_at_n.png", seed)
+    doc = pb.summary(runs, res.budget, res.repeats, res.objective, fidelity, {k: tuple(v) for k, v in spend.items()}, seed,
+                     judged)
+    verdict = pb.verdict_line(runs, 50, seed, judged)
+    figure = pb.plot(runs, res.budget, f"AP at N, {title} ({res.objective}, {res.repeats} repeats)",
+                     verdict, out_dir / "best_at_n.png", seed, judged)
     info = _info(res, title, history)
     atomic_write(out_dir / "benchmark.json", lambda f: f.write(json.dumps(doc, indent=2).encode()))
     atomic_write(out_dir / "benchmark.md", lambda f: f.write(pb.markdown(doc, verdict, info, figure.name).encode()))
     table = pd.DataFrame([{"policy": r.policy, "repeat": r.repeat, "seed": r.seed, "n": i + 1, "cell_id": int(c),
-                           "val_ap": v} for r in res.runs for i, (c, v) in enumerate(zip(r.cell_ids, r.values))],
-                         columns=["policy", "repeat", "seed", "n", "cell_id", "val_ap"])
+                           "val_ap": v, "heldout_ap": h}
+                          for r in res.runs
+                          for i, (c, v, h) in enumerate(zip(r.cell_ids, r.values,
+                                                            r.heldout if r.heldout is not None else [np.nan] * len(r.values)))],
+                         columns=["policy", "repeat", "seed", "n", "cell_id", "val_ap", "heldout_ap"])
     atomic_write(out_dir / "runs.csv", lambda f: f.write(table.to_csv(index=False).encode()))
     return {"out": str(out_dir), "json": str(out_dir / "benchmark.json"), "md": str(out_dir / "benchmark.md"),
             "figure": str(figure), "doc": doc, "verdict": verdict, "info": info, "runs": res}

@@ -69,16 +69,17 @@ def demo_flow_fn(home: str, videos: int = DEMO_VIDEOS, budget: int = 60, tiny: b
     ablation = encoder_ablation(h.root, "demo-day", day, runs=3 if tiny else ABLATION_RUNS)
     transfer = campaign_flow_fn(str(night.root), "demo-night", str(h.root), ",".join(policies), max(8, budget // 3),
                                 **run_args)
-    _say(f"[3/4] campaigns: demo-day {main['recorded']} experiments (best val AP {_fmt(main['best_ap'])}), "
-         f"demo-night {transfer['recorded']} (best {_fmt(transfer['best_ap'])}); ablation: {ablation['trained']} runs "
-         f"of cell {ablation['cell_id']} and its mean-pooling twin {ablation['twin_cell_id']} "
-         f"({time.monotonic() - t0:.0f}s)" if ablation else
-         f"[3/4] campaigns: demo-day {main['recorded']} experiments, demo-night {transfer['recorded']}; no temporal "
-         f"run on pixels to ablate ({time.monotonic() - t0:.0f}s)")
+    _say(f"[3/4] campaigns: demo-day {main['recorded']} experiments, demo-night {transfer['recorded']}; "
+         + (f"ablation: cell {ablation['cell_id']} and its mean-pooling twin {ablation['twin_cell_id']}, "
+            f"{ablation['runs']} runs each ({ablation['trained']} trained now, the rest ran in the campaign)"
+            if ablation else "no temporal run on pixels to ablate")
+         + f" ({time.monotonic() - t0:.0f}s)")
     print((h.campaign("demo-day") / "summary.txt").read_text())
 
     report = analyze_flow("demo-day", home=str(h.root))
     _say(f"[4/4] report: {report.get('report_dir')} ({time.monotonic() - t0:.0f}s)")
+    for line in report_figures(report.get("numbers_path")):
+        _say(line)
     return {"home": str(h.root), "campaign": main, "transfer": transfer, "report": report}
 
 
@@ -126,11 +127,31 @@ def encoder_ablation(home, campaign: str, dataset, backbone: str = "pixels", run
     if jobs:
         features = load_features(home, dataset.name, backbone, dataset=dataset)
         run_batch(jobs, features, BatchContext(campaign, dataset.name, space, code_version(), "cpu"), store)
-    return {"cell_id": leader.id, "twin_cell_id": twin.id, "trained": len(jobs)}
+    return {"cell_id": leader.id, "twin_cell_id": twin.id, "trained": len(jobs), "runs": runs}
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+def report_figures(numbers_path) -> list[str]:
+    """The demo's closing figures, read from the report's numbers.json so they are the report's own,
+    each with its definition: the best single run and the leading cell (full history, the ablation's
+    runs included) and each dataset's best single run as in the transfer table."""
+    import json
+    from pathlib import Path
+
+    if not numbers_path or not Path(numbers_path).exists():
+        return []
+    nb = json.loads(Path(numbers_path).read_text())
+    h, lines = nb["headline"], []
+    if h.get("best_val_ap") is not None:
+        lines.append(f"      demo-day best single run: validation AP {h['best_val_ap']:.4f} (one run, full history "
+                     f"incl. the ablation)")
+    lead = h.get("leader")
+    if lead:
+        lines.append(f"      demo-day leading cell {lead['cell_id']}: mean validation AP {lead['val_ap']:.4f} over "
+                     f"{lead['runs']} run(s)" + (f", {lead['tied'] - 1} other cell(s) within its interval" if lead["tied"] > 1 else ""))
+    for d in (nb.get("transfer") or {}).get("datasets") or []:
+        if d.get("best_ap") is not None:
+            lines.append(f"      {d['dataset']}: best single run, validation AP {d['best_ap']:.4f} (the report's transfer table)")
+    return lines
 
 
 def _say(line: str) -> None:

@@ -8,6 +8,11 @@ round after round, ``repeats`` times with independent seeds. The objective answe
 - ``table``: ``analysis.baselines.replay`` with ``misses_count``: a recorded cell replays one of its
   runs, an unrecorded one is a miss that spends one experiment of the budget and yields no AP.
 
+Each experiment also carries its cell's *held-out* AP, which judges the cell a run would pick
+(``analysis.arms``) and which the policy never sees: the surrogate's noise-free mean, or in a
+table the cell's mean test AP over its recorded runs (its mean validation AP over the replicates
+when no test AP was recorded).
+
 Both search the space restricted to the axis values the history has results for
 (``analysis.surrogate.observed_space``): a model cannot say anything about a backbone nobody ran.
 
@@ -49,6 +54,7 @@ class RunResult:
     values: np.ndarray
     cell_ids: np.ndarray
     stopped: str = "budget"
+    heldout: np.ndarray | None = None  # per experiment, its cell's held-out AP (analysis.arms): NaN unknown
     tokens: int = 0
     cost_usd: float = 0.0
     seconds: dict = field(default_factory=lambda: {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0, "cpu": 0.0})
@@ -162,10 +168,13 @@ def _job(name: str, repeat: int, ctx: dict | None = None, policy_kwargs: dict | 
     policy = create_policy(name, space, seed=policy_seed, **(policy_kwargs or {}))
     if ctx["objective"] == "table":
         result = run_table(policy, space, ctx["table"], budget, seed=noise_seed, round_size=round_size, repeat=repeat)
+        judge = ctx["judge"]
+        result.heldout = np.array([judge.get(int(c), np.nan) for c in result.cell_ids], dtype=float)
     else:
         rng = np.random.default_rng(noise_seed)
         surrogate: Surrogate = ctx["surrogate"]
         result = run_policy(policy, space, lambda ids: surrogate.sample(ids, rng), budget, round_size, repeat)
+        result.heldout = surrogate.predict(result.cell_ids) if len(result.cell_ids) else np.zeros(0)
     result.policy = name  # the name asked for (a registered alias may share its class's name)
     u = policy.usage()  # an LLM agent's totals; None for an offline policy
     if u:
@@ -216,6 +225,7 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
             f"{surrogate.fit_seconds:.1f}s: held-out R^2 {f['holdout_r2']:.3f}, Spearman {f['holdout_spearman']:.3f}")
     else:
         ctx["table"] = table_rows(history, bench_space)
+        ctx["judge"] = cell_heldout(history)
     fit_s = time.perf_counter() - t0
 
     skipped: dict[str, str] = {}
@@ -281,6 +291,17 @@ def table_rows(history: pd.DataFrame, space: Space) -> pd.DataFrame:
     if ok_rows(rows).empty:
         raise ValueError("the history has no ok row with a validation AP inside the space: nothing to replay")
     return rows
+
+
+def cell_heldout(history: pd.DataFrame) -> dict[int, float]:
+    """{cell id: held-out AP}: the mean test AP of the cell's ok runs, or its replicate mean of
+    validation AP when none has a test AP (the judge of a table benchmark's picks)."""
+    ok = ok_rows(history)
+    ids = pd.to_numeric(ok["cell_id"], errors="coerce")
+    test = pd.to_numeric(ok["test_ap"], errors="coerce") if "test_ap" in ok.columns else pd.Series(np.nan, index=ok.index)
+    frame = pd.DataFrame({"cell": ids, "test": test, "val": pd.to_numeric(ok["val_ap"], errors="coerce")}).dropna(subset=["cell"])
+    means = frame.groupby("cell")[["test", "val"]].mean()
+    return {int(c): float(t if np.isfinite(t) else v) for c, t, v in zip(means.index, means["test"], means["val"])}
 
 
 def _in_choices(space: Space, cell_id: int) -> bool:

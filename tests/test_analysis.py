@@ -111,7 +111,8 @@ def test_small_campaign_headline_names_the_tie_and_the_validation_n(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert re.search(r"Best single run \(full history\): validation AP 1\.0000 on 4 validation videos "
                      r"\(2 positives / 2 negatives\), one run, no interval", md)
-    assert "Leading cell undecided: 5 cells tie at 1.0000" in md
+    assert ("Leading cell undecided (full history): 4 other cell(s) are not separated from the leader: their 95% "
+            "intervals overlap its interval") in md
     lead = numbers["headline"]["leader"]
     assert lead["tied"] == 5 and sorted(lead["tied_cells"]) == [0, 1, 2, 3, 4] and lead["runs"] == 1
     assert numbers["headline"]["validation"] == {"videos": 4, "positives": 2, "negatives": 2}
@@ -152,7 +153,7 @@ def test_cli_summary_uses_the_report_headline(tmp_path):
     text = headline_text(result)
     for line in headline_lines(numbers["headline"]):
         assert line in text
-    assert "on 4 validation videos" in text and "5 cells tie at 1.0000" in text and "undecided" in text
+    assert "on 4 validation videos" in text and "4 other cell(s) are not separated" in text and "undecided" in text
 
 
 def test_validation_counts_reads_the_split(tmp_path):
@@ -394,11 +395,15 @@ def _check_report(out: Path, numbers: dict) -> None:
     for name in ("report.md", "report.html", "numbers.json"):
         assert (out / name).stat().st_size > 0, name
     pngs = sorted((out / "figures").glob("*.png"))
-    assert {p.stem for p in pngs} == {"convergence", "best_at_n", "dynamics", "eta2", "coverage"}
+    drawn = {k for k, v in numbers["figures"].items() if v is not None}
+    assert {p.stem for p in pngs} == drawn  # a figure with nothing to show is not drawn, and says why
+    assert set(numbers["figures"]) == {"convergence", "best_at_n", "dynamics", "eta2", "coverage"}
+    assert set(numbers["figures_absent"]) == set(numbers["figures"]) - drawn
     for png in pngs:
         assert mpimg.imread(png).ndim == 3
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "figures/" not in html
+    assert html.count("data:image/png;base64,") == len(drawn) and "figures/" not in html
+    assert html.count("Figure not drawn") == len(numbers["figures_absent"])
     assert json.loads((out / "numbers.json").read_text()) == numbers
 
 

@@ -63,10 +63,10 @@ def check_shape(doc, policies, budget):
     assert set(doc["surrogate"]) == {"holdout_r2", "holdout_spearman"}
     assert list(doc["policies"]) == policies
     for p in doc["policies"].values():
-        assert set(p) == {"best_at", "power_law", "tokens", "cost_usd"}
-        assert list(p["best_at"]) == [str(n) for n in pb.benchmark_ns(budget)]
-        assert all(set(v) == {"mean", "lo", "hi"} for v in p["best_at"].values())
-        assert set(p["power_law"]) == {"a", "b", "c", "r2"}
+        assert set(p) == {"best_at", "picked_at", "judge", "power_law", "tokens", "cost_usd"}
+        assert list(p["best_at"]) == list(p["picked_at"]) == [str(n) for n in pb.benchmark_ns(budget)]
+        assert all(set(v) == {"mean", "lo", "hi"} for v in [*p["best_at"].values(), *p["picked_at"].values()])
+        assert set(p["power_law"]) == {"a", "b", "c", "r2", "c_lo", "c_hi", "at_bound"}
 
 
 def test_best_at_keys():
