@@ -42,7 +42,8 @@ class CampaignConfig:
                                   "holds (a nightly run grows the campaign by N); --budget stays the ceiling",
                             metavar="N")
     hours: float | None = _f(None, "wall-clock limit of this run, in hours")
-    space: str | None = _f(None, "space YAML (default: the 108,000-cell collision space)")
+    space: str | None = _f(None, "space YAML (default: the campaign's own, kept in its folder, else the 108,000-cell "
+                                 "collision space); a resume in another space is refused")
     backbones: str | None = _f(None, "comma list; default: every backbone with cached features")
     seeds: int = _f(3, "runs of each of the top 3 cells: new cells leave min(3 x (N-1), half the run) experiments "
                        "to the leaders' replicates, spent once every new cell is recorded")

@@ -35,7 +35,7 @@ from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset, validation_warning
 from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
-from crashsearch.lab.space import Space
+from crashsearch.lab.campaign_space import campaign_space, keep_space
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
 from crashsearch.tasks.campaign.allot import LEADERS_TO_CONFIRM, allot, replicate_cap, replicates_owed
@@ -109,8 +109,11 @@ class Campaign:
         self.started = time.monotonic()
 
         wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list)
-        self.space_path = str(Path(config.space).resolve()) if config.space else None  # control arms reuse it
-        self.space = Space.load(config.space).restrict(backbone=wanted)
+        # the campaign's own space (lab/campaign_space.py): --space, else its kept copy; another one is refused
+        full, path = campaign_space(home, self.campaign, config.space, log=self.log)
+        self.space_path = str(path.resolve()) if path else None  # control arms reuse it
+        self.space_record = keep_space(home, self.campaign, full, path)
+        self.space = full.restrict(backbone=wanted)
         self.backbones = sorted(wanted)
         if executor is None:
             # dataset=: only a cache extracted from this dataset's files counts, not one with its folder name
@@ -543,7 +546,7 @@ class Campaign:
 
     def _campaign_info(self) -> dict:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "space": self.space.name, "space_path": self.space_path, "backbones": self.backbones,
+                **self.space_record, "space_path": self.space_path, "backbones": self.backbones,
                 "policies": [p.name for p in self.policies],
                 "budget": self.budget, "extend": self.config.extend, "hours": self.hours, "seeds": self.seeds,
                 "weights": self.weights, "recorded": self.recorded, "pid": os.getpid(),
