@@ -100,13 +100,16 @@ def test_seeds_two_replicates_the_leaders_even_when_the_budget_is_smaller_than_a
     df = Store(home).experiments(cid)
     reps = df[df["proposer"] == "replicate"]
     assert len(df) == summary.recorded == 8
-    # the rule: new cells leave min(3 leaders x (seeds - 1), half the run) = 3 experiments to the leaders
-    assert len(reps) == 3 and reps["cell_id"].is_unique and set(reps["replicate"]) == {1}
+    # the rule: new cells leave min(3 leaders x (seeds - 1), half the run) = 3 experiments to the leaders,
+    # spent once every new cell is recorded
     firsts = df[df["proposer"] != "replicate"]
-    assert set(reps["cell_id"]) <= set(firsts["cell_id"]) and len(firsts) == 5
-    # each replicated cell was among the top 3 of every first run (ties broken as the leaderboard breaks them)
-    top = leaderboard(firsts, k=3)
-    assert set(reps["cell_id"]) == set(top["cell_id"].astype(int))
+    assert set(reps["cell_id"]) <= set(firsts["cell_id"]) and set(reps["replicate"]) == {1}
+    if mode == "turns":  # strict rounds: 5 new cells, then the replicates of exactly their top 3
+        assert len(firsts) == 5 and len(reps) == 3
+        assert set(reps["cell_id"]) == set(leaderboard(firsts, k=3)["cell_id"].astype(int))
+    else:  # a first batch recorded early may get replicates on the way; the last 3 still go to the leaders
+        ap = firsts.set_index("cell_id")["val_ap"]
+        assert len(reps) >= 3 and (ap.loc[reps["cell_id"]] >= ap.sort_values(ascending=False).iloc[2]).sum() >= 3
     ranks = list(summary.leaderboard["rank"])
     if ranks != list(range(1, len(ranks) + 1)):  # replicates moved other cells ahead: the header says so
         assert "only cells with at least 2 runs are listed" in summary.format()
@@ -156,3 +159,27 @@ def test_a_tiny_validation_split_is_named_once_in_the_log_and_in_the_summary(lab
     assert validation_warning(split(20, 5)) is None and validation_warning(split(40, 20)) is None
     assert "4 videos (2 positives / 2 negatives)" in validation_warning(split(4, 2))
     assert validation_warning(split(60, 4)) and validation_warning(split(19, 9)) and validation_warning(split(30, 26))
+
+
+def _slow_train(*args):
+    """Training slower than proposing, as on a loaded machine: before, the proposals claimed the whole
+    budget before the first result, so no leader was known to replicate."""
+    import time
+
+    from crashsearch.tasks.train import train_batch
+
+    time.sleep(0.3)
+    return train_batch(*args)
+
+
+def test_pipeline_replicates_do_not_depend_on_training_keeping_up(lab_home):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "fair-slow", budget=17, seeds=2, space_path=space, propose_mode="pipeline",
+                           lookahead=6, group_wait_s=0.05, train_fn=_slow_train, log=lambda m: None)
+    df = Store(home).experiments("fair-slow")
+    reps = df[df["proposer"] == "replicate"]
+    assert summary.recorded == 17 and len(reps) >= 3 and not reps.duplicated(["cell_id", "replicate"]).any()
+    firsts = df[df["proposer"] != "replicate"].set_index("cell_id")["val_ap"]
+    # the room kept went to leaders of the finished first runs (ties at the top included: a tiny split)
+    third = firsts.sort_values(ascending=False).iloc[2]
+    assert (firsts.loc[reps["cell_id"]] >= third).sum() >= 3, (firsts.sort_values().tail(5), reps["cell_id"])

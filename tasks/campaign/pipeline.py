@@ -18,6 +18,10 @@ the claims (the Deduper), the queue of claimed jobs. Worker threads only call ou
   shape across policies and calls; a group starts when it is full (``max_group``), when its
   oldest job has waited ``group_wait_s``, or when nothing else is coming (no call in flight).
 
+Shares and replicates (tasks/campaign/allot.py): a call asks for at most its policy's even part of
+the room not yet asked for, and new cells leave the room kept for the final leaders' replicates,
+which start once every new cell is recorded (so replicates do not depend on how fast training is).
+
 Invariants (tests/test_pipeline.py): the budget is exact (a cell is claimed only while
 recorded + queued + training + 1 <= the goal); dedup is exact (claims go through one Deduper, in
 one thread); at most ``lookahead`` claimed jobs wait for a trainer; each batch is in the store
