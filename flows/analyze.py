@@ -71,11 +71,16 @@ SETUP_KEYS = ("dataset", "space", "space_path", "backbones")
 
 
 def same_setup(arm: dict, parent: dict) -> bool:
-    """True when a control arm's campaign.json has the parent's dataset, space and backbones (where both say)."""
+    """True when a control arm's campaign.json has the parent's dataset, space and backbones (where both say).
+    The space is compared by its digest where both recorded one (lab/campaign_space.py; an arm reads the
+    parent's kept copy, another path), else by its file's path (campaigns of older versions)."""
     def norm(key, value):
         return sorted(value) if key == "backbones" and isinstance(value, list) else value
 
-    return all(norm(k, arm[k]) == norm(k, parent[k]) for k in SETUP_KEYS
+    keys = SETUP_KEYS
+    if arm.get("space_digest") and parent.get("space_digest"):
+        keys = tuple(k for k in SETUP_KEYS if k != "space_path") + ("space_digest",)
+    return all(norm(k, arm[k]) == norm(k, parent[k]) for k in keys
                if arm.get(k) is not None and parent.get(k) is not None)
 
 
@@ -185,8 +190,11 @@ def run_control_arms(home: str | Path | Home | None, dataset: str | Path, campai
     h = home if isinstance(home, Home) else resolve_home(home)
     parent = next((c for c in Store(h).campaigns() if c["id"] == campaign_id), {})
     campaign_kwargs.setdefault("backbones", parent.get("backbones"))
-    if parent.get("space_path"):
-        campaign_kwargs.setdefault("space_path", parent["space_path"])
+    if not campaign_kwargs.get("space_path"):  # the parent's own space: its kept copy, else the file it names
+        from crashsearch.lab.campaign_space import kept_space
+
+        own = kept_space(h, campaign_id) or parent.get("space_path")
+        campaign_kwargs["space_path"] = str(own) if own else None
     replicates = replicates if replicates is not None else int(parent.get("seeds") or 3)
     infos = {c["id"]: c for c in Store(h).campaigns()}
     done = []

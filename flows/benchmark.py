@@ -21,6 +21,7 @@ from crashsearch.analysis.history import parse_baseline
 from crashsearch.analysis.surrogate import SurrogateError
 from crashsearch.lab._io import atomic_write
 from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.space import Space, SpaceError
 from crashsearch.lab.store import Store
 from crashsearch.tasks.benchmark import BenchmarkRuns, run_benchmark
@@ -51,7 +52,7 @@ def benchmark(campaign: str, home: str | Path | Home | None = None, policies: st
     SpaceError with one line for a user's mistake.
     """
     h = home if isinstance(home, Home) else resolve_home(home)
-    sp = Space.load(space)
+    sp, _ = campaign_space(h, campaign, space)  # no --space: the campaign's own (an import keeps it)
     names = policies.split(",") if isinstance(policies, str) else list(policies)
     history = load_history(h, campaign, sp)
     res = run_benchmark(history, sp, names, budget, repeats, objective=objective, seed=seed, round_size=round_size,

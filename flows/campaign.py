@@ -177,6 +177,9 @@ def main(args) -> int:
         features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list)  # cached, both classes
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
+        from crashsearch.lab.campaign_space import campaign_space
+
+        campaign_space(args.home_dir, campaign_id, config.space)  # another space than the campaign's: one line
         lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
     except ValueError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", cmd_store, "import an external experiment log (CSV or Parquet) as a campaign")
     p.add_argument("file")
     p.add_argument("--campaign", required=True)
-    p.add_argument("--space", default=None)
+    p.add_argument("--space", default=None, help="the log's space YAML, kept with the campaign (default: the "
+                                                 "campaign's own, else the collision space)")
     p.set_defaults(store_command="import")
 
     p = command("export", cmd_store, "export one campaign as a single Parquet file")
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="surrogate: a model fitted to the ok rows answers any cell; table: recorded cells only, misses count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: <home>/benchmarks/<campaign>-<timestamp>)")
-    p.add_argument("--space", default=None, help="the history's space YAML (default: the collision space)")
+    p.add_argument("--space", default=None, help="the history's space YAML (default: the one the campaign's run or "
+                                                 "import kept, else the collision space)")
     p.add_argument("--workers", type=int, default=None, help="processes for the offline policies (default: 2 or the cores)")
     p.add_argument("--round-size", type=int, default=12, help="proposals asked per round, as in a campaign")
     p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")

@@ -39,6 +39,7 @@ from uuid import UUID
 
 import pandas as pd
 
+from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -311,6 +312,8 @@ def executor_for_campaign(deployment_name: str, home: str | None, dataset: str, 
 
     check_deployment(deployment_name)
     ds = load_dataset(dataset)
-    return DistributedExecutor(deployment_name, home, campaign or default_campaign_id(ds.name), Space.load(space_path),
-                               ds.name, space_path=str(Path(space_path).resolve()) if space_path else None,
+    campaign = campaign or default_campaign_id(ds.name)
+    space, path = campaign_space(resolve_home(home), campaign, space_path)  # no --space: the campaign's own
+    return DistributedExecutor(deployment_name, home, campaign, space, ds.name,
+                               space_path=str(path.resolve()) if path else None,
                                device=device, max_in_flight=max_in_flight, timeout_s=timeout_s, log=log)

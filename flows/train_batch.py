@@ -25,6 +25,7 @@ from typing import Any
 
 from prefect import flow, task
 
+from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -103,7 +104,7 @@ def train_batch_fn(home: str, campaign: str, dataset: str, jobs: list[dict], spa
     backbones, FeaturesNotFound when the shared cache lacks the features.
     """
     h = resolve_home(home)
-    space = Space.load(space_path)
+    space, _ = campaign_space(h, campaign, space_path)  # no --space: the campaign's kept copy, as the orchestrator
     parsed, rejected = [], []
     for index, data in enumerate(jobs):
         try:

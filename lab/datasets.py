@@ -93,6 +93,25 @@ class Dataset:
 
 # ---- splits ---------------------------------------------------------------------------------
 
+MIN_VAL_VIDEOS, MIN_VAL_PER_CLASS = 20, 5  # below either, AP on the validation split barely tells cells apart
+
+
+def validation_warning(dataset: "Dataset") -> str | None:
+    """One line when the validation split is too small for AP to separate cells, else None.
+
+    The rule: fewer than MIN_VAL_VIDEOS (20) videos, or fewer than MIN_VAL_PER_CLASS (5) positives
+    or negatives. AP then takes few distinct values (with 2 positives among 4 videos every ranking
+    that puts them first scores 1.0), so many cells tie at the top and a leader is luck."""
+    val = dataset.by_split("val")
+    pos = sum(1 for v in val if v.label == 1)
+    neg = len(val) - pos
+    if len(val) >= MIN_VAL_VIDEOS and min(pos, neg) >= MIN_VAL_PER_CLASS:
+        return None
+    return (f"the validation split of {dataset.name!r} has {len(val)} videos ({pos} positives / {neg} negatives): "
+            f"too few for AP to separate cells (needs at least {MIN_VAL_VIDEOS} videos and {MIN_VAL_PER_CLASS} "
+            f"of each class); expect ties at the top and treat the leaderboard as a smoke test")
+
+
 def stratified_split(ids_and_labels: Iterable[tuple[str, int]], seed: int = 0,
                      fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)) -> dict[str, str]:
     """Assign each id to "train", "val" or "test", stratified by label.

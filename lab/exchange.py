@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab.campaign_space import check_space, space_axes, space_digest
 from crashsearch.lab.rows import arrow_value, check_campaign_id, clean_row
 from crashsearch.lab.schema import experiment_schema
 from crashsearch.lab.space import InvalidCell, Space
@@ -69,6 +70,7 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
     csv = path.suffix.lower() != ".parquet"
     explicit_ids = "experiment_id" in frame.columns
     info = read_json(store.home.campaigns / check_campaign_id(campaign) / "campaign.json") or {}
+    check_space(info, campaign, space)  # its cell ids are the recorded space's, or the import is refused
     recorded = store.recorded_ids(campaign)
     result = ImportResult()
     rows, seen = [], set()
@@ -119,7 +121,8 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
         result.new += len(rows)
     if result.new and not info:
         store.write_campaign(campaign, {"space": space.name, "status": "imported", "source": str(path.resolve()),
-                                        "dataset": None})
+                                        "dataset": None, "space_digest": space_digest(space),
+                                        "space_axes": space_axes(space)})
     return result
 
 

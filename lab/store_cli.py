@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from crashsearch.lab.lock import CampaignLock
 from crashsearch.lab.exchange import export, import_log
-from crashsearch.lab.space import Space
+from crashsearch.lab.campaign_space import campaign_space, keep_space
 from crashsearch.lab.store import QueryCancelled, Store
 
 PROTECTED = ("campaigns", "cache", "quarantine")  # folders of the home that only crashsearch writes
@@ -44,9 +44,13 @@ def cli_main(args) -> int:
             print(_table_text(board))
             return 0
         if command == "import":
-            space = Space.load(args.space)
             with CampaignLock(store.home.root, args.campaign):  # a running campaign is its only writer
+                # --space, else the campaign's own; another space than the one it recorded is refused
+                space, path = campaign_space(store.home, args.campaign, args.space,
+                                             log=lambda line: print(line, file=sys.stderr))
                 result = import_log(store, args.file, args.campaign, space)
+                if result.new or result.already:  # the space stays with the campaign: benchmark needs no --space
+                    store.write_campaign(args.campaign, keep_space(store.home, args.campaign, space, path))
             print(f"import into campaign {args.campaign}: {result}")
             return 0 if result.new or result.already else 1
         if command == "export":

@@ -221,13 +221,10 @@ def test_an_imported_external_history_with_its_own_space(tmp_path, capsys):
     home = resolve_home(tmp_path / "home")
     assert cli_main(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file),
                      "--home", str(home.root)]) == 0
-    # without its space: one line that says what to pass
-    capsys.readouterr()
-    assert cli_main(["benchmark", "--home", str(home.root), "--campaign", "ext", "--budget", "30", "--repeats", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--space" in err, err
+    space_file.unlink()  # the import kept the space with the campaign: benchmark needs no --space (before: exit 2)
+    assert (home.campaign("ext") / "space.yaml").read_text() == SMALL_SPACE
     out = tmp_path / "bench"
-    assert cli_main(["benchmark", "--home", str(home.root), "--campaign", "ext", "--space", str(space_file),
+    assert cli_main(["benchmark", "--home", str(home.root), "--campaign", "ext",
                      "--policies", "random,evolution", "--budget", "60", "--repeats", "3", "--out", str(out),
                      "--workers", "1"]) == 0
     doc = json.loads((out / "benchmark.json").read_text())

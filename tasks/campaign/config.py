@@ -33,15 +33,20 @@ class CampaignConfig:
     dataset: str = _f(None, "dataset folder (Nexar train.csv or generic CSV)", required=True)
     campaign: str | None = _f(None, "campaign id (default: derived from the dataset); re-use to resume")
     home: str | None = _f(None, "state directory (the CLI's --home)", flag=None)
-    policies: str = _f("evolution,tpe,random", "comma list of proposal policies")
+    policies: str = _f("evolution,tpe,random", "comma list of proposal policies; a run's new cells are split evenly "
+                                               "across them, remainder by order (8 for three: 3, 3, 2), from the first "
+                                               "call on; what one leaves unfilled goes to the others, and the summary "
+                                               "says why")
     budget: int = _f(60, "the campaign's total experiments (new cells and replicates); with --extend, its ceiling")
     extend: int | None = _f(None, "per-run allowance: this run records up to N more experiments than the campaign "
                                   "holds (a nightly run grows the campaign by N); --budget stays the ceiling",
                             metavar="N")
     hours: float | None = _f(None, "wall-clock limit of this run, in hours")
-    space: str | None = _f(None, "space YAML (default: the 108,000-cell collision space)")
+    space: str | None = _f(None, "space YAML (default: the campaign's own, kept in its folder, else the 108,000-cell "
+                                 "collision space); a resume in another space is refused")
     backbones: str | None = _f(None, "comma list; default: every backbone with cached features")
-    seeds: int = _f(3, "replicates a leader gets before it is reported")
+    seeds: int = _f(3, "runs of each of the top 3 cells: new cells leave min(3 x (N-1), half the run) experiments "
+                       "to the leaders' replicates, spent once every new cell is recorded")
     round_size: int = _f(12, "turns mode: experiments per round; pipeline: a policy's share of the first calls")
     device: str = _f("auto", "training device: auto, cpu, cuda, cuda:1")
     seed: int = _f(0, "campaign seed (policies and training seeds derive from it)")

@@ -32,12 +32,13 @@ from crashsearch.agents import create_policy
 from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar
-from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.datasets import load_dataset, validation_warning
 from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
-from crashsearch.lab.space import Space
+from crashsearch.lab.campaign_space import campaign_space, keep_space
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
+from crashsearch.tasks.campaign.allot import LEADERS_TO_CONFIRM, allot, replicate_cap, replicates_owed
 from crashsearch.tasks.campaign.config import CampaignConfig
 from crashsearch.tasks.campaign.executor import Executor, LocalExecutor
 from crashsearch.tasks.campaign.summary import CampaignSummary
@@ -48,7 +49,6 @@ from crashsearch.tasks.heal import heal
 from crashsearch.tasks.record import Job, job_seed, one_line, utcnow
 
 REPLACEMENT_ASKS = 2  # turns mode: extra propose calls per policy and round to replace dropped proposals
-LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are reported
 
 # ``wrap(name, fn)`` returns fn or a traced version of it (the flow makes Prefect tasks), so the
 # engine stays free of Prefect: "propose-<policy>", "heal".
@@ -109,8 +109,11 @@ class Campaign:
         self.started = time.monotonic()
 
         wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list)
-        self.space_path = str(Path(config.space).resolve()) if config.space else None  # control arms reuse it
-        self.space = Space.load(config.space).restrict(backbone=wanted)
+        # the campaign's own space (lab/campaign_space.py): --space, else its kept copy; another one is refused
+        full, path = campaign_space(home, self.campaign, config.space, log=self.log)
+        self.space_path = str(path.resolve()) if path else None  # control arms reuse it
+        self.space_record = keep_space(home, self.campaign, full, path)
+        self.space = full.restrict(backbone=wanted)
         self.backbones = sorted(wanted)
         if executor is None:
             # dataset=: only a cache extracted from this dataset's files counts, not one with its folder name
@@ -154,6 +157,15 @@ class Campaign:
         self.train_seconds = 0.0
         self.code_bugs: list[str] = []
         self.target = config.target(self.recorded)  # the budget, or what the log holds plus ``extend``
+        # the run's shares (tasks/campaign/allot.py): experiments offered to and claimed by each policy
+        self.offered = {p.name: 0 for p in self.policies}
+        self.claimed = {p.name: 0 for p in self.policies}
+        self.replicate_cap = replicate_cap(self.seeds, self.target - self.recorded)
+        self.reserve_released = False  # set when the room kept for replicates could not be used
+        self.sat_out: dict[str, str] = {}  # a policy's last reason for returning nothing
+        self.validation_note = validation_warning(self.dataset)  # AP on a tiny split ties cells
+        if self.validation_note:
+            self.log(f"warning: {self.validation_note}")
         self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
         self.pipeline_stats: dict[str, Any] = {}
         self.bar = None
@@ -225,10 +237,15 @@ class Campaign:
         while self.recorded < self.target:
             if self.out_of_time():
                 return "hours"
-            slots = min(self.config.round_size, self.target - self.recorded)
-            jobs = self.replicate_jobs(slots)
-            jobs += self._propose_round(slots - len(jobs))
+            room = self.target - self.recorded
+            slots = min(self.config.round_size, room)
+            only_replicates = room - self.held_for_replicates(room) <= 0
+            limit = min(self.replicate_room(room), slots if only_replicates else max(1, slots // 2))
+            jobs = self.replicate_jobs(slots, limit=limit)
+            jobs += self._propose_round(min(slots, room - self.held_for_replicates(room, pending_reps=len(jobs))) - len(jobs))
             if not jobs:
+                if self.release_reserve():
+                    continue
                 self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
                 return "exhausted"
             self.run_jobs(jobs)
@@ -236,7 +253,11 @@ class Campaign:
             self.round += 1
             if self.reporter is not None:
                 self.reporter.round(self.round, self.recorded)
-        return "budget"
+        return self.goal_reason()
+
+    def goal_reason(self) -> str:
+        """Why a run that recorded its goal stopped: "budget", or "allowance" when ``--extend`` set a lower goal."""
+        return "allowance" if self.target < self.budget else "budget"
 
     @property
     def recorded(self) -> int:
@@ -256,17 +277,19 @@ class Campaign:
                            in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
 
     # ---- proposing and claiming ---------------------------------------------------------------
-    def replicate_jobs(self, slots: int, pending: set[tuple[int, int]] = frozenset()) -> list[Job]:
-        """Re-runs of the current leaders that have fewer than ``seeds`` replicates (at most ``slots``).
+    def replicate_jobs(self, slots: int, pending: set[tuple[int, int]] = frozenset(), limit: int | None = None) -> list[Job]:
+        """Re-runs of the current leaders that have fewer than ``seeds`` replicates: at most ``limit``
+        (default: half of ``slots``, leaving room for new proposals).
 
         ``pending``: (cell id, replicate) already queued or training, not asked again."""
         if self.seeds <= 1 or self.history.empty or slots <= 0:
             return []
         board = self.view().leaderboard(LEADERS_TO_CONFIRM)
+        limit = max(1, slots // 2) if limit is None else limit
         jobs: list[Job] = []
         for row in board.itertuples():
             for replicate in range(int(row.n), self.seeds):
-                if len(jobs) >= max(1, slots // 2):  # leave room for new proposals
+                if len(jobs) >= limit:
                     return jobs
                 if (int(row.cell_id), replicate) in pending:
                     continue
@@ -275,20 +298,70 @@ class Campaign:
                                 rationale=f"confirm leader with seed replicate {replicate}", round=self.round))
         return jobs
 
+    def held_for_replicates(self, room: int, pending_new: int = 0, pending_reps: int = 0) -> int:
+        """Of ``room`` (what the goal has left), the experiments new cells leave to the final leaders'
+        replicates (tasks/campaign/allot.py): the whole reserve while new cells may still come or are
+        unrecorded (any of them may become a leader), then what the leaders lack beyond the
+        ``pending_reps`` replicate jobs queued or training."""
+        cap = self.replicate_cap
+        if cap <= 0 or self.reserve_released:
+            return 0
+        if room > cap or pending_new:
+            return cap
+        runs = [int(n) for n in self.view().leaderboard(LEADERS_TO_CONFIRM)["n"]] if len(self.history) else []
+        return max(0, min(cap, replicates_owed(runs, self.seeds) - pending_reps))
+
+    def replicate_room(self, room: int, pending_new: int = 0) -> int:
+        """How many replicate jobs may start now: replicates of leaders met on the way leave the reserve
+        to the final leaders, who get it once every new cell is recorded."""
+        cap = 0 if self.reserve_released else self.replicate_cap
+        if room > cap:
+            return room - cap
+        return 0 if pending_new else room
+
+    def release_reserve(self) -> bool:
+        """Give the room held for replicates back to new cells when nothing else can run (too few leaders
+        for replicates, e.g. failures); True when there was a hold to release."""
+        if self.reserve_released or self.held_for_replicates(self.target - self.recorded) <= 0:
+            return False
+        self.reserve_released = True
+        self.log("the room kept for the leaders' replicates goes to new cells: fewer than "
+                 f"{LEADERS_TO_CONFIRM} cells finished to replicate")
+        return True
+
+    def shares(self, free: int, waiting: frozenset[str] = frozenset()) -> dict[str, int]:
+        """``free`` experiments offered to the policies: even over the run, remainder by order (allot.py).
+        ``waiting``: policies not asked now (their last call claimed nothing); the others share their part."""
+        asked = [p for p in self.policies if p.name not in waiting] or self.policies
+        parts = dict(zip([p.name for p in asked], allot(free, [self.offered[p.name] for p in asked])))
+        return {p.name: parts.get(p.name, 0) for p in self.policies}
+
     def _propose_round(self, slots: int) -> list[Job]:
+        """Each policy's share of ``slots`` (allot.py); what a policy leaves unfilled goes to the ones that filled theirs."""
         if slots <= 0:
             return []
-        shares = _shares(slots, len(self.policies))
-        jobs: list[Job] = []
+        shares = self.shares(slots)
+        for name, want in shares.items():
+            self.offered[name] += want
+        got: dict[str, list[Job]] = {}
         if self.config.propose_mode == "concurrent":
             view = self.view()
             with ThreadPoolExecutor(max_workers=len(self.policies)) as pool:
-                first = list(pool.map(lambda ps: self.ask(ps[0], view, ps[1]), zip(self.policies, shares)))
-            for policy, want, proposals in zip(self.policies, shares, first):
-                jobs += self._claim_with_replacements(policy, want, proposals)
+                first = list(pool.map(lambda p: self.ask(p, view, shares[p.name]), self.policies))
+            for policy, proposals in zip(self.policies, first):
+                got[policy.name] = self._claim_with_replacements(policy, shares[policy.name], proposals)
         else:
-            for policy, want in zip(self.policies, shares):
-                jobs += self._claim_with_replacements(policy, want, self.ask(policy, self.view(), want))
+            for policy in self.policies:
+                want = shares[policy.name]
+                got[policy.name] = self._claim_with_replacements(policy, want, self.ask(policy, self.view(), want))
+        jobs = [j for name in got for j in got[name]]
+        short = frozenset(name for name, mine in got.items() if len(mine) < shares[name])
+        if short and len(short) < len(self.policies) and len(jobs) < slots:
+            more = self.shares(slots - len(jobs), waiting=short)
+            for policy in (p for p in self.policies if p.name not in short and more[p.name] > 0):
+                self.offered[policy.name] += more[policy.name]
+                jobs += self._claim_with_replacements(policy, more[policy.name],
+                                                      self.ask(policy, self.view(), more[policy.name]))
         return jobs
 
     def ask(self, policy: Policy, view: HistoryView, n: int) -> list[Proposal]:
@@ -304,9 +377,11 @@ class Campaign:
                     proposals, error = call(policy, view, n)
         except Exception as exc:  # a broken policy sits out the round; the campaign goes on
             reraise_interrupt(exc)
+            self.sat_out[policy.name] = f"it failed: {type(exc).__name__}: {one_line(str(exc), 120)}"
             self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
             return []
         if not proposals and error:
+            self.sat_out[policy.name] = f"it sat out: {one_line(str(error), 120)}"
             self.log(f"policy {policy.name} sits out round {self.round}: {one_line(str(error), 200)}")
         return proposals
 
@@ -323,6 +398,8 @@ class Campaign:
         for proposal, reason in self.deduper.invalid:
             self.log(f"invalid proposal from {proposal.policy or policy.name}: {reason}")
         self.deduper.invalid.clear()
+        if policy.name in self.claimed:
+            self.claimed[policy.name] += len(kept)
         return [self._job(policy, p) for p in kept]
 
     def _claim_with_replacements(self, policy: Policy, want: int, proposals: list[Proposal]) -> list[Job]:
@@ -469,7 +546,7 @@ class Campaign:
 
     def _campaign_info(self) -> dict:
         return {"campaign": self.campaign, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "space": self.space.name, "space_path": self.space_path, "backbones": self.backbones,
+                **self.space_record, "space_path": self.space_path, "backbones": self.backbones,
                 "policies": [p.name for p in self.policies],
                 "budget": self.budget, "extend": self.config.extend, "hours": self.hours, "seeds": self.seeds,
                 "weights": self.weights, "recorded": self.recorded, "pid": os.getpid(),
@@ -507,7 +584,9 @@ class Campaign:
             tokens = sum(s["tokens"] for n, s in per_policy.items() if n in {p.name for p in self.policies})
             stats["tokens_per_experiment"] = tokens / max(self.new, 1)
         board = self.view().leaderboard(5)
-        confirmed = board[board["n"] >= min(self.seeds, board["n"].max() if len(board) else 1)]
+        min_runs = min(self.seeds, int(board["n"].max()) if len(board) else 1)
+        confirmed = board[board["n"] >= min_runs]
+        notes = [self.validation_note] if self.validation_note else []
         return CampaignSummary(
             campaign=self.campaign, dataset=self.dataset.name, home=self.home.root, recorded=self.recorded,
             new=self.new, budget=self.budget, stopped=stopped, wall_seconds=time.monotonic() - self.started,
@@ -515,7 +594,24 @@ class Campaign:
             per_policy=per_policy, dedup=self._dedup_totals(),
             failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
             unavailable=self.unavailable, weights=self.weights, mode=self.config.propose_mode, pipeline=stats,
-            stop_line=self.stop_line)
+            stop_line=self.stop_line, notes=notes + self._short_shares(),
+            min_runs=min_runs if len(confirmed) and len(confirmed) < len(board) else 1, extend=self.config.extend)
+
+    def _short_shares(self) -> list[str]:
+        """One line per policy that claimed fewer new cells in this run than its even share, and why."""
+        fair = allot(sum(self.claimed.values()), [0] * len(self.policies))
+        lines = []
+        dropped = self.deduper.counts()
+        for policy, share in zip(self.policies, fair):
+            got = self.claimed[policy.name]
+            if got >= share:
+                continue
+            drops = dropped.get(policy.name, {})
+            why = self.sat_out.get(policy.name) or (
+                f"{sum(drops.values())} of its proposals were dropped ({', '.join(f'{k} {v}' for k, v in drops.items())})"
+                if drops else "it returned fewer cells than it was asked for")
+            lines.append(f"{policy.name} proposed {got} of its even share {share} of this run's new cells: {why}")
+        return lines
 
 
 def _propose_call(policy: Policy, view: HistoryView, n: int) -> tuple[list[Proposal], str | None]:
@@ -528,12 +624,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _shares(slots: int, parts: int) -> list[int]:
-    """Split slots as evenly as possible, earlier parts first."""
-    base, extra = divmod(slots, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def resolve_device(device: str) -> str:

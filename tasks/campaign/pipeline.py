@@ -18,6 +18,10 @@ the claims (the Deduper), the queue of claimed jobs. Worker threads only call ou
   shape across policies and calls; a group starts when it is full (``max_group``), when its
   oldest job has waited ``group_wait_s``, or when nothing else is coming (no call in flight).
 
+Shares and replicates (tasks/campaign/allot.py): a call asks for at most its policy's even part of
+the room not yet asked for, and new cells leave the room kept for the final leaders' replicates,
+which start once every new cell is recorded (so replicates do not depend on how fast training is).
+
 Invariants (tests/test_pipeline.py): the budget is exact (a cell is claimed only while
 recorded + queued + training + 1 <= the goal); dedup is exact (claims go through one Deduper, in
 one thread); at most ``lookahead`` claimed jobs wait for a trainer; each batch is in the store
@@ -119,6 +123,19 @@ class Pipeline:
     def room(self) -> int:
         return max(0, self.c.target - self.outstanding())
 
+    def new_cell_room(self) -> int:
+        """The room new cells may take: the room kept for the leaders' replicates (allot.py) is left to them."""
+        reps = sum(1 for q in self._pending() if q.job.proposer == "replicate")
+        room = self.room()
+        return max(0, room - self.c.held_for_replicates(room, self._pending_new(), reps))
+
+    def _pending_new(self) -> int:
+        """New cells asked for, queued or training: results that may still change the leaders."""
+        return sum(c.n for c in self.calls.values()) + sum(1 for q in self._pending() if q.job.proposer != "replicate")
+
+    def _pending(self) -> list[_Queued]:
+        return self.queue + [q for t in self.training.values() for q in t.batch]
+
     @property
     def lookahead(self) -> int:
         """How many claimed jobs may wait for a trainer: ``--lookahead``, or the policies' shares."""
@@ -179,8 +196,11 @@ class Pipeline:
                     break
                 if not self.training and not self.calls:
                     if c.recorded >= c.target:
-                        stopped = "budget"
+                        stopped = c.goal_reason()
                         break
+                    if not self.queue and c.release_reserve():  # too few leaders to replicate: room for new cells
+                        self.idle_until.clear()
+                        continue
                     if not self.queue:  # nothing claimed, nothing coming: every policy waits for news that cannot come
                         c.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
                         stopped = "exhausted"
@@ -251,7 +271,9 @@ class Pipeline:
                 share, lookahead = self.share(name), self.lookahead
                 free = min(share - self._queued_by(name) - self._asked_by(name) + ahead,
                            lookahead - len(self.queue) - asked + ahead * len(c.policies), share)
-                budget_free = self.room() - asked
+                # its even part of the room not yet asked for (allot.py): every policy from the first call on
+                waiting = frozenset(n for n, until in self.idle_until.items() if until >= c.new)
+                budget_free = c.shares(self.new_cell_room() - asked, waiting)[name]
                 want = min(free, budget_free)
                 if want <= 0:
                     break
@@ -263,6 +285,7 @@ class Pipeline:
                 if want < chunk and pending and budget_free > want:
                     break
                 n = min(chunk, want)
+                c.offered[name] += n
                 view = c.view()
                 future = _in_daemon_thread(c.ask, policy, view, n)
                 self.calls[future] = _Call(policy, n, c.new, time.monotonic())
@@ -274,7 +297,7 @@ class Pipeline:
         name = call.policy.name
         took = time.monotonic() - call.started
         self.latency[name] = took if name not in self.latency else 0.7 * self.latency[name] + 0.3 * took
-        limit = max(0, min(self.room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
+        limit = max(0, min(self.new_cell_room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
         if not jobs:
@@ -285,11 +308,10 @@ class Pipeline:
 
     def _enqueue_replicates(self) -> None:
         c = self.c
-        room = min(self.room(), max(0, self.lookahead - len(self.queue)))
+        room = min(c.replicate_room(self.room(), self._pending_new()), max(0, self.lookahead - len(self.queue)))
         if room <= 0:
             return
-        pending = {(q.job.cell.id, q.job.replicate) for q in self.queue}
-        pending |= {(q.job.cell.id, q.job.replicate) for t in self.training.values() for q in t.batch}
+        pending = {(q.job.cell.id, q.job.replicate) for q in self._pending()}
         jobs = c.replicate_jobs(min(room * 2, 2 * c.config.round_size), pending)[:room]
         now = time.monotonic()
         self.queue += [_Queued(j, now, c.new) for j in jobs]

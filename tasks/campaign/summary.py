@@ -20,7 +20,9 @@ class CampaignSummary:
     recorded: int  # experiments in the log for this campaign (all runs so far)
     new: int  # experiments this run added
     budget: int
-    stopped: str  # "budget", "hours", "exhausted", "failed" (systematic failure, tasks.failfast) or "interrupted"
+    # "budget", "allowance" (the --extend goal), "hours", "exhausted", "failed" (systematic failure,
+    # tasks.failfast) or "interrupted"
+    stopped: str
     wall_seconds: float
     train_seconds: float
     leaderboard: pd.DataFrame
@@ -33,14 +35,18 @@ class CampaignSummary:
     stop_line: str = ""  # why a failed campaign stopped, one line
     mode: str = "turns"  # the propose mode
     pipeline: dict[str, Any] = field(default_factory=dict)  # busy fraction, staleness, ... (pipeline mode)
+    notes: list[str] = field(default_factory=list)  # warnings: a tiny validation split, a policy short of its share
+    min_runs: int = 1  # the leaderboard lists only cells with at least this many runs (others left out)
+    extend: int | None = None  # the run's --extend allowance
 
     @property
     def best_ap(self) -> float | None:
         return None if self.leaderboard.empty else float(self.leaderboard.iloc[0]["mean_ap"])
 
     def format(self) -> str:
+        stopped = f"the --extend {self.extend} allowance" if self.stopped == "allowance" else self.stopped
         lines = [f"campaign {self.campaign} on {self.dataset}: {self.new} new experiments "
-                 f"({self.recorded}/{self.budget} recorded, stopped on {self.stopped}) in {self.wall_seconds:.1f}s "
+                 f"({self.recorded}/{self.budget} recorded, stopped on {stopped}) in {self.wall_seconds:.1f}s "
                  f"({self.train_seconds:.1f}s training, {self.failures} failed)"]
         random_weights = sorted(b for b, w in self.weights.items() if w == "random")
         if random_weights:
@@ -59,6 +65,8 @@ class CampaignSummary:
                              f"busier, at the price of staler proposals")
         for line in self.unavailable:
             lines.append(f"unavailable: {line}")
+        for line in self.notes:
+            lines.append(f"note: {line}")
         lines.append("policy        proposed  dedup-dropped  best val AP  tokens  cost $")
         for name, stats in self.per_policy.items():
             dropped = sum(self.dedup.get(name, {}).values())
@@ -66,7 +74,9 @@ class CampaignSummary:
             lines.append(f"{name:<13} {stats['proposed']:>8}  {dropped:>13}  {best if best is None else round(best, 4)!s:>11}"
                          f"  {stats['tokens']:>6}  {stats['cost_usd']:>6.3f}")
         if not self.leaderboard.empty:
-            lines.append("leaderboard (mean validation AP over replicates, 95% interval):")
+            lines.append("leaderboard (mean validation AP over replicates, 95% interval)" + (
+                f"; only cells with at least {self.min_runs} runs are listed, ranked among all cells "
+                f"(the missing ranks have fewer runs):" if self.min_runs > 1 else ":"))
             for row in self.leaderboard.itertuples():  # ranks and intervals of lab.leaderboard, as everywhere
                 lines.append(f"  {row.rank}. AP {row.mean_ap:.4f} {format_interval(row.ci_lo, row.ci_hi, row.n)} n={row.n}  "
                              f"{row.backbone}/{row.encoder}/{row.size} {row.loss} lr={row.lr} bs={row.batch_size} "
