@@ -44,10 +44,7 @@ def one_way(df: pd.DataFrame, by: str = "arch_group", value: str = "val_ap") -> 
     every number is defined).
     """
     rows = _usable(df)
-    out = {"by": by, "n": int(len(rows)), "k": 0, "F": math.nan, "p": math.nan, "eta2": math.nan,
-           "eta2_ci": [math.nan, math.nan], "omega2": math.nan, "eta2_null": math.nan, "within_share": math.nan,
-           "ss_between": math.nan, "ss_within": math.nan, "ss_total": math.nan,
-           "df_between": 0, "df_within": 0, "eta2_ci_method": None, "reason": None}
+    out = one_way_blank(by, None, len(rows))
     if by not in rows.columns:
         out["reason"] = f"no column {by!r} in the history"
         return out
@@ -146,6 +143,14 @@ def _normal_root(F: float, df1: float, df2: float, q: float) -> float:
         if hi > 1e15:
             return hi
     return brentq(f, 0.0, hi, xtol=1e-6)
+
+
+def one_way_blank(by: str, reason: str | None, n: int = 0) -> dict:
+    """``one_way``'s dict with every statistic undefined (NaN) and ``reason``."""
+    return {"by": by, "n": int(n), "k": 0, "F": math.nan, "p": math.nan, "eta2": math.nan,
+            "eta2_ci": [math.nan, math.nan], "omega2": math.nan, "eta2_null": math.nan, "within_share": math.nan,
+            "ss_between": math.nan, "ss_within": math.nan, "ss_total": math.nan,
+            "df_between": 0, "df_within": 0, "eta2_ci_method": None, "reason": reason}
 
 
 def eta2_interval(F: float, df1: int, df2: int, level: float = 0.95, detail: bool = False):

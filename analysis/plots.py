@@ -204,3 +204,41 @@ def coverage(df: pd.DataFrame, path: str | Path, backbones: list | None = None, 
     fig.colorbar(im, ax=ax, label="best validation AP")
     ax.set_title("Coverage: best AP per backbone x encoder (runs)")
     return _save(fig, path)
+
+
+def space_shares(block: dict | None, path: str | Path, why: str | None = None) -> Path:
+    """Shares of AP variance over the space per axis and interaction (left), and every estimate of the
+    architecture's share with its 95% interval (right); ``block``: ``analysis.variance.space_block``."""
+    from crashsearch.analysis.variance import estimates_table, shares_table
+
+    fig, (ax, ax_e) = _figure(2, 1, width=6.4, height=4.4)
+    fan = (block or {}).get("fanova") or {}
+    if block is None or fan.get("reason"):
+        _empty(ax, f"not computed: {why or fan.get('reason')}")
+    else:
+        table = shares_table(block).iloc[::-1]
+        colors = {"main effect": "tab:blue", "interaction": "tab:orange", "seed noise (replicates)": "0.5"}
+        y = np.arange(len(table))
+        err = np.vstack([(table["share"] - table["lo"]).clip(lower=0), (table["hi"] - table["share"]).clip(lower=0)])
+        ax.barh(y, table["share"], xerr=np.nan_to_num(err), color=[colors.get(k, "tab:green") for k in table["kind"]],
+                capsize=2)
+        ax.set_yticks(y, [str(t) for t in table["term"]], fontsize=7)
+        ax.set_xlabel("share of one run's AP variance over the space")
+        ax.set_title(f"Functional ANOVA over the space ({fan['n']:,} runs; green: groups, orange: interactions)",
+                     fontsize=9)
+    est = estimates_table(block) if block is not None else pd.DataFrame()
+    est = est[np.isfinite(pd.to_numeric(est["value"], errors="coerce"))] if len(est) else est
+    if est.empty:
+        _empty(ax_e, "no estimate of the architecture's share")
+    else:
+        y = np.arange(len(est))[::-1]
+        lo = pd.to_numeric(est["lo"], errors="coerce").to_numpy(float)
+        hi = pd.to_numeric(est["hi"], errors="coerce").to_numpy(float)
+        v = est["value"].to_numpy(float)
+        err = np.nan_to_num(np.vstack([(v - lo).clip(min=0), (hi - v).clip(min=0)]))
+        ax_e.errorbar(v, y, xerr=err, fmt="o", capsize=3, color="black")
+        ax_e.set_yticks(y, [f"{f}\n({s}, N {n})" for f, s, n in zip(est["figure"], est["scope"], est["n"])], fontsize=7)
+        ax_e.set_xlim(0, 1)
+        ax_e.set_xlabel("architecture's share of AP variance (95% interval)")
+        ax_e.set_title("Estimates of the architecture's share", fontsize=9)
+    return _save(fig, path)

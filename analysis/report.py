@@ -70,11 +70,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer
+from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer, variance
 from crashsearch.analysis.temporal import temporal_vs_meanpool
 from crashsearch.analysis.arms import arm_best_at_n, arm_power_laws, arm_table, arm_verdict
 from crashsearch.analysis.history import is_llm, prepare
 from crashsearch.lab.leaderboard import format_interval, leaderboard
+from crashsearch.lab.space import Space
 
 
 # ---- subsets --------------------------------------------------------------------------------
@@ -319,10 +320,33 @@ def _fit_summary(fit: dict) -> dict:
     return {k: fit.get(k) for k in keys}
 
 
+def isolated(section: str, failures: dict, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None when it raises: ``failures[section]`` then says why in one line.
+
+    A figure that cannot be computed is shown as "not computed: why" and the rest of the report is
+    built; the numbers that were computed are never lost to one failing section.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001  any failure of one section must not take the report down
+        failures[section] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return None
+
+
+def _space(space: Space | None) -> Space:
+    return space if space is not None else Space.load()
+
+
 def _anova_block(df: pd.DataFrame) -> dict:
-    one = anova.arch_anova(df)
-    fac = anova.factorial(df)
-    keep = ("n", "k", "F", "p", "eta2", "eta2_ci", "omega2", "eta2_null", "within_share", "reason")
+    failures: dict[str, str] = {}
+    keep = ("n", "k", "F", "p", "eta2", "eta2_ci", "eta2_ci_method", "omega2", "eta2_null", "within_share", "reason")
+    one = {by: isolated(by, failures, anova.one_way, df, by) or anova.one_way_blank(by, f"not computed: {failures[by]}")
+           for by in ("arch_group", "backbone", "encoder")}
+    fac = isolated("factorial", failures, anova.factorial, df) or {
+        "table": None, "r2": math.nan, "n": int(df["ok"].sum()), "note": None,
+        "reason": f"not computed: {failures['factorial']}",
+        "noise": {"var": math.nan, "sd": math.nan, "df": 0, "cells": 0, "share": math.nan,
+                  "reason": f"not computed: {failures['factorial']}"}}
     block = {by: {k: r[k] for k in keep} for by, r in one.items()}
     block["factorial"] = {"n": fac["n"], "r2": fac["r2"], "note": fac["note"], "reason": fac["reason"],
                           "terms": anova.eta2_table(fac)}
@@ -374,8 +398,9 @@ def validation_sentence(v: dict | None) -> str:
 def headline_lines(h: dict, best: dict | None = None) -> list[str]:
     """The headline sentences of the best run, the leading cell and the arch ANOVA, with scope, N and
     interval; the report and the CLI's `analyze` summary both print them. ``h``: numbers["headline"];
-    ``best``: numbers["best"] (adds test AP, cell and arm)."""
-    out = []
+    ``best``: numbers["best"] (adds test AP, cell and arm). The share of the architecture over the space
+    comes first, the naive eta² on the rows run beside it."""
+    out = [variance.headline_sentence(h)] if "space_share" in h else []
     if h.get("best_val_ap") is not None and not math.isnan(_nan(h["best_val_ap"])):
         extra = (f" (test AP {_fmt(best['test_ap'])}), cell {best['cell_id']}, found by {best['arm']}"
                  if best and best.get("cell_id") is not None else "")
@@ -412,12 +437,17 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
                       f"F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}; "
                       f"N = {h['n_arch']:,} runs in {h.get('k_arch')} groups, where no "
                       f"effect at all averages eta² = {_fmt(h.get('eta2_null_arch'))}; {scope}")
+        method = h.get("eta2_arch_ci_method")
+        if method and method != anova.ETA2_CI_EXACT:
+            stats_text += f"; interval by {method}"
+        naive = ("Naive eta² on the rows run (the paper's figure: every run counts, so a group counts as often as "
+                 "the search ran it): ")
         if h.get("arch_undecided"):
-            out.append(f"Architecture group: undecided: too few runs per group to separate architecture from noise "
-                       f"(eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
+            out.append(f"{naive}architecture group undecided: too few runs per group to separate architecture from "
+                       f"noise (eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
         else:
-            out.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance ({stats_text}); "
-                       f"hyperparameters and seeds at most {_fmt(h['within_share'])}. "
+            out.append(f"{naive}architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance "
+                       f"({stats_text}); on these rows, hyperparameters and seeds at most {_fmt(h['within_share'])}. "
                        "(Paper, post-bugfix: 0.94, F = 1324.)")
     return out
 
@@ -427,14 +457,16 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
 def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dict] = (), title: str = "crashsearch report",
                  baselines_df: pd.DataFrame | None = None, other_datasets: pd.DataFrame | dict | None = None,
                  weights: Any = None, n_boot: int = 200, seed: int = 0, forecast_more: int | None = None,
-                 validation: dict | None = None) -> dict:
+                 validation: dict | None = None, space: Space | None = None, share_boot: int = variance.DEFAULT_BOOT) -> dict:
     """Compute every statistic for one campaign's history and write the report folder.
 
     ``events``: bug-fix events (dicts with ``declared_at``); ``baselines_df``: rows of control-arm
     campaigns (``<id>-baseline-<policy>``); ``other_datasets``: rows (or {name: rows}) of other
     datasets' campaigns for the transfer section; ``weights``: backbone weights note ("random",
     a weights id, or {backbone: weights}); ``validation``: {videos, positives, negatives} of the
-    validation split (see ``validation_counts``). Returns the numbers (the content of numbers.json; keys
+    validation split (see ``validation_counts``); ``space``: the campaign's space (default: the collision
+    space), ``share_boot``: surrogate refits for the interval of the share over the space. A section
+    that raises is shown as "not computed: why" and the rest is built. Returns the numbers (the content of numbers.json; keys
     in the module docstring). Raises ValueError if the history has no ``val_ap`` column.
     """
     out_dir = Path(out_dir)
@@ -486,7 +518,18 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     # ---- statistics ----
     anova_full = _anova_block(df)
     anova_post = _anova_block(post) if post is not None else None
+    arch = anova_full["numbers"]["arch_group"]
+    post_arch = anova_post["numbers"]["arch_group"] if anova_post else None
+    # the paper's scope: post-fix figures when a bug fix concerns this history and rows follow it
+    scope = "post-bugfix" if post_arch is not None and not math.isnan(_nan(post_arch["eta2"])) else "full history"
+    main_arch = post_arch if scope == "post-bugfix" else arch
     lap("anova")
+    # the architecture's share over the space, on the headline's scope, beside the naive eta²
+    not_computed: dict[str, str] = {}
+    space_block = isolated("shares over the space", not_computed, variance.space_block,
+                           post if scope == "post-bugfix" else df, _space(space), scope, main_arch, baselines_df,
+                           n_boot=share_boot, seed=seed)
+    lap("space_shares")
     # forecast_more: the campaign's per-run allowance (extend), so the forecast is the next run's (night's) gain
     conv_full = convergence.convergence(df, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
     conv_post = (convergence.convergence(post, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
@@ -532,14 +575,11 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
         "eta2": plots.eta2_bars({"full history": anova_full["table"],
                                  **({"post-bugfix": anova_post["table"]} if anova_post else {})}, fig_dir / "eta2.png"),
         "coverage": plots.coverage(df, fig_dir / "coverage.png"),
+        "space_shares": plots.space_shares(space_block, fig_dir / "space_shares.png",
+                                           not_computed.get("shares over the space")),
     }
     lap("figures")
 
-    arch = anova_full["numbers"]["arch_group"]
-    post_arch = anova_post["numbers"]["arch_group"] if anova_post else None
-    # the paper's scope: post-fix figures when a bug fix concerns this history and rows follow it
-    scope = "post-bugfix" if post_arch is not None and not math.isnan(_nan(post_arch["eta2"])) else "full history"
-    main_arch = post_arch if scope == "post-bugfix" else arch
     conv_scope = "post-bugfix" if conv_post else "full history"
     numbers = {
         "title": title,
@@ -549,8 +589,10 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                      "eta2_arch": main_arch["eta2"], "F_arch": main_arch["F"], "p_arch": main_arch["p"],
                      "within_share": main_arch["within_share"], "n_arch": main_arch["n"],
                      "eta2_arch_ci": main_arch["eta2_ci"], "omega2_arch": main_arch["omega2"],
+                     "eta2_arch_ci_method": main_arch["eta2_ci_method"],
                      "eta2_null_arch": main_arch["eta2_null"], "k_arch": main_arch["k"],
                      "arch_undecided": _arch_undecided(main_arch),
+                     **variance.headline_numbers(space_block, not_computed.get("shares over the space")),
                      "validation": validation, "leader": leader_tie(df),
                      "full_history": {"eta2_arch": arch["eta2"], "F_arch": arch["F"], "p_arch": arch["p"], "n": arch["n"]},
                      "c": main_conv["overall"]["c"], "r2": main_conv["overall"]["r2"],
@@ -558,14 +600,19 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                      "agents_beat_controls": beat_all,
                      "bugfix_events": [e.get("id") for e in events],
                      "scope": {"best_val_ap": "full history", "leader": "full history",
-                               "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
+                               "eta2_arch": scope, "F_arch": scope, "p_arch": scope, "share_arch": scope,
+                               "share_arch_group": scope,
                                "within_share": scope, "c": conv_scope, "r2": conv_scope,
-                               "verdict": "from-scratch control arms"}},
+                               "verdict": "from-scratch control arms"},
+                     "estimator": {"share_arch": variance.ESTIMATOR, "share_arch_group": variance.ESTIMATOR,
+                                   "eta2_arch": variance.NAIVE_ESTIMATOR}},
         "history": history,
         "best": best,
         "temporal": temporal_vs_meanpool(df),
         "top5": top5,
         "anova": {"full": anova_full["numbers"], "post_bugfix": anova_post["numbers"] if anova_post else None},
+        "space_shares": space_block,
+        "not_computed": not_computed,
         "convergence": {
             "full": {**_fit_summary(conv_full["overall"]), "arms": {a: _fit_summary(f) for a, f in conv_full["arms"].items()}},
             "post_bugfix": ({**_fit_summary(conv_post["overall"]),
@@ -641,6 +688,7 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.p("The ranking and interval of `crashsearch leaderboard` (Student t over replicates; - for a single run).")
 
     d.h(2, "1. Architecture vs hyperparameters")
+    _render_space_shares(d, nb, figs)
     for label, block in (("full history", anova_full), ("post-bugfix", anova_post)):
         if block is None:
             continue
@@ -739,6 +787,32 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.h(2, "Coverage")
     d.img(figs["coverage"], "Best AP per backbone x encoder (runs in brackets)")
     return d
+
+
+def _render_space_shares(d: _Doc, nb: dict, figs: dict) -> None:
+    """The shares over the space: every estimate of the architecture's share, then every axis's."""
+    block, why = nb["space_shares"], nb["not_computed"].get("shares over the space")
+    d.h(3, "Shares of the AP variance over the space")
+    d.p(variance.headline_sentence(nb["headline"]))
+    if block is None:
+        d.p(f"Not computed: {why}.")
+        return
+    d.p("Each estimate of the architecture's share, with its estimator, scope, N and 95% interval. Only the share "
+        "over the space answers for the space: the naive eta² weights each group by how often the search ran it, "
+        "the cell-capped eta² counts each run cell once but still only the cells the search chose, and the random "
+        "arm is a uniform sample of the space (a check of the surrogate, when control arms ran).")
+    d.table(variance.estimates_table(block), {"figure": "figure", "value": "value", "lo": "95% lo", "hi": "95% hi",
+                                              "n": "N", "scope": "scope", "estimator": "estimator", "note": "note"})
+    fan = block["fanova"]
+    if fan["reason"] is None:
+        d.p(f"Every axis's main-effect share over the space and the {len(fan['interactions'])} largest pairwise "
+            f"interactions (functional ANOVA of the surrogate, {block['scope']}, {fan['n']:,} runs; 95% intervals "
+            f"from {fan['n_boot']} refits on resampled cells). Main effects, interactions and seed noise add to at "
+            "most 1; what is left is higher-order interactions.")
+        d.table(variance.shares_table(block), {"term": "term", "kind": "kind", "share": "share", "lo": "95% lo",
+                                               "hi": "95% hi"})
+    d.img(figs["space_shares"], "Share of AP variance over the space per axis and interaction, and every estimate "
+                                "of the architecture's share")
 
 
 def _nan(v) -> float:

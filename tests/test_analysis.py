@@ -394,11 +394,11 @@ def _check_report(out: Path, numbers: dict) -> None:
     for name in ("report.md", "report.html", "numbers.json"):
         assert (out / name).stat().st_size > 0, name
     pngs = sorted((out / "figures").glob("*.png"))
-    assert {p.stem for p in pngs} == {"convergence", "best_at_n", "dynamics", "eta2", "coverage"}
+    assert {p.stem for p in pngs} == {"convergence", "best_at_n", "dynamics", "eta2", "coverage", "space_shares"}
     for png in pngs:
         assert mpimg.imread(png).ndim == 3
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "figures/" not in html
+    assert html.count("data:image/png;base64,") == 6 and "figures/" not in html
     assert json.loads((out / "numbers.json").read_text()) == numbers
 
 
