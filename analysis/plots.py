@@ -220,7 +220,8 @@ def space_shares(block: dict | None, path: str | Path, why: str | None = None) -
         colors = {"main effect": "tab:blue", "interaction": "tab:orange", "seed noise (replicates)": "0.5"}
         y = np.arange(len(table))
         err = np.vstack([(table["share"] - table["lo"]).clip(lower=0), (table["hi"] - table["share"]).clip(lower=0)])
-        ax.barh(y, table["share"], xerr=np.nan_to_num(err), color=[colors.get(k, "tab:green") for k in table["kind"]],
+        ax.barh(y, table["share"], xerr=np.nan_to_num(err),
+                color=[colors.get(k, "tab:green" if k.startswith("group") else "tab:blue") for k in table["kind"]],
                 capsize=2)
         ax.set_yticks(y, [str(t) for t in table["term"]], fontsize=7)
         ax.set_xlabel("share of one run's AP variance over the space")

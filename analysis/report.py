@@ -4,7 +4,7 @@
 
     out_dir/report.md      readable in a terminal
     out_dir/report.html    the same content, one self-contained file (figures as data URIs)
-    out_dir/figures/*.png  convergence, best_at_n, dynamics, eta2, coverage
+    out_dir/figures/*.png  convergence, best_at_n, dynamics, eta2, coverage, space_shares
     out_dir/numbers.json   every number below, for scripts and dashboards
 
 and returns the numbers as a dict. It is a pure function of DataFrames: the store, Prefect and
@@ -18,6 +18,12 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | headline.best_val_ap / best_arch_group | best single validation AP and its backbone/encoder |
 | headline.eta2_arch, headline.F_arch, headline.p_arch, headline.n_arch | one-way ANOVA of AP by arch group on the scope in headline.scope (post-bugfix when a bug-fix event concerns the campaign and runs follow it, else full history); n_arch: runs |
 | headline.eta2_arch_ci, headline.omega2_arch, headline.eta2_null_arch, headline.k_arch | 95% noncentral-F interval of eta2_arch, omega^2 (bias-corrected eta^2), (k-1)/(n-1) (what eta^2 averages with no effect at all), number of arch groups; same scope |
+| headline.eta2_arch_ci_method | how eta2_arch_ci was computed: noncentral-F inversion, or its stated normal approximation past noncentrality 2e6 (anova.eta2_interval) |
+| headline.share_arch, headline.share_arch_ci | the architecture's share of AP variance over the space (every arch axis together; analysis.variance: functional ANOVA of the surrogate under uniform cells, seed noise included) and its 95% interval (+-1.96 sd of surrogate refits on resampled cells); same scope as eta2_arch; null when not computed |
+| headline.share_arch_group, headline.share_arch_group_ci | the same for backbone x encoder, the naive eta²'s grouping |
+| headline.naive_vs_space | "inflated" / "deflated" (the naive eta² interval lies wholly above / below the share over the space of the same grouping), "within" (they overlap), "undecided" (no interval), null |
+| headline.space_share {n, cells_run, space_cells, grid, n_boot, noise_sd, noise_reason, arch_axes, holdout_r2, note, comparison, reason} | what the headline sentence of the share over the space says: runs and cells fitted, cells averaged, refits, seed-noise sd, surrogate held-out R², subsample note, the comparison sentence, why not computed |
+| headline.estimator.<figure> | the estimator of share_arch, share_arch_group and eta2_arch, in words |
 | headline.arch_undecided | true when p_arch >= 0.05 or eta2_arch_ci reaches 0: too few runs per group to separate architecture from noise |
 | headline.validation {videos, positives, negatives} | the validation split every AP is measured on (null when unknown) |
 | headline.leader {cell_id, arch_group, val_ap, runs, ci_lo, ci_hi, tied, tied_cells} | the leading cell (lab.leaderboard) and the cells not separated from it (intervals overlap; one-run cells: the same value); tied counts the leader too |
@@ -33,9 +39,14 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
 | temporal[] {backbone, meanpool, encoders, best, best_stats, verdict, text, paired} | analysis.temporal: mean pooling vs the best temporal head per backbone (mean val AP, n, 95% t-interval; verdict "undecided" when the intervals overlap); paired: a temporal cell vs its mean-pooling twin (every other axis equal) or null |
 | top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
-| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, omega2, eta2_null, within_share, reason |
+| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, eta2_ci_method, omega2, eta2_null, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
 | anova.{full, post_bugfix}.noise {var, sd, df, cells, share, reason} | seed-replicate noise floor |
+| space_shares {scope, space, fanova, naive, cell_capped, random_arm, comparison} | every estimate of the architecture's share on the headline's scope (null when not computed: see not_computed) |
+| space_shares.fanova {estimator, n, cells_run, space_cells, grid, shares.<name> {share, lo, hi}, interactions[] {term, share, lo, hi}, noise_sd, noise_reason, surrogate {kind, holdout_r2, holdout_spearman}, n_boot, level, seconds, total_var, restricted, arch_axes, note, reason} | functional ANOVA over the space: shares of "architecture", "arch_group" (backbone x encoder), every axis and "seed noise"; the largest pairwise interactions |
+| space_shares.{naive, cell_capped, random_arm} {n, k, F, p, eta2, eta2_ci, eta2_ci_method, reason, estimator[, repeats]} | naive eta² on the rows run; eta² of each cell's mean (each cell once); eta² on the from-scratch random arm's rows (null without one) |
+| space_shares.comparison {verdict, grouping, text} | see headline.naive_vs_space |
+| not_computed.<section> | "ErrorType: message" of a section that raised; the rest of the report was built |
 | convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, reason} | power law a - b N^-c |
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |
@@ -807,8 +818,9 @@ def _render_space_shares(d: _Doc, nb: dict, figs: dict) -> None:
     if fan["reason"] is None:
         d.p(f"Every axis's main-effect share over the space and the {len(fan['interactions'])} largest pairwise "
             f"interactions (functional ANOVA of the surrogate, {block['scope']}, {fan['n']:,} runs; 95% intervals "
-            f"from {fan['n_boot']} refits on resampled cells). Main effects, interactions and seed noise add to at "
-            "most 1; what is left is higher-order interactions.")
+            f"of ±1.96 sd of {fan['n_boot']} refits on resampled cells). The main effects, all pairwise "
+            "interactions (the largest are listed) and the seed noise add up to at most 1, the rest being "
+            "higher-order interactions; a group is its axes' main effects with their interactions, not an extra term.")
         d.table(variance.shares_table(block), {"term": "term", "kind": "kind", "share": "share", "lo": "95% lo",
                                                "hi": "95% hi"})
     d.img(figs["space_shares"], "Share of AP variance over the space per axis and interaction, and every estimate "

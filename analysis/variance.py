@@ -14,7 +14,8 @@ about the space, so it is answered here over the uniform distribution of cells:
   variance). Shares for the architecture axes together, for backbone x encoder (the grouping of
   the naive figure), for every axis, and the largest pairwise interactions; 95% intervals of
   +- 1.96 sd of refits of the surrogate on cells resampled with replacement (each cell with all
-  its runs, so the replicate noise is resampled with it). The interval holds the sampling error,
+  its runs, so the replicate noise is resampled with it), each refit evaluated on one fixed
+  uniform sample of REFIT_CELLS cells. The interval holds the sampling error,
   not the surrogate's bias where the search never went; the held-out fidelity says how far to
   trust it.
 - ``cell_capped_eta2``: eta^2 of the cells' mean APs by architecture group, each cell counted
@@ -43,6 +44,8 @@ from crashsearch.lab.space import Space
 DEFAULT_BOOT = 20  # surrogate refits for the interval: 10,469 rows take about 15 s on 2 cores
 GRID_LIMIT = 1_000_000  # spaces up to this many cells are predicted whole; larger ones by Monte Carlo
 MC_CELLS = 200_000
+REFIT_CELLS = 20_000  # cells each refit predicts (a fixed uniform sample when the grid is larger)
+MAX_ROWS = 50_000  # larger histories: the runs of randomly chosen cells up to this many (stated in "note")
 TOP_INTERACTIONS = 5
 LEVEL = 0.95
 
@@ -118,6 +121,18 @@ def _grid(space: Space, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     return local, full, how
 
 
+def _cap(ok: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, str | None]:
+    """At most MAX_ROWS runs: every run of randomly chosen cells (so replicates stay together), and a note."""
+    if len(ok) <= MAX_ROWS:
+        return ok, None
+    counts = ok.groupby("cell_id").size()
+    counts = counts.iloc[np.random.default_rng(seed).permutation(len(counts))]
+    keep = counts.index[counts.cumsum().to_numpy() <= MAX_ROWS]
+    part = ok[ok["cell_id"].isin(keep)]
+    return part, (f"fit on the {len(part):,} runs of {len(keep):,} randomly chosen cells (of {len(ok):,} runs; "
+                  f"the cap of {MAX_ROWS:,} keeps analyze fast)")
+
+
 def _noise(cell: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per distinct cell: its row indices' inverse map, run count and within-cell sum of squares."""
     cells, inv = np.unique(cell, return_inverse=True)
@@ -141,7 +156,8 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
     space_cells, grid (which cells were averaged), shares {name: {share, lo, hi}} for
     "architecture", "backbone x encoder", every axis and "seed noise", interactions [{term, share,
     lo, hi}] (the ``top`` largest), noise_sd, noise_reason, surrogate {kind, holdout_r2,
-    holdout_spearman}, n_boot, level, seconds, reason (None, or why nothing was computed)}.
+    holdout_spearman}, n_boot, level, seconds, note (a subsample past MAX_ROWS runs), reason (None,
+    or why nothing was computed)}.
     """
     from crashsearch.analysis.surrogate import SurrogateError, features, fit_surrogate, make_model, observed_space, \
         row_codes
@@ -149,7 +165,8 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
     t0 = time.perf_counter()
     out = {"estimator": ESTIMATOR, "n": 0, "cells_run": 0, "space_cells": 0, "grid": None, "shares": {},
            "interactions": [], "noise_sd": math.nan, "noise_reason": None, "surrogate": None, "n_boot": 0,
-           "level": LEVEL, "seconds": 0.0, "total_var": math.nan, "restricted": [], "arch_axes": [], "reason": None}
+           "level": LEVEL, "seconds": 0.0, "total_var": math.nan, "restricted": [], "arch_axes": [], "note": None,
+           "reason": None}
     ok = rows[rows["ok"]] if "ok" in rows.columns else prepare(rows).query("ok")
     recorded = set(ok["space"].dropna().astype(str)) if "space" in ok.columns else set()
     if recorded and recorded != {space.name}:
@@ -158,6 +175,7 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
         return out
     try:
         sub = observed_space(space, ok)
+        ok, out["note"] = _cap(ok, seed)
         sur = fit_surrogate(ok, space, seed=seed, fill=False)
     except SurrogateError as exc:
         out["reason"] = str(exc)
@@ -175,6 +193,10 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
 
     x = features(space, codes)
     rng = np.random.default_rng(seed + 1)
+    # the refits only measure the spread: one fixed uniform sample of the cells serves them all (its
+    # Monte Carlo error is shared by every refit, so it barely adds to the spread), 20x cheaper
+    pick = np.sort(rng.choice(len(local), REFIT_CELLS, replace=False)) if len(local) > REFIT_CELLS else slice(None)
+    local_b, x_b = local[pick], x_grid[pick]
     boots = []
     for _ in range(n_boot):
         draws = np.bincount(rng.integers(0, len(counts), len(counts)), minlength=len(counts)).astype(float)
@@ -182,7 +204,7 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
         keep = w > 0
         model = make_model("hgb", space, int(keep.sum()), seed).fit(x[keep], y[keep], sample_weight=w[keep])
         try:
-            boots.append(decompose(local, np.clip(model.predict(x_grid), 0, 1), _pooled(counts, ss, draws), sub))
+            boots.append(decompose(local_b, np.clip(model.predict(x_b), 0, 1), _pooled(counts, ss, draws), sub))
         except ValueError:
             continue
     interval = {k: _interval(point[k], [b[k] for b in boots]) for k in point}
@@ -310,7 +332,7 @@ def headline_numbers(block: dict | None, why: str | None = None) -> dict:
         "space_share": {"n": fan.get("n"), "cells_run": fan.get("cells_run"), "space_cells": fan.get("space_cells"),
                         "grid": fan.get("grid"), "n_boot": fan.get("n_boot"), "noise_sd": fan.get("noise_sd"),
                         "noise_reason": fan.get("noise_reason"), "arch_axes": fan.get("arch_axes"),
-                        "holdout_r2": (fan.get("surrogate") or {}).get("holdout_r2"),
+                        "holdout_r2": (fan.get("surrogate") or {}).get("holdout_r2"), "note": fan.get("note"),
                         "comparison": ((block or {}).get("comparison") or {}).get("text"),
                         "reason": why or fan.get("reason")},
     }
@@ -346,7 +368,8 @@ def headline_sentence(h: dict) -> str:
     return (f"**Architecture's share of the AP variance over the space: {_r(h['share_arch'])} "
             f"(95% interval {_ci(h.get('share_arch_ci'))}) for {axes} together{group}.** "
             f"Functional ANOVA of the boosted-tree surrogate (held-out R² {_r(s.get('holdout_r2'), 2)}) fitted to "
-            f"{s.get('n', 0):,} runs over {s.get('cells_run', 0):,} cells ({scope}), averaged over {s.get('grid')}, "
+            f"{s.get('n', 0):,} runs over {s.get('cells_run', 0):,} cells ({scope}"
+            + (f"; {s['note']}" if s.get("note") else "") + f"), averaged over {s.get('grid')}, "
             f"each equally likely; {noise}; interval ±1.96 sd of {s.get('n_boot')} refits on resampled cells. "
             f"Beside it, {naive}; {verdict}.")
 
@@ -374,7 +397,8 @@ def estimates_table(block: dict) -> pd.DataFrame:
             continue
         lo, hi = (r.get("eta2_ci") or [None, None])[:2]
         rows.append({"figure": label, "value": r.get("eta2"), "lo": lo, "hi": hi,
-                     "n": f"{r.get('n', 0):,} {unit}" + (f" ({r['repeats']} repeats)" if r.get("repeats") else ""),
+                     "n": f"{r.get('n', 0):,} {unit}" + (f" ({r['repeats']} repeat{'s' * (r['repeats'] != 1)})"
+                                                         if r.get("repeats") else ""),
                      "scope": sc, "estimator": r["estimator"] + (f"; interval: {r['eta2_ci_method']}" if r.get("eta2_ci_method") else ""),
                      "note": r.get("reason")})
     return pd.DataFrame(rows, columns=["figure", "value", "lo", "hi", "n", "scope", "estimator", "note"])
@@ -383,10 +407,12 @@ def estimates_table(block: dict) -> pd.DataFrame:
 def shares_table(block: dict) -> pd.DataFrame:
     """Every main effect's share over the space, the groups, seed noise and the largest interactions."""
     fan = block["fanova"]
-    kinds = {"architecture": "architecture axes together", "arch_group": "backbone × encoder together",
+    kinds = {"architecture": "group: " + ", ".join(fan.get("arch_axes") or ["arch axes"]) + " with their interactions",
+             "arch_group": "group: backbone, encoder with their interaction (the naive figure's grouping)",
              "seed noise": "seed noise (replicates)"}
-    rows = [{"term": k, "kind": kinds.get(k, "main effect"), "share": v["share"], "lo": v["lo"], "hi": v["hi"]}
-            for k, v in (fan.get("shares") or {}).items()]
+    names = {"architecture": "architecture", "arch_group": "backbone × encoder (group)"}
+    rows = [{"term": names.get(k, k), "kind": kinds.get(k, "main effect"), "share": v["share"], "lo": v["lo"],
+             "hi": v["hi"]} for k, v in (fan.get("shares") or {}).items()]
     rows += [{"term": r["term"], "kind": "interaction", "share": r["share"], "lo": r["lo"], "hi": r["hi"]}
              for r in fan.get("interactions") or []]
     return pd.DataFrame(rows, columns=["term", "kind", "share", "lo", "hi"])

@@ -232,7 +232,8 @@ def headline_text(result: dict) -> str:
 
     lines = [
         f"campaign {result['campaign']}",
-        *headline_lines(h),  # the report's own headline sentences: scope, N and interval of each figure
+        # the report's own headline sentences: scope, N and interval of each figure (no Markdown bold)
+        *[line.replace("**", "") for line in headline_lines(h)],
         f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
         f"baselines           {h.get('verdict') or 'n/a'}",
         *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}  (a = {f(r.get('a'))}, b = {f(r.get('b'))}, "

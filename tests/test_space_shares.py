@@ -222,3 +222,12 @@ def test_a_failing_section_is_shown_as_not_computed_and_the_rest_is_built(tmp_pa
     assert numbers["headline"]["eta2_arch"] == pytest.approx(anova.one_way(df)["eta2"])  # the rest stands
     assert "## 2. Convergence" in md and (tmp_path / "report.html").stat().st_size > 0
     assert numbers["headline"]["share_arch"] is None
+
+
+def test_a_large_history_is_fit_on_the_runs_of_random_cells_and_says_so(model, adaptive, monkeypatch):
+    monkeypatch.setattr(variance, "MAX_ROWS", 2000)
+    r = variance.space_shares(adaptive, model.space, n_boot=0)
+    assert r["reason"] is None and 1900 < r["n"] <= 2000
+    assert r["note"].startswith(f"fit on the {r['n']:,} runs of {r['cells_run']:,} randomly chosen cells (of 6,000 runs")
+    h = variance.headline_numbers({"fanova": r, "comparison": {}})
+    assert "randomly chosen cells" in variance.headline_sentence({**h, "eta2_arch": 0.5, "n_arch": 6000})
