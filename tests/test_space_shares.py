@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -231,3 +232,40 @@ def test_a_large_history_is_fit_on_the_runs_of_random_cells_and_says_so(model, a
     assert r["note"].startswith(f"fit on the {r['n']:,} runs of {r['cells_run']:,} randomly chosen cells (of 6,000 runs")
     h = variance.headline_numbers({"fanova": r, "comparison": {}})
     assert "randomly chosen cells" in variance.headline_sentence({**h, "eta2_arch": 0.5, "n_arch": 6000})
+
+
+# ---- paper scale ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_analyze_end_to_end_on_a_paper_scale_history(tmp_path):
+    """10,469 runs shaped like the paper's (5 backbones x 8 encoders, agents and random, replicates, a
+    bug fix at a third): the history on which `crashsearch analyze` crashed in eta2_interval."""
+    from crashsearch.flows.analyze import analyze
+    from crashsearch.lab.exchange import import_log
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
+    from crashsearch.lab.versions import declare_bugfix
+
+    home = resolve_home(tmp_path)
+    space = Space.load()
+    df = synthetic_history(10_469, seed=0)
+    assert import_log(Store(home), _parquet(tmp_path, df), "paper", space).new == 10_469
+    declare_bugfix(home, note="window slicing fixed", campaign="paper", at=str(df["finished_at"].iloc[3489]))
+    result = analyze("paper", home)
+    n, md = result["numbers"], Path(result["report"]).read_text()
+    h = n["headline"]
+    assert n["not_computed"] == {} and h["scope"]["share_arch"] == "post-bugfix"
+    assert all(math.isfinite(v) for v in h["eta2_arch_ci"] + h["share_arch_ci"] + h["share_arch_group_ci"])
+    for block in (n["anova"]["full"], n["anova"]["post_bugfix"]):
+        for by in ("arch_group", "backbone", "encoder"):
+            assert block[by]["reason"] is None and all(math.isfinite(v) for v in block[by]["eta2_ci"])
+    # uniform-ish sampling of an additive planted effect: the share over the space of backbone x encoder
+    # and the planted eta² (the arch groups' share under uniform sampling) agree
+    assert h["share_arch_group"] == pytest.approx(df.attrs["truth"]["eta2_arch"], abs=0.05)
+    assert md.split("## Headline\n\n- ", 1)[1].startswith("**Architecture's share of the AP variance over the space")
+
+
+def _parquet(tmp_path, df):
+    path = tmp_path / "log.parquet"
+    df.drop(columns=["campaign"]).to_parquet(path, index=False)
+    return path
