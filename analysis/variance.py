@@ -154,13 +154,13 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
 
     ``rows``: a history (prepared or raw; ok rows are used). Returns {estimator, n, cells_run,
     space_cells, grid (which cells were averaged), shares {name: {share, lo, hi}} for
-    "architecture", "backbone x encoder", every axis and "seed noise", interactions [{term, share,
+    "architecture", "arch_group" (backbone and encoder), every axis and "seed noise", interactions [{term, share,
     lo, hi}] (the ``top`` largest), noise_sd, noise_reason, surrogate {kind, holdout_r2,
     holdout_spearman}, n_boot, level, seconds, note (a subsample past MAX_ROWS runs), reason (None,
     or why nothing was computed)}.
     """
-    from crashsearch.analysis.surrogate import SurrogateError, features, fit_surrogate, make_model, observed_space, \
-        row_codes
+    from crashsearch.analysis.surrogate import MIN_CELLS, MIN_OK_ROWS, SurrogateError, features, fit_surrogate, \
+        make_model, observed_space, row_codes
 
     t0 = time.perf_counter()
     out = {"estimator": ESTIMATOR, "n": 0, "cells_run": 0, "space_cells": 0, "grid": None, "shares": {},
@@ -172,6 +172,10 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
     if recorded and recorded != {space.name}:
         out["reason"] = (f"the runs were recorded in space {', '.join(sorted(recorded))}, and the analysis was given "
                          f"space {space.name!r}: its axes would not describe the runs")
+        return out
+    if len(ok) < MIN_OK_ROWS or ok["cell_id"].nunique() < MIN_CELLS:
+        out["reason"] = (f"{len(ok)} runs with an AP over {ok['cell_id'].nunique()} cells; the surrogate needs at least "
+                         f"{MIN_OK_ROWS} runs over {MIN_CELLS} cells")
         return out
     try:
         sub = observed_space(space, ok)
@@ -188,8 +192,15 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
     if not (counts >= 2).any():
         out["noise_reason"] = "no cell was run twice: the seed noise is unknown and left out, so every share is an upper bound"
     local, full, how = _grid(sub, seed)
+    restricted = [f"{a.name} {len(a.choices)} of {len(a.values)}" for a in sub.axes if len(a.choices) < len(a.values)]
+    if restricted:  # values never run are left out: the surrogate cannot place them
+        how += f" whose values were run (of the space's {space.size:,}; {', '.join(restricted)} values)"
     x_grid = features(space, full)
-    point = decompose(local, np.clip(sur.model.predict(x_grid), 0, 1), noise_var, sub)
+    try:
+        point = decompose(local, np.clip(sur.model.predict(x_grid), 0, 1), noise_var, sub)
+    except ValueError as exc:
+        out["reason"] = str(exc)
+        return out
 
     x = features(space, codes)
     rng = np.random.default_rng(seed + 1)
@@ -216,7 +227,7 @@ def space_shares(rows: pd.DataFrame, space: Space, n_boot: int = DEFAULT_BOOT, s
                interactions=pairs[:top], noise_sd=math.sqrt(noise_var), total_var=point["total_var"],
                surrogate={"kind": sur.kind, "holdout_r2": sur.fidelity["holdout_r2"],
                           "holdout_spearman": sur.fidelity["holdout_spearman"]},
-               n_boot=len(boots), restricted=[a.name for a in sub.axes if len(a.choices) < len(a.values)],
+               n_boot=len(boots), restricted=restricted,
                arch_axes=[a.name for a in sub.axes if a.group == "arch"],
                seconds=time.perf_counter() - t0)
     return out

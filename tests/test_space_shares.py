@@ -166,13 +166,20 @@ def test_compare_says_inflated_deflated_or_overlapping():
 
 def test_space_shares_say_why_when_they_cannot_be_computed(model):
     few = prepare(adaptive_history(20, model, seed=4))
-    assert "a surrogate needs at least" in variance.space_shares(few, model.space, n_boot=0)["reason"]
+    assert variance.space_shares(few, model.space, n_boot=0)["reason"].endswith(
+        "the surrogate needs at least 30 runs over 10 cells")
     other = prepare(adaptive_history(300, model, seed=4).assign(space="paper"))
     assert "recorded in space paper" in variance.space_shares(other, model.space, n_boot=0)["reason"]
     once = prepare(adaptive_history(300, model, seed=4, replicate_share=0.0).drop_duplicates("cell_id"))
     r = variance.space_shares(once, model.space, n_boot=0)
     assert r["reason"] is None and "seed noise is unknown" in r["noise_reason"]
     assert math.isnan(r["shares"]["architecture"]["lo"])  # no refits: no interval, never a made-up one
+    # values never run are left out of the cells averaged, and the sentence says so
+    narrow = prepare(adaptive_history(400, model, seed=4).query("backbone != 'pixels'"))
+    r = variance.space_shares(narrow, model.space, n_boot=0)
+    assert r["space_cells"] == 108_000 * 4 // 5 and r["restricted"] == ["backbone 4 of 5"]
+    assert r["grid"] == ("every one of the 86,400 cells whose values were run (of the space's 108,000; "
+                         "backbone 4 of 5 values)")
 
 
 def _report(tmp_path, df, **kw):
