@@ -41,7 +41,7 @@ from crashsearch.analysis import anova
 from crashsearch.analysis.history import BASELINE_RE, prepare
 from crashsearch.lab.space import Space
 
-DEFAULT_BOOT = 20  # surrogate refits for the interval: 10,469 rows take about 15 s on 2 cores
+DEFAULT_BOOT = 20  # surrogate refits for the interval: about 8 CPU-seconds at 10,469 rows (benchmarks/README.md)
 GRID_LIMIT = 1_000_000  # spaces up to this many cells are predicted whole; larger ones by Monte Carlo
 MC_CELLS = 200_000
 REFIT_CELLS = 20_000  # cells each refit predicts (a fixed uniform sample when the grid is larger)
@@ -300,7 +300,8 @@ def compare(naive: dict, shares: dict) -> dict:
         out["text"] = f"the sampling deflated the naive figure beyond both intervals {both}"
     else:
         out["verdict"] = "within"
-        out["text"] = f"the two intervals overlap, so the sampling did not move the naive figure beyond them (undecided) {both}"
+        out["text"] = ("the two intervals overlap, so the sampling did not move the naive figure beyond them "
+                       f"(undecided) {both}")
     return out
 
 
@@ -335,10 +336,10 @@ def headline_numbers(block: dict | None, why: str | None = None) -> dict:
     """The headline keys of the share over the space (numbers.json headline.share_*), from ``space_block``."""
     fan = (block or {}).get("fanova") or {}
     shares = fan.get("shares") or {}
-    pick = lambda k: shares.get(k) or {}  # noqa: E731
+    arch, group = shares.get("architecture") or {}, shares.get("arch_group") or {}
     return {
-        "share_arch": pick("architecture").get("share"), "share_arch_ci": [pick("architecture").get("lo"), pick("architecture").get("hi")],
-        "share_arch_group": pick("arch_group").get("share"), "share_arch_group_ci": [pick("arch_group").get("lo"), pick("arch_group").get("hi")],
+        "share_arch": arch.get("share"), "share_arch_ci": [arch.get("lo"), arch.get("hi")],
+        "share_arch_group": group.get("share"), "share_arch_group_ci": [group.get("lo"), group.get("hi")],
         "naive_vs_space": ((block or {}).get("comparison") or {}).get("verdict"),
         "space_share": {"n": fan.get("n"), "cells_run": fan.get("cells_run"), "space_cells": fan.get("space_cells"),
                         "grid": fan.get("grid"), "n_boot": fan.get("n_boot"), "noise_sd": fan.get("noise_sd"),
@@ -410,7 +411,8 @@ def estimates_table(block: dict) -> pd.DataFrame:
         rows.append({"figure": label, "value": r.get("eta2"), "lo": lo, "hi": hi,
                      "n": f"{r.get('n', 0):,} {unit}" + (f" ({r['repeats']} repeat{'s' * (r['repeats'] != 1)})"
                                                          if r.get("repeats") else ""),
-                     "scope": sc, "estimator": r["estimator"] + (f"; interval: {r['eta2_ci_method']}" if r.get("eta2_ci_method") else ""),
+                     "scope": sc,
+                     "estimator": r["estimator"] + (f"; interval: {r['eta2_ci_method']}" if r.get("eta2_ci_method") else ""),
                      "note": r.get("reason")})
     return pd.DataFrame(rows, columns=["figure", "value", "lo", "hi", "n", "scope", "estimator", "note"])
 
