@@ -371,7 +371,8 @@ def headline_sentence(h: dict) -> str:
     if h.get("share_arch") is None or s.get("reason"):
         return (f"Architecture's share of the AP variance over the space: not computed: {s.get('reason') or 'unknown'}. "
                 f"Beside it, {naive}, describes the rows the search chose to run, not the space.")
-    axes = ", ".join(s.get("arch_axes") or []) or "the arch axes"
+    names = list(s.get("arch_axes") or [])
+    axes = (", ".join(names[:-1]) + " and " + names[-1]) if len(names) > 1 else (names[0] if names else "the arch axes")
     group = (f", {_r(h['share_arch_group'])} {_ci(h.get('share_arch_group_ci'))} for backbone × encoder"
              if h.get("share_arch_group") is not None else "")
     noise = (f"seed noise (sd {_r(s.get('noise_sd'), 4)}, from the replicates) included" if not s.get("noise_reason")
