@@ -77,12 +77,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _empty(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _thin(frame: pd.DataFrame, limit: int = MAX_LINE_POINTS) -> pd.DataFrame:
     if len(frame) <= limit:
         return frame
@@ -263,4 +257,46 @@ def coverage(df: pd.DataFrame, path: str | Path, backbones: list | None = None,
             ax.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if pd.notna(v) else "0.4")
     fig.colorbar(im, ax=ax, label="best validation AP")
     ax.set_title("Coverage: best AP per backbone x encoder (runs)")
+    return _save(fig, path)
+
+
+def space_shares(block: dict | None, path: str | Path, why: str | None = None) -> "Path | Absent":
+    """Shares of AP variance over the space per axis and interaction, and every estimate of the
+    architecture's share with its 95% interval; ``block``: ``analysis.variance.space_block``. A panel
+    with nothing to show is left out; with neither, nothing is drawn."""
+    from crashsearch.analysis.variance import estimates_table, shares_table
+
+    fan = (block or {}).get("fanova") or {}
+    has_shares = block is not None and not fan.get("reason")
+    est = estimates_table(block) if block is not None else pd.DataFrame()
+    est = est[np.isfinite(pd.to_numeric(est["value"], errors="coerce"))] if len(est) else est
+    if not has_shares and est.empty:
+        return _absent(path, f"not computed: {why or fan.get('reason') or 'no estimate of the architecture share'}")
+    fig, axes = _figure(int(has_shares) + int(not est.empty), 1, width=6.4, height=4.4)
+    axes = list(axes)
+    if has_shares:
+        ax = axes.pop(0)
+        table = shares_table(block).iloc[::-1]
+        colors = {"main effect": "tab:blue", "interaction": "tab:orange", "seed noise (replicates)": "0.5"}
+        y = np.arange(len(table))
+        err = np.vstack([(table["share"] - table["lo"]).clip(lower=0), (table["hi"] - table["share"]).clip(lower=0)])
+        ax.barh(y, table["share"], xerr=np.nan_to_num(err),
+                color=[colors.get(k, "tab:green" if k.startswith("group") else "tab:blue") for k in table["kind"]],
+                capsize=2)
+        ax.set_yticks(y, [str(t) for t in table["term"]], fontsize=7)
+        ax.set_xlabel("share of one run's AP variance over the space")
+        ax.set_title(f"Functional ANOVA over the space ({fan['n']:,} runs; green: groups, orange: interactions)",
+                     fontsize=9)
+    if not est.empty:
+        ax_e = axes.pop(0)
+        y = np.arange(len(est))[::-1]
+        lo = pd.to_numeric(est["lo"], errors="coerce").to_numpy(float)
+        hi = pd.to_numeric(est["hi"], errors="coerce").to_numpy(float)
+        v = est["value"].to_numpy(float)
+        err = np.nan_to_num(np.vstack([(v - lo).clip(min=0), (hi - v).clip(min=0)]))
+        ax_e.errorbar(v, y, xerr=err, fmt="o", capsize=3, color="black")
+        ax_e.set_yticks(y, [f"{f}\n({s}, N {n})" for f, s, n in zip(est["figure"], est["scope"], est["n"])], fontsize=7)
+        ax_e.set_xlim(0, 1)
+        ax_e.set_xlabel("architecture's share of AP variance (95% interval)")
+        ax_e.set_title("Estimates of the architecture's share", fontsize=9)
     return _save(fig, path)

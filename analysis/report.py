@@ -4,7 +4,7 @@
 
     out_dir/report.md      readable in a terminal
     out_dir/report.html    the same content, one self-contained file (figures as data URIs)
-    out_dir/figures/*.png  convergence, best_at_n, dynamics, eta2, coverage
+    out_dir/figures/*.png  convergence, best_at_n, dynamics, eta2, coverage, space_shares
     out_dir/numbers.json   every number below, for scripts and dashboards
 
 and returns the numbers as a dict. It is a pure function of DataFrames: the store, Prefect and
@@ -18,6 +18,12 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | headline.best_val_ap / best_arch_group | best single validation AP and its backbone/encoder |
 | headline.eta2_arch, headline.F_arch, headline.p_arch, headline.n_arch | one-way ANOVA of AP by arch group on the scope in headline.scope (post-bugfix when a bug-fix event concerns the campaign and runs follow it, else full history); n_arch: runs |
 | headline.eta2_arch_ci, headline.omega2_arch, headline.eta2_null_arch, headline.k_arch | 95% noncentral-F interval of eta2_arch, omega^2 (bias-corrected eta^2), (k-1)/(n-1) (what eta^2 averages with no effect at all), number of arch groups; same scope |
+| headline.eta2_arch_ci_method | how eta2_arch_ci was computed: noncentral-F inversion, or its stated normal approximation past noncentrality 2e6 (anova.eta2_interval) |
+| headline.share_arch, headline.share_arch_ci | the architecture's share of AP variance over the space (every arch axis together; analysis.variance: functional ANOVA of the surrogate under uniform cells, seed noise included) and its 95% interval (+-1.96 sd of surrogate refits on resampled cells); same scope as eta2_arch; null when not computed |
+| headline.share_arch_group, headline.share_arch_group_ci | the same for backbone x encoder, the naive eta²'s grouping |
+| headline.naive_vs_space | "inflated" / "deflated" (the naive eta² interval lies wholly above / below the share over the space of the same grouping), "within" (they overlap), "undecided" (no interval), null |
+| headline.space_share {n, cells_run, space_cells, grid, n_boot, noise_sd, noise_reason, arch_axes, holdout_r2, note, comparison, reason} | what the headline sentence of the share over the space says: runs and cells fitted, cells averaged, refits, seed-noise sd, surrogate held-out R², subsample note, the comparison sentence, why not computed |
+| headline.estimator.<figure> | the estimator of share_arch, share_arch_group and eta2_arch, in words |
 | headline.arch_undecided | true when p_arch >= 0.05 or eta2_arch_ci reaches 0: too few runs per group to separate architecture from noise |
 | headline.validation {videos, positives, negatives} | the validation split every AP is measured on (null when unknown) |
 | headline.leader {cell_id, arch_group, val_ap, runs, ci_lo, ci_hi, tied, tied_cells} | the leading cell (lab.leaderboard) and the cells not separated from it (intervals overlap; one-run cells: the same value); tied counts the leader too |
@@ -34,9 +40,14 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | best.{val_ap, test_ap, cell_id, arch_group, arm} | the best single run |
 | temporal[] {backbone, meanpool, encoders, best, best_stats, verdict, text, paired} | analysis.temporal: mean pooling vs the best temporal head per backbone (mean val AP, n, 95% t-interval; verdict "undecided" when the intervals overlap); paired: a temporal cell vs its mean-pooling twin (every other axis equal) or null |
 | top5[] {rank, cell_id, backbone, encoder, loss, gamma, val_ap, val_ap_sd, runs, ci_lo, ci_hi, test_ap, source} | lab.leaderboard (same ranking and t-interval as `crashsearch leaderboard`; ci null for one run) |
-| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, omega2, eta2_null, within_share, reason |
+| anova.{full, post_bugfix}.{arch_group, backbone, encoder} | one-way ANOVA: n, k, F, p, eta2, eta2_ci, eta2_ci_method, omega2, eta2_null, within_share, reason |
 | anova.{full, post_bugfix}.factorial {n, r2, note, reason, terms[] {term, df, sum_sq, F, p, eta2, partial_eta2}} | Type II factorial ANOVA |
 | anova.{full, post_bugfix}.noise {var, sd, df, cells, share, reason} | seed-replicate noise floor |
+| space_shares {scope, space, fanova, naive, cell_capped, random_arm, comparison} | every estimate of the architecture's share on the headline's scope (null when not computed: see not_computed) |
+| space_shares.fanova {estimator, n, cells_run, space_cells, grid, shares.<name> {share, lo, hi}, interactions[] {term, share, lo, hi}, noise_sd, noise_reason, surrogate {kind, holdout_r2, holdout_spearman}, n_boot, level, seconds, total_var, restricted, arch_axes, note, reason} | functional ANOVA over the space: shares of "architecture", "arch_group" (backbone x encoder), every axis and "seed noise"; the largest pairwise interactions |
+| space_shares.{naive, cell_capped, random_arm} {n, k, F, p, eta2, eta2_ci, eta2_ci_method, reason, estimator[, repeats]} | naive eta² on the rows run; eta² of each cell's mean (each cell once); eta² on the from-scratch random arm's rows (null without one) |
+| space_shares.comparison {verdict, grouping, text} | see headline.naive_vs_space |
+| not_computed.<section> | "ErrorType: message" of a section that raised; the rest of the report was built |
 | convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, at_bound, reason} | power law a - b N^-c; at_bound: parameters at a bound of the fit (e.g. "a = 1") |
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |
@@ -71,11 +82,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer
+from crashsearch.analysis import anova, baselines, convergence, dynamics, plots, transfer, variance
 from crashsearch.analysis.temporal import temporal_vs_meanpool
 from crashsearch.analysis.arms import arm_best_at_n, arm_power_laws, arm_table, arm_verdict
 from crashsearch.analysis.history import is_llm, prepare
 from crashsearch.lab.leaderboard import format_interval, leaderboard
+from crashsearch.lab.space import Space
 
 
 # ---- subsets --------------------------------------------------------------------------------
@@ -327,10 +339,33 @@ def _fit_summary(fit: dict) -> dict:
     return {k: fit.get(k) for k in keys}
 
 
+def isolated(section: str, failures: dict, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None when it raises: ``failures[section]`` then says why in one line.
+
+    A figure that cannot be computed is shown as "not computed: why" and the rest of the report is
+    built; the numbers that were computed are never lost to one failing section.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001  any failure of one section must not take the report down
+        failures[section] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return None
+
+
+def _space(space: Space | None) -> Space:
+    return space if space is not None else Space.load()
+
+
 def _anova_block(df: pd.DataFrame) -> dict:
-    one = anova.arch_anova(df)
-    fac = anova.factorial(df)
-    keep = ("n", "k", "F", "p", "eta2", "eta2_ci", "omega2", "eta2_null", "within_share", "reason")
+    failures: dict[str, str] = {}
+    keep = ("n", "k", "F", "p", "eta2", "eta2_ci", "eta2_ci_method", "omega2", "eta2_null", "within_share", "reason")
+    one = {by: isolated(by, failures, anova.one_way, df, by) or anova.one_way_blank(by, f"not computed: {failures[by]}")
+           for by in ("arch_group", "backbone", "encoder")}
+    fac = isolated("factorial", failures, anova.factorial, df) or {
+        "table": None, "r2": math.nan, "n": int(df["ok"].sum()), "note": None,
+        "reason": f"not computed: {failures['factorial']}",
+        "noise": {"var": math.nan, "sd": math.nan, "df": 0, "cells": 0, "share": math.nan,
+                  "reason": f"not computed: {failures['factorial']}"}}
     block = {by: {k: r[k] for k in keep} for by, r in one.items()}
     block["factorial"] = {"n": fac["n"], "r2": fac["r2"], "note": fac["note"], "reason": fac["reason"],
                           "terms": anova.eta2_table(fac)}
@@ -382,8 +417,9 @@ def validation_sentence(v: dict | None) -> str:
 def headline_lines(h: dict, best: dict | None = None) -> list[str]:
     """The headline sentences of the best run, the leading cell and the arch ANOVA, with scope, N and
     interval; the report and the CLI's `analyze` summary both print them. ``h``: numbers["headline"];
-    ``best``: numbers["best"] (adds test AP, cell and arm)."""
-    out = []
+    ``best``: numbers["best"] (adds test AP, cell and arm). The share of the architecture over the space
+    comes first, the naive eta² on the rows run beside it."""
+    out = [variance.headline_sentence(h)] if "space_share" in h else []
     if h.get("best_val_ap") is not None and not math.isnan(_nan(h["best_val_ap"])):
         extra = (f" (test AP {_fmt(best['test_ap'])}), cell {best['cell_id']}, found by {best['arm']}"
                  if best and best.get("cell_id") is not None else "")
@@ -421,12 +457,17 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
                       f"F = {_fmt(h['F_arch'])}, p = {_fmt(h['p_arch'], 'p')}; "
                       f"N = {h['n_arch']:,} runs in {h.get('k_arch')} groups, where no "
                       f"effect at all averages eta² = {_fmt(h.get('eta2_null_arch'))}; {scope}")
+        method = h.get("eta2_arch_ci_method")
+        if method and method != anova.ETA2_CI_EXACT:
+            stats_text += f"; interval by {method}"
+        naive = ("Naive eta² on the rows run (the paper's figure: every run counts, so a group counts as often as "
+                 "the search ran it): ")
         if h.get("arch_undecided"):
-            out.append(f"Architecture group: undecided: too few runs per group to separate architecture from noise "
-                       f"(eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
+            out.append(f"{naive}architecture group undecided: too few runs per group to separate architecture from "
+                       f"noise (eta² = {_fmt(h['eta2_arch'])}, {stats_text}).")
         else:
-            out.append(f"Architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance ({stats_text}); "
-                       f"hyperparameters and seeds at most {_fmt(h['within_share'])}."
+            out.append(f"{naive}architecture group explains eta² = {_fmt(h['eta2_arch'])} of the AP variance "
+                       f"({stats_text}); on these rows, hyperparameters and seeds at most {_fmt(h['within_share'])}."
                        + paper_clause(h.get("paper"), "eta² 0.94, F = 1324 post-bugfix"))
     return out
 
@@ -436,14 +477,16 @@ def headline_lines(h: dict, best: dict | None = None) -> list[str]:
 def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dict] = (), title: str = "crashsearch report",
                  baselines_df: pd.DataFrame | None = None, other_datasets: pd.DataFrame | dict | None = None,
                  weights: Any = None, n_boot: int = 200, seed: int = 0, forecast_more: int | None = None,
-                 validation: dict | None = None) -> dict:
+                 validation: dict | None = None, space: Space | None = None, share_boot: int = variance.DEFAULT_BOOT) -> dict:
     """Compute every statistic for one campaign's history and write the report folder.
 
     ``events``: bug-fix events (dicts with ``declared_at``); ``baselines_df``: rows of control-arm
     campaigns (``<id>-baseline-<policy>``); ``other_datasets``: rows (or {name: rows}) of other
     datasets' campaigns for the transfer section; ``weights``: backbone weights note ("random",
     a weights id, or {backbone: weights}); ``validation``: {videos, positives, negatives} of the
-    validation split (see ``validation_counts``). Returns the numbers (the content of numbers.json; keys
+    validation split (see ``validation_counts``); ``space``: the campaign's space (default: the collision
+    space), ``share_boot``: surrogate refits for the interval of the share over the space. A section
+    that raises is shown as "not computed: why" and the rest is built. Returns the numbers (the content of numbers.json; keys
     in the module docstring). Raises ValueError if the history has no ``val_ap`` column.
     """
     out_dir = Path(out_dir)
@@ -496,7 +539,18 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
     # ---- statistics ----
     anova_full = _anova_block(df)
     anova_post = _anova_block(post) if post is not None else None
+    arch = anova_full["numbers"]["arch_group"]
+    post_arch = anova_post["numbers"]["arch_group"] if anova_post else None
+    # the paper's scope: post-fix figures when a bug fix concerns this history and rows follow it
+    scope = "post-bugfix" if post_arch is not None and not math.isnan(_nan(post_arch["eta2"])) else "full history"
+    main_arch = post_arch if scope == "post-bugfix" else arch
     lap("anova")
+    # the architecture's share over the space, on the headline's scope, beside the naive eta²
+    not_computed: dict[str, str] = {}
+    space_block = isolated("shares over the space", not_computed, variance.space_block,
+                           post if scope == "post-bugfix" else df, _space(space), scope, main_arch, baselines_df,
+                           n_boot=share_boot, seed=seed)
+    lap("space_shares")
     # forecast_more: the campaign's per-run allowance (extend), so the forecast is the next run's (night's) gain
     conv_full = convergence.convergence(df, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
     conv_post = (convergence.convergence(post, n_boot=n_boot, seed=seed, forecast_more=forecast_more)
@@ -542,14 +596,11 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
         "eta2": plots.eta2_bars({"full history": anova_full["table"],
                                  **({"post-bugfix": anova_post["table"]} if anova_post else {})}, fig_dir / "eta2.png"),
         "coverage": plots.coverage(df, fig_dir / "coverage.png"),
+        "space_shares": plots.space_shares(space_block, fig_dir / "space_shares.png",
+                                           not_computed.get("shares over the space")),
     }
     lap("figures")
 
-    arch = anova_full["numbers"]["arch_group"]
-    post_arch = anova_post["numbers"]["arch_group"] if anova_post else None
-    # the paper's scope: post-fix figures when a bug fix concerns this history and rows follow it
-    scope = "post-bugfix" if post_arch is not None and not math.isnan(_nan(post_arch["eta2"])) else "full history"
-    main_arch = post_arch if scope == "post-bugfix" else arch
     conv_scope = "post-bugfix" if conv_post else "full history"
     numbers = {
         "title": title,
@@ -559,8 +610,10 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                      "eta2_arch": main_arch["eta2"], "F_arch": main_arch["F"], "p_arch": main_arch["p"],
                      "within_share": main_arch["within_share"], "n_arch": main_arch["n"],
                      "eta2_arch_ci": main_arch["eta2_ci"], "omega2_arch": main_arch["omega2"],
+                     "eta2_arch_ci_method": main_arch["eta2_ci_method"],
                      "eta2_null_arch": main_arch["eta2_null"], "k_arch": main_arch["k"],
                      "arch_undecided": _arch_undecided(main_arch),
+                     **variance.headline_numbers(space_block, not_computed.get("shares over the space")),
                      "validation": validation, "leader": leader_tie(df),
                      "full_history": {"eta2_arch": arch["eta2"], "F_arch": arch["F"], "p_arch": arch["p"], "n": arch["n"]},
                      "c": main_conv["overall"]["c"], "r2": main_conv["overall"]["r2"],
@@ -569,14 +622,19 @@ def build_report(history_df: pd.DataFrame, out_dir: str | Path, events: list[dic
                      "bugfix_events": [e.get("id") for e in events],
                      "paper": paper_reference(weights, history["datasets"]),
                      "scope": {"best_val_ap": "full history", "leader": "full history",
-                               "eta2_arch": scope, "F_arch": scope, "p_arch": scope,
+                               "eta2_arch": scope, "F_arch": scope, "p_arch": scope, "share_arch": scope,
+                               "share_arch_group": scope,
                                "within_share": scope, "c": conv_scope, "r2": conv_scope,
-                               "verdict": "from-scratch control arms"}},
+                               "verdict": "from-scratch control arms"},
+                     "estimator": {"share_arch": variance.ESTIMATOR, "share_arch_group": variance.ESTIMATOR,
+                                   "eta2_arch": variance.NAIVE_ESTIMATOR}},
         "history": history,
         "best": best,
         "temporal": temporal_vs_meanpool(df),
         "top5": top5,
         "anova": {"full": anova_full["numbers"], "post_bugfix": anova_post["numbers"] if anova_post else None},
+        "space_shares": space_block,
+        "not_computed": not_computed,
         "convergence": {
             "full": {**_fit_summary(conv_full["overall"]), "arms": {a: _fit_summary(f) for a, f in conv_full["arms"].items()}},
             "post_bugfix": ({**_fit_summary(conv_post["overall"]),
@@ -655,6 +713,7 @@ def _render(nb, figs, anova_full, anova_post, conv_full, conv_post, bat, dists, 
     d.p("The ranking and interval of `crashsearch leaderboard` (Student t over replicates; - for a single run).")
 
     d.h(2, "1. Architecture vs hyperparameters")
+    _render_space_shares(d, nb, figs)
     for label, block in (("full history", anova_full), ("post-bugfix", anova_post)):
         if block is None:
             continue
@@ -837,6 +896,33 @@ def hours_label(kinds: list[str]) -> str:
     if kinds and all(k in ("cuda", "gpu", "mps", "rocm") for k in kinds):
         return "GPU-hours"
     return f"training hours on {', '.join(kinds)}" if kinds else "training hours (device not recorded)"
+
+
+def _render_space_shares(d: _Doc, nb: dict, figs: dict) -> None:
+    """The shares over the space: every estimate of the architecture's share, then every axis's."""
+    block, why = nb["space_shares"], nb["not_computed"].get("shares over the space")
+    d.h(3, "Shares of the AP variance over the space")
+    d.p(variance.headline_sentence(nb["headline"]))
+    if block is None:
+        d.p(f"Not computed: {why}.")
+        return
+    d.p("Each estimate of the architecture's share, with its estimator, scope, N and 95% interval. Only the share "
+        "over the space answers for the space: the naive eta² weights each group by how often the search ran it, "
+        "the cell-capped eta² counts each run cell once but still only the cells the search chose, and the random "
+        "arm is a uniform sample of the space (a check of the surrogate, when control arms ran).")
+    d.table(variance.estimates_table(block), {"figure": "figure", "value": "value", "lo": "95% lo", "hi": "95% hi",
+                                              "n": "N", "scope": "scope", "estimator": "estimator", "note": "note"})
+    fan = block["fanova"]
+    if fan["reason"] is None:
+        d.p(f"Every axis's main-effect share over the space and the {len(fan['interactions'])} largest pairwise "
+            f"interactions (functional ANOVA of the surrogate, {block['scope']}, {fan['n']:,} runs; 95% intervals "
+            f"of ±1.96 sd of {fan['n_boot']} refits on resampled cells). The main effects, all pairwise "
+            "interactions (the largest are listed) and the seed noise add up to at most 1, the rest being "
+            "higher-order interactions; a group is its axes' main effects with their interactions, not an extra term.")
+        d.table(variance.shares_table(block), {"term": "term", "kind": "kind", "share": "share", "lo": "95% lo",
+                                               "hi": "95% hi"})
+    d.img(figs["space_shares"], "Share of AP variance over the space per axis and interaction, and every estimate "
+                                "of the architecture's share")
 
 
 def _nan(v) -> float:

@@ -94,7 +94,150 @@ def synthetic_history(
     failed = rng.random(n) < fail_share
     val_ap[failed] = np.nan
 
-    df = df[[a.name for a in space.axes]]
+    out = _history_frame(space, df, proposer, val_ap, failed, rng, campaign, dataset, start, noise_sd)
+
+    var_arch = float(np.var(g_eff))
+    var_within = sum(float(np.var(v)) for v in level_eff.values()) + noise_sd**2
+    out.attrs["truth"] = {
+        "arch_effects": effects,
+        "eta2_arch": var_arch / (var_arch + var_within),
+        "arch_sd": arch_sd, "hp_sd": hp_sd, "noise_sd": noise_sd,
+    }
+    return out
+
+
+class PlantedSpaceModel:
+    """A planted mean AP over every cell whose functional-ANOVA shares are known in closed form.
+
+    ``mean = base + arch[arch axes] + lr[lr] + encoder x lr interaction + sum of other axes' level
+    effects``: the arch table adds a backbone effect (sd arch_sd), an encoder effect (0.7 arch_sd),
+    a size effect (0.25 arch_sd), a backbone x encoder interaction (0.3 arch_sd) and a little of
+    every arch combination (0.1 arch_sd); the learning rate has one peak (sd of its effect lr_sd),
+    the encoder x lr table is centred over both axes (a pure interaction), every other axis gets
+    N(0, hp_sd) level effects; each run adds N(0, noise_sd) seed noise. The terms are orthogonal
+    under the uniform distribution of cells, so ``truth`` is exact: each term's variance over the
+    total (noise included).
+    """
+
+    def __init__(self, space: Space | None = None, seed: int = 0, base: float = 0.70, arch_sd: float = 0.05,
+                 lr_sd: float = 0.04, interaction_sd: float = 0.01, hp_sd: float = 0.008, noise_sd: float = 0.015):
+        self.space = space or Space.load()
+        rng = np.random.default_rng(seed)
+        self.base, self.noise_sd = base, noise_sd
+        self.arch_axes = [a.name for a in self.space.axes if a.group == "arch"]
+        shape = [len(self.space.axis(a).choices) for a in self.arch_axes]
+        scale = {"backbone": 1.0, "encoder": 0.7, "size": 0.25}
+        self.arch = rng.normal(0.0, 0.1 * arch_sd, shape)
+        for j, name in enumerate(self.arch_axes):
+            view = [1] * len(shape)
+            view[j] = shape[j]
+            self.arch = self.arch + rng.normal(0.0, scale.get(name, 0.25) * arch_sd, shape[j]).reshape(view)
+        if {"backbone", "encoder"} <= set(self.arch_axes):
+            b, e = self.arch_axes.index("backbone"), self.arch_axes.index("encoder")
+            view = [1] * len(shape)
+            view[b], view[e] = shape[b], shape[e]
+            self.arch = self.arch + rng.normal(0.0, 0.3 * arch_sd, (shape[b], shape[e])).reshape(view)
+        self.arch -= self.arch.mean()
+        lr = self.space.axis("lr").choices
+        peak = rng.integers(1, len(lr) - 1)
+        bump = -((np.arange(len(lr)) - peak) ** 2).astype(float)
+        bump -= bump.mean()
+        self.lr = bump * lr_sd / bump.std()
+        enc = self.space.axis("encoder").choices
+        inter = rng.normal(0.0, interaction_sd, (len(enc), len(lr)))
+        self.inter = inter - inter.mean(0) - inter.mean(1)[:, None] + inter.mean()
+        self.levels = {}
+        for a in self.space.axes:
+            if a.group != "arch" and a.name != "lr":
+                eff = rng.normal(0.0, hp_sd, len(a.choices))
+                self.levels[a.name] = eff - eff.mean()
+
+    def mean(self, idx: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean AP of cells given as {axis: index into the axis's choices}."""
+        value = self.base + self.arch[tuple(idx[a] for a in self.arch_axes)] + self.lr[idx["lr"]]
+        value = value + self.inter[idx["encoder"], idx["lr"]]
+        for name, eff in self.levels.items():
+            value = value + eff[idx[name]]
+        return value
+
+    @property
+    def truth(self) -> dict:
+        """Exact shares of one run's AP variance over the uniform distribution of cells.
+
+        {"architecture" (every arch axis), "arch_group" (backbone and encoder), each axis, "encoder x lr",
+        "seed noise": share; "total_var"}.
+        """
+        names = self.arch_axes
+        arch_of = {"architecture": tuple(range(len(names)))}
+        if {"backbone", "encoder"} <= set(names):
+            arch_of["arch_group"] = (names.index("backbone"), names.index("encoder"))
+        arch_of.update({n: (i,) for i, n in enumerate(names)})
+        var = {k: float(np.var(self.arch.mean(axis=tuple(j for j in range(len(names)) if j not in keep))))
+               for k, keep in arch_of.items()}
+        var["lr"] = float(np.var(self.lr))
+        var["encoder x lr"] = float(np.mean(self.inter ** 2))
+        var.update({n: float(np.var(e)) for n, e in self.levels.items()})
+        var["seed noise"] = self.noise_sd ** 2
+        total = var["architecture"] + var["lr"] + var["encoder x lr"] + var["seed noise"] + sum(
+            float(np.var(e)) for e in self.levels.values())
+        return {**{k: v / total for k, v in var.items()}, "total_var": total}
+
+
+def adaptive_history(n: int = 6000, model: PlantedSpaceModel | None = None, seed: int = 0, temperature: float = 0.1,
+                     best_lr_share: float = 0.9, replicate_share: float = 0.1, uniform: bool = False,
+                     policies: tuple[str, ...] = ("claude", "gemini"), campaign: str = "adaptive",
+                     dataset: str = "synth-day", start: str = "2025-01-01") -> pd.DataFrame:
+    """A history sampled the way agents sample, on a planted model whose shares over the space are exact.
+
+    Agents pick an architecture (every arch axis at once) by a softmax over the architectures' mean
+    APs at ``temperature``, run the learning rate that works best for it with probability
+    ``best_lr_share`` (else a random one), the other axes at random; a share ``replicate_share`` of
+    rows re-run an earlier cell. ``uniform``: every axis at random (a from-scratch random arm;
+    proposer "random"). ``attrs["truth"]`` holds ``model.truth``; the model's default is
+    ``PlantedSpaceModel()``.
+    """
+    model = model or PlantedSpaceModel()
+    space = model.space
+    rng = np.random.default_rng(seed)
+    idx: dict[str, np.ndarray] = {}
+    if uniform:
+        for a in space.axes:
+            idx[a.name] = rng.integers(0, len(a.choices), n)
+        proposer = np.full(n, "random", dtype=object)
+    else:
+        logits = model.arch.ravel() / temperature
+        p = np.exp(logits - logits.max())
+        pick = rng.choice(len(p), n, p=p / p.sum())
+        for name, sub in zip(model.arch_axes, np.unravel_index(pick, model.arch.shape)):
+            idx[name] = sub
+        best_lr = np.argmax(model.lr[None, :] + model.inter, axis=1)[idx["encoder"]]
+        idx["lr"] = np.where(rng.random(n) < best_lr_share, best_lr, rng.integers(0, len(model.lr), n))
+        for a in space.axes:
+            if a.name not in idx:
+                idx[a.name] = rng.integers(0, len(a.choices), n)
+        proposer = rng.choice(np.array(policies, dtype=object), n)
+    is_rep = (rng.random(n) < replicate_share) & (np.arange(n) > 0)
+    src = np.where(is_rep, (rng.random(n) * np.arange(n)).astype(int), np.arange(n))
+    for i in np.flatnonzero(is_rep):  # a replicate of a replicate re-runs the original cell
+        src[i] = src[src[i]]
+    idx = {k: v[src] for k, v in idx.items()}
+    proposer = np.where(is_rep, "replicate", proposer)
+    val_ap = np.clip(model.mean(idx) + rng.normal(0.0, model.noise_sd, n), 0.001, 0.999)
+    axes = pd.DataFrame({a.name: np.array(a.choices, dtype=object)[idx[a.name]] for a in space.axes})
+    for a in space.axes:  # numeric axes as numbers, like the store's columns
+        if all(isinstance(v, (int, float)) for v in a.choices):
+            axes[a.name] = pd.to_numeric(axes[a.name])
+    out = _history_frame(space, axes, proposer.astype(str), val_ap, np.zeros(n, bool), rng, campaign, dataset, start,
+                         model.noise_sd)
+    out.attrs["truth"] = model.truth
+    return out
+
+
+def _history_frame(space: Space, axes: pd.DataFrame, proposer: np.ndarray, val_ap: np.ndarray, failed: np.ndarray,
+                   rng: np.random.Generator, campaign: str, dataset: str, start: str, noise_sd: float) -> pd.DataFrame:
+    """Store-shaped rows (every ``lab.schema`` base column, then one column per axis) of planted APs, in time order."""
+    n = len(axes)
+    df = axes[[a.name for a in space.axes]].reset_index(drop=True)
     ids = _cell_ids(space, df)
     llm = np.isin(proposer, ["claude", "gemini"])
     t0 = pd.Timestamp(start, tz="UTC")
@@ -139,16 +282,7 @@ def synthetic_history(
     }
     out = pd.DataFrame(base_cols)
     out["replicate"] = out.groupby("cell_id").cumcount().astype(np.int32)
-    out = pd.concat([out[BASE_COLUMNS], df], axis=1)
-
-    var_arch = float(np.var(g_eff))
-    var_within = sum(float(np.var(v)) for v in level_eff.values()) + noise_sd**2
-    out.attrs["truth"] = {
-        "arch_effects": effects,
-        "eta2_arch": var_arch / (var_arch + var_within),
-        "arch_sd": arch_sd, "hp_sd": hp_sd, "noise_sd": noise_sd,
-    }
-    return out
+    return pd.concat([out[BASE_COLUMNS], df], axis=1)
 
 
 def _cell_ids(space: Space, df: pd.DataFrame) -> np.ndarray:

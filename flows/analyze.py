@@ -20,6 +20,7 @@ from prefect import flow
 from crashsearch.analysis.history import baseline_campaign_id, parse_baseline
 from crashsearch.analysis.report import build_report, headline_lines
 from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.space import Space, SpaceError
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events
 
@@ -99,6 +100,19 @@ def validation_counts(dataset_path) -> dict | None:
     return {"videos": len(val), "positives": pos, "negatives": len(val) - pos}
 
 
+def campaign_space(info: dict) -> Space | None:
+    """The space the campaign ran in (campaign.json ``space_path``), or None for the default space.
+
+    A space file that is gone or broken gives None too: the shares over the space then check the
+    runs' recorded space name against the default's and say why when they differ.
+    """
+    try:
+        return Space.load(info["space_path"]) if info.get("space_path") else None
+    except SpaceError as exc:
+        print(f"analyze: the campaign's space: {str(exc).splitlines()[0]}; using the default space", file=sys.stderr)
+        return None
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -116,7 +130,8 @@ def analyze(campaign: str, home: str | Path | Home | None = None) -> dict:
     numbers = build_report(inputs["history"], out_dir, events=inputs["events"], title=f"Campaign {campaign}",
                            baselines_df=inputs["baselines"], other_datasets=inputs["others"], weights=inputs["weights"],
                            forecast_more=inputs["info"].get("extend"),  # a nightly campaign: the next night's gain
-                           validation=validation_counts(inputs["info"].get("dataset_path")))
+                           validation=validation_counts(inputs["info"].get("dataset_path")),
+                           space=campaign_space(inputs["info"]))
     return {"campaign": campaign, "report_dir": str(out_dir), "report": str(out_dir / "report.md"),
             "html": str(out_dir / "report.html"), "numbers_path": str(out_dir / "numbers.json"),
             "headline": numbers["headline"], "arm_fits": numbers["baselines"]["from_scratch"]["power_laws"],
@@ -225,7 +240,8 @@ def headline_text(result: dict) -> str:
 
     lines = [
         f"campaign {result['campaign']}",
-        *headline_lines(h),  # the report's own headline sentences: scope, N and interval of each figure
+        # the report's own headline sentences: scope, N and interval of each figure (no Markdown bold)
+        *[line.replace("**", "") for line in headline_lines(h)],
         f"power law c         {f(h.get('c'), '.3f')}  (R^2 = {f(h.get('r2'), '.2f')})",
         f"baselines           {h.get('verdict') or 'n/a'}",
         *[f"  arm {r['arm']:<12} c = {f(r.get('c'), '.3f')}"

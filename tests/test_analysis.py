@@ -397,7 +397,7 @@ def _check_report(out: Path, numbers: dict) -> None:
     pngs = sorted((out / "figures").glob("*.png"))
     drawn = {k for k, v in numbers["figures"].items() if v is not None}
     assert {p.stem for p in pngs} == drawn  # a figure with nothing to show is not drawn, and says why
-    assert set(numbers["figures"]) == {"convergence", "best_at_n", "dynamics", "eta2", "coverage"}
+    assert set(numbers["figures"]) == {"convergence", "best_at_n", "dynamics", "eta2", "coverage", "space_shares"}
     assert set(numbers["figures_absent"]) == set(numbers["figures"]) - drawn
     for png in pngs:
         assert mpimg.imread(png).ndim == 3
