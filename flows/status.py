@@ -101,7 +101,8 @@ def campaign_status(home: Home, recent: int = RECENT) -> list[dict[str, Any]]:
             "done": int(row.get("done") or 0), "budget": info.get("budget"), "in_flight": in_flight,
             "failed": int(row.get("failed") or 0),
             "best_val_ap": None if best is None or best != best else float(best),
-            "last_error": row.get("last_error") if isinstance(row.get("last_error"), str) else None,
+            # a failed experiment's error, else why the run stopped (e.g. every agent's reply was refused)
+            "last_error": next((e for e in (row.get("last_error"), info.get("stop_reason")) if isinstance(e, str) and e), None),
             "updated_at": _latest(info.get("updated_at"), row.get("last_finished")),
         })
     running = [r for r in out if r["status"].startswith("running")]

@@ -33,6 +33,7 @@ from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, 
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
@@ -48,6 +49,10 @@ from crashsearch.tasks.heal import heal
 from crashsearch.tasks.record import Job, job_seed, one_line, utcnow
 
 REPLACEMENT_ASKS = 2  # turns mode: extra propose calls per policy and round to replace dropped proposals
+# A policy whose calls keep failing (rejected answers, API errors after its own retries) is asked
+# again after a backoff, this many times in a row, before the run goes on without it: a few bad
+# replies must not end a campaign as "exhausted".
+SIT_OUT_RETRIES = 5
 LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are reported
 
 # ``wrap(name, fn)`` returns fn or a traced version of it (the flow makes Prefect tasks), so the
@@ -66,10 +71,10 @@ def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: 
     wanted = list(backbones or available)
     extract = f"run `crashsearch extract --dataset {dataset_arg} --backbone NAME` first"
     if not available:
-        raise ValueError(f"no cached features for dataset {dataset_name!r}; {extract}")
+        raise UserError(f"no cached features for dataset {dataset_name!r}; {extract}")
     missing = sorted(set(wanted) - set(available))
     if missing:
-        raise ValueError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
+        raise UserError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
                          f"{extract} (cached: {', '.join(available)})")
     check_cached(home, dataset_name, wanted)  # every split has both classes, or no round starts
     return wanted
@@ -134,7 +139,7 @@ class Campaign:
                 self.unavailable.append(one_line(str(exc)))
                 self.log(f"policy {name} unavailable: {one_line(str(exc))}")
         if not self.policies:
-            raise ValueError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
+            raise UserError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
         # a policy that cannot take overlapping calls is called (propose, observe) under its lock
         self.locks = {p.name: threading.Lock() for p in self.policies}
         self.advisors = [p for p in self.policies if type(p).diagnose is not Policy.diagnose]
@@ -157,6 +162,9 @@ class Campaign:
         self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
         self.pipeline_stats: dict[str, Any] = {}
         self.bar = None
+        self.failed_calls: dict[str, int] = {}  # a policy's failed calls in a row (see SIT_OUT_RETRIES)
+        self.last_error: str | None = None  # the latest reason a policy came back empty
+        self._calls_lock = threading.Lock()  # ask() runs in proposal threads
         self.store.write_campaign(self.campaign, {
             **self._campaign_info(), "status": "running", "host": socket.gethostname(),
             "updated_at": utcnow().isoformat(), "propose_mode": config.propose_mode, "policy_args": policy_args,
@@ -188,6 +196,10 @@ class Campaign:
         finally:
             if self.bar is not None:
                 self.bar.close()
+            if status == "finished" and self.recorded == 0:  # nothing recorded is never "finished"
+                status = "failed"
+                self.stop_line = self.stop_line or f"the run ended ({stopped}) with nothing recorded" + (
+                    f"; last error: {self.last_error}" if self.last_error else "")
             self._save_state()
             run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
                    "new": self.new, "recorded": self.recorded, "extend": self.config.extend, "stopped": stopped,
@@ -229,8 +241,11 @@ class Campaign:
             jobs = self.replicate_jobs(slots)
             jobs += self._propose_round(slots - len(jobs))
             if not jobs:
-                self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
-                return "exhausted"
+                delay = self.retry_delay()
+                if delay is not None:  # a policy failed (rejected answer, API error): ask again after a backoff
+                    time.sleep(delay)
+                    continue
+                return self.nothing_to_propose()
             self.run_jobs(jobs)
             self._save_state()
             self.round += 1
@@ -295,6 +310,40 @@ class Campaign:
         """One proposal call (a task run named propose-<policy> in a flow); [] when the policy fails or sits out."""
         if n <= 0:
             return []
+        proposals, error = self._ask(policy, view, n)
+        with self._calls_lock:  # counted for retry_delay: an empty answer with an error is a failed call
+            if proposals or not error:
+                self.failed_calls[policy.name] = 0
+            else:
+                self.failed_calls[policy.name] = self.failed_calls.get(policy.name, 0) + 1
+                self.last_error = one_line(str(error), 300)
+        return proposals
+
+    def retry_delay(self, name: str | None = None) -> float | None:
+        """Seconds to wait before asking policy ``name`` (None: the earliest of all) again after failed
+        calls; None when it has not failed or has failed SIT_OUT_RETRIES times in a row (given up)."""
+        delays = []
+        for policy in self.policies:
+            failed = self.failed_calls.get(policy.name, 0)
+            if (name is None or policy.name == name) and 0 < failed < SIT_OUT_RETRIES:
+                base, cap = getattr(policy, "retry_base_s", 1.0), getattr(policy, "retry_max_s", 60.0)
+                delays.append(min(base * 2 ** (failed - 1), cap))
+        return min(delays) if delays else None
+
+    def nothing_to_propose(self) -> str:
+        """Why the run stops when no policy proposes a new cell: "exhausted" only when the space is
+        (every cell tried or claimed) or a policy found nothing new; "failed" when every policy gave
+        up on errors (``stop_line`` names the last one)."""
+        gave_up = [p.name for p in self.policies if self.failed_calls.get(p.name, 0) >= SIT_OUT_RETRIES]
+        if len(self.deduper.seen) < self.space.size and len(gave_up) == len(self.policies):
+            self.stop_line = (f"every policy failed {SIT_OUT_RETRIES} calls in a row ({', '.join(gave_up)}); "
+                              f"last error: {self.last_error}")
+            self.log(self.stop_line)
+            return "failed"
+        self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
+        return "exhausted"
+
+    def _ask(self, policy: Policy, view: HistoryView, n: int) -> tuple[list[Proposal], str | None]:
         call = self.wrap(f"propose-{policy.name}", _propose_call)
         try:
             if policy.concurrent_calls:
@@ -304,11 +353,12 @@ class Campaign:
                     proposals, error = call(policy, view, n)
         except Exception as exc:  # a broken policy sits out the round; the campaign goes on
             reraise_interrupt(exc)
-            self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
-            return []
+            error = f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}"
+            self.log(error)
+            return [], error
         if not proposals and error:
             self.log(f"policy {policy.name} sits out round {self.round}: {one_line(str(error), 200)}")
-        return proposals
+        return proposals, error
 
     def claim(self, policy: Policy, proposals: list[Proposal], limit: int | None = None) -> list[Job]:
         """Validate, dedup and claim up to ``limit`` proposals; return their jobs (invalid ones are logged).
