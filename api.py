@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from crashsearch.lab import catalog
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.store import Store, check_read_only
@@ -36,9 +37,9 @@ def open_home(path: str | os.PathLike | None = None) -> "LabHome":
     """
     root = resolve_home(path, create=False).root
     if not root.exists():
-        raise ValueError(f"no crashsearch home at {root} (no such folder)")
+        raise UserError(f"no crashsearch home at {root} (no such folder)")
     if any(root.iterdir()) and not (root / "campaigns").is_dir():
-        raise ValueError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
+        raise UserError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
     return LabHome(Home(root, create=False))  # reads create nothing; analyze writes its report
 
 
@@ -110,9 +111,9 @@ class LabHome:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"campaign {campaign!r} has no report yet: run home.analyze({campaign!r})") from None
+            raise UserError(f"campaign {campaign!r} has no report yet: run home.analyze({campaign!r})") from None
         except ValueError as exc:
-            raise ValueError(f"{path} is damaged ({exc}): run home.analyze({campaign!r}) again") from None
+            raise UserError(f"{path} is damaged ({exc}): run home.analyze({campaign!r}) again") from None
 
     def close(self) -> None:
         """Close the read-only connection (a later read opens a new one)."""
@@ -127,5 +128,5 @@ class LabHome:
         if not (folder / "campaign.json").exists() and not self.store.log_files(campaign):
             known = ", ".join(c["id"] for c in self.store.campaigns()) if (self.home.root / "campaigns").is_dir() else ""
             known = known or "none"
-            raise ValueError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
+            raise UserError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
         return campaign

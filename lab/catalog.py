@@ -43,6 +43,7 @@ from pathlib import Path
 import duckdb
 
 from crashsearch.lab._io import fsync_dir
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def build(home: Home) -> Path | None:
     """
     root = home.root.resolve()  # a relative path would resolve against the reader's folder
     if any(ch in str(root) for ch in "*?[]{}"):
-        raise ValueError(f"history.duckdb needs a home path without glob characters: {root}")
+        raise UserError(f"history.duckdb needs a home path without glob characters: {root}")
     if next(iter(root.glob(LOG_GLOB)), None) is None:
         return None
     final = catalog_path(home)
@@ -212,7 +213,7 @@ def cli_main(args) -> int:
 
     try:
         path = build(args.home_dir)
-    except (ValueError, duckdb.Error, OSError) as exc:
+    except UserError as exc:
         print(f"catalog: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if path is None:

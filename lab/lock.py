@@ -34,6 +34,7 @@ import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 
 LOCK_FILE = "lock"
@@ -42,7 +43,7 @@ _HELD: "weakref.WeakValueDictionary[str, CampaignLock]" = weakref.WeakValueDicti
 _GUARD = threading.Lock()
 
 
-class CampaignBusy(ValueError):
+class CampaignBusy(UserError):
     """Another live process holds the campaign; the message names it (host, pid, since)."""
 
 

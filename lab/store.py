@@ -61,6 +61,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crashsearch.lab._io import atomic_write, fsync_dir, read_json
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
@@ -169,9 +170,9 @@ class Store:
             try:
                 clean.append(clean_row(row, campaign, space, schema, now))
             except ValueError as exc:
-                raise ValueError(f"row {index}: {exc}") from None
+                raise UserError(f"row {index}: {exc}") from None
             if clean[-1]["experiment_id"] in seen:
-                raise ValueError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
+                raise UserError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
             seen.add(clean[-1]["experiment_id"])
         table = pa.Table.from_pylist(clean, schema=schema)
         path = self._write(campaign, table)
@@ -260,7 +261,7 @@ class Store:
         """Raise ValueError (one line naming the known ones) when this home has no campaign ``campaign``."""
         known = [c["id"] for c in self.campaigns()]
         if campaign not in known:
-            raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root} "
+            raise UserError(f"campaign {campaign!r} has no experiments under {self.home.root} "
                              f"(campaigns: {', '.join(known) or 'none'})")
 
     # ---- reading ----------------------------------------------------------------------------
@@ -299,7 +300,7 @@ class Store:
         """
         check_read_only(sql)
         if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise UserError(f"timeout must be positive, got {timeout}")
         return self._with_connection(lambda con: interruptible(con, sql, params, timeout))
 
     def _read(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
@@ -359,7 +360,7 @@ class Store:
         min_replicates below 1 or a bad campaign id.
         """
         if k < 1 or min_replicates < 1:
-            raise ValueError("leaderboard needs k >= 1 and min_replicates >= 1")
+            raise UserError("leaderboard needs k >= 1 and min_replicates >= 1")
         params: dict[str, Any] = {"min_n": int(min_replicates), "k": int(k)}
         where = "status IN ('ok', 'healed') AND val_ap IS NOT NULL AND NOT isnan(val_ap)"
         if campaign is not None:
@@ -416,7 +417,7 @@ class Store:
         """
         folder = self.home.root / "campaigns" / check_campaign_id(campaign) / LOG_DIR
         if not folder.is_dir():
-            raise ValueError(f"campaign {campaign!r} has no log under {self.home.root}")
+            raise UserError(f"campaign {campaign!r} has no log under {self.home.root}")
         for temp in folder.glob(".part-*.tmp"):
             try:
                 if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
@@ -577,12 +578,12 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.connect(":memory:").extract_statements(sql)
     except duckdb.Error as exc:
-        raise ValueError(f"cannot parse the query: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot parse the query: {str(exc).splitlines()[0]}") from None
     if len(statements) != 1:
-        raise ValueError(f"one statement per query, got {len(statements)}")
+        raise UserError(f"one statement per query, got {len(statements)}")
     kind = statements[0].type
     if kind not in READ_STATEMENTS:
-        raise ValueError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
+        raise UserError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
 
 
 # ---- small DuckDB tables ------------------------------------------------------------------------

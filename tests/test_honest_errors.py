@@ -69,3 +69,65 @@ def test_a_run_that_records_nothing_is_failed_with_its_last_error(lab_home, serv
     row = next(r for r in campaign_status(home) if r["campaign"] == "llm-down")
     assert row["status"] == "failed" and "the model is down" in row["last_error"]
     assert len(server.received("anthropic")) >= 5  # retried with backoff before giving up
+
+
+# ---- whose fault an error is ------------------------------------------------------------------------
+
+def _recorded(store, space, campaign="c1", n=4):
+    from tests.test_safety import rows
+
+    store.append(campaign, rows(space, n), space)
+    return store
+
+
+def test_a_bug_is_an_internal_error_with_its_traceback_in_a_file_not_a_user_error(store, space, monkeypatch, capsys):
+    from crashsearch.flows import analyze as analyze_module
+    from crashsearch.flows.cli import main as cli
+
+    _recorded(store, space)
+
+    def broken_solver(**kw):  # a numerical bug deep in the code, as scipy raises it
+        raise ValueError("The function value at x=2637.27 is NaN; solver cannot continue")
+
+    monkeypatch.setattr(analyze_module, "analyze_flow", broken_solver)
+    code = cli(["analyze", "--campaign", "c1", "--home", str(store.home.root)])
+    err = capsys.readouterr().err.strip()
+    assert code == 70, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("analyze: internal error: The function value") and "traceback in" in err
+    report = store.home.root / "logs"
+    files = list(report.glob("internal-*.txt"))
+    assert len(files) == 1 and str(files[0]) in err
+    assert "Traceback" in files[0].read_text() and "broken_solver" in files[0].read_text()
+
+
+def test_user_errors_stay_one_line_exit_2(store, space, capsys):
+    from crashsearch.flows.cli import main as cli
+
+    _recorded(store, space)
+    home = str(store.home.root)
+    for argv in (["query", "SELECT nosuchcolumn FROM experiments", "--home", home],
+                 ["query", "DELETE FROM experiments", "--home", home],
+                 ["analyze", "--campaign", "nosuch", "--home", home],
+                 ["leaderboard", "--campaign", "nosuch", "--home", home],
+                 ["import", "/nonexistent.csv", "--campaign", "c2", "--home", home]):
+        code = cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "internal error" not in err, (argv, err)
+    assert not (store.home.root / "logs").exists()
+
+
+def test_an_internal_error_without_a_home_folder_is_written_to_the_temp_folder(monkeypatch, capsys, tmp_path):
+    import tempfile
+
+    import crashsearch.flows.status as status_module
+    from crashsearch.flows.cli import main as cli
+
+    monkeypatch.setattr(status_module, "campaign_status", lambda home: {}["missing"])  # a KeyError: a bug
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    code = cli(["status", "--home", str(tmp_path / "no-home")])  # a reading command creates no home
+    err = capsys.readouterr().err.strip()
+    assert code == 70 and "internal error" in err, err
+    files = list((tmp_path / "tmp" / "crashsearch-logs").glob("internal-*.txt"))
+    assert len(files) == 1 and str(files[0]) in err and not (tmp_path / "no-home").exists()
