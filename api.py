@@ -8,9 +8,11 @@
     home.analyze("night-1")        build the report (no Prefect server needed); returns its paths and numbers
     home.numbers("night-1")        the last report's numbers.json as a dict
 
-Reads go through ``<home>/history.duckdb`` opened read-only (lab/catalog.py): a notebook never
-blocks a running campaign, and a relation re-reads the log each time it runs, so it follows the
-campaign. Nothing here writes to the history except ``analyze`` (the report folder).
+Reads go through in-memory DuckDB views, the SQL of ``<home>/history.duckdb`` (lab/catalog.py):
+a notebook never blocks a running campaign, and a relation re-reads the log each time it runs,
+so it follows the campaign. Reading writes nothing, so a read-only home reads as any other; a
+damaged log file is named and left out as in the CLI, the other campaigns stay readable.
+Nothing here writes to the home except ``analyze`` (the report folder).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from crashsearch.lab import catalog
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home, resolve_home
@@ -60,14 +61,9 @@ class LabHome:
 
     # ---- the history ----------------------------------------------------------------------------
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the views: history.duckdb read-only, or (in a home with no
-        experiment yet) the store's in-memory views."""
-        if self._con is None:
-            path = catalog.ensure(self.home)
-            if path is None:
-                return self.store.connect()  # nothing recorded yet: empty typed views, not kept
-            self._con = duckdb.connect(str(path), read_only=True)
-            self._con.execute("SET TimeZone = 'UTC'")
+        """A new in-memory DuckDB connection with the views (the store's, following the log;
+        lab/store.py): it sees the home as it is now (files damaged since, campaigns' liveness)."""
+        self._con = self.store.connect(follow=True)  # earlier relations keep their own connection
         return self._con
 
     def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation:

@@ -236,3 +236,30 @@ def raise_on_sigterm() -> None:
         raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def campaign_liveness(info: dict) -> str:
+    """A campaign.json's status as it stands: "running" whose pid is dead on this host is
+    "stopped (crashed?)"; one on another host is "running (on HOST)". The one liveness check, used
+    by ``status``, the store's ``campaigns`` view and the notebook API."""
+    status = str(info.get("status") or "unknown")
+    if status != "running":
+        return status
+    host = info.get("host")
+    if host and host != socket.gethostname():
+        return f"running (on {host})"  # its pid means nothing here
+    pid = info.get("pid")
+    if isinstance(pid, int) and not pid_alive(pid):
+        return "stopped (crashed?)"
+    return "running"

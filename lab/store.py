@@ -66,7 +66,7 @@ from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clea
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
-from crashsearch.lab.lock import reraise_interrupt
+from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.versions import bugfix_events
 
@@ -91,6 +91,9 @@ def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path) -> None:
     /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories)."""
     folders = {str(campaigns), os.path.realpath(campaigns)}
     listed = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in sorted(folders))
+    # DuckDB also allows its spill folder (default: .tmp under the working directory, whatever is
+    # in it): no spill folder, so a query reads the home only and writes nowhere
+    con.execute("SET temp_directory = ''")
     con.execute(f"SET allowed_directories = [{listed}]")
     con.execute("SET enable_external_access = false")
 
@@ -265,16 +268,26 @@ class Store:
                              f"(campaigns: {', '.join(known) or 'none'})")
 
     # ---- reading ----------------------------------------------------------------------------
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, follow: bool = False) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events.
 
-        Raises duckdb.IOException only if compactions keep removing files for several retries."""
+        ``follow``: while no log file is damaged, ``experiments`` reads the log through globs
+        (history.duckdb's SQL, lab/catalog.py), so a connection kept open sees new rows and
+        compactions; otherwise it reads the files listed now, damaged ones left out and named.
+        Nothing is written. Raises duckdb.IOException only if compactions keep removing files
+        for several retries."""
         con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
         con.execute("SET TimeZone = 'UTC'")
         for attempt in range(READ_RETRIES):
             try:
                 gens = self.generations()
-                con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments_sql(gens.bases, gens.recent)}")
+                if follow and gens.live and not gens.damaged and not any(ch in str(self.home.root) for ch in "*?[]{}"):
+                    from crashsearch.lab.catalog import view_sql  # the catalog builds on this module's SQL
+
+                    experiments = view_sql(self.home.root.resolve())["experiments"]
+                else:
+                    experiments = experiments_sql(gens.bases, gens.recent)
+                con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments}")
                 # every live row before the dedup: for lookups where a duplicate cannot matter
                 con.execute(f"CREATE OR REPLACE VIEW _log_rows AS {experiments_sql(gens.live, [])}")
                 break
@@ -618,7 +631,7 @@ def _campaigns_table(campaigns: list[dict]) -> pa.Table:
             "id": info["id"],
             "dataset": None if info.get("dataset") is None else str(info["dataset"]),
             "space": None if info.get("space") is None else str(info["space"]),
-            "status": None if info.get("status") is None else str(info["status"]),
+            "status": None if info.get("status") is None else campaign_liveness(info),  # as `status` says
             "policies": ",".join(map(str, policies)) if isinstance(policies, list) else (None if policies is None else str(policies)),
             "budget": budget if isinstance(budget, int) and not isinstance(budget, bool) else None,
             "created_at": _time_or_none(info.get("created_at")),
