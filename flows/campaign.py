@@ -175,7 +175,7 @@ def main(args) -> int:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
         dataset = preflight(config)
-        features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list)  # cached, both classes
+        features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list, dataset)  # cached, ours, both classes
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
         lock = CampaignLock(args.home_dir.root, campaign_id).acquire()

@@ -70,7 +70,7 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-class FeaturesNotFound(FileNotFoundError):
+class FeaturesNotFound(UserError, FileNotFoundError):
     """No complete cache partition for a dataset and backbone; the message names both."""
 
 

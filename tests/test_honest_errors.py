@@ -131,3 +131,179 @@ def test_an_internal_error_without_a_home_folder_is_written_to_the_temp_folder(m
     assert code == 70 and "internal error" in err, err
     files = list((tmp_path / "tmp" / "crashsearch-logs").glob("internal-*.txt"))
     assert len(files) == 1 and str(files[0]) in err and not (tmp_path / "no-home").exists()
+
+
+# ---- a home shows itself only -----------------------------------------------------------------------
+
+def test_a_copied_home_shows_its_own_rows_in_history_duckdb(store, space, tmp_path):
+    import shutil
+    import subprocess
+
+    import duckdb
+
+    from crashsearch.lab.settings import Home
+    from tests.test_safety import rows
+
+    _recorded(store, space, "c1", 4)
+    assert (store.home.root / "history.duckdb").exists()
+    copy = tmp_path / "home3"
+    subprocess.run(["cp", "-a", str(store.home.root), str(copy)], check=True)
+    Store(Home(copy)).append("c1", rows(space, 3, seed=1, prefix="copy-"), space)  # the copy is used
+    con = duckdb.connect(str(copy / "history.duckdb"), read_only=True)
+    try:
+        ids = {r[0] for r in con.execute("SELECT experiment_id FROM experiments").fetchall()}
+    finally:
+        con.close()
+    assert ids == set(Store(Home(copy)).experiments()["experiment_id"]) and len(ids) == 7
+    shutil.rmtree(store.home.root)  # the copy never read the original's files
+    con = duckdb.connect(str(copy / "history.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM experiments").fetchone()[0] == 7
+    con.close()
+
+
+def test_campaigns_view_and_status_agree_on_a_killed_campaign(store, space, capsys):
+    import subprocess
+    import sys
+
+    import crashsearch as cs
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.flows.status import campaign_status
+
+    _recorded(store, space, "c1", 2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that was a campaign's and is gone (SIGKILL leaves campaign.json 'running')
+    store.write_campaign("c1", {"status": "running", "pid": dead.pid, "host": __import__("socket").gethostname()})
+    assert next(r for r in campaign_status(store.home) if r["campaign"] == "c1")["status"] == "stopped (crashed?)"
+    assert store.query("SELECT status FROM campaigns WHERE id = 'c1'")["status"][0] == "stopped (crashed?)"
+    assert cs.open_home(store.home.root).campaigns()["status"][0] == "stopped (crashed?)"
+    assert cli(["query", "SELECT status FROM campaigns", "--home", str(store.home.root)]) == 0
+    assert "stopped (crashed?)" in capsys.readouterr().out
+
+
+# ---- the notebook API -------------------------------------------------------------------------------
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_the_api_reads_without_writing_to_the_home(store, space):
+    import crashsearch as cs
+
+    _recorded(store, space, "c1", 4)
+    (store.home.root / "history.duckdb").unlink()  # e.g. a home copied read-only without it
+    before = _listing(store.home.root)
+    home = cs.open_home(store.home.root)
+    assert home.sql("SELECT count(*) AS n FROM experiments").df()["n"][0] == 4
+    assert len(home.history_df("c1")) == 4 and len(home.campaigns()) == 1
+    assert _listing(store.home.root) == before  # nothing written: a read-only home reads the same
+
+
+def test_a_read_only_home_reads_through_the_api(store, space, tmp_path):
+    import subprocess
+
+    import crashsearch as cs
+
+    _recorded(store, space, "c1", 4)
+    (store.home.root / "history.duckdb").unlink()
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(store.home.root), str(mount)], capture_output=True).returncode:
+        pytest.skip("no read-only bind mount here (needs root); test_the_api_reads_without_writing covers it")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True)
+        assert cs.open_home(mount).sql("SELECT count(*) AS n FROM experiments").df()["n"][0] == 4
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_damaged_part_file_of_one_campaign_leaves_the_others_readable_in_the_api(store, space):
+    import crashsearch as cs
+    from tests.test_safety import rows
+
+    store.append("c1", rows(space, 3), space)
+    store.append("c2", rows(space, 4, seed=2, prefix="f"), space)
+    part = store.log_files("c1")[0]
+    part.write_bytes(b"PAR1 not really parquet")  # a damaged file
+    home = cs.open_home(store.home.root)
+    assert len(home.history_df("c2")) == 4
+    assert home.sql("SELECT count(*) AS n FROM experiments").df()["n"][0] == 4
+    assert len(home.history_df()) == 4 and set(home.history_df()["campaign"]) == {"c2"}
+
+
+def test_queries_read_the_home_only_not_the_working_directorys_tmp(store, space, tmp_path, monkeypatch, capsys):
+    import crashsearch as cs
+    from crashsearch.flows.cli import main as cli
+
+    _recorded(store, space, "c1", 2)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    secret = tmp_path / ".tmp" / "secret.csv"
+    secret.write_text("a,b\n1,2\n")
+    for path in (".tmp/secret.csv", str(secret)):
+        with pytest.raises(Exception, match="(?i)permission|disabled|not allowed"):
+            cs.open_home(store.home.root).sql(f"SELECT * FROM read_csv('{path}')").df()
+        assert cli(["query", f"SELECT * FROM read_csv('{path}')", "--home", str(store.home.root)]) == 2
+        assert "a,b" not in capsys.readouterr().out
+
+
+# ---- user errors refused before any flow starts -----------------------------------------------------
+
+@pytest.fixture
+def own_home(lab_home, tmp_path):
+    """A copy of lab_home's home (cache and space) that a test may damage."""
+    import shutil
+
+    from crashsearch.lab.settings import resolve_home
+
+    home, ds, space_path = lab_home
+    root = tmp_path / "home"
+    shutil.copytree(home.root / "cache", root / "cache")
+    shutil.copy(space_path, tmp_path / "tiny.yaml")
+    return resolve_home(root), ds, str(tmp_path / "tiny.yaml")
+
+
+def _refused_in_one_line(capsys, argv, code=2):
+    from crashsearch.flows.cli import main as cli
+
+    got = cli(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert got == code, (got, err)
+    assert "Traceback" not in err + captured.out and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.slow  # only the code before the fix starts a Prefect server here
+def test_a_dataset_whose_cached_features_belong_to_another_is_refused_before_the_flow(own_home, tmp_path, capsys):
+    from crashsearch.lab.synth import generate
+
+    home, ds, space = own_home
+    other = generate(tmp_path / "elsewhere" / ds.root.name, videos=8, seed=7, width=64, height=48, fps=8, seconds=8.0)
+    err = _refused_in_one_line(capsys, ["campaign", "--dataset", str(other.root), "--home", str(home.root),
+                                        "--space", space, "--budget", "2", "--campaign", "wrong-data"])
+    assert "another dataset" in err
+    assert not (home.root / "campaigns" / "wrong-data").exists()  # no folder holding only a lock
+
+
+@pytest.mark.slow  # only the code before the fix starts a Prefect server here
+def test_a_cache_missing_videos_is_refused_before_the_flow(own_home, capsys):
+    home, ds, space = own_home
+    parts = sorted((home.root / "cache").rglob("part-*.parquet"))
+    assert parts
+    for part in parts:
+        part.unlink()
+    err = _refused_in_one_line(capsys, ["campaign", "--dataset", str(ds.root), "--home", str(home.root),
+                                        "--space", space, "--budget", "2", "--campaign", "no-videos"])
+    assert "missing" in err and "crashsearch extract" in err
+    assert not (home.root / "campaigns" / "no-videos").exists()
+
+
+@pytest.mark.slow  # three CLI processes
+def test_extract_with_weights_that_do_not_exist_is_refused_before_the_flow(synth_dataset, tmp_path):
+    from tests.test_safety import one_line_error, run_cli
+
+    for backbone in ("pixels", "r2plus1d_18", "vjepa2_vitl"):  # the child process shows Prefect's own logging too
+        proc = run_cli("extract", "--dataset", str(synth_dataset.root), "--backbone", backbone,
+                       "--weights", "/nonexistent", "--home", str(tmp_path / "h"))
+        err = one_line_error(proc)
+        assert proc.returncode == 2 and "/nonexistent" in err and "Flow run" not in proc.stdout + err

@@ -60,12 +60,14 @@ LEADERS_TO_CONFIRM = 3  # top cells that get replicate runs before they are repo
 Wrap = Callable[[str, Callable], Callable]
 
 
-def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: list[str] | None) -> list[str]:
+def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: list[str] | None,
+                    dataset: Any = None) -> list[str]:
     """The backbones a campaign trains on (``backbones``, or every complete cache of the dataset),
-    after checking each is cached and every split has both classes (lab.classes). Raises
-    ValueError / ClassCheckError in one line; the CLI calls it before a flow starts, the engine
-    again when it starts."""
-    from crashsearch.lab.cache import list_cached
+    after checking each is cached and every split has both classes (lab.classes); with ``dataset``
+    (a loaded Dataset) also that each cache was extracted from it and holds all its videos. Raises
+    UserError / ClassCheckError / FeaturesNotFound in one line; the CLI calls it before a flow
+    starts (and before the campaign's lock), the engine again when it starts."""
+    from crashsearch.lab.cache import latest_partition, list_cached
 
     available = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c.get("complete", True)})
     wanted = list(backbones or available)
@@ -76,6 +78,9 @@ def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: 
     if missing:
         raise UserError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
                          f"{extract} (cached: {', '.join(available)})")
+    if dataset is not None:  # another dataset's features under the same name, or videos missing: refused here
+        for backbone in wanted:
+            latest_partition(home, dataset_name, backbone, dataset)
     check_cached(home, dataset_name, wanted)  # every split has both classes, or no round starts
     return wanted
 
@@ -107,13 +112,14 @@ class Campaign:
         self.log, self.reporter = log or echo, reporter
         self.dataset = load_dataset(config.dataset)
         self.campaign = default_campaign_id(self.dataset.name) if config.campaign is None else config.campaign
+        # checked before the lock: a refused campaign leaves no folder behind
+        wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list, self.dataset)
         self.lock = CampaignLock(home.root, self.campaign).acquire()  # one writer per campaign (lab/lock.py)
         self.store = Store(home)
         self.budget, self.hours, self.seeds, self.seed = config.budget, config.hours, config.seeds, config.seed
         self.device = resolve_device(config.device)
         self.started = time.monotonic()
 
-        wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list)
         self.space_path = str(Path(config.space).resolve()) if config.space else None  # control arms reuse it
         self.space = Space.load(config.space).restrict(backbone=wanted)
         self.backbones = sorted(wanted)
