@@ -307,3 +307,91 @@ def test_extract_with_weights_that_do_not_exist_is_refused_before_the_flow(synth
                        "--weights", "/nonexistent", "--home", str(tmp_path / "h"))
         err = one_line_error(proc)
         assert proc.returncode == 2 and "/nonexistent" in err and "Flow run" not in proc.stdout + err
+
+
+# ---- a full disk during a campaign ------------------------------------------------------------------
+
+class _FullDisk:
+    """A disk that fills at the ``at``-th log part written: from then on, writes of log parts,
+    state.json and summary.txt fail with ENOSPC after creating their (empty) temp file, as a
+    full disk does; campaign.json, a few hundred bytes, still fits."""
+
+    def __init__(self, at: int):
+        self.at, self.parts, self.failed = at, 0, []
+
+    def fails(self, name: str) -> bool:
+        if ".part-" in name or name.startswith("part-"):
+            self.parts += 1
+        full = self.parts >= self.at and "campaign.json" not in name
+        if full:
+            self.failed.append(name)
+        return full and (".part-" in name or "state.json" in name or "summary.txt" in name)
+
+    def patch(self, monkeypatch):
+        import builtins
+        import errno
+        import pathlib
+
+        from crashsearch.lab import _io
+
+        disk, real_open, real_write_text = self, builtins.open, pathlib.Path.write_text
+
+        def full_open(path, mode="r", *args, **kw):
+            if "w" in mode and disk.fails(pathlib.Path(path).name):
+                real_open(path, mode).close()  # the temp file appears, then no byte fits
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, mode, *args, **kw)
+
+        def full_write_text(self, *args, **kw):
+            if disk.fails(self.name):
+                real_open(self, "w").close()
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            return real_write_text(self, *args, **kw)
+
+        monkeypatch.setattr(_io, "open", full_open, raising=False)
+        monkeypatch.setattr(pathlib.Path, "write_text", full_write_text)
+
+
+def test_a_full_disk_during_a_campaign_names_the_path_ends_it_honestly_and_loses_nothing(own_home, monkeypatch):
+    import errno
+
+    home, ds, space = own_home
+    disk = _FullDisk(at=2)
+    with monkeypatch.context() as m:
+        disk.patch(m)
+        with pytest.raises(OSError) as raised:
+            run_campaign(home, ds.root, "full", budget=8, round_size=2, seeds=1, space_path=space, policies=["random"],
+                         log=lambda line: None)
+    assert raised.value.errno == errno.ENOSPC and "part-" in str(raised.value.filename)
+    chain, exc = [], raised.value
+    while exc is not None:
+        chain.append(str(getattr(exc, "filename", "")))
+        exc = exc.__context__
+    assert not any("state.json" in f or "summary.txt" in f for f in chain), chain  # no second error chained on
+    folder = home.root / "campaigns" / "full"
+    info = json.loads((folder / "campaign.json").read_text())
+    assert info["status"] == "failed"
+    kept = set(Store(home).experiments("full")["experiment_id"])
+    assert len(kept) == 2 and info["recorded"] == 2
+    assert not list(folder.rglob("*.tmp"))  # every failed write removed its temp file
+    summary = run_campaign(home, ds.root, "full", budget=8, round_size=2, seeds=1, space_path=space,
+                           policies=["random"], log=lambda line: None)  # space freed: resume
+    assert summary.recorded == 8 and kept <= set(Store(home).experiments("full")["experiment_id"])
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_a_full_disk_in_the_cli_is_one_line_naming_the_path(own_home, monkeypatch, capsys):
+    from crashsearch.flows import campaign as campaign_flow
+
+    home, ds, space = own_home
+
+    def full_campaign(**params):  # the flow's Campaign, on a disk that fills at the first log part
+        return run_campaign(home, params["dataset"], params["campaign"], budget=2, seeds=1, space_path=space,
+                            policies=["random"], log=lambda line: None)
+
+    monkeypatch.setattr(campaign_flow, "get_campaign_flow", lambda: full_campaign)
+    _FullDisk(at=1).patch(monkeypatch)
+    err = _refused_in_one_line(capsys, ["campaign", "--dataset", str(ds.root), "--home", str(home.root),
+                                        "--space", space, "--budget", "2", "--campaign", "full-cli",
+                                        "--policies", "random"])
+    assert "part-" in err and "No space left on device" in err and "everything recorded is kept" in err

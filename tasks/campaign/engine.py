@@ -31,6 +31,7 @@ import pandas as pd
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.errors import UserError
@@ -206,14 +207,16 @@ class Campaign:
                 status = "failed"
                 self.stop_line = self.stop_line or f"the run ended ({stopped}) with nothing recorded" + (
                     f"; last error: {self.last_error}" if self.last_error else "")
-            self._save_state()
+            # each step on its own: on a full disk the others still run, and the error that stopped
+            # the run is the one raised (not a second one chained to it)
+            self._try("save the policies' state", self._save_state)
             run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
                    "new": self.new, "recorded": self.recorded, "extend": self.config.extend, "stopped": stopped,
                    "mode": self.config.propose_mode}
-            self.store.write_campaign(self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
-                                                      "status": "failed" if stopped == "failed" else status,
-                                                      "stop_reason": self.stop_line or None,
-                                                      "updated_at": utcnow().isoformat()})
+            self._try("record how the run ended in campaign.json", lambda: self.store.write_campaign(
+                self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
+                                "status": "failed" if stopped == "failed" else status,
+                                "stop_reason": self.stop_line or None, "updated_at": utcnow().isoformat()}))
             try:  # one file per campaign keeps queries fast; safe while others read
                 self.store.compact(self.campaign)
             except Exception as exc:
@@ -222,10 +225,18 @@ class Campaign:
                 self.reporter.finish(self.recorded, stopped)
             try:
                 if status == "interrupted":  # summary.txt still tells what this run recorded (the CLI prints it)
-                    self._write_summary(stopped)
+                    self._try("write summary.txt", lambda: self._write_summary(stopped))
             finally:
                 self.lock.release()
         return self._write_summary(stopped)
+
+    def _try(self, what: str, step: Callable[[], Any]) -> None:
+        """Run a step of the run's ending; an OSError (a full disk) is logged, naming the file, not raised."""
+        try:
+            step()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            self.log(f"could not {what}: {where}{exc.strerror or exc}")
 
     def _write_summary(self, stopped: str) -> CampaignSummary:
         summary = self._summary(stopped)
@@ -581,9 +592,8 @@ def _propose_call(policy: Policy, view: HistoryView, n: int) -> tuple[list[Propo
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """The one atomic writer (lab/_io.py): on a full disk its temp file is removed and the path named."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _shares(slots: int, parts: int) -> list[int]:
