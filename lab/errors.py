@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # errnos that describe the user's machine, not our code: the one line names the path
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE})
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
+                                errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 INTERNAL_EXIT = 70  # EX_SOFTWARE (sysexits.h)
 
 

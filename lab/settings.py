@@ -61,5 +61,8 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
     if root.exists() and not root.is_dir():
         raise UserError(f"home {root} is not a folder")
     if create:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path the user gave that cannot be a folder (/proc/..., under a file)
+            raise UserError(f"cannot create the home {root}: {exc.strerror or exc}") from None
     return Home(root, create)

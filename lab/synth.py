@@ -647,7 +647,10 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
     if (out / "train.csv").exists() and not (out / TRUTH_FILE).exists():
         raise UserError(f"{out} already holds a dataset that is not synthetic; choose another --out")
     train = out / "train"
-    train.mkdir(parents=True, exist_ok=True)
+    try:
+        train.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out where no folder can be made
+        raise UserError(f"cannot create {train}: {exc.strerror or exc}") from None
     for old in train.glob("[0-9]*.mp4"):  # a previous synthetic run's videos
         old.unlink()
 

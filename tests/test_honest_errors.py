@@ -395,3 +395,13 @@ def test_a_full_disk_in_the_cli_is_one_line_naming_the_path(own_home, monkeypatc
                                         "--space", space, "--budget", "2", "--campaign", "full-cli",
                                         "--policies", "random"])
     assert "part-" in err and "No space left on device" in err and "everything recorded is kept" in err
+
+
+def test_a_folder_that_cannot_be_created_is_the_users_mistake(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv in (["synth", "--out", str(blocker / "ds"), "--videos", "1", "--home", str(tmp_path / "h")],
+                 ["synth", "--videos", "1", "--home", str(blocker / "home")],
+                 ["synth", "--out", "/proc/no-such-folder", "--videos", "1", "--home", str(tmp_path / "h")]):
+        err = _refused_in_one_line(capsys, argv)
+        assert "internal error" not in err and ("a-file" in err or "/proc" in err), err
