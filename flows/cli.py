@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
             return 2
         # not the user's doing: say so, and keep the traceback for a bug report
-        where = report_internal(exc, getattr(getattr(args, "home_dir", None), "root", None))
+        # a reading command writes nothing into the home, not even this report (it goes to a temp folder)
+        home = getattr(getattr(args, "home_dir", None), "root", None) if writes else None
+        where = report_internal(exc, home)
         print(f"{args.command}: internal error: {user_message(exc)}"
               + (f" (traceback in {where})" if where else ""), file=sys.stderr)
         return INTERNAL_EXIT

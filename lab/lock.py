@@ -260,6 +260,8 @@ def campaign_liveness(info: dict) -> str:
     if host and host != socket.gethostname():
         return f"running (on {host})"  # its pid means nothing here
     pid = info.get("pid")
-    if isinstance(pid, int) and not pid_alive(pid):
-        return "stopped (crashed?)"
-    return "running"
+    if pid is None:
+        return "running"  # written before campaign.json named its process: cannot check
+    # a damaged pid (not a positive int: 0 and -1 would ask about our own process group) names no live run
+    valid = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31
+    return "running" if valid and pid_alive(pid) else "stopped (crashed?)"

@@ -405,3 +405,32 @@ def test_a_folder_that_cannot_be_created_is_the_users_mistake(tmp_path, capsys):
                  ["synth", "--out", "/proc/no-such-folder", "--videos", "1", "--home", str(tmp_path / "h")]):
         err = _refused_in_one_line(capsys, argv)
         assert "internal error" not in err and ("a-file" in err or "/proc" in err), err
+
+
+@pytest.mark.slow
+def test_calls_that_fail_together_count_once(lab_home, server):
+    """Eight calls out at once when the API answers 500 are one failure, not eight: the agents are
+    not given up on after a single burst."""
+    home, ds, space_path = lab_home
+    space = Space.load(space_path)
+    server.anthropic(*[error(500) for _ in range(8)])
+    server.gemini(*[error(500) for _ in range(8)])
+    pool = [space.cell(i) for i in range(space.full_size) if space.cell(i)["backbone"] == "pixels"]
+    counter = {"anthropic": 0, "gemini": 0}
+    server.respond_with("anthropic", _proposer("anthropic", pool, counter))
+    server.respond_with("gemini", _proposer("gemini", pool[len(pool) // 2:], counter))
+    summary = run_campaign(home, ds.root, "llm-burst", policies=("claude", "gemini"), budget=12, seeds=1,
+                           space_path=space_path, policy_kwargs={"claude": dict(FAST, proposals_per_round=1),
+                                                                 "gemini": dict(FAST, proposals_per_round=1)},
+                           propose_mode="pipeline", max_calls_in_flight=8, group_wait_s=0.05, log=lambda m: None)
+    assert summary.recorded == 12 and summary.stopped == "budget", summary.format()
+
+
+def test_a_damaged_pid_in_campaign_json_is_no_live_run(store, space):
+    from crashsearch.flows.status import campaign_status
+
+    _recorded(store, space, "c1", 2)
+    for pid in (0, -1, True, 10 ** 30, "123"):
+        store.write_campaign("c1", {"status": "running", "pid": pid, "host": __import__("socket").gethostname()})
+        assert next(r for r in campaign_status(store.home) if r["campaign"] == "c1")["status"] == "stopped (crashed?)", pid
+        assert store.query("SELECT status FROM campaigns")["status"][0] == "stopped (crashed?)"

@@ -171,6 +171,7 @@ class Campaign:
         self.bar = None
         self.failed_calls: dict[str, int] = {}  # a policy's failed calls in a row (see SIT_OUT_RETRIES)
         self.last_error: str | None = None  # the latest reason a policy came back empty
+        self._failed_at: dict[str, float] = {}  # when a policy's last counted failure came back (monotonic)
         self._calls_lock = threading.Lock()  # ask() runs in proposal threads
         self.store.write_campaign(self.campaign, {
             **self._campaign_info(), "status": "running", "host": socket.gethostname(),
@@ -327,12 +328,16 @@ class Campaign:
         """One proposal call (a task run named propose-<policy> in a flow); [] when the policy fails or sits out."""
         if n <= 0:
             return []
+        started = time.monotonic()
         proposals, error = self._ask(policy, view, n)
         with self._calls_lock:  # counted for retry_delay: an empty answer with an error is a failed call
             if proposals or not error:
                 self.failed_calls[policy.name] = 0
             else:
-                self.failed_calls[policy.name] = self.failed_calls.get(policy.name, 0) + 1
+                # calls that were out together when the API failed count once, not once each
+                if started >= self._failed_at.get(policy.name, -1.0):
+                    self.failed_calls[policy.name] = self.failed_calls.get(policy.name, 0) + 1
+                    self._failed_at[policy.name] = time.monotonic()
                 self.last_error = one_line(str(error), 300)
         return proposals
 
@@ -344,7 +349,7 @@ class Campaign:
             failed = self.failed_calls.get(policy.name, 0)
             if (name is None or policy.name == name) and 0 < failed < SIT_OUT_RETRIES:
                 base, cap = getattr(policy, "retry_base_s", 1.0), getattr(policy, "retry_max_s", 60.0)
-                delays.append(min(base * 2 ** (failed - 1), cap))
+                delays.append(max(0.0, min(base * 2 ** (failed - 1), cap)))  # a negative option is no wait
         return min(delays) if delays else None
 
     def nothing_to_propose(self) -> str:

@@ -247,12 +247,13 @@ class Pipeline:
         for policy in c.policies:
             name = policy.name
             while sum(1 for k in self.calls.values() if k.policy is policy) < self.max_calls[name]:
-                if self.idle_until.get(name, -1) >= c.new:
-                    break  # its last call claimed nothing: ask again once a result has arrived
                 if name in self.retry_at:
                     if self.retry_at[name] > time.monotonic():
                         break  # its last call failed: ask again after the backoff
                     del self.retry_at[name]
+                    self.idle_until.pop(name, None)  # the retry asks again, news or not
+                if self.idle_until.get(name, -1) >= c.new:
+                    break  # its last call claimed nothing: ask again once a result has arrived
                 # demand when the answer arrives: the free part of its lookahead share plus what the
                 # trainers will have taken meanwhile. The claim on return still respects the bound.
                 asked = sum(k.n for k in self.calls.values())
@@ -289,7 +290,9 @@ class Pipeline:
         delay = self.c.retry_delay(name) if not proposals else None
         if delay is not None:  # a failed call (rejected answer, API error): not a sign the space is exhausted
             self.retry_at[name] = time.monotonic() + delay
-        elif not jobs:
+            return
+        self.retry_at.pop(name, None)  # answered, or given up on: no retry is pending (the loop's end test)
+        if not jobs:
             self.idle_until[name] = self.c.new
         now = time.monotonic()
         self.queue += [_Queued(j, now, call.view_results) for j in jobs]
