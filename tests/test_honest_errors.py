@@ -11,7 +11,7 @@ import pytest
 from crashsearch.flows.campaign import run_campaign
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
-from tests.fake_llm_server import error, text_reply, anthropic_text_reply
+from tests.fake_llm_server import anthropic_text_reply, error, json_reply, text_reply, tool_reply
 from tests.test_campaign import lab_home  # noqa: F401 (fixture)
 from tests.test_llm_agents import _proposer, answer, server  # noqa: F401 (fixture)
 
@@ -23,8 +23,6 @@ def _bad_first_replies(server, space):
     bad_cell = dict(space.cell(0).to_dict(), lr=123.0)
     out_of_range = answer([space.cell(0)])
     out_of_range["proposals"][0] = dict(bad_cell, rationale="out of range")
-    from tests.fake_llm_server import json_reply, tool_reply
-
     server.anthropic(anthropic_text_reply('{"proposals": ['), anthropic_text_reply("not json"),
                      tool_reply("propose_experiments", out_of_range), tool_reply("propose_experiments", out_of_range),
                      error(429, retry_after=0), error(500))
