@@ -8,9 +8,11 @@
     home.analyze("night-1")        build the report (no Prefect server needed); returns its paths and numbers
     home.numbers("night-1")        the last report's numbers.json as a dict
 
-Reads go through ``<home>/history.duckdb`` opened read-only (lab/catalog.py): a notebook never
-blocks a running campaign, and a relation re-reads the log each time it runs, so it follows the
-campaign. Nothing here writes to the history except ``analyze`` (the report folder).
+Reads go through in-memory DuckDB views, the SQL of ``<home>/history.duckdb`` (lab/catalog.py):
+a notebook never blocks a running campaign, and a relation re-reads the log each time it runs,
+so it follows the campaign. Reading writes nothing, so a read-only home reads as any other; a
+damaged log file is named and left out as in the CLI, the other campaigns stay readable.
+Nothing here writes to the home except ``analyze`` (the report folder).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from crashsearch.lab import catalog
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.store import Store, check_read_only
@@ -36,9 +38,9 @@ def open_home(path: str | os.PathLike | None = None) -> "LabHome":
     """
     root = resolve_home(path, create=False).root
     if not root.exists():
-        raise ValueError(f"no crashsearch home at {root} (no such folder)")
+        raise UserError(f"no crashsearch home at {root} (no such folder)")
     if any(root.iterdir()) and not (root / "campaigns").is_dir():
-        raise ValueError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
+        raise UserError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
     return LabHome(Home(root, create=False))  # reads create nothing; analyze writes its report
 
 
@@ -59,14 +61,9 @@ class LabHome:
 
     # ---- the history ----------------------------------------------------------------------------
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the views: history.duckdb read-only, or (in a home with no
-        experiment yet) the store's in-memory views."""
-        if self._con is None:
-            path = catalog.ensure(self.home)
-            if path is None:
-                return self.store.connect()  # nothing recorded yet: empty typed views, not kept
-            self._con = duckdb.connect(str(path), read_only=True)
-            self._con.execute("SET TimeZone = 'UTC'")
+        """A new in-memory DuckDB connection with the views (the store's, following the log;
+        lab/store.py): it sees the home as it is now (files damaged since, campaigns' liveness)."""
+        self._con = self.store.connect(follow=True)  # earlier relations keep their own connection
         return self._con
 
     def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
@@ -110,9 +107,9 @@ class LabHome:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"campaign {campaign!r} has no report yet: run home.analyze({campaign!r})") from None
+            raise UserError(f"campaign {campaign!r} has no report yet: run home.analyze({campaign!r})") from None
         except ValueError as exc:
-            raise ValueError(f"{path} is damaged ({exc}): run home.analyze({campaign!r}) again") from None
+            raise UserError(f"{path} is damaged ({exc}): run home.analyze({campaign!r}) again") from None
 
     def close(self) -> None:
         """Close the read-only connection (a later read opens a new one)."""
@@ -127,5 +124,5 @@ class LabHome:
         if not (folder / "campaign.json").exists() and not self.store.log_files(campaign):
             known = ", ".join(c["id"] for c in self.store.campaigns()) if (self.home.root / "campaigns").is_dir() else ""
             known = known or "none"
-            raise ValueError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
+            raise UserError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
         return campaign

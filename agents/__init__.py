@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from crashsearch.lab.errors import UserError
+
 if TYPE_CHECKING:
     from crashsearch.agents.base import Policy
     from crashsearch.lab.space import Space
@@ -37,7 +39,7 @@ def list_policies() -> list[str]:
 def register_policy(name: str, target: str) -> None:
     """Register (or replace) a policy as ``"module:Class"``; imported only when created."""
     if ":" not in target:
-        raise ValueError(f"policy target {target!r} must look like 'package.module:ClassName'")
+        raise UserError(f"policy target {target!r} must look like 'package.module:ClassName'")
     _REGISTRY[name.strip().lower()] = target
 
 
@@ -53,7 +55,7 @@ def create_policy(name: str, space: "Space", seed: int = 0, **kwargs: Any) -> "P
     options = policy_options(name)
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ValueError(f"policy {str(name).strip().lower()!r} has no option {', '.join(unknown)}; its options: "
+        raise UserError(f"policy {str(name).strip().lower()!r} has no option {', '.join(unknown)}; its options: "
                          f"{', '.join(options) or 'none'}")
     return cls(space, seed=seed, **kwargs)
 
@@ -78,7 +80,7 @@ def _policy_class(name: str) -> type:
     """The class registered as ``name`` (case-insensitive), imported on first use."""
     key = str(name).strip().lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
+        raise UserError(f"unknown policy {name!r}; valid policies: {', '.join(_REGISTRY)}")
     module_name, class_name = _REGISTRY[key].split(":")
     try:
         module = importlib.import_module(module_name)

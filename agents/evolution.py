@@ -16,6 +16,7 @@ from typing import Any
 
 from crashsearch.agents.base import HistoryView, Proposal
 from crashsearch.agents.random_search import SeededPolicy
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.space import GROUPS, Cell, InvalidCell, Space
 
 ATTEMPTS_PER_MOVE = 24
@@ -33,11 +34,11 @@ class EvolutionPolicy(SeededPolicy):
         for key, rate in [("immigrant_rate", immigrant_rate), ("crossover_rate", crossover_rate),
                           ("two_axis_rate", two_axis_rate), ("adjacent_rate", adjacent_rate)]:
             if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"EvolutionPolicy {key}={rate} must lie in [0, 1]")
+                raise UserError(f"EvolutionPolicy {key}={rate} must lie in [0, 1]")
         if immigrant_rate + crossover_rate > 1.0:
-            raise ValueError(f"EvolutionPolicy immigrant_rate + crossover_rate = {immigrant_rate + crossover_rate} exceeds 1")
+            raise UserError(f"EvolutionPolicy immigrant_rate + crossover_rate = {immigrant_rate + crossover_rate} exceeds 1")
         if min_results < 1 or elite < 1:
-            raise ValueError(f"EvolutionPolicy needs min_results >= 1 and elite >= 1, got {min_results}, {elite}")
+            raise UserError(f"EvolutionPolicy needs min_results >= 1 and elite >= 1, got {min_results}, {elite}")
         self.min_results, self.elite = min_results, elite
         self.immigrant_rate, self.crossover_rate = immigrant_rate, crossover_rate
         self.two_axis_rate, self.adjacent_rate = two_axis_rate, adjacent_rate

@@ -44,6 +44,7 @@ from crashsearch.agents.prompt import (
     static_prompt,
     trim_traceback,
 )
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.space import Cell, InvalidCell, Space
 
 log = logging.getLogger("crashsearch.agents")
@@ -96,11 +97,11 @@ class Budget:
         if isinstance(raw, Mapping):
             unknown = set(raw) - {"tokens", "usd", "max_tokens", "max_usd"}
             if unknown:
-                raise ValueError(f"budget has unknown keys {sorted(unknown)}; use tokens and usd")
+                raise UserError(f"budget has unknown keys {sorted(unknown)}; use tokens and usd")
             tokens = raw.get("max_tokens", raw.get("tokens"))
             usd = raw.get("max_usd", raw.get("usd"))
             return cls(max_tokens=None if tokens is None else int(tokens), max_usd=None if usd is None else float(usd))
-        raise ValueError(f"budget must be a number of dollars or a dict with tokens/usd, got {type(raw).__name__}")
+        raise UserError(f"budget must be a number of dollars or a dict with tokens/usd, got {type(raw).__name__}")
 
     def exhausted(self, usage: "Usage") -> str | None:
         """None while there is budget left, else one line saying which limit was reached."""
@@ -396,9 +397,9 @@ class LLMPolicy(Policy):
         self._calls = threading.local()  # each call's own last_error (calls of one agent may overlap)
         self._latest_error: str | None = None  # the most recent error of any call, for usage()
         if role not in (None, "explorer", "exploiter"):
-            raise ValueError(f"{self.name}: role must be 'explorer', 'exploiter' or None, got {role!r}")
+            raise UserError(f"{self.name}: role must be 'explorer', 'exploiter' or None, got {role!r}")
         if timeout_s <= 0:
-            raise ValueError(f"{self.name}: timeout_s must be positive, got {timeout_s}")
+            raise UserError(f"{self.name}: timeout_s must be positive, got {timeout_s}")
         if kwargs:
             log.warning("%s: ignoring unknown options %s", self.name, sorted(kwargs))
         self.model = model or self.default_model

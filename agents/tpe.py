@@ -20,6 +20,7 @@ from typing import Any
 
 from crashsearch.agents.base import HistoryView, Proposal
 from crashsearch.agents.random_search import SeededPolicy
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.space import InvalidCell, Space
 
 
@@ -92,7 +93,7 @@ class TPEPolicy(SeededPolicy):
                  reasks_per_proposal: int = 4, **kwargs: Any):
         super().__init__(space, seed=seed, **kwargs)
         if n_startup_trials < 0 or n_ei_candidates < 1 or reasks_per_proposal < 0:
-            raise ValueError(f"TPEPolicy needs n_startup_trials >= 0, n_ei_candidates >= 1, reasks_per_proposal >= 0; "
+            raise UserError(f"TPEPolicy needs n_startup_trials >= 0, n_ei_candidates >= 1, reasks_per_proposal >= 0; "
                              f"got {n_startup_trials}, {n_ei_candidates}, {reasks_per_proposal}")
         self.n_startup_trials = n_startup_trials
         self.n_ei_candidates = n_ei_candidates

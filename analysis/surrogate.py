@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.space import Space
 
 MIN_OK_ROWS = 30  # fewer usable rows than this: no surrogate (a one-line error)
@@ -37,7 +38,7 @@ DENSE_LIMIT = 4_000_000  # spaces up to this many cells get one prediction table
 OK_STATUSES = ("ok", "healed")
 
 
-class SurrogateError(ValueError):
+class SurrogateError(UserError):
     """The history cannot support a surrogate (too few rows, values outside the space); one line."""
 
 
@@ -175,7 +176,7 @@ def make_model(kind: str, space: Space, n_rows: int, seed: int = 0):
         from sklearn.preprocessing import OneHotEncoder
 
         return make_pipeline(OneHotEncoder(handle_unknown="ignore"), Ridge(alpha=1.0))
-    raise ValueError(f"unknown surrogate model {kind!r}; models: hgb, forest, ridge")
+    raise UserError(f"unknown surrogate model {kind!r}; models: hgb, forest, ridge")
 
 
 def replicate_noise(codes: np.ndarray, ap: np.ndarray) -> dict:

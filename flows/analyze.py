@@ -19,6 +19,7 @@ from prefect import flow
 
 from crashsearch.analysis.history import baseline_campaign_id, parse_baseline
 from crashsearch.analysis.report import build_report, headline_lines
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space, SpaceError
 from crashsearch.lab.store import Store
@@ -39,7 +40,7 @@ def load_inputs(home: Home, campaign: str) -> dict:
     history = store.experiments(campaign)
     if history.empty:
         known = ", ".join(sorted(i for i in infos if not parse_baseline(i))) or "none"
-        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
     require_finished(history, campaign)
     # control arms trained on another dataset or space (before it changed) are kept on disk, not compared
     baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign
@@ -64,7 +65,7 @@ def require_finished(history: pd.DataFrame, campaign: str) -> None:
     ok = (history["status"] == "ok") & pd.to_numeric(history["val_ap"], errors="coerce").notna()
     if not ok.any():
         failed = int((history["status"] == "failed").sum())
-        raise ValueError(f"campaign {campaign!r} has no finished experiment with a validation AP yet "
+        raise UserError(f"campaign {campaign!r} has no finished experiment with a validation AP yet "
                          f"({len(history)} recorded, {failed} failed); nothing to analyze")
 
 
@@ -265,28 +266,28 @@ def main(args) -> int:
         # a wrong id fails here in one line, before a Prefect server starts
         if not Store(args.home_dir).log_files(args.campaign):
             known = ", ".join(c["id"] for c in Store(args.home_dir).campaigns()) or "none"
-            raise ValueError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
+            raise UserError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
         require_finished(Store(args.home_dir).experiments(args.campaign), args.campaign)
         if getattr(args, "control_arms", None):
             parent = next((c for c in Store(args.home_dir).campaigns() if c["id"] == args.campaign), {})
             if not parent.get("dataset_path") or not parent.get("budget"):
-                raise ValueError(f"campaign {args.campaign!r} has no dataset path or budget in its campaign.json")
+                raise UserError(f"campaign {args.campaign!r} has no dataset path or budget in its campaign.json")
             repeats = int(getattr(args, "repeats", 3) or 0)
             if repeats < 1:
-                raise ValueError(f"--repeats must be at least 1, got {repeats}")
+                raise UserError(f"--repeats must be at least 1, got {repeats}")
             policies = tuple(p.strip() for p in args.control_arms.split(",") if p.strip())
             from crashsearch.agents import list_policies
 
             unknown = [p for p in policies if p not in list_policies()]
             if unknown or not policies:
-                raise ValueError(f"--control-arms: unknown policy {', '.join(unknown) or '(none given)'}; "
+                raise UserError(f"--control-arms: unknown policy {', '.join(unknown) or '(none given)'}; "
                                  f"known: {', '.join(list_policies())}")
             arms = run_control_arms(args.home_dir, parent["dataset_path"], args.campaign, int(parent["budget"]),
                                     policies=policies, seeds=repeats)
             print(f"control arms trained: {', '.join(arms) or 'none'}")
         with quiet_prefect():
             result = analyze_flow(campaign=args.campaign, home=str(args.home_dir.root))
-    except ValueError as exc:
+    except UserError as exc:  # anything else is a bug, not the user's: flows/cli.py reports it
         print(f"analyze: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(headline_text(result))

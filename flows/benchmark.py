@@ -18,11 +18,11 @@ import pandas as pd
 
 from crashsearch.analysis import policy_benchmark as pb
 from crashsearch.analysis.history import parse_baseline
-from crashsearch.analysis.surrogate import SurrogateError
 from crashsearch.lab._io import atomic_write
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.campaign_space import campaign_space
-from crashsearch.lab.space import Space, SpaceError
+from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.tasks.benchmark import BenchmarkRuns, run_benchmark
 
@@ -34,10 +34,10 @@ def load_history(home: Home, campaign: str, space: Space) -> pd.DataFrame:
     rows = store.experiments(campaign)
     if rows.empty:
         known = ", ".join(sorted(c["id"] for c in store.campaigns() if not parse_baseline(c["id"]))) or "none"
-        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
     names = set(rows["space"].dropna().astype(str)) if "space" in rows.columns else set()
     if names and names != {space.name}:
-        raise ValueError(f"campaign {campaign!r} was recorded in space {', '.join(sorted(names))}, not {space.name!r}: "
+        raise UserError(f"campaign {campaign!r} was recorded in space {', '.join(sorted(names))}, not {space.name!r}: "
                          f"pass that space's YAML with --space")
     return rows
 
@@ -136,7 +136,7 @@ def main(args) -> int:
                            repeats=args.repeats, objective=args.objective, seed=args.seed, out=args.out,
                            space=args.space, workers=args.workers, round_size=args.round_size, max_usd=args.max_usd,
                            log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, SurrogateError, SpaceError, FileNotFoundError) as exc:
+    except UserError as exc:  # SurrogateError and SpaceError included
         print(f"crashsearch benchmark: {exc}", file=sys.stderr)
         return 2
     print(result["verdict"])

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from crashsearch.lab.console import echo, set_verbose
 from crashsearch.lab.datasets import load_dataset
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock, ending_status
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.tasks.campaign.config import CampaignConfig, from_cli_args
@@ -134,15 +135,15 @@ def parse_policy_args(items: list[str] | None, policies: str | None = None) -> d
         name, dot, key = target.partition(".")
         name, key = name.strip().lower(), key.strip()
         if not (sep and dot and name and key):
-            raise ValueError(f"--policy-arg {item!r}: expected NAME.KEY=VALUE, e.g. claude.temperature=0.7")
+            raise UserError(f"--policy-arg {item!r}: expected NAME.KEY=VALUE, e.g. claude.temperature=0.7")
         if running is not None and name not in running:
-            raise ValueError(f"--policy-arg {item!r}: {name} is not among the policies ({', '.join(sorted(running))})")
+            raise UserError(f"--policy-arg {item!r}: {name} is not among the policies ({', '.join(sorted(running))})")
         try:
             options = policy_options(name)
         except PolicyUnavailable:
             options = None  # its SDK is missing: the campaign reports that itself
         if options is not None and key not in options:
-            raise ValueError(f"--policy-arg {item!r}: {name} has no option {key!r}; its options: {', '.join(options) or 'none'}")
+            raise UserError(f"--policy-arg {item!r}: {name} has no option {key!r}; its options: {', '.join(options) or 'none'}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -167,21 +168,21 @@ def main(args) -> int:
 
         try:
             check_deployment(args.distributed)
-        except ValueError as exc:
+        except UserError as exc:
             print(f"campaign: {exc}", file=sys.stderr)
             return 2
     try:
         policy_args = parse_policy_args(args.policy_args, args.policies)
         config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
         dataset = preflight(config)
-        features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list)  # cached, both classes
+        features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list, dataset)  # cached, ours, both classes
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
         from crashsearch.lab.campaign_space import campaign_space
 
         campaign_space(args.home_dir, campaign_id, config.space)  # another space than the campaign's: one line
         lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
-    except ValueError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
+    except UserError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
     set_verbose(getattr(args, "verbose", False))
@@ -216,7 +217,7 @@ def preflight(config: CampaignConfig):
     names = config.policy_list
     unknown = [n for n in names if n.strip().lower() not in list_policies()]
     if unknown or not names:
-        raise ValueError(f"no policy can run: unknown policy {', '.join(unknown) or '(none given)'}; "
+        raise UserError(f"no policy can run: unknown policy {', '.join(unknown) or '(none given)'}; "
                          f"valid policies: {', '.join(list_policies())}")
     return dataset
 

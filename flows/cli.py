@@ -217,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code. A user's mistake (a bad id, file or number, a full
-    disk, a busy campaign) is one line on stderr, exit 2; Ctrl-C or SIGTERM one line, exit 130.
-    ``CRASHSEARCH_DEBUG=1`` shows the traceback instead."""
+    """Run one command; return its exit code. A user's mistake (a UserError: a bad id, file or
+    number, a busy campaign; a full disk or a forbidden folder) is one line on stderr, exit 2;
+    Ctrl-C or SIGTERM one line, exit 130; anything else ``internal error: <line>`` with the
+    traceback written to a file it names (lab/errors.py), exit 70. ``CRASHSEARCH_DEBUG=1`` shows
+    the traceback instead."""
     # The first second goes to imports. Ctrl-C and SIGTERM are held meanwhile and arrive when
     # released, as one line and exit 130: a signal during duckdb's import aborts the process
     # ("Critical nanobind error", exit -6) and one during pandas' printed a traceback.
@@ -251,10 +253,18 @@ def main(argv: list[str] | None = None) -> int:
         if ending_status(exc) == "interrupted":
             print(INTERRUPTED, file=sys.stderr)
             return 130
-        if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith("duckdb"):
+        from crashsearch.lab.errors import INTERNAL_EXIT, is_user_error, report_internal
+
+        if is_user_error(exc):
             print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
             return 2
-        raise
+        # not the user's doing: say so, and keep the traceback for a bug report
+        # a reading command writes nothing into the home, not even this report (it goes to a temp folder)
+        home = getattr(getattr(args, "home_dir", None), "root", None) if writes else None
+        where = report_internal(exc, home)
+        print(f"{args.command}: internal error: {user_message(exc)}"
+              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+        return INTERNAL_EXIT
 
 
 def check_writable(root) -> None:

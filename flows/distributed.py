@@ -34,12 +34,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 from uuid import UUID
 
 import pandas as pd
 
 from crashsearch.lab.campaign_space import campaign_space
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -288,14 +289,14 @@ def check_deployment(deployment_name: str) -> None:
 
     api = PREFECT_API_URL.value()
     if not api:
-        raise ValueError(f"--distributed {deployment_name} needs a Prefect server with the workers: set PREFECT_API_URL "
+        raise UserError(f"--distributed {deployment_name} needs a Prefect server with the workers: set PREFECT_API_URL "
                          f"(e.g. prefect config set PREFECT_API_URL=http://<server>:4200/api)")
     try:
         with get_client(sync_client=True) as client:
             client.read_deployment_by_name(deployment_name)
     except Exception as exc:
         reason = one_line(str(exc), 120) if str(exc) not in ("", "None") else type(exc).__name__
-        raise ValueError(f"deployment {deployment_name!r} not found on {api} ({reason}); "
+        raise UserError(f"deployment {deployment_name!r} not found on {api} ({reason}); "
                          f"deploy it from the repository root: prefect --no-prompt deploy --name {deployment_name}") from None
 
 

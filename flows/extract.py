@@ -35,7 +35,7 @@ def main(args) -> int:
     from crashsearch.models.backbones import WeightsUnavailable
 
     from crashsearch.lab.datasets import load_dataset
-    from crashsearch.models.backbones import list_backbones
+    from crashsearch.models.backbones import check_weights, list_backbones
 
     home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
     # argument errors fail here, before a Prefect server starts for nothing
@@ -44,7 +44,8 @@ def main(args) -> int:
         return 2
     try:
         load_dataset(args.dataset)
-    except DatasetError as exc:
+        check_weights(args.backbone, args.weights)
+    except (DatasetError, WeightsUnavailable) as exc:
         print(f"extract: {exc}", file=sys.stderr)
         return 2
     try:

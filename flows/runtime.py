@@ -34,6 +34,8 @@ import os
 import subprocess
 import sys
 
+from crashsearch.lab.errors import is_user_error
+
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry needs the internet and races the db set-up
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 2-core machines start it slowly
@@ -48,7 +50,7 @@ class _DropShutdownNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if record.exc_info and record.exc_info[0] is not None:
-            if issubclass(record.exc_info[0], (ValueError, OSError)) and text.startswith("Encountered exception"):
+            if is_user_error(record.exc_info[1]) and text.startswith("Encountered exception"):
                 return False  # a user's error: the CLI prints it in one line, without Prefect's traceback
             text += record.exc_info[0].__name__
         return not any(n in text for n in self.NOISE)

@@ -10,11 +10,10 @@ talks to Prefect, so it answers also while no server runs.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from datetime import datetime, timezone
 from typing import Any
 
+from crashsearch.lab.lock import campaign_liveness
 from crashsearch.lab.settings import Home
 from crashsearch.lab.store import Store
 
@@ -33,30 +32,6 @@ SELECT campaign,
        max(finished_at) AS last_finished
 FROM experiments GROUP BY campaign
 """
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (one we may not signal counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _effective_status(info: dict) -> str:
-    status = str(info.get("status") or "unknown")
-    if status != "running":
-        return status
-    host = info.get("host")
-    if host and host != socket.gethostname():
-        return f"running (on {host})"  # its pid means nothing here
-    pid = info.get("pid")
-    if isinstance(pid, int) and not pid_alive(pid):
-        return "stopped (crashed?)"
-    return "running"
 
 
 def _in_flight(home: Home, campaign: str, store: Store) -> int:
@@ -93,7 +68,7 @@ def campaign_status(home: Home, recent: int = RECENT) -> list[dict[str, Any]]:
         info, row = infos.get(cid, {}), rows.get(cid, {})
         if len(info) <= 1 and not row:  # an empty folder
             continue
-        status = _effective_status(info)
+        status = campaign_liveness(info)  # the one liveness check (lab/lock.py)
         in_flight = _in_flight(home, cid, store) if status.startswith("running") else 0
         best = row.get("best_val_ap")
         out.append({
@@ -101,7 +76,8 @@ def campaign_status(home: Home, recent: int = RECENT) -> list[dict[str, Any]]:
             "done": int(row.get("done") or 0), "budget": info.get("budget"), "in_flight": in_flight,
             "failed": int(row.get("failed") or 0),
             "best_val_ap": None if best is None or best != best else float(best),
-            "last_error": row.get("last_error") if isinstance(row.get("last_error"), str) else None,
+            # a failed experiment's error, else why the run stopped (e.g. every agent's reply was refused)
+            "last_error": next((e for e in (row.get("last_error"), info.get("stop_reason")) if isinstance(e, str) and e), None),
             "updated_at": _latest(info.get("updated_at"), row.get("last_finished")),
         })
     running = [r for r in out if r["status"].startswith("running")]

@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.settings import Home, resolve_home
 
@@ -69,7 +70,7 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-class FeaturesNotFound(FileNotFoundError):
+class FeaturesNotFound(UserError, FileNotFoundError):
     """No complete cache partition for a dataset and backbone; the message names both."""
 
 
@@ -411,7 +412,7 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
     lengths = np.diff(flat.offsets.to_numpy()) if n else np.zeros(0, dtype=np.int64)
     if n and not np.all(lengths == n_steps * dim):
         bad = table.column("video_id")[int(np.flatnonzero(lengths != n_steps * dim)[0])].as_py()
-        raise ValueError(f"{part.path}: video {bad} has an embedding of the wrong size (expected {n_steps}x{dim})")
+        raise UserError(f"{part.path}: video {bad} has an embedding of the wrong size (expected {n_steps}x{dim})")
     values = flat.flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=np.float32)
     x = torch.from_numpy(np.array(values, dtype=np.float32).reshape(n, n_steps, dim))  # (N, S, D), a writable copy
     y = torch.as_tensor(table.column("label").to_numpy(zero_copy_only=False).astype(np.float32))

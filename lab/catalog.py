@@ -19,8 +19,9 @@ in the next query, also in a connection that stays open for hours. Why this shap
   listing and its read: that query fails with an IO error; run it again.
 * **Absolute paths.** DuckDB resolves a relative path against the client's working directory,
   not the database file, so the views name the home's absolute path. When the home moves,
-  ``ensure`` (``crashsearch.open_home``) or ``crashsearch catalog`` rebuilds the file; a new
-  crashsearch version that changes the views rebuilds it at its first write. Mount a shared home
+  ``ensure`` or ``crashsearch catalog`` rebuilds the file; a copied home (``cp -a``, the original
+  still there) and a new crashsearch version that changes the views rebuild it at their first
+  write. (The notebook API builds the same views in memory and needs no file.) Mount a shared home
   at the same path on every machine: one file serves one path (``crashsearch catalog`` on a
   machine rewrites it for that machine's path).
 * **Old clients.** The file is written in DuckDB 1.0 storage format and the views use SQL that
@@ -43,6 +44,7 @@ from pathlib import Path
 import duckdb
 
 from crashsearch.lab._io import fsync_dir
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,16 @@ _ensured: set[str] = set()  # homes whose catalog this process has checked (vers
 
 def ensure_exists(home: Home) -> Path | None:
     """The store's hook after each write: build the catalog if it is missing or (checked once per
-    home and process) of another crashsearch version. A writer never rebuilds it for its own view
-    of the home's path: workers that mount a shared home elsewhere would take turns rewriting it."""
+    home and process) of another crashsearch version, or built for another home that exists here
+    (a copy: its views would show the original's rows). A writer never rebuilds it for its own
+    view of a path that does not exist here: workers that mount a shared home elsewhere would take
+    turns rewriting it."""
     path = catalog_path(home)
     if str(home.root) in _ensured and path.exists():
         return path
     stamp = built_for(path) if path.exists() else None
-    path = path if stamp is not None and stamp.get("version") == CATALOG_VERSION else build(home)
+    current = stamp is not None and stamp.get("version") == CATALOG_VERSION and not _copied_from(stamp, home)
+    path = path if current else build(home)
     if path is not None:
         _ensured.add(str(home.root))
     return path
@@ -83,6 +88,19 @@ def ensure(home: Home) -> Path | None:
     if path.exists() and built_for(path) == {"root": str(home.root.resolve()), "version": CATALOG_VERSION}:
         return path
     return build(home)
+
+
+def _copied_from(stamp: dict, home: Home) -> bool:
+    """Whether the catalog was built for another home that exists here: a copied home (``cp -a``)
+    whose views would show the original's rows. (A path that does not exist here may be the same
+    shared home mounted elsewhere: that is left to ``ensure`` and ``crashsearch catalog``.)"""
+    built = stamp.get("root")
+    if not isinstance(built, str) or built == str(home.root.resolve()):
+        return False
+    try:
+        return Path(built).is_dir() and not os.path.samefile(built, home.root)
+    except OSError:
+        return False
 
 
 def built_for(path: Path) -> dict | None:
@@ -109,7 +127,7 @@ def build(home: Home) -> Path | None:
     """
     root = home.root.resolve()  # a relative path would resolve against the reader's folder
     if any(ch in str(root) for ch in "*?[]{}"):
-        raise ValueError(f"history.duckdb needs a home path without glob characters: {root}")
+        raise UserError(f"history.duckdb needs a home path without glob characters: {root}")
     if next(iter(root.glob(LOG_GLOB)), None) is None:
         return None
     final = catalog_path(home)
@@ -212,7 +230,7 @@ def cli_main(args) -> int:
 
     try:
         path = build(args.home_dir)
-    except (ValueError, duckdb.Error, OSError) as exc:
+    except UserError as exc:
         print(f"catalog: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if path is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id
 from crashsearch.lab.store import LOG_DIR, Store, damage
 
@@ -90,7 +91,7 @@ def check(store: Store, campaign: str | None = None, repair: bool = False) -> Ch
     if campaign is not None:
         check_campaign_id(campaign)
         if not (root / campaign).is_dir():
-            raise ValueError(f"no campaign {campaign!r} under {store.home.root}")
+            raise UserError(f"no campaign {campaign!r} under {store.home.root}")
         names = [campaign]
     else:
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and CAMPAIGN_ID.match(p.name)) if root.is_dir() else []

@@ -12,10 +12,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from crashsearch.lab.errors import UserError
+
 SPLITS = ("train", "val", "test")
 
 
-class ClassCheckError(ValueError):
+class ClassCheckError(UserError):
     """A split without positives or without negatives; ``str()`` is the one line naming it."""
 
 

@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from crashsearch.lab.errors import UserError
+
 SPLITS = ("train", "val", "test")
 NEXAR_COLUMNS = ("id", "time_of_event", "time_of_alert", "target")
 GENERIC_COLUMNS = ("path", "label", "event_time")
 _EXPECTED = f"expected the header '{','.join(NEXAR_COLUMNS)}' (Nexar) or '{','.join(GENERIC_COLUMNS)}' (generic)"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A manifest that cannot be used as a whole (missing, unreadable, unknown header); names the file."""
 
 
@@ -61,7 +63,7 @@ class Dataset:
     def by_split(self, split: str) -> list[VideoItem]:
         """The videos of one split ("train", "val" or "test"), in manifest order."""
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+            raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return [v for v in self.videos if v.split == split]
 
     def manifest_hash(self) -> str:
@@ -121,12 +123,12 @@ def stratified_split(ids_and_labels: Iterable[tuple[str, int]], seed: int = 0,
     in each split. Returns {id: split}. Raises ValueError on duplicate ids or bad fractions.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions {fractions} must be three non-negative numbers summing to 1 (train, val, test)")
+        raise UserError(f"fractions {fractions} must be three non-negative numbers summing to 1 (train, val, test)")
     by_label: dict[object, list[str]] = {}
     seen: set[str] = set()
     for vid, label in ids_and_labels:
         if vid in seen:
-            raise ValueError(f"duplicate id {vid!r} in split input")
+            raise UserError(f"duplicate id {vid!r} in split input")
         seen.add(vid)
         by_label.setdefault(label, []).append(vid)
 
@@ -275,7 +277,7 @@ def _label(value: str, column: str) -> int:
     except ValueError:
         number = math.nan
     if number not in (0.0, 1.0):
-        raise ValueError(f"{column} {value!r} is not 0 or 1")
+        raise UserError(f"{column} {value!r} is not 0 or 1")
     return int(number)
 
 
@@ -283,7 +285,7 @@ def _split(value: str) -> str | None:
     """The optional split column: empty (the seed decides) or one of SPLITS."""
     value = value.strip().lower()
     if value and value not in SPLITS:
-        raise ValueError(f"split {value!r} is not one of {', '.join(SPLITS)} (or empty)")
+        raise UserError(f"split {value!r} is not one of {', '.join(SPLITS)} (or empty)")
     return value or None
 
 
@@ -293,9 +295,9 @@ def _time(value: str, column: str) -> float | None:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{column} {value!r} is not a number") from None
+        raise UserError(f"{column} {value!r} is not a number") from None
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{column} {value!r} is not a time in seconds (finite, >= 0)")
+        raise UserError(f"{column} {value!r} is not a time in seconds (finite, >= 0)")
     return number
 
 
@@ -304,15 +306,15 @@ def _parse_nexar(csv_path: Path, header, rows, problems: list[str]) -> list[_Row
     for where, rec in _cells(csv_path, header, rows, problems):
         try:
             if not rec["id"].isdigit():
-                raise ValueError(f"id {rec['id']!r} is not a non-negative integer")
+                raise UserError(f"id {rec['id']!r} is not a non-negative integer")
             vid = f"{int(rec['id']):05d}"
             if vid in seen:
-                raise ValueError(f"duplicate id {vid} (first at {seen[vid]})")
+                raise UserError(f"duplicate id {vid} (first at {seen[vid]})")
             label = _label(rec["target"], "target")
             event = _time(rec["time_of_event"], "time_of_event")
             alert = _time(rec["time_of_alert"], "time_of_alert")
             if label == 1 and event is None:
-                raise ValueError("positive (target 1) without time_of_event")
+                raise UserError("positive (target 1) without time_of_event")
             split = _split(rec.get("split", ""))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
@@ -329,16 +331,16 @@ def _parse_generic(csv_path: Path, header, rows, problems: list[str]) -> list[_R
     for where, rec in _cells(csv_path, header, rows, problems):
         try:
             if not rec["path"]:
-                raise ValueError("empty path")
+                raise UserError("empty path")
             video = Path(rec["path"]).expanduser()
             video = (video if video.is_absolute() else csv_path.parent / video).resolve()
             if video in seen:
-                raise ValueError(f"duplicate path {rec['path']} (first at {seen[video]})")
+                raise UserError(f"duplicate path {rec['path']} (first at {seen[video]})")
             label = _label(rec["label"], "label")
             event = _time(rec["event_time"], "event_time")
             alert = _time(rec.get("alert_time", ""), "alert_time")
             if label == 1 and event is None:
-                raise ValueError("positive (label 1) without event_time")
+                raise UserError("positive (label 1) without event_time")
             split = _split(rec.get("split", ""))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")

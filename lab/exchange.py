@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from crashsearch.lab._io import atomic_write, read_json
 from crashsearch.lab.campaign_space import check_space, space_axes, space_digest
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import arrow_value, check_campaign_id, clean_row
 from crashsearch.lab.schema import experiment_schema
 from crashsearch.lab.space import InvalidCell, Space
@@ -59,11 +60,11 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
     schema = experiment_schema(space)
     fields = {f.name: f for f in schema}
     if "val_ap" not in frame.columns:
-        raise ValueError(f"{path}: column val_ap is required")
+        raise UserError(f"{path}: column val_ap is required")
     has_axes = all(a in frame.columns for a in space.axis_names)
     if not has_axes and "cell_id" not in frame.columns:
         missing = [a for a in space.axis_names if a not in frame.columns]
-        raise ValueError(f"{path}: needs cell_id or every axis column; missing {missing}")
+        raise UserError(f"{path}: needs cell_id or every axis column; missing {missing}")
     unknown = [c for c in frame.columns if c not in fields]
     if unknown:
         report(f"{path}: ignoring columns that are not in the experiment schema: {unknown}")
@@ -134,7 +135,7 @@ def export(store: Store, campaign: str, out: str | Path) -> Path:
     for attempt in range(READ_RETRIES):
         gens = store.generations(campaign)
         if not gens.live:
-            raise ValueError(f"campaign {campaign!r} has no experiments under {store.home.root}")
+            raise UserError(f"campaign {campaign!r} has no experiments under {store.home.root}")
         try:
             table = store._merged(gens)
             break
@@ -184,30 +185,30 @@ def _import_row(record: dict, fields: dict, space: Space, has_axes: bool) -> dic
             try:
                 value = int(value)
             except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not an integer") from None
+                raise UserError(f"column {name}: {value!r} is not an integer") from None
         if pa.types.is_timestamp(kind) and isinstance(value, (str, pd.Timestamp, datetime)):
             try:
                 value = pd.Timestamp(value)
             except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not an ISO-8601 time") from None
+                raise UserError(f"column {name}: {value!r} is not an ISO-8601 time") from None
             if value.tzinfo is None:  # external logs often write naive times; read them as UTC
                 value = value.tz_localize("UTC")
         if pa.types.is_floating(kind) and isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"column {name}: {value!r} is not a number") from None
+                raise UserError(f"column {name}: {value!r} is not a number") from None
         try:
             row[name] = arrow_value(value, kind)
         except ValueError as exc:
-            raise ValueError(f"column {name}: {exc}") from None
+            raise UserError(f"column {name}: {exc}") from None
     if has_axes:
         cell = space.validate({a: record[a] for a in space.axis_names})
         if row.get("cell_id") is not None and row["cell_id"] != cell.id:
-            raise ValueError(f"column cell_id: {row['cell_id']} disagrees with the axis values (cell {cell.id})")
+            raise UserError(f"column cell_id: {row['cell_id']} disagrees with the axis values (cell {cell.id})")
     else:
         if row.get("cell_id") is None:
-            raise ValueError("column cell_id: required when the file has no axis columns")
+            raise UserError("column cell_id: required when the file has no axis columns")
         cell = space.cell(row["cell_id"])
     row["cell_id"] = cell.id
     row.update(cell.to_dict())
@@ -219,12 +220,12 @@ def _import_row(record: dict, fields: dict, space: Space, has_axes: bool) -> dic
 def _read_table_file(path: Path) -> pd.DataFrame:
     """The rows of a .csv/.tsv/.txt or .parquet file; raises ValueError (one line) naming the file."""
     if not path.exists():
-        raise ValueError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".parquet":
             return pq.read_table(path).to_pandas()
         if path.suffix.lower() in (".csv", ".tsv", ".txt"):
             return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
+        raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")

@@ -34,6 +34,7 @@ import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 
 LOCK_FILE = "lock"
@@ -42,7 +43,7 @@ _HELD: "weakref.WeakValueDictionary[str, CampaignLock]" = weakref.WeakValueDicti
 _GUARD = threading.Lock()
 
 
-class CampaignBusy(ValueError):
+class CampaignBusy(UserError):
     """Another live process holds the campaign; the message names it (host, pid, since)."""
 
 
@@ -235,3 +236,32 @@ def raise_on_sigterm() -> None:
         raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def campaign_liveness(info: dict) -> str:
+    """A campaign.json's status as it stands: "running" whose pid is dead on this host is
+    "stopped (crashed?)"; one on another host is "running (on HOST)". The one liveness check, used
+    by ``status``, the store's ``campaigns`` view and the notebook API."""
+    status = str(info.get("status") or "unknown")
+    if status != "running":
+        return status
+    host = info.get("host")
+    if host and host != socket.gethostname():
+        return f"running (on {host})"  # its pid means nothing here
+    pid = info.get("pid")
+    if pid is None:
+        return "running"  # written before campaign.json named its process: cannot check
+    # a damaged pid (not a positive int: 0 and -1 would ask about our own process group) names no live run
+    valid = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31
+    return "running" if valid and pid_alive(pid) else "stopped (crashed?)"

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.schema import METRICS, STATUSES
 from crashsearch.lab.space import Space
 
@@ -26,7 +27,7 @@ CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a safe folder
 def check_campaign_id(campaign: str) -> str:
     """Return ``campaign`` if it is a safe folder name, else raise ValueError naming it."""
     if not isinstance(campaign, str) or not CAMPAIGN_ID.match(campaign):
-        raise ValueError(f"campaign id {campaign!r} must be letters, digits, '.', '_' or '-' (not starting with . _ -)")
+        raise UserError(f"campaign id {campaign!r} must be letters, digits, '.', '_' or '-' (not starting with . _ -)")
     return campaign
 
 
@@ -38,29 +39,29 @@ def clean_row(row: dict, campaign: str, space: Space, schema: pa.Schema, now: da
     status ``invalid``).
     """
     if not isinstance(row, dict):
-        raise ValueError(f"a row must be a dict, got {type(row).__name__}")
+        raise UserError(f"a row must be a dict, got {type(row).__name__}")
     unknown = [k for k in row if k not in schema.names]
     if unknown:
-        raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
+        raise UserError(f"column {unknown[0]}: not a column of the experiment schema")
     out = {}
     for field in schema:
         try:
             out[field.name] = arrow_value(row.get(field.name), field.type)
         except ValueError as exc:
-            raise ValueError(f"column {field.name}: {exc}") from None
+            raise UserError(f"column {field.name}: {exc}") from None
     for name in METRICS:
         value = out.get(name)
         if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"column {name}: {value!r} is not a score in [0, 1]")
+            raise UserError(f"column {name}: {value!r} is not a score in [0, 1]")
     if out["campaign"] is None:
         out["campaign"] = campaign
     elif out["campaign"] != campaign:
-        raise ValueError(f"column campaign: {out['campaign']!r} is not {campaign!r}")
+        raise UserError(f"column campaign: {out['campaign']!r} is not {campaign!r}")
     for name in REQUIRED:
         if out[name] is None or out[name] == "":
-            raise ValueError(f"column {name}: required but missing")
+            raise UserError(f"column {name}: required but missing")
     if out["status"] not in STATUSES:
-        raise ValueError(f"column status: {out['status']!r} is not one of {', '.join(STATUSES)}")
+        raise UserError(f"column status: {out['status']!r} is not one of {', '.join(STATUSES)}")
     if out["space"] is None:
         out["space"] = space.name
     if out["finished_at"] is None:
@@ -72,7 +73,7 @@ def clean_row(row: dict, campaign: str, space: Space, schema: pa.Schema, now: da
             if given is None:
                 out[axis.name] = expected[axis.name]
             elif not _matches(expected[axis.name], given):
-                raise ValueError(f"column {axis.name}: {given!r} disagrees with cell_id {out['cell_id']} "
+                raise UserError(f"column {axis.name}: {given!r} disagrees with cell_id {out['cell_id']} "
                                  f"({axis.name}={expected[axis.name]!r})")
             else:
                 out[axis.name] = expected[axis.name]
@@ -92,42 +93,42 @@ def clean_table(table: pa.Table, campaign: str, schema: pa.Schema) -> pa.Table:
         table = table.append_column("campaign", pa.array([campaign] * table.num_rows, pa.string()))
     unknown = [name for name in table.column_names if name not in schema.names]
     if unknown:
-        raise ValueError(f"column {unknown[0]}: not a column of the experiment schema")
+        raise UserError(f"column {unknown[0]}: not a column of the experiment schema")
     for name in REQUIRED:
         if name not in table.column_names:
-            raise ValueError(f"column {name}: required but missing")
+            raise UserError(f"column {name}: required but missing")
         if table[name].null_count:
             first = table[name].to_pylist().index(None)
-            raise ValueError(f"row {first} column {name}: required but null")
+            raise UserError(f"row {first} column {name}: required but null")
     bad = pc.invert(pc.is_in(table["status"], value_set=pa.array(STATUSES)))
     if pc.any(bad).as_py():
         first = pc.index(bad, True).as_py()
-        raise ValueError(f"row {first} column status: {table['status'][first].as_py()!r} is not one of {', '.join(STATUSES)}")
+        raise UserError(f"row {first} column status: {table['status'][first].as_py()!r} is not one of {', '.join(STATUSES)}")
     other = pc.not_equal(table["campaign"], campaign)
     if pc.any(other).as_py():
         first = pc.index(other, True).as_py()
-        raise ValueError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
+        raise UserError(f"row {first} column campaign: {table['campaign'][first].as_py()!r} is not {campaign!r}")
     for name in METRICS:
         if name not in table.column_names:
             continue
         try:
             values = pc.cast(table[name], pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ValueError(f"column {name}: cannot be read as double ({exc})") from None
+            raise UserError(f"column {name}: cannot be read as double ({exc})") from None
         # NaN is a missing score (stored as is by this bulk path); inf and values outside [0, 1] are impossible
         bad = pc.fill_null(pc.or_(pc.is_inf(values), pc.or_(pc.less(values, 0.0), pc.greater(values, 1.0))), False)
         if pc.any(bad).as_py():
             first = pc.index(bad, True).as_py()
-            raise ValueError(f"row {first} column {name}: {values[first].as_py()!r} is not a score in [0, 1]")
+            raise UserError(f"row {first} column {name}: {values[first].as_py()!r} is not a score in [0, 1]")
     if pc.count_distinct(table["experiment_id"]).as_py() != table.num_rows:
-        raise ValueError("column experiment_id: the table repeats an id")
+        raise UserError("column experiment_id: the table repeats an id")
     columns = []
     for field in schema:
         if field.name in table.column_names:
             try:
                 columns.append(table[field.name].cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ValueError(f"column {field.name}: cannot be read as {field.type} ({exc})") from None
+                raise UserError(f"column {field.name}: cannot be read as {field.type} ({exc})") from None
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -146,20 +147,20 @@ def arrow_value(value: Any, kind: pa.DataType) -> Any:
         value = value.item()
     if pa.types.is_string(kind):
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+            raise UserError(f"expected a string, got {type(value).__name__} {value!r}")
         return value
     if pa.types.is_integer(kind):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
+            raise UserError(f"expected an integer, got {type(value).__name__} {value!r}")
         bits = kind.bit_width - 1
         if not -(2 ** bits) <= value < 2 ** bits:
-            raise ValueError(f"{value} does not fit in {kind}")
+            raise UserError(f"{value} does not fit in {kind}")
         return value
     if pa.types.is_floating(kind):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+            raise UserError(f"expected a number, got {type(value).__name__} {value!r}")
         value = float(value)
         return None if math.isnan(value) else value
     if pa.types.is_timestamp(kind):
@@ -167,22 +168,22 @@ def arrow_value(value: Any, kind: pa.DataType) -> Any:
             try:
                 value = pd.Timestamp(value)
             except ValueError:
-                raise ValueError(f"{value!r} is not an ISO-8601 time") from None
+                raise UserError(f"{value!r} is not an ISO-8601 time") from None
         if isinstance(value, pd.Timestamp):
             value = value.to_pydatetime()
         if not isinstance(value, datetime):
-            raise ValueError(f"expected a datetime, got {type(value).__name__} {value!r}")
+            raise UserError(f"expected a datetime, got {type(value).__name__} {value!r}")
         if value.tzinfo is None:
-            raise ValueError(f"{value.isoformat()} has no time zone; give UTC times (datetime.now(timezone.utc))")
+            raise UserError(f"{value.isoformat()} has no time zone; give UTC times (datetime.now(timezone.utc))")
         return value.astimezone(timezone.utc)
-    raise ValueError(f"unsupported column type {kind}")
+    raise UserError(f"unsupported column type {kind}")
 
 
 def _decode(space: Space, cell_id: int) -> dict:
     """Axis values of a full-space cell id (restrictions ignored: ids are the parent's)."""
     size = math.prod(len(a.values) for a in space.axes)
     if not 0 <= cell_id < size:
-        raise ValueError(f"column cell_id: {cell_id} is outside 0..{size - 1} of space {space.name}")
+        raise UserError(f"column cell_id: {cell_id} is outside 0..{size - 1} of space {space.name}")
     values, rest = {}, cell_id
     for axis in reversed(space.axes):
         rest, index = divmod(rest, len(axis.values))

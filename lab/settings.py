@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from crashsearch.lab.errors import UserError
+
 DEFAULT_HOME = "crashsearch-data"
 
 
@@ -57,7 +59,10 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
     raw = home or os.environ.get("CRASHSEARCH_HOME") or DEFAULT_HOME
     root = Path(raw).expanduser().resolve()
     if root.exists() and not root.is_dir():
-        raise ValueError(f"home {root} is not a folder")
+        raise UserError(f"home {root} is not a folder")
     if create:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path the user gave that cannot be a folder (/proc/..., under a file)
+            raise UserError(f"cannot create the home {root}: {exc.strerror or exc}") from None
     return Home(root, create)

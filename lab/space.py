@@ -19,17 +19,18 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.schema import BASE_COLUMNS
 
 GROUPS = ("arch", "loss", "train", "data")
 DEFAULT_SPACE = Path(__file__).parent / "spaces" / "collision.yaml"
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A malformed space file; the message names the key."""
 
 
-class InvalidCell(ValueError):
+class InvalidCell(UserError):
     """A proposal that is not a cell of the space; ``reason`` is one readable line."""
 
     def __init__(self, reason: str):
@@ -111,7 +112,7 @@ def loss_gamma(loss: str) -> float:
         return 0.0
     if loss.startswith("focal_"):
         return float(loss.split("_", 1)[1])
-    raise ValueError(f"unknown loss {loss!r}")
+    raise UserError(f"unknown loss {loss!r}")
 
 
 MAX_CELLS = 2 ** 63 - 1  # cell ids are int64 in the history

@@ -61,11 +61,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crashsearch.lab._io import atomic_write, fsync_dir, read_json
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
-from crashsearch.lab.lock import reraise_interrupt
+from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.versions import bugfix_events
 
@@ -90,6 +91,9 @@ def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path) -> None:
     /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories)."""
     folders = {str(campaigns), os.path.realpath(campaigns)}
     listed = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in sorted(folders))
+    # DuckDB also allows its spill folder (default: .tmp under the working directory, whatever is
+    # in it): no spill folder, so a query reads the home only and writes nowhere
+    con.execute("SET temp_directory = ''")
     con.execute(f"SET allowed_directories = [{listed}]")
     con.execute("SET enable_external_access = false")
 
@@ -169,9 +173,9 @@ class Store:
             try:
                 clean.append(clean_row(row, campaign, space, schema, now))
             except ValueError as exc:
-                raise ValueError(f"row {index}: {exc}") from None
+                raise UserError(f"row {index}: {exc}") from None
             if clean[-1]["experiment_id"] in seen:
-                raise ValueError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
+                raise UserError(f"row {index} column experiment_id: {clean[-1]['experiment_id']!r} appears twice in this batch")
             seen.add(clean[-1]["experiment_id"])
         table = pa.Table.from_pylist(clean, schema=schema)
         path = self._write(campaign, table)
@@ -260,20 +264,30 @@ class Store:
         """Raise ValueError (one line naming the known ones) when this home has no campaign ``campaign``."""
         known = [c["id"] for c in self.campaigns()]
         if campaign not in known:
-            raise ValueError(f"campaign {campaign!r} has no experiments under {self.home.root} "
+            raise UserError(f"campaign {campaign!r} has no experiments under {self.home.root} "
                              f"(campaigns: {', '.join(known) or 'none'})")
 
     # ---- reading ----------------------------------------------------------------------------
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, follow: bool = False) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB connection with the views experiments, campaigns, bugfix_events.
 
-        Raises duckdb.IOException only if compactions keep removing files for several retries."""
+        ``follow``: while no log file is damaged, ``experiments`` reads the log through globs
+        (history.duckdb's SQL, lab/catalog.py), so a connection kept open sees new rows and
+        compactions; otherwise it reads the files listed now, damaged ones left out and named.
+        Nothing is written. Raises duckdb.IOException only if compactions keep removing files
+        for several retries."""
         con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
         con.execute("SET TimeZone = 'UTC'")
         for attempt in range(READ_RETRIES):
             try:
                 gens = self.generations()
-                con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments_sql(gens.bases, gens.recent)}")
+                if follow and gens.live and not gens.damaged and not any(ch in str(self.home.root) for ch in "*?[]{}"):
+                    from crashsearch.lab.catalog import view_sql  # the catalog builds on this module's SQL
+
+                    experiments = view_sql(self.home.root.resolve())["experiments"]
+                else:
+                    experiments = experiments_sql(gens.bases, gens.recent)
+                con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments}")
                 # every live row before the dedup: for lookups where a duplicate cannot matter
                 con.execute(f"CREATE OR REPLACE VIEW _log_rows AS {experiments_sql(gens.live, [])}")
                 break
@@ -299,7 +313,7 @@ class Store:
         """
         check_read_only(sql)
         if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise UserError(f"timeout must be positive, got {timeout}")
         return self._with_connection(lambda con: interruptible(con, sql, params, timeout))
 
     def _read(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
@@ -359,7 +373,7 @@ class Store:
         min_replicates below 1 or a bad campaign id.
         """
         if k < 1 or min_replicates < 1:
-            raise ValueError("leaderboard needs k >= 1 and min_replicates >= 1")
+            raise UserError("leaderboard needs k >= 1 and min_replicates >= 1")
         params: dict[str, Any] = {"min_n": int(min_replicates), "k": int(k)}
         where = "status IN ('ok', 'healed') AND val_ap IS NOT NULL AND NOT isnan(val_ap)"
         if campaign is not None:
@@ -416,7 +430,7 @@ class Store:
         """
         folder = self.home.root / "campaigns" / check_campaign_id(campaign) / LOG_DIR
         if not folder.is_dir():
-            raise ValueError(f"campaign {campaign!r} has no log under {self.home.root}")
+            raise UserError(f"campaign {campaign!r} has no log under {self.home.root}")
         for temp in folder.glob(".part-*.tmp"):
             try:
                 if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
@@ -577,12 +591,12 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.connect(":memory:").extract_statements(sql)
     except duckdb.Error as exc:
-        raise ValueError(f"cannot parse the query: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot parse the query: {str(exc).splitlines()[0]}") from None
     if len(statements) != 1:
-        raise ValueError(f"one statement per query, got {len(statements)}")
+        raise UserError(f"one statement per query, got {len(statements)}")
     kind = statements[0].type
     if kind not in READ_STATEMENTS:
-        raise ValueError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
+        raise UserError(f"the history is read-only: {kind.name} statements are not allowed (use SELECT, WITH, DESCRIBE, SHOW)")
 
 
 # ---- small DuckDB tables ------------------------------------------------------------------------
@@ -617,7 +631,7 @@ def _campaigns_table(campaigns: list[dict]) -> pa.Table:
             "id": info["id"],
             "dataset": None if info.get("dataset") is None else str(info["dataset"]),
             "space": None if info.get("space") is None else str(info["space"]),
-            "status": None if info.get("status") is None else str(info["status"]),
+            "status": None if info.get("status") is None else campaign_liveness(info),  # as `status` says
             "policies": ",".join(map(str, policies)) if isinstance(policies, list) else (None if policies is None else str(policies)),
             "budget": budget if isinstance(budget, int) and not isinstance(budget, bool) else None,
             "created_at": _time_or_none(info.get("created_at")),

@@ -14,6 +14,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock
 from crashsearch.lab.exchange import export, import_log
 from crashsearch.lab.campaign_space import campaign_space, keep_space
@@ -55,7 +56,7 @@ def cli_main(args) -> int:
             return 0 if result.new or result.already else 1
         if command == "export":
             if Path(args.out).suffix.lower() != ".parquet":
-                raise ValueError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
+                raise UserError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
             check_out_path(store, Path(args.out))
             path = export(store, args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
@@ -72,7 +73,7 @@ def cli_main(args) -> int:
     except QueryCancelled as exc:
         print(f"{command}: {exc}", file=sys.stderr)
         return 3
-    except (ValueError, duckdb.Error, OSError) as exc:
+    except UserError as exc:  # a full disk goes to flows/cli.py (it names the path); the rest is a bug
         print(f"{command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     print(f"unknown store command {command!r}", file=sys.stderr)
@@ -84,9 +85,12 @@ def _cli_query(store: Store, args) -> int:
     if out is not None:  # checked before the query runs: a refused --out costs nothing
         suffix = out.suffix.lower()
         if suffix not in (".csv", ".parquet"):
-            raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+            raise UserError(f"--out {out}: use a .csv or .parquet file name")
         check_out_path(store, out)
-    frame = store.query(args.sql, timeout=getattr(args, "timeout", None))
+    try:
+        frame = store.query(args.sql, timeout=getattr(args, "timeout", None))
+    except duckdb.Error as exc:  # the user's SQL: a typo, a missing column, a refused file
+        raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
@@ -104,7 +108,7 @@ def check_out_path(store: Store, out: Path) -> None:
     for name in PROTECTED:
         folder = Path(os.path.realpath(store.home.root / name))
         if target == folder or folder in target.parents:
-            raise ValueError(f"--out {out}: refusing to write inside {folder} (the history lives there); "
+            raise UserError(f"--out {out}: refusing to write inside {folder} (the history lives there); "
                              f"choose a path outside {name}/")
 
 

@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from crashsearch.lab.datasets import Dataset, load_dataset, stratified_split
+from crashsearch.lab.errors import UserError
 
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
@@ -614,13 +615,13 @@ def render_video(seed: int, index: int, label: int, style: str = "day", width: i
 
 def _check(style: str, width: int, height: int, fps: int, seconds: float) -> None:
     if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+        raise UserError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
     if width < 16 or height < 16 or width % 2 or height % 2:
-        raise ValueError(f"frame size {width}x{height} must be even and at least 16x16 (H.264 yuv420p)")
+        raise UserError(f"frame size {width}x{height} must be even and at least 16x16 (H.264 yuv420p)")
     if fps < 1:
-        raise ValueError(f"fps {fps} must be at least 1")
+        raise UserError(f"fps {fps} must be at least 1")
     if not seconds >= MIN_SECONDS:
-        raise ValueError(f"seconds {seconds} is too short: clips need >= {MIN_SECONDS} s (the event at least "
+        raise UserError(f"seconds {seconds} is too short: clips need >= {MIN_SECONDS} s (the event at least "
                          f"{MIN_SECONDS - SHORT_EVENT_S:g} s in, so there is time to predict it)")
 
 
@@ -637,16 +638,19 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
     """
     _check(style, width, height, fps, seconds)
     if videos < 1:
-        raise ValueError(f"videos {videos} must be at least 1")
+        raise UserError(f"videos {videos} must be at least 1")
     if not 0.0 <= positive_rate <= 1.0:
-        raise ValueError(f"positive_rate {positive_rate} must be within [0, 1]")
+        raise UserError(f"positive_rate {positive_rate} must be within [0, 1]")
     if split_fractions is not None:
         stratified_split([], fractions=tuple(split_fractions))  # bad fractions fail before any rendering
     out = Path(out).expanduser().resolve()
     if (out / "train.csv").exists() and not (out / TRUTH_FILE).exists():
-        raise ValueError(f"{out} already holds a dataset that is not synthetic; choose another --out")
+        raise UserError(f"{out} already holds a dataset that is not synthetic; choose another --out")
     train = out / "train"
-    train.mkdir(parents=True, exist_ok=True)
+    try:
+        train.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out where no folder can be made
+        raise UserError(f"cannot create {train}: {exc.strerror or exc}") from None
     for old in train.glob("[0-9]*.mp4"):  # a previous synthetic run's videos
         old.unlink()
 
@@ -691,7 +695,7 @@ def main(args) -> int:
     try:
         ds = generate(out, videos=args.videos, seed=args.seed, style=style, width=args.width, height=args.height,
                       fps=args.fps, seconds=args.seconds, progress=sys.stderr.isatty())
-    except ValueError as exc:
+    except UserError as exc:
         print(f"synth: {exc}", file=sys.stderr)
         return 2
     took = time.perf_counter() - start

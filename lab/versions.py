@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 
@@ -92,17 +93,17 @@ def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: 
     """
     note = " ".join(str(note).split())
     if not note:
-        raise ValueError("a bug-fix event needs a note saying what was fixed")
+        raise UserError("a bug-fix event needs a note saying what was fixed")
     if version and at is not None:
-        raise ValueError("a bug-fix event names a code version or a time (--version or --at), not both")
+        raise UserError("a bug-fix event names a code version or a time (--version or --at), not both")
     when = None
     if at is not None:
         try:
             when = _as_utc(at)
         except (TypeError, ValueError):
-            raise ValueError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z") from None
+            raise UserError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z") from None
         if when is pd.NaT:
-            raise ValueError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z")
+            raise UserError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z")
     event = {
         "id": uuid.uuid4().hex[:12],
         "version": None if when is not None else (version or code_version()),
@@ -265,7 +266,7 @@ def cli_bugfix(args) -> int:
 
             try:
                 Store(home).require_campaign(args.campaign)
-            except ValueError as exc:
+            except UserError as exc:
                 print(f"bugfix: {exc}", file=sys.stderr)
                 return 2
         events = bugfix_events(home, getattr(args, "campaign", None))
@@ -282,7 +283,7 @@ def cli_bugfix(args) -> int:
         if campaign or version:
             _check_scope(home, campaign, version)
         event = declare_bugfix(home, args.note, version=version, campaign=campaign, at=getattr(args, "at", None))
-    except (ValueError, OSError) as exc:
+    except UserError as exc:  # a full disk goes to flows/cli.py, which names the path
         print(f"bugfix: {exc}", file=sys.stderr)
         return 2
     print(f"declared bug-fix event {event['id']}: {describe_event(_parsed(event))}")
@@ -319,7 +320,7 @@ def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
     store = Store(home)
     if campaign is not None and not store.log_files(campaign):
         known = ", ".join(c["id"] for c in store.campaigns()) or "none"
-        raise ValueError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
     if version:
         sql = "SELECT DISTINCT code_version FROM experiments" + (" WHERE campaign = $c" if campaign else "")
         try:
@@ -328,5 +329,5 @@ def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
             reraise_interrupt(exc)
             known_versions = []
         if version not in known_versions:
-            raise ValueError(f"no experiment{' of campaign ' + campaign if campaign else ''} has code version "
+            raise UserError(f"no experiment{' of campaign ' + campaign if campaign else ''} has code version "
                              f"{version!r} (known: {', '.join(sorted(known_versions)[:10]) or 'none'})")

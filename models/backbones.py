@@ -347,6 +347,19 @@ def create_backbone(name: str, weights: str = "auto", device: str | torch.device
     return _BUILDERS[name](name, str(weights), resolve_device(device))
 
 
+def check_weights(name: str, weights: str) -> None:
+    """Refuse, before anything is loaded, weights that cannot work: any weights for pixels, and a
+    local path (``/``, ``~`` or ``.``) that does not exist. Raises WeightsUnavailable in one line."""
+    weights = str(weights)
+    if weights in ("auto", *RANDOM_MODES):
+        return
+    if _BUILDERS.get(name) is _pixels:
+        _pixels(name, weights, torch.device("cpu"))  # its own refusal, one line
+    looks_local = weights.startswith(("/", "~", ".")) or _BUILDERS.get(name) is _torchvision  # a hub id is org/name
+    if looks_local and not Path(weights).expanduser().exists():
+        raise WeightsUnavailable(f"cannot load weights {weights!r} for {name}: no such file or folder")
+
+
 # ---- offline detection --------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ import pandas as pd
 from crashsearch.agents import create_policy, policy_options
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable
 from crashsearch.analysis.surrogate import Surrogate, fit_surrogate, observed_space, ok_rows
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.space import Space
 
 OBJECTIVES = ("surrogate", "table")
@@ -200,17 +201,17 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
     and SurrogateError when the history cannot support a surrogate.
     """
     if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
+        raise UserError(f"unknown objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
     if budget < 1 or repeats < 1 or round_size < 1:
-        raise ValueError(f"budget, repeats and round size must be at least 1; got {budget}, {repeats}, {round_size}")
+        raise UserError(f"budget, repeats and round size must be at least 1; got {budget}, {repeats}, {round_size}")
     policies = list(dict.fromkeys(p.strip().lower() for p in policies if p.strip()))
     if not policies:
-        raise ValueError("no policies given")
+        raise UserError("no policies given")
     from crashsearch.agents import list_policies
 
     unknown = [p for p in policies if p not in list_policies()]
     if unknown:
-        raise ValueError(f"unknown policy {', '.join(unknown)}; valid policies: {', '.join(list_policies())}")
+        raise UserError(f"unknown policy {', '.join(unknown)}; valid policies: {', '.join(list_policies())}")
     t_all = time.perf_counter()
     bench_space = observed_space(space, history)
     ctx: dict[str, Any] = {"space": bench_space, "budget": budget, "round_size": round_size, "seed": seed,
@@ -289,7 +290,7 @@ def table_rows(history: pd.DataFrame, space: Space) -> pd.DataFrame:
     rows = rows[inside].assign(cell_id=ids[inside].astype(np.int64))
     rows = rows[np.array([_in_choices(space, int(i)) for i in rows["cell_id"]], dtype=bool)].reset_index(drop=True)
     if ok_rows(rows).empty:
-        raise ValueError("the history has no ok row with a validation AP inside the space: nothing to replay")
+        raise UserError("the history has no ok row with a validation AP inside the space: nothing to replay")
     return rows
 
 

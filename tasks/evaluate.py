@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.features import FeatureSet
 from crashsearch.models.mask import own_windows
 
@@ -106,7 +107,7 @@ def evaluate_heads(score_fn: ScoreFn, features: FeatureSet, window_s: float | Se
     val_rows, test_rows = features.indices("val"), features.indices("test")
     rows = torch.cat([val_rows, test_rows])
     if rows.numel() == 0:
-        raise ValueError(f"{features.dataset!r} has no val or test videos to evaluate on")
+        raise UserError(f"{features.dataset!r} has no val or test videos to evaluate on")
     n_val = val_rows.numel()
     labels = features.y[rows].cpu().numpy()
     per_horizon = []  # (M, len(rows)) scores per horizon

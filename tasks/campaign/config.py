@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from crashsearch.lab.errors import UserError
+
 PROPOSE_MODES = ("pipeline", "turns", "concurrent")
 CLI_ONLY = ("--verbose",)  # terminal options of `crashsearch campaign`, not campaign settings
 
@@ -80,7 +82,7 @@ class CampaignConfig:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserError("; ".join(problems))
 
     def problems(self) -> list[str]:
         """One line per impossible setting (empty when the config can run)."""
@@ -135,7 +137,7 @@ class CampaignConfig:
         known = {f.name for f in cls.fields()}
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ValueError(f"unknown campaign setting(s): {', '.join(unknown)}")
+            raise UserError(f"unknown campaign setting(s): {', '.join(unknown)}")
         return cls(**params)
 
 

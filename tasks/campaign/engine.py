@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +30,10 @@ import pandas as pd
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
 from crashsearch.lab.classes import check_cached
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset, validation_warning
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.campaign_space import campaign_space, keep_space
@@ -49,28 +50,37 @@ from crashsearch.tasks.heal import heal
 from crashsearch.tasks.record import Job, job_seed, one_line, utcnow
 
 REPLACEMENT_ASKS = 2  # turns mode: extra propose calls per policy and round to replace dropped proposals
+# A policy whose calls keep failing (rejected answers, API errors after its own retries) is asked
+# again after a backoff, this many times in a row, before the run goes on without it: a few bad
+# replies must not end a campaign as "exhausted".
+SIT_OUT_RETRIES = 5
 
 # ``wrap(name, fn)`` returns fn or a traced version of it (the flow makes Prefect tasks), so the
 # engine stays free of Prefect: "propose-<policy>", "heal".
 Wrap = Callable[[str, Callable], Callable]
 
 
-def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: list[str] | None) -> list[str]:
+def features_to_use(home: Home, dataset_name: str, dataset_arg: str, backbones: list[str] | None,
+                    dataset: Any = None) -> list[str]:
     """The backbones a campaign trains on (``backbones``, or every complete cache of the dataset),
-    after checking each is cached and every split has both classes (lab.classes). Raises
-    ValueError / ClassCheckError in one line; the CLI calls it before a flow starts, the engine
-    again when it starts."""
-    from crashsearch.lab.cache import list_cached
+    after checking each is cached and every split has both classes (lab.classes); with ``dataset``
+    (a loaded Dataset) also that each cache was extracted from it and holds all its videos. Raises
+    UserError / ClassCheckError / FeaturesNotFound in one line; the CLI calls it before a flow
+    starts (and before the campaign's lock), the engine again when it starts."""
+    from crashsearch.lab.cache import latest_partition, list_cached
 
     available = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c.get("complete", True)})
     wanted = list(backbones or available)
     extract = f"run `crashsearch extract --dataset {dataset_arg} --backbone NAME` first"
     if not available:
-        raise ValueError(f"no cached features for dataset {dataset_name!r}; {extract}")
+        raise UserError(f"no cached features for dataset {dataset_name!r}; {extract}")
     missing = sorted(set(wanted) - set(available))
     if missing:
-        raise ValueError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
+        raise UserError(f"no cached features for dataset {dataset_name!r} and backbone(s) {', '.join(missing)}; "
                          f"{extract} (cached: {', '.join(available)})")
+    if dataset is not None:  # another dataset's features under the same name, or videos missing: refused here
+        for backbone in wanted:
+            latest_partition(home, dataset_name, backbone, dataset)
     check_cached(home, dataset_name, wanted)  # every split has both classes, or no round starts
     return wanted
 
@@ -96,12 +106,14 @@ class Campaign:
     def __init__(self, home: Home, config: CampaignConfig, train_fn: Callable | None = None,
                  log: Callable[[str], None] | None = None, executor: Executor | None = None, wrap: Wrap = _plain,
                  reporter: Any = None):
-        from crashsearch.lab.cache import latest_partition, list_cached, load_features, weights_id
+        from crashsearch.lab.cache import latest_partition, load_features, weights_id
 
         self.home, self.config, self.wrap = home, config, wrap
         self.log, self.reporter = log or echo, reporter
         self.dataset = load_dataset(config.dataset)
         self.campaign = default_campaign_id(self.dataset.name) if config.campaign is None else config.campaign
+        # checked before the lock: a refused campaign leaves no folder behind
+        wanted = features_to_use(home, self.dataset.name, config.dataset, config.backbone_list, self.dataset)
         self.lock = CampaignLock(home.root, self.campaign).acquire()  # one writer per campaign (lab/lock.py)
         self.store = Store(home)
         self.budget, self.hours, self.seeds, self.seed = config.budget, config.hours, config.seeds, config.seed
@@ -137,7 +149,7 @@ class Campaign:
                 self.unavailable.append(one_line(str(exc)))
                 self.log(f"policy {name} unavailable: {one_line(str(exc))}")
         if not self.policies:
-            raise ValueError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
+            raise UserError(f"no policy can run: {'; '.join(self.unavailable) or 'none given'}")
         # a policy that cannot take overlapping calls is called (propose, observe) under its lock
         self.locks = {p.name: threading.Lock() for p in self.policies}
         self.advisors = [p for p in self.policies if type(p).diagnose is not Policy.diagnose]
@@ -169,6 +181,10 @@ class Campaign:
         self.round = int(self.history["round"].max()) + 1 if len(self.history) and self.history["round"].notna().any() else 0
         self.pipeline_stats: dict[str, Any] = {}
         self.bar = None
+        self.failed_calls: dict[str, int] = {}  # a policy's failed calls in a row (see SIT_OUT_RETRIES)
+        self.last_error: str | None = None  # the latest reason a policy came back empty
+        self._failed_at: dict[str, float] = {}  # when a policy's last counted failure came back (monotonic)
+        self._calls_lock = threading.Lock()  # ask() runs in proposal threads
         self.store.write_campaign(self.campaign, {
             **self._campaign_info(), "status": "running", "host": socket.gethostname(),
             "updated_at": utcnow().isoformat(), "propose_mode": config.propose_mode, "policy_args": policy_args,
@@ -200,14 +216,20 @@ class Campaign:
         finally:
             if self.bar is not None:
                 self.bar.close()
-            self._save_state()
+            if status == "finished" and self.recorded == 0:  # nothing recorded is never "finished"
+                status = "failed"
+                self.stop_line = self.stop_line or f"the run ended ({stopped}) with nothing recorded" + (
+                    f"; last error: {self.last_error}" if self.last_error else "")
+            # each step on its own: on a full disk the others still run, and the error that stopped
+            # the run is the one raised (not a second one chained to it)
+            self._try("save the policies' state", self._save_state)
             run = {"run": len(self.runs_before) + 1, "started_at": self.started_at, "finished_at": utcnow().isoformat(),
                    "new": self.new, "recorded": self.recorded, "extend": self.config.extend, "stopped": stopped,
                    "mode": self.config.propose_mode}
-            self.store.write_campaign(self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
-                                                      "status": "failed" if stopped == "failed" else status,
-                                                      "stop_reason": self.stop_line or None,
-                                                      "updated_at": utcnow().isoformat()})
+            self._try("record how the run ended in campaign.json", lambda: self.store.write_campaign(
+                self.campaign, {**self._campaign_info(), "runs": self.runs_before + [run],
+                                "status": "failed" if stopped == "failed" else status,
+                                "stop_reason": self.stop_line or None, "updated_at": utcnow().isoformat()}))
             try:  # one file per campaign keeps queries fast; safe while others read
                 self.store.compact(self.campaign)
             except Exception as exc:
@@ -216,10 +238,18 @@ class Campaign:
                 self.reporter.finish(self.recorded, stopped)
             try:
                 if status == "interrupted":  # summary.txt still tells what this run recorded (the CLI prints it)
-                    self._write_summary(stopped)
+                    self._try("write summary.txt", lambda: self._write_summary(stopped))
             finally:
                 self.lock.release()
         return self._write_summary(stopped)
+
+    def _try(self, what: str, step: Callable[[], Any]) -> None:
+        """Run a step of the run's ending; an OSError (a full disk) is logged, naming the file, not raised."""
+        try:
+            step()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            self.log(f"could not {what}: {where}{exc.strerror or exc}")
 
     def _write_summary(self, stopped: str) -> CampaignSummary:
         summary = self._summary(stopped)
@@ -246,8 +276,11 @@ class Campaign:
             if not jobs:
                 if self.release_reserve():
                     continue
-                self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
-                return "exhausted"
+                delay = self.retry_delay()
+                if delay is not None:  # a policy failed (rejected answer, API error): ask again after a backoff
+                    time.sleep(delay)
+                    continue
+                return self.nothing_to_propose()
             self.run_jobs(jobs)
             self._save_state()
             self.round += 1
@@ -368,6 +401,44 @@ class Campaign:
         """One proposal call (a task run named propose-<policy> in a flow); [] when the policy fails or sits out."""
         if n <= 0:
             return []
+        started = time.monotonic()
+        proposals, error = self._ask(policy, view, n)
+        with self._calls_lock:  # counted for retry_delay: an empty answer with an error is a failed call
+            if proposals or not error:
+                self.failed_calls[policy.name] = 0
+            else:
+                # calls that were out together when the API failed count once, not once each
+                if started >= self._failed_at.get(policy.name, -1.0):
+                    self.failed_calls[policy.name] = self.failed_calls.get(policy.name, 0) + 1
+                    self._failed_at[policy.name] = time.monotonic()
+                self.last_error = one_line(str(error), 300)
+        return proposals
+
+    def retry_delay(self, name: str | None = None) -> float | None:
+        """Seconds to wait before asking policy ``name`` (None: the earliest of all) again after failed
+        calls; None when it has not failed or has failed SIT_OUT_RETRIES times in a row (given up)."""
+        delays = []
+        for policy in self.policies:
+            failed = self.failed_calls.get(policy.name, 0)
+            if (name is None or policy.name == name) and 0 < failed < SIT_OUT_RETRIES:
+                base, cap = getattr(policy, "retry_base_s", 1.0), getattr(policy, "retry_max_s", 60.0)
+                delays.append(max(0.0, min(base * 2 ** (failed - 1), cap)))  # a negative option is no wait
+        return min(delays) if delays else None
+
+    def nothing_to_propose(self) -> str:
+        """Why the run stops when no policy proposes a new cell: "exhausted" only when the space is
+        (every cell tried or claimed) or a policy found nothing new; "failed" when every policy gave
+        up on errors (``stop_line`` names the last one)."""
+        gave_up = [p.name for p in self.policies if self.failed_calls.get(p.name, 0) >= SIT_OUT_RETRIES]
+        if len(self.deduper.seen) < self.space.size and len(gave_up) == len(self.policies):
+            self.stop_line = (f"every policy failed {SIT_OUT_RETRIES} calls in a row ({', '.join(gave_up)}); "
+                              f"last error: {self.last_error}")
+            self.log(self.stop_line)
+            return "failed"
+        self.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
+        return "exhausted"
+
+    def _ask(self, policy: Policy, view: HistoryView, n: int) -> tuple[list[Proposal], str | None]:
         call = self.wrap(f"propose-{policy.name}", _propose_call)
         try:
             if policy.concurrent_calls:
@@ -377,13 +448,14 @@ class Campaign:
                     proposals, error = call(policy, view, n)
         except Exception as exc:  # a broken policy sits out the round; the campaign goes on
             reraise_interrupt(exc)
+            error = f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}"
             self.sat_out[policy.name] = f"it failed: {type(exc).__name__}: {one_line(str(exc), 120)}"
-            self.log(f"policy {policy.name} failed to propose: {type(exc).__name__}: {one_line(str(exc), 200)}")
-            return []
+            self.log(error)
+            return [], error
         if not proposals and error:
             self.sat_out[policy.name] = f"it sat out: {one_line(str(error), 120)}"
             self.log(f"policy {policy.name} sits out round {self.round}: {one_line(str(error), 200)}")
-        return proposals
+        return proposals, error
 
     def claim(self, policy: Policy, proposals: list[Proposal], limit: int | None = None) -> list[Job]:
         """Validate, dedup and claim up to ``limit`` proposals; return their jobs (invalid ones are logged).
@@ -621,9 +693,8 @@ def _propose_call(policy: Policy, view: HistoryView, n: int) -> tuple[list[Propo
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """The one atomic writer (lab/_io.py): on a full disk its temp file is removed and the path named."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def resolve_device(device: str) -> str:

@@ -40,7 +40,7 @@ from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from crashsearch.agents.base import HistoryView, Policy
+from crashsearch.agents.base import Policy
 from crashsearch.lab.lock import ending_status
 from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.tasks.campaign.executor import LocalExecutor
@@ -106,6 +106,7 @@ class Pipeline:
         self.calls: dict[Future, _Call] = {}
         self.training: dict[Future, _Training] = {}
         self.idle_until: dict[str, int] = {}  # a policy whose call claimed nothing waits for a new result
+        self.retry_at: dict[str, float] = {}  # a policy whose call failed is asked again then (monotonic)
         self.latency: dict[str, float] = {}  # a policy's recent call duration (EWMA), seconds
         self.first_start: float | None = None  # when training first started
         self.started_jobs = 0
@@ -201,9 +202,10 @@ class Pipeline:
                     if not self.queue and c.release_reserve():  # too few leaders to replicate: room for new cells
                         self.idle_until.clear()
                         continue
-                    if not self.queue:  # nothing claimed, nothing coming: every policy waits for news that cannot come
-                        c.log("no new cells could be proposed: the (sub-)space is exhausted or every policy sat out")
-                        stopped = "exhausted"
+                    # nothing claimed, nothing coming: every policy waits for news that cannot come, unless
+                    # one failed and is asked again after its backoff
+                    if not self.queue and not self.retry_at:
+                        stopped = c.nothing_to_propose()
                         break
                 self._wait(self._next_deadline())
         except BaseException as exc:
@@ -233,6 +235,9 @@ class Pipeline:
         whichever comes first (None: wait for an event)."""
         left = self.c.time_left()
         deadline = None if left is None else max(0.0, left) + 1e-3
+        if self.retry_at:  # a failed policy's next call
+            retry = max(0.0, min(self.retry_at.values()) - time.monotonic()) + 1e-3
+            deadline = retry if deadline is None else min(retry, deadline)
         if not self.queue or len(self.training) >= self.trainers:
             return deadline
         oldest = min(q.since for q in self.queue)
@@ -262,6 +267,11 @@ class Pipeline:
         for policy in c.policies:
             name = policy.name
             while sum(1 for k in self.calls.values() if k.policy is policy) < self.max_calls[name]:
+                if name in self.retry_at:
+                    if self.retry_at[name] > time.monotonic():
+                        break  # its last call failed: ask again after the backoff
+                    del self.retry_at[name]
+                    self.idle_until.pop(name, None)  # the retry asks again, news or not
                 if self.idle_until.get(name, -1) >= c.new:
                     break  # its last call claimed nothing: ask again once a result has arrived
                 # demand when the answer arrives: the free part of its lookahead share plus what the
@@ -300,6 +310,11 @@ class Pipeline:
         limit = max(0, min(self.new_cell_room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
+        delay = self.c.retry_delay(name) if not proposals else None
+        if delay is not None:  # a failed call (rejected answer, API error): not a sign the space is exhausted
+            self.retry_at[name] = time.monotonic() + delay
+            return
+        self.retry_at.pop(name, None)  # answered, or given up on: no retry is pending (the loop's end test)
         if not jobs:
             self.idle_until[name] = self.c.new
         now = time.monotonic()
