@@ -77,6 +77,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def _thin(frame: pd.DataFrame, limit: int = MAX_LINE_POINTS) -> pd.DataFrame:
     if len(frame) <= limit:
         return frame

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import DEFAULT_SPACE, Space
@@ -30,7 +31,7 @@ from crashsearch.lab.space import DEFAULT_SPACE, Space
 SPACE_FILE = "space.yaml"
 
 
-class SpaceMismatch(ValueError):
+class SpaceMismatch(UserError):
     """A space whose digest differs from the one the campaign recorded; the message says what changed."""
 
 
