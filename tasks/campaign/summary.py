@@ -33,6 +33,7 @@ class CampaignSummary:
     stop_line: str = ""  # why a failed campaign stopped, one line
     mode: str = "turns"  # the propose mode
     pipeline: dict[str, Any] = field(default_factory=dict)  # busy fraction, staleness, ... (pipeline mode)
+    kept: tuple[int, int] = (0, 0)  # kept head files and their bytes (tasks/keep.py)
 
     @property
     def best_ap(self) -> float | None:
@@ -57,6 +58,9 @@ class CampaignSummary:
                 lines.append(f"hint: the trainers waited for proposals {p['starved_fraction']:.0%} of the time after "
                              f"their first batch; a larger --lookahead ({now}) or --max-calls-in-flight keeps them "
                              f"busier, at the price of staler proposals")
+        if self.kept[0]:
+            lines.append(f"kept weights: {self.kept[0]} heads, {self.kept[1] / 2**20:.2f} MiB under "
+                         f"{self.home / 'campaigns' / self.campaign / 'models'}")
         for line in self.unavailable:
             lines.append(f"unavailable: {line}")
         lines.append("policy        proposed  dedup-dropped  best val AP  tokens  cost $")

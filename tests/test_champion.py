@@ -1,0 +1,102 @@
+"""Kept weights, the champion package and predict: from a campaign to a detector run on new videos."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from crashsearch.flows.campaign import run_campaign
+from crashsearch.lab.cache import load_features
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.store import Store
+from crashsearch.models.registry import create_head
+from crashsearch.tasks.evaluate import evaluate_heads
+from crashsearch.tasks.keep import collect, kept_heads, parse_keep, save_head, top_cells
+
+TINY_SPACE = """
+name: tiny-champion
+groups:
+  arch:
+    backbone: [pixels]
+    encoder: [meanpool_mlp, gru]
+    size: [small]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.003, 0.01]
+    batch_size: [16, 32]
+  data:
+    window_s: [1.0, 2.0]
+    augment: [none]
+fixed:
+  epochs: 3
+  weight_decay: 0.01
+  class_balance: true
+  horizons_s: [0.5, 1.0, 1.5]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_home(synth_dataset, tmp_path_factory):
+    """A home with the session's tiny dataset's pixels features cached and a 64-cell space."""
+    from crashsearch.tasks.extract import extract_dataset
+
+    home = resolve_home(tmp_path_factory.mktemp("home"))
+    extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
+    space_path = home.root / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    return home, synth_dataset, str(space_path)
+
+
+def _head_from(kept, in_dim: int) -> torch.nn.Module:
+    cell = kept.meta["cell"]
+    head = create_head(cell["encoder"], cell["size"], in_dim)
+    head.load_state_dict(kept.state())
+    return head.eval()
+
+
+def test_keep_models_parses_numbers_all_and_zero():
+    assert parse_keep("all") is None and parse_keep(None) is None
+    assert parse_keep("0") == 0 and parse_keep(10) == 10
+    for bad in ("-1", "ten", "1.5"):
+        with pytest.raises(ValueError, match="whole number"):
+            parse_keep(bad)
+
+
+def test_a_campaign_keeps_one_model_slice_per_leader_and_reproduces_its_metrics(lab_home):
+    home, ds, space = lab_home
+    summary = run_campaign(home, ds.root, "c-keep", budget=10, round_size=5, space_path=space, seeds=2,
+                           keep_models=2, max_group=64)
+    df = Store(home).experiments("c-keep")
+    kept = kept_heads(home, "c-keep")
+    top = top_cells(df, 2)
+    assert len(top) == 2
+    ok = df[df["status"].isin(["ok", "healed"])]
+    # exactly the runs of the top 2 cells are kept, every replicate of them, nothing else
+    assert {k.experiment_id for k in kept} == set(ok.loc[ok["cell_id"].isin(top), "experiment_id"])
+    assert summary.kept[0] == len(kept) and summary.kept[1] > 0 and "kept weights:" in summary.format()
+    features = load_features(home, ds.name, "pixels")
+    by_id = df.set_index("experiment_id")
+    for k in kept:
+        row = by_id.loc[k.experiment_id]
+        assert k.cell_id == row["cell_id"] and k.seed == row["seed"] and k.meta["code_version"] == row["code_version"]
+        head = _head_from(k, features.dim)  # load_state_dict is strict: one model's shapes, not the stack
+        metrics = evaluate_heads(lambda x, m=None: head(x, m) if m is not None else head(x), features,
+                                 float(k.meta["cell"]["window_s"]))[0]
+        assert metrics["val_ap"] == pytest.approx(row["val_ap"], abs=1e-5)
+        assert metrics["test_ap"] == pytest.approx(row["test_ap"], abs=1e-5)
+
+
+def test_collect_removes_the_cells_that_left_the_top_k_and_leaves_unknown_runs(tmp_path):
+    home = resolve_home(tmp_path / "home")
+    folder = home.campaign("c") / "models"
+    state = {"w": torch.zeros(2)}
+    for eid, cell in (("e1", 1), ("e2", 2), ("e3", 3), ("e9", 9)):
+        save_head(folder, eid, state, {"experiment_id": eid, "cell_id": cell, "seed": 0, "cell": {}})
+    history = pd.DataFrame({"experiment_id": ["e1", "e2", "e3", "e4"], "cell_id": [1, 2, 3, 4],
+                            "status": ["ok"] * 4, "val_ap": [0.9, 0.5, 0.7, 0.8]})
+    removed = collect(home, "c", history, keep=2)  # top 2: cells 1 (0.9) and 4 (0.8)
+    assert sorted(p.name for p in removed) == ["e2.safetensors", "e3.safetensors"]
+    # e9's experiment is not in the history read (another worker's batch, not landed yet): kept
+    assert sorted(k.experiment_id for k in kept_heads(home, "c")) == ["e1", "e9"]
+    assert collect(home, "c", history, keep=None) == []  # all: nothing goes
