@@ -100,3 +100,64 @@ def test_collect_removes_the_cells_that_left_the_top_k_and_leaves_unknown_runs(t
     # e9's experiment is not in the history read (another worker's batch, not landed yet): kept
     assert sorted(k.experiment_id for k in kept_heads(home, "c")) == ["e1", "e9"]
     assert collect(home, "c", history, keep=None) == []  # all: nothing goes
+
+
+@pytest.fixture(scope="module")
+def campaign(lab_home):
+    """A tiny campaign that keeps the heads of its top 2 cells."""
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-champ", budget=8, round_size=4, space_path=space, seeds=2, keep_models=2)
+    return home, "c-champ"
+
+
+def test_champion_packages_the_leader_as_the_recorded_model(campaign, tmp_path, capsys):
+    import json
+
+    from crashsearch.flows.cli import main
+    from crashsearch.lab.leaderboard import leaderboard
+
+    home, cid = campaign
+    out = tmp_path / "pkg"
+    assert main(["champion", "--home", str(home.root), "--campaign", cid, "--out", str(out)]) == 0
+    assert "champion of c-champ" in capsys.readouterr().out
+    card = json.loads((out / "card.json").read_text())
+    df = Store(home).experiments(cid)
+    assert card["cell_id"] == int(leaderboard(df, 1).iloc[0]["cell_id"]) and card["scope"] == "full"
+    run = card["package_run"]
+    assert run["origin"] == "kept"
+    recorded = df.set_index("experiment_id").loc[run["experiment_id"]]
+    for key in ("val_ap", "test_ap", "test_auc"):  # the package is the recorded run's model
+        assert run["evaluated"][key] == pytest.approx(recorded[key], abs=1e-5)
+    replicates = df[df["cell_id"] == card["cell_id"]]
+    assert card["replicates"]["test_ap"]["n"] == len(replicates)
+    assert card["replicates"]["test_ap"]["mean"] == pytest.approx(replicates["test_ap"].mean())
+    assert card["onnx"]["exported"] and card["onnx"]["checked"] and card["onnx"]["max_abs_diff"] <= 1e-5
+    assert 0.0 <= card["threshold"]["value"] <= 1.0 and card["threshold"]["chosen_by"]
+    text = (out / "card.md").read_text()
+    assert "test AP" in text and "95% interval" in text and "N = " in text
+    assert {p.name for p in out.iterdir()} >= {"model.json", "head.safetensors", "head.onnx", "card.md", "card.json"}
+
+
+def test_a_cell_without_kept_weights_is_retrained_and_reproduces_its_val_ap(lab_home, tmp_path):
+    from crashsearch.tasks.champion import write_champion
+
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-nokeep", budget=4, round_size=4, space_path=space, seeds=1, keep_models=0)
+    assert kept_heads(home, "c-nokeep") == []
+    lines = []
+    card = write_champion(home, "c-nokeep", tmp_path / "pkg", log=lines.append)
+    run = card["package_run"]
+    assert run["origin"] == "retrained" and len(lines) == 1 and "retrained" in lines[0]
+    assert run["evaluated"]["val_ap"] == pytest.approx(run["recorded"]["val_ap"], abs=1e-4)
+    assert run["evaluated"]["test_ap"] == pytest.approx(run["recorded"]["test_ap"], abs=1e-4)
+
+
+def test_champion_of_an_unknown_cell_or_campaign_is_one_line(campaign, tmp_path, capsys):
+    from crashsearch.flows.cli import main
+
+    home, cid = campaign
+    assert main(["champion", "--home", str(home.root), "--campaign", cid, "--cell", "999999",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "cell 999999 has no successful run" in capsys.readouterr().err
+    assert main(["champion", "--home", str(home.root), "--campaign", "nope", "--out", str(tmp_path / "p")]) == 2
+    assert "nope" in capsys.readouterr().err
