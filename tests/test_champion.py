@@ -161,3 +161,54 @@ def test_champion_of_an_unknown_cell_or_campaign_is_one_line(campaign, tmp_path,
     assert "cell 999999 has no successful run" in capsys.readouterr().err
     assert main(["champion", "--home", str(home.root), "--campaign", "nope", "--out", str(tmp_path / "p")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def package(campaign, tmp_path_factory):
+    from crashsearch.tasks.champion import write_champion
+
+    home, cid = campaign
+    out = tmp_path_factory.mktemp("pkg") / "detector"
+    write_champion(home, cid, out, log=lambda *_: None)
+    return out
+
+
+def test_predict_gives_each_video_its_max_risk_and_alert_and_skips_an_unreadable_one(package, synth_dataset,
+                                                                                      tmp_path, capsys):
+    import json
+
+    from crashsearch.flows.cli import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    one = synth_dataset.videos[0].path
+    out, plots = tmp_path / "pred.json", tmp_path / "plots"
+    code = main(["predict", "--model", str(package), str(broken), str(one), str(synth_dataset.root),
+                 "--out", str(out), "--plots", str(plots)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert sum("broken.mp4" in line for line in err.splitlines()) == 1 and "cannot open video" in err
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 + len(synth_dataset.videos)
+    threshold = json.loads((package / "model.json").read_text())["threshold"]
+    for row in rows:
+        assert 0.0 <= row["max_risk"] <= 1.0
+        assert (row["alert_s"] is not None) == (row["max_risk"] >= threshold)
+    labelled = [r for r in rows if "label" in r]
+    assert len(labelled) == len(synth_dataset.videos)
+    for r in labelled:
+        if r["event_s"] is not None and r["alert_s"] is not None:
+            assert r["margin_s"] == pytest.approx(r["event_s"] - r["alert_s"], abs=1e-3)
+    assert "AP of max_risk" in err
+    assert len(list(plots.glob("*.png"))) == len(rows)
+
+
+def test_predict_with_nothing_readable_exits_non_zero_in_one_line(package, tmp_path, capsys):
+    from crashsearch.flows.cli import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    assert main(["predict", "--model", str(package), str(broken)]) == 1
+    assert "no video could be predicted" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path), str(broken)]) == 2
+    assert "not a model package" in capsys.readouterr().err
