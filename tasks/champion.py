@@ -44,8 +44,9 @@ from crashsearch.tasks.keep import kept_heads
 REPRODUCE_TOLERANCE = 1e-4  # |val AP retrained - recorded|: float rounding of a different group, not a new model
 ONNX_TOLERANCE = 1e-5  # max |logit onnxruntime - logit torch| on the test windows
 MIN_PRECISION = 0.9
-THRESHOLD_RULE = (f"the highest recall at precision >= {MIN_PRECISION} on the validation split (the largest such "
-                  f"threshold), else the F1 optimum; a video's score is its highest risk at least the shortest "
+THRESHOLD_RULE = (f"the highest recall at precision >= {MIN_PRECISION} on the validation split, else the F1 "
+                  f"optimum, placed halfway between the lowest validation score it alerts on and the next lower "
+                  f"one (the same validation counts); a video's score is its highest risk at least the shortest "
                   f"horizon before its event (negatives: before the clip end)")
 
 
@@ -186,7 +187,9 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, dic
     else:
         best = int(np.argmax(f1))
         rule = f"F1 optimum (no threshold reaches precision {MIN_PRECISION})"
-    return float(thresholds[best]), {"rule": rule, "precision": float(precision[best]),
+    # halfway down to the next lower score: the same validation counts, less tied to the last positive's score
+    value = (thresholds[best] + thresholds[best + 1]) / 2 if best + 1 < len(thresholds) else thresholds[best]
+    return float(value), {"rule": rule, "precision": float(precision[best]),
                                      "recall": float(recall[best]), "f1": float(f1[best])}
 
 
