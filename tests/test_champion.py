@@ -285,3 +285,60 @@ def test_a_campaign_ends_in_a_detector_that_warns_before_collisions_on_unseen_vi
           f"before the event, median margin {np.median(early) if early else float('nan'):.2f} s")
     assert ap >= labels.mean() + 0.25  # well above chance (measured: 1.000 against 0.500)
     assert len(early) >= len(positives) // 2 and np.median(early) > 0  # measured: 32/32, median 0.47 s
+
+
+def _random_features(n: int = 24, steps: int = 12, dim: int = 16):
+    import numpy as np
+
+    from crashsearch.lab.features import FeatureSet
+
+    g = torch.Generator().manual_seed(0)
+    split = np.array(["train", "val", "test"] * (n // 3))
+    real = torch.full((n,), 2.75)
+    real[::4] = 1.0  # short clips: their windows carry a mask
+    return FeatureSet("rand", "pixels", torch.randn(n, steps, dim, generator=g), (torch.arange(n) % 2).float(), split,
+                      torch.arange(-steps + 1, 1) / 4.0, [f"v{i}" for i in range(n)], 4.0, "none", {}, real)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", __import__("crashsearch.models.registry", fromlist=["x"]).list_encoders())
+def test_every_encoder_exports_to_onnx_within_1e5_or_says_why(encoder, tmp_path):
+    from crashsearch.tasks.champion import card_markdown, export_onnx
+
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    head = create_head(encoder, "small", 16).eval()
+    result = export_onnx(head, _random_features(), 2.0, tmp_path / "head.onnx")
+    if result["exported"]:
+        assert result["checked"] and result["max_abs_diff"] <= 1e-5 and result["within_tolerance"]
+        assert (tmp_path / "head.onnx").is_file()
+    else:  # the card says so and the package keeps the state dict
+        assert result["reason"] and not (tmp_path / "head.onnx").exists()
+        line = [ln for ln in card_markdown(_card_with(result, encoder)).splitlines() if "ONNX" in ln][0]
+        assert f"the {encoder} head does not export" in line and "head.safetensors" in line
+
+
+def _card_with(onnx: dict, encoder: str) -> dict:
+    stats = {"mean": 0.5, "n": 1, "ci_lo": None, "ci_hi": None}
+    cell = {"backbone": "pixels", "encoder": encoder, "size": "small", "loss": "bce", "lr": 0.01, "batch_size": 16,
+            "window_s": 1.0, "augment": "none"}
+    return {"campaign": "c", "cell_id": 1, "cell": cell, "rank": 1, "scope": "full",
+            "replicates": {"val_ap": stats, "test_ap": stats, "test_auc": stats},
+            "package_run": {"experiment_id": "e", "seed": 0, "origin": "kept", "code_version": "v",
+                            "recorded": {"test_ap": 0.5}, "evaluated": {"test_ap": 0.5, "test_auc": 0.5, "val_ap": 0.5}},
+            "threshold": {"value": 0.5, "rule": "r", "chosen_by": "r", "val_precision": 1.0, "val_recall": 1.0,
+                          "val_f1": 1.0},
+            "data": {"dataset": "d", "path": "p", "splits": {"test": {"videos": 1, "positives": 1}}},
+            "backbone": {"name": "pixels", "weights": "random", "random": True},
+            "features": {"step_hz": 4.0, "clip_frames": 4, "decode_fps": 8.0, "horizons_s": [0.5]},
+            "onnx": onnx, "code_version": {"run": "v", "package": "v"}}
+
+
+def test_the_card_says_in_bold_when_the_backbone_weights_are_random():
+    from crashsearch.tasks.champion import card_markdown
+
+    card = _card_with({"exported": True, "checked": False, "reason": "onnxruntime is not installed: not checked"},
+                      "gru")
+    assert "**The backbone pixels has RANDOM weights" in card_markdown(card)
+    card["backbone"] = {"name": "vjepa2_vitl", "weights": "facebook/vjepa2-vitl-fpc64-256", "random": False}
+    assert "RANDOM" not in card_markdown(card)
