@@ -52,6 +52,9 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
                                     policies=tuple(p.strip() for p in control_policies.split(",") if p.strip()),
                                     space_path=space, device=device)
         print(f"control arms: {', '.join(controls) or 'none could run'}")
+    from crashsearch.flows.champion import nightly_champion
+
+    nightly_champion(home, campaign_id)  # before the report, which links its card
     analysis = analyze_flow(campaign=campaign_id, home=home)
     print(f"nightly {campaign_id}: {result['recorded']} experiments, best val AP {result['best_ap']}; "
           f"report {analysis['report']}")

@@ -114,6 +114,13 @@ def write_champion(home: Home, campaign: str, out: str | Path, cell_id: int | No
 # ---- choosing and getting the head --------------------------------------------------------
 
 
+def leader_cell(home: Home, campaign: str) -> int | None:
+    """The campaign's leading cell id in the champion's scope (None: no successful run yet)."""
+    rows, _ = _scoped_rows(home, Store(home), campaign)
+    board = leaderboard(rows, k=1)
+    return None if board.empty else int(board.iloc[0]["cell_id"])
+
+
 def _scoped_rows(home: Home, store: Store, campaign: str) -> tuple[pd.DataFrame, str]:
     """The campaign's rows after its latest bug fix ("post-bugfix"), or all of them ("full")."""
     rows = store.experiments(campaign)

@@ -342,3 +342,26 @@ def test_the_card_says_in_bold_when_the_backbone_weights_are_random():
     assert "**The backbone pixels has RANDOM weights" in card_markdown(card)
     card["backbone"] = {"name": "vjepa2_vitl", "weights": "facebook/vjepa2-vitl-fpc64-256", "random": False}
     assert "RANDOM" not in card_markdown(card)
+
+
+@pytest.mark.slow
+def test_nightly_writes_the_champion_when_the_leader_changes_and_the_report_links_its_card(campaign, capsys):
+    import json
+
+    from crashsearch.analysis.report import build_report
+    from crashsearch.flows.champion import nightly_champion
+
+    home, cid = campaign
+    card_md = nightly_champion(home, cid)
+    folder = home.campaign(cid) / "champion"
+    assert card_md == str(folder / "card.md") and (folder / "head.safetensors").is_file()
+    written = (folder / "card.json").stat().st_mtime_ns
+    assert nightly_champion(home, cid) == card_md and "unchanged" in capsys.readouterr().out
+    assert (folder / "card.json").stat().st_mtime_ns == written  # same leader: not rewritten
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "cell_id": -1}))  # as if another cell had led
+    nightly_champion(home, cid)
+    assert json.loads((folder / "card.json").read_text())["cell_id"] == card["cell_id"]
+    assert not any(p.name.startswith(".champion") for p in folder.parent.iterdir())
+    build_report(Store(home).experiments(cid), home.campaign(cid) / "report", n_boot=10)
+    assert "[model card](../champion/card.md)" in (home.campaign(cid) / "report" / "report.md").read_text()
