@@ -365,3 +365,20 @@ def test_nightly_writes_the_champion_when_the_leader_changes_and_the_report_link
     assert not any(p.name.startswith(".champion") for p in folder.parent.iterdir())
     build_report(Store(home).experiments(cid), home.campaign(cid) / "report", n_boot=10)
     assert "[model card](../champion/card.md)" in (home.campaign(cid) / "report" / "report.md").read_text()
+
+
+def test_a_distributed_worker_keeps_the_leaders_in_the_shared_home_by_the_campaigns_setting(lab_home):
+    from crashsearch.flows.train_batch import train_batch_fn
+    from crashsearch.lab.space import Space
+    from crashsearch.tasks.record import Job
+
+    home, ds, space_path = lab_home
+    space = Space.load(space_path)
+    cells = [space.cell(i) for i in (0, 5, 9)]
+    Store(home).write_campaign("c-dist", {"keep_models": 1})  # what the campaign process writes for --keep-models 1
+    summary = train_batch_fn(str(home.root), "c-dist", ds.name, [Job(c, seed=i).to_dict() for i, c in enumerate(cells)],
+                             space_path, device="cpu")
+    assert len(summary["recorded"]) == 3
+    df = Store(home).experiments("c-dist")
+    (leader,) = top_cells(df, 1)  # the leaderboard's first cell (ties: lab.leaderboard's order)
+    assert [k.experiment_id for k in kept_heads(home, "c-dist")] == list(df.loc[df["cell_id"] == leader, "experiment_id"])
