@@ -12,13 +12,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.tasks.errors import stopping
 from crashsearch.tasks.heal import rule_fix
+from crashsearch.tasks.keep import Keeper
 from crashsearch.tasks.record import Job, make_row, one_line, utcnow
 
 
@@ -35,7 +36,7 @@ class BatchContext:
 
 
 def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: Store,
-              train_fn: Callable | None = None) -> list[dict]:
+              train_fn: Callable | None = None, keeper: Any = None) -> list[dict]:
     """Train ``jobs`` (same backbone) and append their rows to the store. Returns the rows
     (failed ones with an extra ``traceback`` key that is not stored).
 
@@ -72,7 +73,7 @@ def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: S
                                  train_seconds=result.train_seconds, eval_seconds=result.eval_seconds,
                                  params=result.params, peak_mem_mb=result.peak_mem_mb, device=result.device, **common))
     store.append(ctx.campaign, rows, ctx.space)
-    _keep(rows, results, features, ctx, store)
+    _keep(rows, results, features, ctx, keeper or Keeper(store, ctx.campaign, ctx.keep_models))
     # tracebacks ride along for the healer (an LLM advisor reads them) but are not history columns
     for row, result in zip(rows, results):
         if isinstance(result, BaseException):
@@ -80,16 +81,14 @@ def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: S
     return rows
 
 
-def _keep(rows: list[dict], results: list, features: FeatureSet, ctx: BatchContext, store: Store) -> None:
+def _keep(rows: list[dict], results: list, features: FeatureSet, ctx: BatchContext, keeper: Keeper) -> None:
     """Keep the leaders' head weights (tasks.keep); a failure to keep them is one line, never a lost batch."""
     if ctx.keep_models == 0:
         return
-    from crashsearch.tasks.keep import keep_batch
-
     meta = {"dataset": ctx.dataset, "backbone_weights": features.weights, "in_dim": features.dim,
             "step_hz": features.step_hz}
     try:
-        keep_batch(store, ctx.campaign, rows, results, meta, ctx.keep_models)
+        keeper.keep_batch(rows, results, meta)
     except Exception as exc:  # noqa: BLE001 - the rows are recorded; weights are a convenience on top
         print(f"could not keep the weights of batch {rows[0]['experiment_id']}...: {one_line(str(exc), 200)}",
               file=sys.stderr)

@@ -18,6 +18,7 @@ for a later collection, so concurrent workers on a shared home never delete each
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -119,19 +120,51 @@ def top_cells(rows: Any, keep: int | None) -> set[int]:
     return {int(c) for c in board["cell_id"]}
 
 
+HISTORY_COLUMNS = ["experiment_id", "cell_id", "status", "val_ap"]
+
+
+class Keeper:
+    """Keeps one campaign's leaders' heads across batches (``keep_batch``, thread-safe).
+
+    The campaign's ranking columns are read from the store once and then grown with each batch's
+    rows: in one process (the campaign's own, which holds its lock) every batch passes through
+    here, so no batch pays a query. A distributed worker makes one Keeper per batch (one query).
+    """
+
+    def __init__(self, store: Any, campaign: str, keep: int | None):
+        self.store, self.campaign, self.keep = store, campaign, keep
+        self._history: Any = None
+        self._lock = threading.Lock()
+
+    def keep_batch(self, rows: list[dict], results: Iterable[Any], meta: Mapping[str, Any]) -> None:
+        """Save the heads of a recorded batch whose cells are in the top ``keep``, then collect the
+        folder. ``rows`` and ``results`` are run_batch's, in the same order; ``meta`` goes into every
+        file's metadata (dataset, weights, ...)."""
+        if self.keep == 0:
+            return
+        import pandas as pd
+
+        with self._lock:
+            if self._history is None:  # the rows are in the store already: the query holds them
+                self._history = self.store.query(
+                    "SELECT experiment_id, cell_id, status, val_ap FROM experiments WHERE campaign = ?", [self.campaign])
+            else:
+                new = pd.DataFrame([{k: r.get(k) for k in HISTORY_COLUMNS} for r in rows], columns=HISTORY_COLUMNS)
+                new = new[~new["experiment_id"].isin(self._history["experiment_id"])]
+                self._history = pd.concat([self._history, new], ignore_index=True) if len(self._history) else new
+            _save_and_collect(self.store.home, self.campaign, self._history, rows, results, meta, self.keep)
+
+
 def keep_batch(store: Any, campaign: str, rows: list[dict], results: Iterable[Any], meta: Mapping[str, Any],
                keep: int | None) -> None:
-    """Save the heads of a recorded batch whose cells are in the top ``keep``, then collect the folder.
+    """``Keeper.keep_batch`` for one batch (reads the campaign's ranking from the store)."""
+    Keeper(store, campaign, keep).keep_batch(rows, results, meta)
 
-    ``rows`` and ``results`` are run_batch's rows and train results, in the same order; ``meta``
-    is added to every file's metadata (dataset, code version, ...).
-    """
-    if keep == 0:
-        return
-    history = store.query("SELECT experiment_id, cell_id, status, val_ap FROM experiments WHERE campaign = ?",
-                          [campaign])
+
+def _save_and_collect(home: Home, campaign: str, history: Any, rows: list[dict], results: Iterable[Any],
+                      meta: Mapping[str, Any], keep: int | None) -> None:
     top = top_cells(history, keep)
-    folder = models_dir(store.home, campaign)
+    folder = models_dir(home, campaign)
     for row, result in zip(rows, results):
         state = getattr(result, "state", None)
         if state is None or int(row["cell_id"]) not in top or row["status"] not in ("ok", "healed"):
@@ -142,7 +175,7 @@ def keep_batch(store: Any, campaign: str, rows: list[dict], results: Iterable[An
             "cell": cell, "seed": int(row["seed"]), "code_version": row["code_version"],
             "val_ap": row.get("val_ap"), "test_ap": row.get("test_ap")
         })
-    collect(store.home, campaign, history, keep)
+    collect(home, campaign, history, keep)
 
 
 def collect(home: Home, campaign: str, history: Any, keep: int | None) -> list[Path]:
