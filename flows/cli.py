@@ -17,7 +17,7 @@ from crashsearch.lab.settings import resolve_home
 
 INTERRUPTED = "interrupted; finished experiments are kept"
 # commands that only read the home: they never create a folder in it
-READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
+READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog", "predict")
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
