@@ -351,8 +351,15 @@ def test_nightly_writes_the_champion_when_the_leader_changes_and_the_report_link
     from crashsearch.analysis.report import build_report
     from crashsearch.flows.champion import nightly_champion
 
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
     home, cid = campaign
-    card_md = nightly_champion(home, cid)
+    card_md = flow(name="champion-test")(nightly_champion)(home, cid)  # as the nightly flow calls it
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["c-champ-champion"])))
+    assert artifacts and artifacts[0].type == "markdown" and "# Collision detector" in artifacts[0].data
     folder = home.campaign(cid) / "champion"
     assert card_md == str(folder / "card.md") and (folder / "head.safetensors").is_file()
     written = (folder / "card.json").stat().st_mtime_ns
