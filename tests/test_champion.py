@@ -389,3 +389,24 @@ def test_a_distributed_worker_keeps_the_leaders_in_the_shared_home_by_the_campai
     df = Store(home).experiments("c-dist")
     (leader,) = top_cells(df, 1)  # the leaderboard's first cell (ties: lab.leaderboard's order)
     assert [k.experiment_id for k in kept_heads(home, "c-dist")] == list(df.loc[df["cell_id"] == leader, "experiment_id"])
+
+
+@pytest.mark.slow
+def test_after_a_bug_fix_the_champion_is_the_post_fix_leader_and_the_card_says_so(lab_home, tmp_path):
+    from datetime import datetime, timezone
+
+    from crashsearch.lab.leaderboard import leaderboard
+    from crashsearch.lab.versions import bugfix_events, declare_bugfix, post_bugfix
+    from crashsearch.tasks.champion import write_champion
+
+    home, ds, space = lab_home
+    run_campaign(home, ds.root, "c-scope", budget=4, round_size=4, space_path=space, seeds=1, keep_models="all")
+    declare_bugfix(home, "the loss was wrong", campaign="c-scope", at=datetime.now(timezone.utc).isoformat())
+    run_campaign(home, ds.root, "c-scope", budget=8, round_size=4, space_path=space, seeds=1, keep_models="all")
+    df = Store(home).experiments("c-scope")
+    after = post_bugfix(df, bugfix_events(home, "c-scope"))
+    assert 0 < len(after) < len(df)
+    card = write_champion(home, "c-scope", tmp_path / "pkg", log=lambda *_: None)
+    assert card["scope"] == "post-bugfix" and card["cell_id"] == int(leaderboard(after, 1).iloc[0]["cell_id"])
+    assert card["package_run"]["experiment_id"] in set(after["experiment_id"])
+    assert "post-bugfix scope" in (tmp_path / "pkg" / "card.md").read_text()
