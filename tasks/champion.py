@@ -92,7 +92,7 @@ def write_champion(home: Home, campaign: str, out: str | Path, cell_id: int | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_state(out / STATE_FILE, head)
-    onnx = export_onnx(head, features, window_s, out / ONNX_FILE)
+    onnx = export_onnx(head, features, window_s, out / ONNX_FILE, min(horizons))
     model = {
         "format": PACKAGE_FORMAT, "campaign": campaign, "cell_id": int(cell_id), "cell": cell.to_dict(),
         "encoder": cell["encoder"], "size": cell["size"], "in_dim": features.dim, "window_s": window_s,
@@ -203,11 +203,12 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, dic
 # ---- ONNX ---------------------------------------------------------------------------------
 
 
-def export_onnx(head: torch.nn.Module, features: FeatureSet, window_s: float, path: Path) -> dict[str, Any]:
-    """Export the head to ``path`` and check it on the test windows; returns what the card says of it:
+def export_onnx(head: torch.nn.Module, features: FeatureSet, window_s: float, path: Path,
+                horizon: float = 0.5) -> dict[str, Any]:
+    """Export the head to ``path`` and check it on the test windows ending ``horizon`` seconds before the
+    event (short clips' padding masked); returns what the card says of it:
     {"exported", "reason" (if not), "checked", "max_abs_diff", "tolerance"}."""
     rows = features.indices("test")[:256]
-    horizon = 0.5 if features.has_history(rows, 0.5).all() else 1.5
     x = features.window(rows, horizon, window_s).cpu().float()  # (B, T, D)
     mask = features.window_mask(rows, horizon, window_s)
     mask = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.cpu()

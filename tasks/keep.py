@@ -169,10 +169,9 @@ def _save_and_collect(home: Home, campaign: str, history: Any, rows: list[dict],
         state = getattr(result, "state", None)
         if state is None or int(row["cell_id"]) not in top or row["status"] not in ("ok", "healed"):
             continue
-        cell = {k: v for k, v in result.cell.to_dict().items()}
         save_head(folder, row["experiment_id"], state, {
             **meta, "experiment_id": row["experiment_id"], "campaign": campaign, "cell_id": int(row["cell_id"]),
-            "cell": cell, "seed": int(row["seed"]), "code_version": row["code_version"],
+            "cell": result.cell.to_dict(), "seed": int(row["seed"]), "code_version": row["code_version"],
             "val_ap": row.get("val_ap"), "test_ap": row.get("test_ap")
         })
     collect(home, campaign, history, keep)
