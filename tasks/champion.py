@@ -143,7 +143,9 @@ def _head_state(home: Home, campaign: str, runs: pd.DataFrame, cell, features: F
     from crashsearch.tasks.train import TrainResult, train_batch
 
     run = runs.iloc[0]
-    result = train_batch([cell], features, [int(run["seed"])], fixed=space.fixed, device="cpu")[0]
+    # where the run trained, when this machine has it: another device's float rounding is not the run's
+    device = "cuda" if str(run.get("device") or "").startswith("cuda") and torch.cuda.is_available() else "cpu"
+    result = train_batch([cell], features, [int(run["seed"])], fixed=space.fixed, device=device)[0]
     if not isinstance(result, TrainResult):
         raise ValueError(f"retraining cell {cell.id} (seed {int(run['seed'])}) failed: {result}")
     got, want = result.metrics["val_ap"], float(run["val_ap"])
