@@ -32,7 +32,8 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
                  rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "pipeline",
                  policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int | None = None,
                  trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
-                 distributed: str | None = None, max_in_flight: int = 4, dispatch_timeout_s: float = 1800.0, keep_models: str | int | None = 10,
+                 distributed: str | None = None, max_in_flight: int = 4, dispatch_timeout_s: float = 1800.0,
+                 keep_models: str | int | None = 10,
                  control_budget: int = 0, control_policies: str = "random,tpe") -> dict:
     """Campaign, then control arms if ``control_budget`` > 0, then analyze.
 
