@@ -92,7 +92,7 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int | None = None,
                      trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
                      distributed: str | None = None, max_in_flight: int = 4,
-                     dispatch_timeout_s: float = 1800.0) -> dict:
+                     dispatch_timeout_s: float = 1800.0, keep_models: str | int | None = 10) -> dict:
     """Prefect flow body: run or resume a campaign; while it runs, its progress, leaderboard and
     per-policy counts show as artifacts of the flow run (flows/progress.py).
 

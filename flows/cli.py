@@ -17,7 +17,7 @@ from crashsearch.lab.settings import resolve_home
 
 INTERRUPTED = "interrupted; finished experiments are kept"
 # commands that only read the home: they never create a folder in it
-READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
+READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog", "predict")
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -93,6 +93,18 @@ def cmd_benchmark(args) -> int:
     from crashsearch.flows.benchmark import main as benchmark_main
 
     return benchmark_main(args)
+
+
+def cmd_champion(args) -> int:
+    from crashsearch.flows.champion import main as champion_main
+
+    return champion_main(args)
+
+
+def cmd_predict(args) -> int:
+    from crashsearch.flows.predict import main as predict_main
+
+    return predict_main(args)
 
 
 def cmd_status(args) -> int:
@@ -213,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")
 
     p = command("status", cmd_status, "running and recent campaigns")
+
+    p = command("champion", cmd_champion, "package a campaign's leader as a detector: ONNX head, state dict, "
+                                          "feature spec, alert threshold and model card")
+    p.add_argument("--campaign", required=True)
+    p.add_argument("--cell", type=int, default=None, help="the cell id to package (default: the leader)")
+    p.add_argument("--out", required=True, help="the package folder")
+
+    p = command("predict", cmd_predict, "run a packaged detector on videos: per video max risk and alert time")
+    p.add_argument("--model", required=True, help="a package folder written by `crashsearch champion`")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders of videos, or a dataset manifest")
+    p.add_argument("--out", default=None, help="write the results to FILE.csv or FILE.json (default: print)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="one PNG per video: risk over time, threshold, event")
+    p.add_argument("--device", default="auto", help="backbone device: auto, cpu, cuda")
     return parser
 
 

@@ -33,6 +33,7 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
                  policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int | None = None,
                  trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
                  distributed: str | None = None, max_in_flight: int = 4, dispatch_timeout_s: float = 1800.0,
+                 keep_models: str | int | None = 10,
                  control_budget: int = 0, control_policies: str = "random,tpe") -> dict:
     """Campaign, then control arms if ``control_budget`` > 0, then analyze.
 
@@ -52,6 +53,9 @@ def nightly_flow(dataset: str, campaign: str | None = None, home: str | None = N
                                     policies=tuple(p.strip() for p in control_policies.split(",") if p.strip()),
                                     space_path=space, device=device)
         print(f"control arms: {', '.join(controls) or 'none could run'}")
+    from crashsearch.flows.champion import nightly_champion
+
+    nightly_champion(home, campaign_id)  # before the report, which links its card
     analysis = analyze_flow(campaign=campaign_id, home=home)
     print(f"nightly {campaign_id}: {result['recorded']} experiments, best val AP {result['best_ap']}; "
           f"report {analysis['report']}")

@@ -130,7 +130,9 @@ def train_batch_fn(home: str, campaign: str, dataset: str, jobs: list[dict], spa
 
         code_version = current_version()
     features = cached_features(h, dataset, backbones[0], dev)
-    ctx = BatchContext(campaign, dataset, space, code_version, dev)
+    info = next((c for c in store.campaigns() if c["id"] == campaign), {})
+    ctx = BatchContext(campaign, dataset, space, code_version, dev,
+                       keep_models=info.get("keep_models", 10))  # the campaign's --keep-models, from campaign.json
     rows = run_batch(todo, features, ctx, store, train_fn)
     late = set(store.skipped)
     summary["recorded"] = [r["experiment_id"] for r in rows if r["experiment_id"] not in late]

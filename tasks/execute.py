@@ -8,17 +8,19 @@ rows are in the store when it returns, so a crash loses at most the batch in fli
 """
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.tasks.errors import stopping
 from crashsearch.tasks.heal import rule_fix
-from crashsearch.tasks.record import Job, make_row, utcnow
+from crashsearch.tasks.keep import Keeper
+from crashsearch.tasks.record import Job, make_row, one_line, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,11 @@ class BatchContext:
     space: Space
     code_version: str
     device: str
+    keep_models: int | None = 10  # heads kept for the top K cells (None: all, 0: none); tasks.keep
 
 
 def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: Store,
-              train_fn: Callable | None = None) -> list[dict]:
+              train_fn: Callable | None = None, keeper: Any = None) -> list[dict]:
     """Train ``jobs`` (same backbone) and append their rows to the store. Returns the rows
     (failed ones with an extra ``traceback`` key that is not stored).
 
@@ -70,11 +73,25 @@ def run_batch(jobs: list[Job], features: FeatureSet, ctx: BatchContext, store: S
                                  train_seconds=result.train_seconds, eval_seconds=result.eval_seconds,
                                  params=result.params, peak_mem_mb=result.peak_mem_mb, device=result.device, **common))
     store.append(ctx.campaign, rows, ctx.space)
+    _keep(rows, results, features, ctx, keeper or Keeper(store, ctx.campaign, ctx.keep_models))
     # tracebacks ride along for the healer (an LLM advisor reads them) but are not history columns
     for row, result in zip(rows, results):
         if isinstance(result, BaseException):
             row["traceback"] = _trimmed_traceback(result)
     return rows
+
+
+def _keep(rows: list[dict], results: list, features: FeatureSet, ctx: BatchContext, keeper: Keeper) -> None:
+    """Keep the leaders' head weights (tasks.keep); a failure to keep them is one line, never a lost batch."""
+    if ctx.keep_models == 0:
+        return
+    meta = {"dataset": ctx.dataset, "backbone_weights": features.weights, "in_dim": features.dim,
+            "step_hz": features.step_hz}
+    try:
+        keeper.keep_batch(rows, results, meta)
+    except Exception as exc:  # noqa: BLE001 - the rows are recorded; weights are a convenience on top
+        print(f"could not keep the weights of batch {rows[0]['experiment_id']}...: {one_line(str(exc), 200)}",
+              file=sys.stderr)
 
 
 def _trimmed_traceback(error: BaseException, lines: int = 40) -> str:

@@ -37,7 +37,7 @@ import math
 import resource
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -77,6 +77,8 @@ class TrainResult:
     device: str
     group_size: int = 1  # how many models trained together with this one (itself included)
     epochs: int = 0
+    # this model's own head weights (its slice of the group's stack, on the CPU): what tasks.keep saves
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,16 @@ class StackedHeads:
         return self._train_masked(self.params(self.flat), self.buffers, windows, mask)
 
     @torch.no_grad()
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        """Each model's own state dict (parameters and buffers), cloned to the CPU: one model's slice of
+        the stack, loadable into ``create_head`` of its cell."""
+        flat = self.flat.detach().cpu()  # one device->host copy for the whole group
+        params = self.params(flat)
+        buffers = {n: b.detach().cpu() for n, b in self.buffers.items()}
+        return [{**{n: p[m].clone() for n, p in params.items()}, **{n: b[m].clone() for n, b in buffers.items()}}
+                for m in range(flat.shape[0])]
+
+    @torch.no_grad()
     def score(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D), mask (B, T) or (M, B, T) -> (M, B) logits, evaluation mode."""
         if self.base.training:
@@ -554,6 +566,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     device_name = f"cuda:{dev.index or 0} {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
+    states = heads.states()
     out: list[TrainResult | TrainingError] = []
     for m, (cell, seed, step) in enumerate(zip(cells, seeds, failed_at.tolist())):
         if step >= 0:  # the chunk, as the model's own epoch and step
@@ -566,7 +579,7 @@ def _train_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
             out.append(TrainResult(cell=cell, seed=seed, metrics=metrics[m],
                                    train_seconds=train_seconds / n_models, eval_seconds=eval_seconds / n_models,
                                    params=int(heads.flat.shape[1]), peak_mem_mb=peak, device=device_name,
-                                   group_size=n_models, epochs=epochs_run))
+                                   group_size=n_models, epochs=epochs_run, state=states[m]))
     return out
 
 

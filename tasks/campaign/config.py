@@ -75,11 +75,20 @@ class CampaignConfig:
     max_in_flight: int = _f(4, "distributed: batches dispatched at once")
     dispatch_timeout_s: float = _f(1800.0, "distributed: re-dispatch a batch not recorded this long after a "
                                            "worker took it", flag="--dispatch-timeout", metavar="SECONDS")
+    keep_models: str | int | None = _f(10, "keep the head weights of the top K cells by mean validation AP (a number, "
+                                           "'all' or 0), garbage-collected as the leaders change (tasks/keep.py)",
+                                       metavar="K")
     control_budget: int = _f(0, "nightly: control arms (each policy alone) with this budget; 0: none",
                              scope="nightly", flag=None)
     control_policies: str = _f("random,tpe", "nightly: the control arms' policies", scope="nightly", flag=None)
 
     def __post_init__(self) -> None:
+        from crashsearch.tasks.keep import parse_keep  # light: no torch at import
+
+        try:  # "all" (None) or a whole number >= 0, as the flag and a flow parameter may give it
+            object.__setattr__(self, "keep_models", parse_keep(self.keep_models))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         problems = self.problems()
         if problems:
             raise UserError("; ".join(problems))

@@ -47,6 +47,7 @@ from crashsearch.tasks.dedup import Deduper
 from crashsearch.tasks.execute import BatchContext
 from crashsearch.tasks.failfast import FailFast, SystematicFailure
 from crashsearch.tasks.heal import heal
+from crashsearch.tasks.keep import disk_use
 from crashsearch.tasks.record import Job, job_seed, one_line, utcnow
 
 REPLACEMENT_ASKS = 2  # turns mode: extra propose calls per policy and round to replace dropped proposals
@@ -136,7 +137,8 @@ class Campaign:
             self.features = {}
             self.weights = {b: weights_id(latest_partition(home, self.dataset.name, b, self.dataset).meta) for b in wanted}
         self.version = code_version()
-        ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device)
+        ctx = BatchContext(self.campaign, self.dataset.name, self.space, self.version, self.device,
+                           keep_models=config.keep_models)
         self.executor: Executor = executor or LocalExecutor(self.features, ctx, self.store, train_fn)
 
         self.policies: list[Policy] = []
@@ -622,6 +624,7 @@ class Campaign:
                 "policies": [p.name for p in self.policies],
                 "budget": self.budget, "extend": self.config.extend, "hours": self.hours, "seeds": self.seeds,
                 "weights": self.weights, "recorded": self.recorded, "pid": os.getpid(),
+                "keep_models": self.config.keep_models,  # distributed workers read it (flows/train_batch.py)
                 "dedup_dropped": self._dedup_totals()}
 
     def _dedup_totals(self) -> dict[str, dict[str, int]]:
@@ -667,7 +670,8 @@ class Campaign:
             failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=self.code_bugs,
             unavailable=self.unavailable, weights=self.weights, mode=self.config.propose_mode, pipeline=stats,
             stop_line=self.stop_line, notes=notes + self._short_shares(),
-            min_runs=min_runs if len(confirmed) and len(confirmed) < len(board) else 1, extend=self.config.extend)
+            min_runs=min_runs if len(confirmed) and len(confirmed) < len(board) else 1, extend=self.config.extend,
+            kept=disk_use(self.home, self.campaign))
 
     def _short_shares(self) -> list[str]:
         """One line per policy that claimed fewer new cells in this run than its even share, and why."""

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Protocol
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.tasks.execute import BatchContext, run_batch
+from crashsearch.tasks.keep import Keeper
 from crashsearch.tasks.record import Job
 
 
@@ -44,7 +45,9 @@ class LocalExecutor:
     def __init__(self, features: dict, ctx: BatchContext, store: Store, train_fn: Callable | None = None):
         self.features, self.ctx, self.train_fn = features, ctx, train_fn
         self.store = store if isinstance(store, SerialStore) else SerialStore(store.home)
+        self.keeper = Keeper(self.store, ctx.campaign, ctx.keep_models)  # the leaders' heads, one ranking read
 
     def run(self, batches: list[list[Job]]) -> Iterator[tuple[list[Job], list[dict]]]:
         for batch in batches:
-            yield batch, run_batch(batch, self.features[batch[0].cell["backbone"]], self.ctx, self.store, self.train_fn)
+            yield batch, run_batch(batch, self.features[batch[0].cell["backbone"]], self.ctx, self.store, self.train_fn,
+                                   keeper=self.keeper)

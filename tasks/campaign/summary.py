@@ -38,6 +38,7 @@ class CampaignSummary:
     notes: list[str] = field(default_factory=list)  # warnings: a tiny validation split, a policy short of its share
     min_runs: int = 1  # the leaderboard lists only cells with at least this many runs (others left out)
     extend: int | None = None  # the run's --extend allowance
+    kept: tuple[int, int] = (0, 0)  # kept head files and their bytes (tasks/keep.py)
 
     @property
     def best_ap(self) -> float | None:
@@ -63,6 +64,9 @@ class CampaignSummary:
                 lines.append(f"hint: the trainers waited for proposals {p['starved_fraction']:.0%} of the time after "
                              f"their first batch; a larger --lookahead ({now}) or --max-calls-in-flight keeps them "
                              f"busier, at the price of staler proposals")
+        if self.kept[0]:
+            lines.append(f"kept weights: {self.kept[0]} heads, {self.kept[1] / 2**20:.2f} MiB under "
+                         f"{self.home / 'campaigns' / self.campaign / 'models'}")
         for line in self.unavailable:
             lines.append(f"unavailable: {line}")
         for line in self.notes:

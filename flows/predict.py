@@ -1,0 +1,70 @@
+"""``crashsearch predict``: run a packaged detector on videos (tasks/predict.py) and write or print the table."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from crashsearch.lab.errors import UserError
+from crashsearch.lab._io import atomic_write
+
+
+def summary_line(predictions, threshold: float) -> str | None:
+    """With labels (a manifest): AP of max_risk, and the share of positives alerted before their event
+    with the median margin. None without labels."""
+    from crashsearch.tasks.evaluate import average_precision
+
+    labelled = [p for p in predictions if p.label is not None]
+    if not labelled:
+        return None
+    labels = np.array([p.label for p in labelled])
+    ap = average_precision([p.max_risk for p in labelled], labels)
+    positives = [p for p in labelled if p.label == 1 and p.event_s is not None]
+    early = [p.margin_s for p in positives if p.margin_s is not None and p.margin_s > 0]
+    false_alerts = sum(1 for p in labelled if p.label == 0 and p.alert_s is not None)
+    margin = f", median margin {np.median(early):.2f} s" if early else ""
+    return (f"AP of max_risk {ap:.4f} over {len(labelled)} labelled videos ({int(labels.sum())} positive, chance "
+            f"{labels.mean():.3f}); alerts before the event: {len(early)}/{len(positives)} positives{margin}; "
+            f"{false_alerts}/{int((labels == 0).sum())} negatives alerted (threshold {threshold:.4f})")
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    """Write rows to .csv or .json atomically. Raises ValueError for another suffix."""
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        data = (json.dumps(rows, indent=1) + "\n").encode()
+    elif suffix == ".csv":
+        import pandas as pd
+
+        data = pd.DataFrame(rows).to_csv(index=False).encode()
+    else:
+        raise UserError(f"--out {out}: write .csv or .json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(data))
+
+
+def main(args) -> int:
+    from crashsearch.tasks.predict import predict
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise UserError(f"--out {out}: write .csv or .json")
+    run = predict(args.model, args.paths, plots=args.plots, device=args.device)
+    rows = [p.row() for p in run.predictions]
+    if out is not None and rows:
+        write_table(rows, out)
+    elif rows:
+        import pandas as pd
+
+        print(pd.DataFrame(rows).to_string(index=False, na_rep=""))
+    if not rows:
+        print(f"predict: no video could be predicted ({len(run.failures)} failed)", file=sys.stderr)
+        return 1
+    line = summary_line(run.predictions, run.threshold)
+    print(f"predicted {len(rows)} videos ({len(run.failures)} failed) in {run.seconds:.1f} s "
+          f"({run.videos_per_s:.2f} videos/s)" + (f" -> {out}" if out else ""), file=sys.stderr)
+    if line:
+        print(line, file=sys.stderr)
+    return 0
