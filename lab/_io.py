@@ -60,7 +60,7 @@ def read_json(path: Path) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        log.warning("%s is unreadable (%s); treated as missing", path, exc)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+        log.warning("%s is unreadable (%s); treated as missing", path, str(exc)[:120])
         return None
     return data if isinstance(data, dict) else None

@@ -30,6 +30,7 @@ import pandas as pd
 
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.lab.bounds import skip_entry
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.console import echo, progress_bar
 from crashsearch.lab.datasets import load_dataset
@@ -456,9 +457,17 @@ class Campaign:
         except (OSError, json.JSONDecodeError) as exc:
             self.log(f"ignoring unreadable policy state {self.state_path}: {exc}")
             return
+        saved = state.get("policies") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            skip_entry(self.state_path, "entry 'policies'", "not an object; the policies start afresh")
+            return
         for policy in self.policies:
-            if policy.name in state.get("policies", {}):
-                policy.set_state(state["policies"][policy.name])
+            if policy.name not in saved:
+                continue
+            try:  # one bad entry (an older version's, a hand edit) costs that policy its memory, not the run
+                policy.set_state(saved[policy.name])
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                skip_entry(self.state_path, f"entry 'policies.{policy.name}'", f"{one_line(str(exc))}; it starts afresh")
 
     def _save_state(self) -> None:
         policies = {}
