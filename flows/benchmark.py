@@ -20,7 +20,7 @@ from crashsearch.analysis import policy_benchmark as pb
 from crashsearch.analysis.history import parse_baseline
 from crashsearch.analysis.surrogate import SurrogateError
 from crashsearch.lab._io import atomic_write
-from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.settings import Home, check_output_path, resolve_home
 from crashsearch.lab.space import Space, SpaceError
 from crashsearch.lab.store import Store
 from crashsearch.tasks.benchmark import BenchmarkRuns, run_benchmark
@@ -51,6 +51,8 @@ def benchmark(campaign: str, home: str | Path | Home | None = None, policies: st
     SpaceError with one line for a user's mistake.
     """
     h = home if isinstance(home, Home) else resolve_home(home)
+    if out:  # before any work: a refused --out costs nothing
+        check_output_path(h, out)
     sp = Space.load(space)
     names = policies.split(",") if isinstance(policies, str) else list(policies)
     history = load_history(h, campaign, sp)
