@@ -53,6 +53,8 @@ def benchmark(campaign: str, home: str | Path | Home | None = None, policies: st
     h = home if isinstance(home, Home) else resolve_home(home)
     if out:  # before any work: a refused --out costs nothing
         check_output_path(h, out)
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"--out {out}: is a file; the benchmark writes a folder of files")
     sp = Space.load(space)
     names = policies.split(",") if isinstance(policies, str) else list(policies)
     history = load_history(h, campaign, sp)

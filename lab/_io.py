@@ -57,6 +57,8 @@ def fsync_dir(folder: Path) -> None:
 def read_json(path: Path) -> dict | None:
     """The JSON object in ``path``, or None if it is missing, unreadable or not an object."""
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+            raise ValueError("not a regular file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None

@@ -68,18 +68,30 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def problems(info: dict) -> list[tuple[str, str]]:
-    """(key, why) for each known key of ``info`` whose value is outside its domain (None is always allowed)."""
-    out = []
+NUMBERS = ("budget", "extend", "seeds", "recorded", "pid", "hours")  # kept as checked: 1500.0 reads as 1500
+
+
+def _checked(info: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """(``info`` with its numbers normalised and its bad entries left out, (key, why) per bad entry)."""
+    out, found = dict(info), []
     for key, check in CHECKS.items():
         value = info.get(key)
         if value is None:
             continue
         try:
-            check(value, key)
+            checked = check(value, key)
         except ValueError as exc:
-            out.append((key, str(exc)))
-    return out
+            found.append((key, str(exc)))
+            del out[key]
+            continue
+        if key in NUMBERS:
+            out[key] = checked
+    return out, found
+
+
+def problems(info: dict) -> list[tuple[str, str]]:
+    """(key, why) for each known key of ``info`` whose value is outside its domain (None is always allowed)."""
+    return _checked(info)[1]
 
 
 def check_info(info: dict) -> None:
@@ -91,7 +103,7 @@ def check_info(info: dict) -> None:
 
 def readable_info(info: dict, path: Path) -> dict:
     """``info`` without its entries outside their domain; each left-out entry is named once (lab.bounds.skip_entry)."""
-    found = problems(info)
+    clean, found = _checked(info)
     for key, why in found:
         skip_entry(path, f"entry {key!r}", why)
-    return {k: v for k, v in info.items() if k not in dict(found)}
+    return clean

@@ -52,7 +52,7 @@ def cli_main(args) -> int:
         if command == "export":
             if Path(args.out).suffix.lower() != ".parquet":
                 raise ValueError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
-            check_output_path(store.home, args.out)
+            check_output_file(store.home, Path(args.out))
             path = export(store, args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
             return 0
@@ -81,7 +81,7 @@ def _cli_query(store: Store, args) -> int:
         suffix = out.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise ValueError(f"--out {out}: use a .csv or .parquet file name")
-        check_output_path(store.home, out)
+        check_output_file(store.home, out)
     frame = store.query(args.sql, timeout=getattr(args, "timeout", None))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,13 @@ def _cli_query(store: Store, args) -> int:
         return 0
     print(_table_text(frame))
     return 0
+
+
+def check_output_file(home, out: Path) -> None:
+    """Raise ValueError (one line) for an --out that is a folder or lies where outputs do not belong."""
+    check_output_path(home, out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; name the file to write")
 
 
 def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:

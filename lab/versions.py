@@ -326,7 +326,7 @@ def _as_utc(value) -> pd.Timestamp:
 def cli_bugfix(args) -> int:
     """``crashsearch bugfix --note TEXT [--campaign ID] [--version V | --at TIME]`` or ``bugfix --list``."""
     home = args.home_dir
-    if getattr(args, "remove", None):
+    if getattr(args, "remove", None) is not None:  # --remove "" is a mistake, not a declaration
         return _cli_remove(home, args)
     if getattr(args, "list", False):
         if getattr(args, "campaign", None):

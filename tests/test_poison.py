@@ -173,6 +173,7 @@ def test_an_event_is_removed_by_a_recorded_removal_that_every_reader_applies(pop
     assert keep["id"] in listed and f"{typo['id']}  removed" in listed and "declared by mistake" in listed
     assert "already removed" in cli_error(capsys, "bugfix", "--home", str(home.root), "--remove", typo["id"])
     assert f"events: {keep['id']}, {typo['id']}" in cli_error(capsys, "bugfix", "--home", str(home.root), "--remove", "nope")
+    assert "no bug-fix event ''" in cli_error(capsys, "bugfix", "--home", str(home.root), "--remove", "", "--note", "x")
     assert "--remove takes only --note" in cli_error(capsys, "bugfix", "--home", str(home.root), "--remove", keep["id"],
                                                      "--at", "2025-01-01")
     assert len((home.root / "bugfix_events.jsonl").read_text().splitlines()) == 3
@@ -187,11 +188,13 @@ def test_a_campaign_json_with_bad_entries_is_read_without_them_named_once(popula
     info = json.loads(path.read_text())
     # what an older version or a hand edit may leave: every known key out of its domain
     path.write_text(json.dumps({**info, "budget": int(HUGE), "pid": int(HUGE), "created_at": "3000-01-01T00:00:00Z",
-                                "runs": "x", "dedup_dropped": {"random": 5}, "hours": "soon", "custom": [1, 2]}))
+                                "runs": "x", "dedup_dropped": {"random": 5}, "hours": "soon", "custom": [1, 2],
+                                "seeds": 3.0}))
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
             (c1,) = populated.campaigns()
             assert c1["dataset"] == "synth-day" and c1["status"] == "finished" and c1["custom"] == [1, 2]
+            assert c1["seeds"] == 3 and isinstance(c1["seeds"], int)  # a whole float reads as the count it is
             assert not {"budget", "pid", "created_at", "runs", "dedup_dropped", "hours"} & set(c1)
         board = populated.leaderboard()
         view = populated.query("SELECT id, budget, status FROM campaigns")
@@ -293,6 +296,12 @@ def test_outputs_inside_the_home_are_refused_except_under_reports(populated, hom
                  ["synth", "--videos", "2", "--out", str(home.campaigns / "ghost")]):
         err = cli_error(capsys, *args, "--home", h)
         assert "refusing to write inside the home" in err, (args, err)
+    # found by the hostile pass: a folder as a file (a rename error naming the temp file) and a file
+    # as the benchmark's folder (refused only after the whole benchmark ran)
+    (tmp_path / "folder.csv").mkdir()
+    assert "is a folder" in cli_error(capsys, "query", "SELECT 1 AS x", "--out", str(tmp_path / "folder.csv"), "--home", h)
+    (tmp_path / "afile").write_text("")
+    assert "is a file" in cli_error(capsys, "benchmark", "--campaign", "c1", "--out", str(tmp_path / "afile"), "--home", h)
     assert manifest.read_text() == "id,time_of_event,time_of_alert,target\n1,,,0\n"
     assert not (home.campaigns / "newdir").exists() and not (home.campaigns / "ghost").exists()
     assert not (home.root / "cache").exists()

@@ -454,8 +454,8 @@ class Campaign:
             return
         try:
             state = json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            self.log(f"ignoring unreadable policy state {self.state_path}: {exc}")
+        except (OSError, ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested beyond reason
+            skip_entry(self.state_path, "the file", f"unreadable: {one_line(str(exc))}; the policies start afresh")
             return
         saved = state.get("policies") if isinstance(state, dict) else None
         if not isinstance(saved, dict):
