@@ -45,6 +45,7 @@ from crashsearch.agents.prompt import (
     trim_traceback,
 )
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.bounds import check_int, check_number
 from crashsearch.lab.space import Cell, InvalidCell, Space
 
 log = logging.getLogger("crashsearch.agents")
@@ -546,8 +547,14 @@ class LLMPolicy(Policy):
             return {"usage": asdict(self._usage)}
 
     def set_state(self, state: dict) -> None:
+        """Restore ``get_state()``. Raises ValueError naming a total that is not a count (or dollars)."""
         saved = state.get("usage") or {}
-        self._usage = Usage(**{k: v for k, v in saved.items() if k in Usage.__dataclass_fields__})
+        if not isinstance(saved, dict):
+            raise ValueError(f"usage {str(saved)[:60]!r} is not an object")
+        # checked here: a bad total would fail the first budget check of the resumed run instead
+        totals = {k: (check_number(v, f"usage.{k}", 0.0) if k == "cost_usd" else check_int(v, f"usage.{k}", 0))
+                  for k, v in saved.items() if k in Usage.__dataclass_fields__}
+        self._usage = Usage(**totals)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, role={self.role!r})"

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from crashsearch.analysis.convergence import power_law
+from crashsearch.lab._io import atomic_write
 
 DPI = 110
 MAX_LINE_POINTS = 2000
@@ -73,7 +74,8 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    # a temp file renamed over the target: a reader never sees half a figure, a hard link keeps its file
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format=path.suffix.lstrip(".") or "png"))
     return path
 
 

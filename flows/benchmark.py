@@ -20,7 +20,7 @@ from crashsearch.analysis import policy_benchmark as pb
 from crashsearch.analysis.history import parse_baseline
 from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.settings import Home, check_output_path, resolve_home
 from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -52,6 +52,10 @@ def benchmark(campaign: str, home: str | Path | Home | None = None, policies: st
     SpaceError with one line for a user's mistake.
     """
     h = home if isinstance(home, Home) else resolve_home(home)
+    if out:  # before any work: a refused --out costs nothing
+        check_output_path(h, out)
+        if Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"--out {out}: is a file; the benchmark writes a folder of files")
     sp, _ = campaign_space(h, campaign, space)  # no --space: the campaign's own (an import keeps it)
     names = policies.split(",") if isinstance(policies, str) else list(policies)
     history = load_history(h, campaign, sp)

@@ -189,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bugfix", cmd_bugfix, "declare a bug-fix event (default: the current code version fixes a bug, "
                                       "for every campaign), or list the events")
-    p.add_argument("--note", default=None, help="what was fixed (required unless --list)")
+    p.add_argument("--note", default=None, help="what was fixed (required unless --list); with --remove: why")
     p.add_argument("--campaign", default=None, help="the one campaign the fix concerns (default: all campaigns)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--version", default=None, metavar="V",
                       help="rows recorded with code version V, and any version first seen after it, are post-fix")
     when.add_argument("--at", default=None, metavar="TIME", help="rows finished at or after TIME (ISO 8601) are post-fix")
     p.add_argument("--list", action="store_true", help="show the events (with --campaign: those that concern it)")
+    p.add_argument("--remove", default=None, metavar="EVENT_ID",
+                   help="withdraw an event (a typo): recorded in the log, which keeps the event; --note says why")
 
     p = command("analyze", cmd_analyze, "statistics and the report for a campaign")
     p.add_argument("--campaign", required=True)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from crashsearch.lab.lock import campaign_liveness
+from crashsearch.lab.bounds import skip_entry
 from crashsearch.lab.settings import Home
 from crashsearch.lab.store import Store
 
@@ -39,11 +40,20 @@ def _in_flight(home: Home, campaign: str, store: Store) -> int:
     path = home.campaigns / campaign / INFLIGHT_FILE
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError):  # missing, or damaged (not UTF-8, not JSON)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, RecursionError) as exc:  # damaged: not UTF-8, not JSON, nested beyond reason
+        skip_entry(path, "the file", f"unreadable: {str(exc)[:80]}")
         return 0
     runs = doc.get("runs") if isinstance(doc, dict) else None
-    ids = [i for run in (runs if isinstance(runs, list) else []) if isinstance(run, dict)
-           for i in (run.get("experiment_ids") if isinstance(run.get("experiment_ids"), list) else [])
+    if not isinstance(runs, list):
+        skip_entry(path, "entry 'runs'", "not a list")
+        runs = []
+    bad = [n for n, run in enumerate(runs) if not isinstance(run, dict) or not isinstance(run.get("experiment_ids"), list)]
+    if bad:
+        skip_entry(path, f"entry 'runs[{bad[0]}]'" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""),
+                   "not a dispatched batch with a list of experiment_ids")
+    ids = [i for n, run in enumerate(runs) if n not in bad for i in run["experiment_ids"]
            if isinstance(i, str)]  # a damaged file counts what it still says, never fails the status
     if not ids:
         return 0

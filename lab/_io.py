@@ -57,10 +57,12 @@ def fsync_dir(folder: Path) -> None:
 def read_json(path: Path) -> dict | None:
     """The JSON object in ``path``, or None if it is missing, unreadable or not an object."""
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+            raise ValueError("not a regular file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        log.warning("%s is unreadable (%s); treated as missing", path, exc)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+        log.warning("%s is unreadable (%s); treated as missing", path, str(exc)[:120])
         return None
     return data if isinstance(data, dict) else None

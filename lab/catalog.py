@@ -45,12 +45,13 @@ import duckdb
 
 from crashsearch.lab._io import fsync_dir
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.bounds import TIME_MAX, TIME_MIN
 from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "history.duckdb"
-CATALOG_VERSION = 2  # bump when the views change: ensure() rebuilds files of another version
+CATALOG_VERSION = 3  # bump when the views change: ensure() rebuilds files of another version
 STORAGE_VERSION = "v1.0.0"  # oldest DuckDB that can open the file
 LOG_GLOB = "campaigns/*/log/part-*.parquet"  # Store.log_files, as a DuckDB glob
 
@@ -195,29 +196,45 @@ def view_sql(root: Path) -> dict[str, str]:
             CASE WHEN json_type(info, '$.policies') = 'ARRAY'
                  THEN array_to_string(from_json(json_extract(info, '$.policies'), '["VARCHAR"]'), ',')
                  ELSE json_extract_string(info, '$.policies') END AS policies,
-            CASE WHEN json_type(info, '$.budget') IN ('BIGINT', 'UBIGINT')
-                 THEN CAST(json_extract_string(info, '$.budget') AS BIGINT) END AS budget,
+            CASE WHEN json_type(info, '$.budget') IN ('BIGINT', 'UBIGINT')  -- lab/campaign_info.py: 1..int64
+                 AND TRY_CAST(json_extract_string(info, '$.budget') AS BIGINT) >= 1
+                 THEN TRY_CAST(json_extract_string(info, '$.budget') AS BIGINT) END AS budget,
             TRY_CAST(json_extract_string(info, '$.created_at') AS TIMESTAMPTZ) AS created_at,
             TRY_CAST(json_extract_string(info, '$.updated_at') AS TIMESTAMPTZ) AS updated_at,
             CAST(info AS VARCHAR) AS info
         FROM one ORDER BY id"""
 
-    # bugfix_events.jsonl, one event per line (lab/versions.py); malformed lines are skipped.
+    # bugfix_events.jsonl, one event or removal per line (lab/versions.py): the same lines as
+    # versions.read_events accepts (times within lab.bounds' range), less the removed events.
     line = "json_extract_string(line, '$.{}')"
+    in_range = f"BETWEEN {_sql_time(TIME_MIN)} AND {_sql_time(TIME_MAX)}"
     bugfix_events = f"""
+        WITH entries AS (
+            SELECT line, TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared
+            FROM (SELECT unnest(string_split(content, chr(10))) AS line
+                  FROM read_text({_sql_text(f'{root}/bugfix_events.jsonl')}))
+            WHERE json_valid(line) AND json_type(line) = 'OBJECT'),
+        good AS (SELECT line FROM entries WHERE declared {in_range}),
+        removed AS (
+            SELECT {line.format('removes')} AS id FROM good
+            WHERE json_type(line, '$.removes') = 'VARCHAR' AND {line.format('removes')} <> '')
         SELECT CAST(coalesce({line.format('id')}, '') AS VARCHAR) AS id,
                CAST(nullif({line.format('version')}, '') AS VARCHAR) AS version,
                CAST(coalesce({line.format('note')}, '') AS VARCHAR) AS note,
                TRY_CAST({line.format('declared_at')} AS TIMESTAMPTZ) AS declared_at,
                TRY_CAST({line.format('at')} AS TIMESTAMPTZ) AS at,
                CAST(nullif({line.format('campaign')}, '') AS VARCHAR) AS campaign
-        FROM (SELECT unnest(string_split(content, chr(10))) AS line
-              FROM read_text({_sql_text(f'{root}/bugfix_events.jsonl')}))
-        WHERE json_valid(line) AND json_type(line) = 'OBJECT' AND declared_at IS NOT NULL
+        FROM good
+        WHERE json_extract(line, '$.removes') IS NULL
           AND (nullif({line.format('at')}, '') IS NULL
-               OR TRY_CAST({line.format('at')} AS TIMESTAMPTZ) IS NOT NULL)  -- a bad time: the line is skipped
+               OR TRY_CAST({line.format('at')} AS TIMESTAMPTZ) {in_range})  -- a bad time: the line is skipped
+          AND coalesce({line.format('id')}, '') NOT IN (SELECT id FROM removed)
         ORDER BY declared_at"""
     return {"experiments": experiments, "campaigns": campaigns, "bugfix_events": bugfix_events}
+
+
+def _sql_time(value) -> str:
+    return f"TIMESTAMPTZ '{value.strftime('%Y-%m-%d %H:%M:%S')}+00'"
 
 
 def _sql_text(value: str) -> str:

@@ -221,6 +221,8 @@ def _read_table_file(path: Path) -> pd.DataFrame:
     """The rows of a .csv/.tsv/.txt or .parquet file; raises ValueError (one line) naming the file."""
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    if not path.is_file():  # a device or pipe would be read until memory runs out, or forever
+        raise UserError(f"{path}: not a regular file; import reads a .csv or .parquet file")
     try:
         if path.suffix.lower() == ".parquet":
             return pq.read_table(path).to_pandas()

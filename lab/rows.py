@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.bounds import TIME_MAX, TIME_MIN, TIME_RANGE
 from crashsearch.lab.schema import METRICS, STATUSES
 from crashsearch.lab.space import Space
 
@@ -120,6 +121,7 @@ def clean_table(table: pa.Table, campaign: str, schema: pa.Schema) -> pa.Table:
         if pc.any(bad).as_py():
             first = pc.index(bad, True).as_py()
             raise UserError(f"row {first} column {name}: {values[first].as_py()!r} is not a score in [0, 1]")
+    _check_domains(table)
     if pc.count_distinct(table["experiment_id"]).as_py() != table.num_rows:
         raise UserError("column experiment_id: the table repeats an id")
     columns = []
@@ -132,6 +134,24 @@ def clean_table(table: pa.Table, campaign: str, schema: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _check_domains(table: pa.Table) -> None:
+    """Raise ValueError naming the row and column of an infinite number or a time outside lab.bounds' range."""
+    for name in table.column_names:
+        column = table[name]
+        if pa.types.is_floating(column.type):
+            bad = pc.fill_null(pc.is_inf(column), False)
+        elif pa.types.is_timestamp(column.type):
+            low, high = (pa.scalar(t, pa.timestamp("us", tz="UTC")) for t in (TIME_MIN, TIME_MAX))
+            us = pc.cast(column, pa.timestamp("us", tz=column.type.tz or "UTC"), safe=False)
+            bad = pc.fill_null(pc.or_(pc.less(us, low), pc.greater(us, high)), False)
+        else:
+            continue
+        if pc.any(bad).as_py():
+            first = pc.index(bad, True).as_py()
+            raise UserError(f"row {first} column {name}: {column[first].as_py()!r} is out of range "
+                             f"(numbers must be finite, times in {TIME_RANGE})")
 
 
 def arrow_value(value: Any, kind: pa.DataType) -> Any:
@@ -162,6 +182,8 @@ def arrow_value(value: Any, kind: pa.DataType) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"expected a number, got {type(value).__name__} {value!r}")
         value = float(value)
+        if math.isinf(value):  # readers average and rank these: an inf would top or sink every figure
+            raise UserError(f"{value} is not a finite number")
         return None if math.isnan(value) else value
     if pa.types.is_timestamp(kind):
         if isinstance(value, str):
@@ -175,6 +197,8 @@ def arrow_value(value: Any, kind: pa.DataType) -> Any:
             raise UserError(f"expected a datetime, got {type(value).__name__} {value!r}")
         if value.tzinfo is None:
             raise UserError(f"{value.isoformat()} has no time zone; give UTC times (datetime.now(timezone.utc))")
+        if not TIME_MIN <= value <= TIME_MAX:  # the analysis computes in pandas nanoseconds
+            raise UserError(f"{value.isoformat()} is out of range: times must lie in {TIME_RANGE}")
         return value.astimezone(timezone.utc)
     raise UserError(f"unsupported column type {kind}")
 

@@ -5,6 +5,8 @@ Layout under the home (``--home DIR``, else ``$CRASHSEARCH_HOME``, else ``./cras
     datasets/<name>/          videos and manifests (synthetic or linked real data)
     cache/<dataset>/<backbone>/<spec hash>/   Parquet feature cache
     campaigns/<campaign id>/  experiment log (Parquet), state, report
+    reports/, benchmarks/     what users ask commands to write (query --out, benchmark): the only
+                              folders of the home a user-named output may go to
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from crashsearch.lab.errors import UserError
 
 DEFAULT_HOME = "crashsearch-data"
+OUTPUT_FOLDERS = ("reports", "benchmarks")
 
 
 @dataclass(frozen=True)
@@ -66,3 +69,22 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
         except OSError as exc:  # a path the user gave that cannot be a folder (/proc/..., under a file)
             raise UserError(f"cannot create the home {root}: {exc.strerror or exc}") from None
     return Home(root, create)
+
+
+def check_output_path(home: Home, out: str | os.PathLike, flag: str = "--out",
+                      allowed: tuple[str, ...] = OUTPUT_FOLDERS) -> Path:
+    """Return ``out`` as a Path; raise UserError (one line) when it lies inside the home other than
+    under one of the ``allowed`` folders (default OUTPUT_FOLDERS; a synthetic dataset: datasets/).
+
+    Links are resolved first, so a symlink into the log is refused too (a hard link cannot be seen
+    from its path: writers rename a temp file over the target, which leaves the other name's file
+    alone). The allowed folders are taken literally: a link named reports/ that points into
+    campaigns/ does not make campaigns/ writable."""
+    root = Path(os.path.realpath(home.root))
+    target = Path(os.path.realpath(out))
+    if target != root and root not in target.parents:
+        return Path(out)
+    if any(root / name in target.parents for name in allowed):
+        return Path(out)
+    raise UserError(f"{flag} {out}: refusing to write inside the home {root} (its history, datasets and caches "
+                     f"live there); choose a path outside it or under {root / allowed[0]}/")

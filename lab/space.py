@@ -12,7 +12,9 @@ but keeps the parent's ids, so histories from both stay comparable.
 from __future__ import annotations
 
 import math
+import os
 import random
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -153,6 +155,38 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_SPACE_BYTES = 1 << 20  # the 108,000-cell space is 2 KB; a space file of a megabyte is a mistake
+
+
+def _read_space_file(path: Path) -> bytes:
+    """The bytes of a space file; raises SpaceError (one line) unless it is a regular file of at most
+    MAX_SPACE_BYTES (/dev/zero, a FIFO or a disk image would otherwise be read until memory runs out)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below as not a regular file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SpaceError(f"space file not found: {path}") from None
+    except IsADirectoryError:
+        raise SpaceError(f"{path}: is a folder, not a space file") from None
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot open ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SpaceError(f"{path}: is a folder, not a space file")
+        if not stat.S_ISREG(info.st_mode):
+            raise SpaceError(f"{path}: not a regular file (a device, pipe or socket); a space is a YAML file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_SPACE_BYTES + 1)
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPACE_BYTES:
+        raise SpaceError(f"{path}: larger than {MAX_SPACE_BYTES // 1024} KB; a space file is a short YAML list of axes")
+    return data
+
+
 def _expanded_size(node: yaml.Node, sizes: dict) -> int:
     """Nodes in ``node`` with every alias expanded (shared nodes counted each time they appear)."""
     key = id(node)
@@ -216,19 +250,15 @@ class Space:
     def load(cls, path: str | Path | None = None) -> "Space":
         """Read a space YAML (default: the collision space). Raises SpaceError naming the bad key."""
         path = Path(path) if path else DEFAULT_SPACE
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise SpaceError(f"space file not found: {path}") from None
-        except IsADirectoryError:
-            raise SpaceError(f"{path}: is a folder, not a space file") from None
+        data = _read_space_file(path)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise SpaceError(f"{path}: line {line} is not UTF-8 text") from None
-        loader = _StrictLoader(text)
+        loader = None
         try:
+            loader = _StrictLoader(text)  # its reader refuses control characters at once: inside the try
             node = loader.get_single_node()
             if node is not None and _expanded_size(node, {}) > MAX_NODES:
                 raise _YamlRefused(f"its YAML aliases expand to more than {MAX_NODES:,} values (an expansion bomb?)")
@@ -238,7 +268,8 @@ class Space:
         except yaml.YAMLError as exc:
             raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
         return cls.from_dict(raw, source=str(path))
 
     @classmethod

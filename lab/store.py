@@ -62,6 +62,7 @@ import pyarrow.parquet as pq
 
 from crashsearch.lab._io import atomic_write, fsync_dir, read_json
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.campaign_info import check_info, readable_info
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
 from crashsearch.lab.settings import Home
@@ -241,8 +242,10 @@ class Store:
         """Create or update ``campaigns/<id>/campaign.json`` atomically (merged with what is there).
 
         ``id``, ``created_at`` (kept from the first write) and ``updated_at`` are set here; values
-        must be JSON-serialisable (others are written as strings).
+        must be JSON-serialisable (others are written as strings). Raises ValueError (one line
+        naming the key) for a known key whose value no reader accepts (lab/campaign_info.py).
         """
+        check_info(info)
         path = self.home.campaign(check_campaign_id(campaign)) / "campaign.json"
         current = read_json(path) or {}
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -256,8 +259,8 @@ class Store:
         out = []
         root = self.home.root / "campaigns"
         for folder in sorted(p for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and CAMPAIGN_ID.match(p.name)):
-            info = read_json(folder / "campaign.json")
-            out.append({**(info or {}), "id": folder.name})
+            info = read_json(folder / "campaign.json")  # a bad entry is named and left out, the rest kept
+            out.append({**readable_info(info or {}, folder / "campaign.json"), "id": folder.name})
         return out
 
     def require_campaign(self, campaign: str) -> None:
@@ -633,7 +636,7 @@ def _campaigns_table(campaigns: list[dict]) -> pa.Table:
             "space": None if info.get("space") is None else str(info["space"]),
             "status": None if info.get("status") is None else campaign_liveness(info),  # as `status` says
             "policies": ",".join(map(str, policies)) if isinstance(policies, list) else (None if policies is None else str(policies)),
-            "budget": budget if isinstance(budget, int) and not isinstance(budget, bool) else None,
+            "budget": budget,  # checked by readable_info: an int64 or None
             "created_at": _time_or_none(info.get("created_at")),
             "updated_at": _time_or_none(info.get("updated_at")),
             "info": json.dumps(info, sort_keys=True, default=str),

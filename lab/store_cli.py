@@ -5,7 +5,6 @@ only runs the Store method and prints its result as a plain-text table or one li
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,13 +13,14 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock
 from crashsearch.lab.exchange import export, import_log
 from crashsearch.lab.campaign_space import campaign_space, keep_space
+from crashsearch.lab.settings import check_output_path
 from crashsearch.lab.store import QueryCancelled, Store
 
-PROTECTED = ("campaigns", "cache", "quarantine")  # folders of the home that only crashsearch writes
 
 
 def cli_main(args) -> int:
@@ -57,7 +57,7 @@ def cli_main(args) -> int:
         if command == "export":
             if Path(args.out).suffix.lower() != ".parquet":
                 raise UserError(f"--out {args.out}: an export is one Parquet file; use a .parquet name")
-            check_out_path(store, Path(args.out))
+            check_output_file(store.home, Path(args.out))
             path = export(store, args.campaign, args.out)
             print(f"exported campaign {args.campaign} to {path} ({pq.read_metadata(path).num_rows} rows)")
             return 0
@@ -86,30 +86,27 @@ def _cli_query(store: Store, args) -> int:
         suffix = out.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise UserError(f"--out {out}: use a .csv or .parquet file name")
-        check_out_path(store, out)
+        check_output_file(store.home, out)
     try:
         frame = store.query(args.sql, timeout=getattr(args, "timeout", None))
     except duckdb.Error as exc:  # the user's SQL: a typo, a missing column, a refused file
         raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False) if suffix == ".csv" else frame.to_parquet(out, index=False)
+        # a temp file renamed over the target: a hard link to a recorded file keeps its content
+        atomic_write(out, (lambda f: frame.to_csv(f, index=False)) if suffix == ".csv"
+                     else (lambda f: frame.to_parquet(f, index=False)))
         print(f"wrote {len(frame)} rows to {out}")
         return 0
     print(_table_text(frame))
     return 0
 
 
-def check_out_path(store: Store, out: Path) -> None:
-    """Raise ValueError if ``out`` lies inside the home's folders of record (campaigns, cache, quarantine).
-
-    Symlinks are resolved first, so a link into the log is refused too."""
-    target = Path(os.path.realpath(out))
-    for name in PROTECTED:
-        folder = Path(os.path.realpath(store.home.root / name))
-        if target == folder or folder in target.parents:
-            raise UserError(f"--out {out}: refusing to write inside {folder} (the history lives there); "
-                             f"choose a path outside {name}/")
+def check_output_file(home, out: Path) -> None:
+    """Raise UserError (one line) for an --out that is a folder or lies where outputs do not belong."""
+    check_output_path(home, out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the file to write")
 
 
 def _table_text(frame: pd.DataFrame, max_rows: int = 60) -> str:

@@ -59,6 +59,7 @@ import numpy as np
 
 from crashsearch.lab.datasets import Dataset, load_dataset, stratified_split
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.settings import check_output_path
 
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
@@ -693,6 +694,7 @@ def main(args) -> int:
     out = Path(args.out) if getattr(args, "out", None) else Path(args.home_dir.datasets) / f"synth-{style}"
     start = time.perf_counter()
     try:
+        check_output_path(args.home_dir, out, allowed=("datasets",))  # not into the log, the cache or a report
         ds = generate(out, videos=args.videos, seed=args.seed, style=style, width=args.width, height=args.height,
                       fps=args.fps, seconds=args.seconds, progress=sys.stderr.isatty())
     except UserError as exc:

@@ -4,9 +4,11 @@ Every experiment row records ``code_version()``: the git short commit plus a has
 sources under models/, tasks/ and lab/ (so an uncommitted edit is a new version too). When a bug
 is found and fixed, ``crashsearch bugfix --note "..."`` declares a bug-fix event; the events live
 in ``<home>/bugfix_events.jsonl``, one JSON object per line, appended with a single O_APPEND
-write so concurrent declarations never interleave. ``segment`` splits a history at the events
-by time (a row belongs to the segment of the last event declared before it finished), and the
-analysis reports the full history beside ``post_bugfix`` (the rows after the latest event).
+write so concurrent declarations never interleave. The log is append-only: ``bugfix --remove ID``
+appends a removal (``{"removes": ID}``) and readers leave that event out. ``segment`` splits a
+history at the events by time (a row belongs to the segment of the last event declared before it
+finished), and the analysis reports the full history beside ``post_bugfix`` (the rows after the
+latest event).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.bounds import check_time, skip_entry
 from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HASHED_DIRS = ("models", "tasks", "lab")
 EVENTS_FILE = "bugfix_events.jsonl"
+MAX_CLOCK_SKEW = pd.Timedelta(minutes=10)  # how far a declared fix time may lie ahead of this machine's clock
 
 
 # ---- code versions ----------------------------------------------------------------------------
@@ -96,14 +100,7 @@ def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: 
         raise UserError("a bug-fix event needs a note saying what was fixed")
     if version and at is not None:
         raise UserError("a bug-fix event names a code version or a time (--version or --at), not both")
-    when = None
-    if at is not None:
-        try:
-            when = _as_utc(at)
-        except (TypeError, ValueError):
-            raise UserError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z") from None
-        if when is pd.NaT:
-            raise UserError(f"--at {at!r} is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z")
+    when = None if at is None else _fix_time(at)
     event = {
         "id": uuid.uuid4().hex[:12],
         "version": None if when is not None else (version or code_version()),
@@ -112,7 +109,46 @@ def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: 
         "note": note,
         "declared_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
-    line = (json.dumps(event, ensure_ascii=False) + "\n").encode()
+    _append_line(home, event)
+    return event
+
+
+def _fix_time(at: Any) -> pd.Timestamp:
+    """``--at`` as a UTC time; raises ValueError (one line) outside lab.bounds' range or in the future.
+
+    A fix takes effect when it is in the code, so its time is now or earlier; a later time would
+    mark every row trained meanwhile, with the fixed code, as buggy (2300 for 2030 is a typo, not a
+    plan). MAX_CLOCK_SKEW allows for a worker's clock running ahead of this machine's."""
+    if isinstance(at, str) and not at.strip():
+        raise UserError("--at '' is not a time; use ISO 8601, e.g. 2025-03-01T12:00:00Z")
+    when = check_time(at, "--at")
+    latest = pd.Timestamp.now(tz="UTC") + MAX_CLOCK_SKEW
+    if when > latest:
+        raise UserError(f"--at {when.isoformat()} is in the future: a fix dates from when it is in the code "
+                         f"(now or earlier, {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes of clock skew allowed)")
+    return when
+
+
+def remove_bugfix(home: Home, event_id: str, note: str | None = None) -> dict:
+    """Append a removal ``{id, removes, note, declared_at}`` of the event ``event_id`` and return it.
+
+    The log stays append-only: the event keeps its line and readers (``bugfix_events``, the views)
+    leave it out from then on. Raises ValueError (one line) for an unknown or already removed id.
+    """
+    events, removals = read_events(home)
+    if any(r["removes"] == event_id for r in removals):
+        raise UserError(f"bug-fix event {event_id!r} is already removed")
+    if not any(e["id"] == event_id for e in events):
+        known = ", ".join(e["id"] for e in events) or "none"
+        raise UserError(f"no bug-fix event {event_id!r} under {home.root} (events: {known})")
+    removal = {"id": uuid.uuid4().hex[:12], "removes": event_id, "note": " ".join(str(note or "").split()) or None,
+               "declared_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+    _append_line(home, removal)
+    return removal
+
+
+def _append_line(home: Home, entry: dict) -> None:
+    line = (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode()
     home.root.mkdir(parents=True, exist_ok=True)
     # One write() on an O_APPEND descriptor: concurrent writers' lines never interleave.
     fd = os.open(home.root / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -121,36 +157,63 @@ def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: 
         os.fsync(fd)
     finally:
         os.close(fd)
-    return event
 
 
 def bugfix_events(home: Home, campaign: str | None = None) -> list[dict]:
-    """The declared events, oldest first; malformed lines are logged and skipped.
+    """The declared events not removed, oldest first; a line no reader accepts is named once and skipped.
 
     With ``campaign``, only the events that concern it (global ones and its own).
     """
+    events, removals = read_events(home)
+    gone = {r["removes"] for r in removals}
+    events = [e for e in events if e["id"] not in gone]
+    return events if campaign is None else events_for(events, campaign)
+
+
+def read_events(home: Home) -> tuple[list[dict], list[dict]]:
+    """(events, removals) in bugfix_events.jsonl, each oldest first, removed events included.
+
+    A line that is not an event or a removal within lab.bounds' domains (a time pandas cannot hold,
+    no declared_at, not JSON) is left out and named once (lab.bounds.skip_entry): one bad line,
+    written by hand or by an older version, never stops the analysis of a home."""
     path = home.root / EVENTS_FILE
-    if not path.exists():
-        return []
-    events = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], []
+    events, removals = [], []
+    # "\n" only, as the catalog's SQL splits: splitlines() also breaks at U+2028, \x1c, ... inside a value
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
-            at = event.get("at")
-            events.append({
-                "id": str(event.get("id", "")),
-                "version": str(event["version"]) if event.get("version") else None,
-                "at": _as_utc(at).to_pydatetime() if at else None,
-                "campaign": str(event["campaign"]) if event.get("campaign") else None,
-                "note": str(event.get("note", "")),
-                "declared_at": _as_utc(event["declared_at"]).to_pydatetime(),
-            })
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s line %d skipped: not a bug-fix event (%s)", path, number, exc)
-    events = sorted(events, key=lambda e: e["declared_at"])
-    return events if campaign is None else events_for(events, campaign)
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise UserError("not a JSON object")
+            parsed = _parse_entry(entry)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            skip_entry(path, f"line {number}", f"not a bug-fix event: {exc}")
+            continue
+        (removals if "removes" in parsed else events).append(parsed)
+    return sorted(events, key=lambda e: e["declared_at"]), sorted(removals, key=lambda e: e["declared_at"])
+
+
+def _parse_entry(entry: dict) -> dict:
+    declared = check_time(entry.get("declared_at"), "declared_at").to_pydatetime()
+    if "removes" in entry:
+        if not isinstance(entry["removes"], str) or not entry["removes"]:
+            raise UserError(f"removes {entry['removes']!r} is not an event id")
+        return {"id": str(entry.get("id", "")), "removes": entry["removes"], "note": str(entry.get("note") or ""),
+                "declared_at": declared}
+    at = entry.get("at")
+    return {
+        "id": str(entry.get("id", "")),
+        "version": str(entry["version"]) if entry.get("version") else None,
+        "at": None if at is None or at == "" else check_time(at, "at").to_pydatetime(),
+        "campaign": str(entry["campaign"]) if entry.get("campaign") else None,
+        "note": str(entry.get("note", "")),
+        "declared_at": declared,
+    }
 
 
 def events_for(events: list[dict], campaign: str) -> list[dict]:
@@ -245,7 +308,11 @@ def _finish_ns(df: pd.DataFrame) -> np.ndarray:
     if "finished_at" not in df.columns:
         return np.full(len(df), _NO_TIME, dtype="int64")
     finished = pd.to_datetime(df["finished_at"], utc=True, errors="coerce")
-    values = finished.astype("datetime64[ns, UTC]").array.asi8.copy()
+    # via microseconds: a row outside the nanosecond range (an older version let one in) is clipped
+    # to the range's end, which keeps it on the right side of every event (events lie inside it)
+    micros = finished.astype("datetime64[us, UTC]").array.asi8
+    limit = (np.iinfo("int64").max - 1) // 1000
+    values = np.clip(micros, -limit, limit) * 1000
     values[finished.isna().to_numpy()] = _NO_TIME
     return values
 
@@ -260,6 +327,8 @@ def _as_utc(value) -> pd.Timestamp:
 def cli_bugfix(args) -> int:
     """``crashsearch bugfix --note TEXT [--campaign ID] [--version V | --at TIME]`` or ``bugfix --list``."""
     home = args.home_dir
+    if getattr(args, "remove", None) is not None:  # --remove "" is a mistake, not a declaration
+        return _cli_remove(home, args)
     if getattr(args, "list", False):
         if getattr(args, "campaign", None):
             from crashsearch.lab.store import Store  # store imports this module: imported here
@@ -274,6 +343,9 @@ def cli_bugfix(args) -> int:
             print("no bug-fix events" + (f" concern campaign {args.campaign}" if getattr(args, "campaign", None) else ""))
         for e in events:
             print(f"{e['id']}  declared {e['declared_at'].isoformat(timespec='seconds')}  {describe_event(e)}  -- {e['note']}")
+        for r in read_events(home)[1]:  # the log keeps removed events: say so, so nothing vanishes unexplained
+            print(f"{r['removes']}  removed {r['declared_at'].isoformat(timespec='seconds')} (removal {r['id']})"
+                  + (f"  -- {r['note']}" if r["note"] else ""))
         return 0
     if not getattr(args, "note", None):
         print("bugfix: --note TEXT is required (what was fixed); `crashsearch bugfix --list` shows the events", file=sys.stderr)
@@ -294,6 +366,23 @@ def cli_bugfix(args) -> int:
                   "fix is not in this code yet, declare it again after the fix (or use --at TIME)")
     print("analysis reports the post-fix subset beside the full history; "
           "re-run the leaders trained before it with `crashsearch campaign ... --rerun-leaders-after-fix K`")
+    return 0
+
+
+def _cli_remove(home: Home, args) -> int:
+    """``crashsearch bugfix --remove EVENT_ID [--note WHY]``: record the event's removal."""
+    clash = [flag for flag, name in (("--version", "version"), ("--at", "at"), ("--campaign", "campaign"),
+                                     ("--list", "list")) if getattr(args, name, None)]
+    if clash:
+        print(f"bugfix: --remove takes only --note (why), not {', '.join(clash)}", file=sys.stderr)
+        return 2
+    try:
+        removal = remove_bugfix(home, args.remove, getattr(args, "note", None))
+    except (ValueError, OSError) as exc:
+        print(f"bugfix: {exc}", file=sys.stderr)
+        return 2
+    print(f"removed bug-fix event {removal['removes']} (recorded as {removal['id']} in {home.root / EVENTS_FILE}); "
+          "analysis no longer splits the history at it")
     return 0
 
 
@@ -324,7 +413,8 @@ def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
     if version:
         sql = "SELECT DISTINCT code_version FROM experiments" + (" WHERE campaign = $c" if campaign else "")
         try:
-            known_versions = [v for v in store.query(sql, {"c": campaign} if campaign else None)["code_version"] if v]
+            found = store.query(sql, {"c": campaign} if campaign else None)["code_version"]
+            known_versions = [v for v in found if isinstance(v, str) and v]  # imported rows may have none (NaN)
         except Exception as exc:  # an empty store has no experiments view to read
             reraise_interrupt(exc)
             known_versions = []

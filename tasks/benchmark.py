@@ -39,6 +39,7 @@ from crashsearch.agents import create_policy, policy_options
 from crashsearch.agents.base import VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable
 from crashsearch.analysis.surrogate import Surrogate, fit_surrogate, observed_space, ok_rows
 from crashsearch.lab.errors import UserError
+from crashsearch.lab._proc import die_with_parent
 from crashsearch.lab.space import Space
 
 OBJECTIVES = ("surrogate", "table")
@@ -152,7 +153,8 @@ def run_table(policy: Policy, space: Space, table: pd.DataFrame, budget: int, se
 _CTX: dict[str, Any] = {}
 
 
-def _init_worker(ctx: dict) -> None:
+def _init_worker(ctx: dict, parent: int) -> None:
+    die_with_parent(parent)  # a SIGKILLed benchmark left its workers computing for minutes
     # Ctrl-C is the parent's to handle: it terminates the workers (SIGTERM, which a forked worker
     # would otherwise inherit as the CLI's "raise an exception" handler and survive)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -214,6 +216,9 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
         raise UserError(f"unknown policy {', '.join(unknown)}; valid policies: {', '.join(list_policies())}")
     t_all = time.perf_counter()
     bench_space = observed_space(space, history)
+    if budget > bench_space.size:  # a run never repeats a cell: past the space's size it could only spin
+        raise UserError(f"budget {budget:,} is more than the {bench_space.size:,} cells a run can propose (the space "
+                         f"restricted to the values with results); use a budget of at most {bench_space.size:,}")
     ctx: dict[str, Any] = {"space": bench_space, "budget": budget, "round_size": round_size, "seed": seed,
                            "objective": objective}
     surrogate = None
@@ -254,7 +259,8 @@ def run_benchmark(history: pd.DataFrame, space: Space, policies: list[str], budg
         futures = []
     else:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(ctx,))
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker,
+                                      initargs=(ctx, os.getpid()))
         futures = [pool.submit(_job, p, r, None, kwargs[p]) for p, r in jobs]
     try:
         for name in online:

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.bounds import INT64_MAX
 
 PROPOSE_MODES = ("pipeline", "turns", "concurrent")
+INT_FIELDS = ("budget", "extend", "seeds", "round_size", "seed", "rerun_leaders_after_fix", "max_calls_in_flight",
+              "lookahead", "trainers_per_device", "max_group", "max_in_flight", "control_budget")
 CLI_ONLY = ("--verbose",)  # terminal options of `crashsearch campaign`, not campaign settings
 
 
@@ -107,8 +111,11 @@ class CampaignConfig:
                 out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.extend is not None and self.extend < 1:
             out.append(f"extend must be at least 1, got {self.extend}")
-        if self.hours is not None and not self.hours > 0:
-            out.append(f"hours must be positive, got {self.hours}")
+        if self.hours is not None and not 0 < self.hours < math.inf:
+            out.append(f"hours must be positive and finite, got {self.hours}")
+        # campaign.json and the views hold these as 64-bit integers: a larger one would break every reader
+        out += [f"{name} {value} is too large: at most {INT64_MAX}" for name in INT_FIELDS
+                if isinstance(value := getattr(self, name), int) and value > INT64_MAX]
         if self.group_wait_s < 0 or not self.dispatch_timeout_s > 0:
             out.append("group_wait_s must be >= 0 and dispatch_timeout_s > 0")
         if self.propose_mode not in PROPOSE_MODES:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from crashsearch.agents import create_policy
 from crashsearch.agents.base import PRE_FIX, VIEW_COLUMNS, HistoryView, Policy, PolicyUnavailable, Proposal
+from crashsearch.lab.bounds import skip_entry
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab._io import atomic_write
 from crashsearch.lab.console import echo, progress_bar
@@ -604,12 +605,20 @@ class Campaign:
             return
         try:
             state = json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            self.log(f"ignoring unreadable policy state {self.state_path}: {exc}")
+        except (OSError, ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested beyond reason
+            skip_entry(self.state_path, "the file", f"unreadable: {one_line(str(exc))}; the policies start afresh")
+            return
+        saved = state.get("policies") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            skip_entry(self.state_path, "entry 'policies'", "not an object; the policies start afresh")
             return
         for policy in self.policies:
-            if policy.name in state.get("policies", {}):
-                policy.set_state(state["policies"][policy.name])
+            if policy.name not in saved:
+                continue
+            try:  # one bad entry (an older version's, a hand edit) costs that policy its memory, not the run
+                policy.set_state(saved[policy.name])
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                skip_entry(self.state_path, f"entry 'policies.{policy.name}'", f"{one_line(str(exc))}; it starts afresh")
 
     def _save_state(self) -> None:
         policies = {}
