@@ -260,8 +260,8 @@ def campaign_liveness(info: dict) -> str:
     if host and host != socket.gethostname():
         return f"running (on {host})"  # its pid means nothing here
     pid = info.get("pid")
-    if pid is None:
-        return "running"  # written before campaign.json named its process: cannot check
+    if pid is None:  # written before campaign.json named its process: cannot check; one left out as damaged: no run
+        return "stopped (crashed?)" if info.get("pid_damaged") else "running"
     # a damaged pid (not a positive int: 0 and -1 would ask about our own process group) names no live run
     valid = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31
     return "running" if valid and pid_alive(pid) else "stopped (crashed?)"

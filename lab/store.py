@@ -260,7 +260,10 @@ class Store:
         root = self.home.root / "campaigns"
         for folder in sorted(p for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and CAMPAIGN_ID.match(p.name)):
             info = read_json(folder / "campaign.json")  # a bad entry is named and left out, the rest kept
-            out.append({**readable_info(info or {}, folder / "campaign.json"), "id": folder.name})
+            clean = readable_info(info or {}, folder / "campaign.json")
+            if "pid" in (info or {}) and "pid" not in clean:  # a damaged pid names no live run (lab.lock.campaign_liveness)
+                clean["pid_damaged"] = True
+            out.append({**clean, "id": folder.name})
         return out
 
     def require_campaign(self, campaign: str) -> None:

@@ -72,8 +72,10 @@ def test_a_campaign_keeps_one_model_slice_per_leader_and_reproduces_its_metrics(
     top = top_cells(df, 2)
     assert len(top) == 2
     ok = df[df["status"].isin(["ok", "healed"])]
-    # exactly the runs of the top 2 cells are kept, every replicate of them, nothing else
-    assert {k.experiment_id for k in kept} == set(ok.loc[ok["cell_id"].isin(top), "experiment_id"])
+    # only runs of the top 2 cells are kept (the GC removed the rest); a run is kept when its cell is in
+    # the top 2 as its batch is recorded, so a run of a cell that rose later has no file (champion retrains it)
+    kept_ids = {k.experiment_id for k in kept}
+    assert kept and kept_ids <= set(ok.loc[ok["cell_id"].isin(top), "experiment_id"])
     assert summary.kept[0] == len(kept) and summary.kept[1] > 0 and "kept weights:" in summary.format()
     features = load_features(home, ds.name, "pixels")
     by_id = df.set_index("experiment_id")
