@@ -12,11 +12,12 @@ import signal
 import sys
 from typing import Callable
 
-from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.settings import check_home, resolve_home
 
 
 INTERRUPTED = "interrupted; finished experiments are kept"
 # commands that only read the home: they never create a folder in it
+HOME_HINT = "; point at one with --home DIR or CRASHSEARCH_HOME=DIR"
 READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
 
 
@@ -211,7 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")
 
     p = command("status", cmd_status, "running and recent campaigns")
+    for p in sub.choices.values():
+        show_defaults(p)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default: X)" to each option's help unless it already names its default or has none
+    worth showing (None, False, an empty list): ``--help`` shows every default."""
+    for action in parser._actions:
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or default == []
+                or "default" in (action.help or "").lower()):
+            continue
+        shown = str(default).replace("%", "%%")  # help strings are %-formatted
+        action.help = f"{action.help} (default: {shown})" if action.help else f"(default: {shown})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import duckdb  # noqa: F401  (every command that reads the history needs it)
 
-            from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
+            from crashsearch.flows.runtime import configure_prefect_env, prefect_home_with  # light: no prefect import
+            from crashsearch.lab.cpu import configure_cpu_threads
             from crashsearch.lab.lock import ending_status, raise_on_sigterm
 
             args = build_parser().parse_args(argv)
@@ -238,9 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     try:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
+        if args.command in READING_COMMANDS and args.command != "space":  # a wrong folder is not an empty home
+            check_home(resolve_home(args.home, create=False).root)
         args.home_dir = resolve_home(args.home, create=writes)
         if writes:
             check_writable(args.home_dir.root)  # a read-only home fails here, before any flow starts
+            prefect_home_with(args.home_dir.root)  # before prefect is imported: the home keeps its local runs
+        configure_cpu_threads()  # before torch is imported: OpenMP threads on the cores free, not spinning
         configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
         return int(args.handler(args) or 0)
     except BaseException as exc:  # noqa: BLE001  (sorted below: user errors, interrupts, the rest)
@@ -250,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             print(INTERRUPTED, file=sys.stderr)
             return 130
         if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith("duckdb"):
-            print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
+            hint = HOME_HINT if "crashsearch home" in str(exc) else ""
+            print(f"{args.command}: {user_message(exc)}{hint}", file=sys.stderr)
             return 2
         raise
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = "crashsearch-data"
+HOME_MARKERS = ("campaigns", "cache", "datasets")  # what any writing command leaves in a home
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,12 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
     if create:
         root.mkdir(parents=True, exist_ok=True)
     return Home(root, create)
+
+
+def check_home(root: Path) -> None:
+    """Raise ValueError unless ``root`` holds a crashsearch home (an empty folder is a new one):
+    a reading command pointed at the wrong folder says so instead of finding nothing there."""
+    if not root.exists():
+        raise ValueError(f"no crashsearch home at {root} (no such folder)")
+    if any(root.iterdir()) and not any((root / name).exists() for name in HOME_MARKERS):
+        raise ValueError(f"{root} is not a crashsearch home (it has no campaigns/, cache/ or datasets/ folder)")
