@@ -16,7 +16,6 @@ import pytest
 from crashsearch.flows.campaign import run_campaign
 from crashsearch.flows.cli import main as cli_main
 from crashsearch.lab import console
-from crashsearch.lab.cpu import configure_cpu_threads, cores_free, threads_per_worker
 from crashsearch.tasks.train import train_batch
 
 from tests.test_campaign import lab_home  # noqa: F401 (fixture)
@@ -27,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- threads: the cores free, never more busy threads than cores ----------------------------------
 
 def test_threads_are_the_cores_left_by_the_other_processes_load():
+    from crashsearch.lab.cpu import cores_free, threads_per_worker
+
     assert cores_free(cores=2, load=0.2) == 2
     assert cores_free(cores=2, load=1.0) == 1  # one busy neighbour on 2 cores: one thread, not two spinning
     assert cores_free(cores=2, load=7.0) == 1  # never none
@@ -35,6 +36,8 @@ def test_threads_are_the_cores_left_by_the_other_processes_load():
 
 
 def test_the_cli_lets_waiting_threads_sleep_and_keeps_the_users_own_settings():
+    from crashsearch.lab.cpu import configure_cpu_threads
+
     env = {}
     n = configure_cpu_threads(env)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(n) and n >= 1
