@@ -6,6 +6,7 @@ that does the work only when its command runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import os
 import signal
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"))  # help is %-formatted, a description not
+        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"),  # help is %-formatted, a description not
+                           formatter_class=DefaultsFormatter)
         _add_home(p)
         p.set_defaults(handler=handler)
         return p
@@ -212,22 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")
 
     p = command("status", cmd_status, "running and recent campaigns")
-    for p in sub.choices.values():
-        show_defaults(p)
     return parser
 
 
-def show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append "(default: X)" to each option's help unless it already names its default or has none
-    worth showing (None, False, an empty list): ``--help`` shows every default."""
-    for action in parser._actions:
-        default = action.default
-        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
-                or default == []
-                or "default" in (action.help or "").lower()):
-            continue
-        shown = str(default).replace("%", "%%")  # help strings are %-formatted
-        action.help = f"{action.help} (default: {shown})" if action.help else f"(default: {shown})"
+class DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default: "(default: X)" after its help, unless the help already
+    names it or there is none worth showing (None, False, an empty list). Unlike
+    ArgumentDefaultsHelpFormatter it also shows the default of an option without help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _shows_default(action) and "default" not in text.lower():
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    return bool(action.option_strings) and not (default is None or default is False or default == []
+                                                or default == argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
