@@ -105,6 +105,40 @@ def timed_campaign(env: dict, home: Path, dataset: Path, name: str, budget: int,
     return {"wall_s": wall, "cpu_s": cpu, "load": load, "ok": ok, "note": note}
 
 
+PROBE = """
+import os, sys, time
+sys.path.insert(0, {bench!r})
+import torch
+from train import bench_cells, demo_like_features
+from crashsearch.lab.space import Space
+from crashsearch.tasks.train import train_batch
+space, features = Space.load(), demo_like_features(videos=72)
+cells = bench_cells(space, "zipformer", "medium", 4)
+t0, c0 = time.perf_counter(), time.process_time()
+train_batch(cells, features, list(range(4)), fixed={{**space.fixed, "epochs": 5}})
+print(torch.get_num_threads(), time.perf_counter() - t0, time.process_time() - c0)
+"""
+
+
+def threads_probe(busy: bool) -> list[dict]:
+    """Where the CPU goes: one batch of 4 medium zipformer heads (5 epochs) with 1 torch thread, 2
+    spinning (OpenMP's default wait) and 2 sleeping (PASSIVE), each in a fresh process."""
+    rows = []
+    code = checkout(None, Path(tempfile.mkdtemp(prefix="crashsearch-probe-")) / "code")
+    for threads, wait in ((1, None), (2, None), (2, "PASSIVE")):
+        env = {**env_for(code, Path(tempfile.gettempdir())), "OMP_NUM_THREADS": str(threads)}
+        if wait:
+            env["OMP_WAIT_POLICY"] = wait
+        load = os.getloadavg()
+        out = subprocess.run([sys.executable, "-c", PROBE.format(bench=str(Path(__file__).parent))], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        rows.append({"threads": int(out[0]), "wait": wait or "default (spin)", "wall_s": float(out[1]),
+                     "cpu_s": float(out[2]), "busy": busy, "load": load})
+        print(f"probe threads={threads} wait={wait} busy={busy}: wall {float(out[1]):.1f} s, cpu {float(out[2]):.1f} s",
+              flush=True)
+    return rows
+
+
 def busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -147,7 +181,23 @@ def main() -> None:
     ap.add_argument("--warm", type=float, default=60.0, help="seconds the busy loop runs before the busy runs")
     ap.add_argument("--timeout", type=float, default=1500.0, help="a run still going after this long is stopped")
     ap.add_argument("--write", action="store_true", help="write the Contention section of benchmarks/README.md")
+    ap.add_argument("--probe", action="store_true", help="only the threads probe (one batch, 1 vs 2 threads, "
+                    "spinning or not, idle and beside the busy loop)")
     args = ap.parse_args()
+    if args.probe:
+        rows = threads_probe(False)
+        hog = busy_loop()
+        try:
+            time.sleep(2)
+            rows += threads_probe(True)
+        finally:
+            hog.kill()
+            hog.wait()
+        print("| beside a busy loop | torch threads | OpenMP wait | wall s | CPU s | load |\n|---|---:|---|---:|---:|---|")
+        for r in rows:
+            print(f"| {'yes' if r['busy'] else 'no'} | {r['threads']} | {r['wait']} | {r['wall_s']:.1f} | "
+                  f"{r['cpu_s']:.1f} | {_load(r)} |")
+        return
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results: dict = {"before": {}, "after": {}}
     with tempfile.TemporaryDirectory(prefix="crashsearch-contention-") as tmp:
