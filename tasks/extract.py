@@ -59,6 +59,7 @@ from crashsearch.models.backbones import Backbone, create_backbone
 FLUSH_EVERY = 16  # videos per part file: bounds the work an interruption loses
 STEP_HZ = 4.0  # embeddings per second of video (the default spec)
 DECODE_FPS = 8.0  # frames decoded per second
+_HANDOVER: dict = {}  # (backbone, weights, device) -> the Backbone find_cached built for the extraction that follows
 
 
 class VideoFailure(Exception):
@@ -350,7 +351,10 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     for problem in ds.problems:
         log(f"dataset problem (skipped): {problem}")
-    bb = create_backbone(backbone, weights=weights, device=device) if isinstance(backbone, str) else backbone
+    if isinstance(backbone, str):  # the one find_cached built for this miss, or a new one
+        bb = _HANDOVER.pop((backbone, weights, device), None) or create_backbone(backbone, weights=weights, device=device)
+    else:
+        bb = backbone
     spec, code, fingerprint, key, part, summary = _partition(ds, bb, home, history_s, step_hz, decode_fps)
 
     meta = part.meta
@@ -403,6 +407,8 @@ def find_cached(dataset: str | Path, backbone: str, home: Home | str | Path | No
     *_, part, summary = _partition(ds, bb, home, None, STEP_HZ, DECODE_FPS)
     meta = part.meta
     if not meta.get("complete") or partition_problem(part, ds):
+        _HANDOVER.clear()  # the extraction that follows takes this backbone: built (and its weights note said) once
+        _HANDOVER[(backbone, weights, device)] = bb
         return None
     for problem in ds.problems:
         log(f"dataset problem (skipped): {problem}")
