@@ -6,7 +6,12 @@
   (``experiments: 48%|... ]19:57:29.581 | INFO | Task run ...``). In a pipe or a file there is
   no bar (its carriage returns would garble the file): a plain line says how far the run got,
   at most every ``PIPE_LINE_SECONDS`` and when it ends.
+* A heartbeat thread redraws every open bar each ``HEARTBEAT_SECONDS`` (a pipe: a line when the last
+  is ``PIPE_LINE_SECONDS`` old) with what is in training, for how long, and the last result
+  (``Activity``): a batch that trains for minutes never leaves the terminal silent.
 * ``echo`` prints one line to stderr, above the bar when one is open: the campaign's own messages.
+* Prefect's own INFO lines (its temporary server's notice, "Beginning flow run", "Finished in
+  state Completed()") stay off the terminal unless verbose (``quiet_prefect_info``).
 * Prefect logs a line per finished task run, one per training batch. While a bar (or its pipe
   form) is open, the terminal shows only their warnings and errors unless ``set_verbose(True)``
   (``crashsearch campaign --verbose``); the Prefect API (the UI's logs tab) still gets every line.
