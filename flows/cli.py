@@ -17,8 +17,8 @@ from crashsearch.lab.settings import check_home, resolve_home
 
 
 INTERRUPTED = "interrupted; finished experiments are kept"
+HOME_HINT = "; point at one with --home DIR or CRASHSEARCH_HOME=DIR"  # after "no crashsearch home at PATH"
 # commands that only read the home: they never create a folder in it
-HOME_HINT = "; point at one with --home DIR or CRASHSEARCH_HOME=DIR"
 READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog")
 
 
