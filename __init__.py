@@ -9,8 +9,8 @@ In a notebook::
     import crashsearch as cs
     home = cs.open_home("crashsearch-data")
     home.history_df()            # every experiment (pandas); home.history() is a DuckDB relation
-    home.leaderboard("night-1")  # best cells with 95% intervals
-    home.numbers("night-1")      # the report's numbers.json
+    home.leaderboard("demo-day")  # best cells with 95% intervals
+    home.numbers("demo-day")     # the report's numbers.json
 
 ``import crashsearch`` stays light: the API (crashsearch/api.py: DuckDB, pandas) loads on first
 use, and torch and Prefect only when a method needs them.

@@ -26,7 +26,7 @@ import pandas as pd
 
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
-from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.settings import Home, check_home, resolve_home
 from crashsearch.lab.store import Store, check_read_only
 
 
@@ -37,10 +37,7 @@ def open_home(path: str | os.PathLike | None = None) -> "LabHome":
     crashsearch home (a typo never creates an empty home; reading creates no folder).
     """
     root = resolve_home(path, create=False).root
-    if not root.exists():
-        raise UserError(f"no crashsearch home at {root} (no such folder)")
-    if any(root.iterdir()) and not (root / "campaigns").is_dir():
-        raise UserError(f"{root} is not a crashsearch home (it has no campaigns/ folder)")
+    check_home(root)
     return LabHome(Home(root, create=False))  # reads create nothing; analyze writes its report
 
 

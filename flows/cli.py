@@ -6,16 +6,18 @@ that does the work only when its command runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import os
 import signal
 import sys
 from typing import Callable
 
-from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.settings import check_home, resolve_home
 
 
 INTERRUPTED = "interrupted; finished experiments are kept"
+HOME_HINT = "; point at one with --home DIR or CRASHSEARCH_HOME=DIR"  # after "no crashsearch home at PATH"
 # commands that only read the home: they never create a folder in it
 READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog", "predict")
 
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"))  # help is %-formatted, a description not
+        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"),  # help is %-formatted, a description not
+                           formatter_class=DefaultsFormatter)
         _add_home(p)
         p.set_defaults(handler=handler)
         return p
@@ -243,6 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default: "(default: X)" after its help, unless the help already
+    names it or there is none worth showing (None, False, an empty list). Unlike
+    ArgumentDefaultsHelpFormatter it also shows the default of an option without help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _shows_default(action) and "default" not in text.lower():
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    return bool(action.option_strings) and not (default is None or default is False or default == []
+                                                or default == argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. A user's mistake (a UserError: a bad id, file or
     number, a busy campaign; a full disk or a forbidden folder) is one line on stderr, exit 2;
@@ -257,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import duckdb  # noqa: F401  (every command that reads the history needs it)
 
-            from crashsearch.flows.runtime import configure_prefect_env  # light: no prefect import
+            from crashsearch.flows.runtime import configure_prefect_env, prefect_home_with  # light: no prefect import
+            from crashsearch.lab.cpu import configure_cpu_threads
             from crashsearch.lab.lock import ending_status, raise_on_sigterm
 
             args = build_parser().parse_args(argv)
@@ -269,9 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     try:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
+        if args.command in READING_COMMANDS and args.command != "space":  # a wrong folder is not an empty home
+            check_home(resolve_home(args.home, create=False).root)
         args.home_dir = resolve_home(args.home, create=writes)
         if writes:
             check_writable(args.home_dir.root)  # a read-only home fails here, before any flow starts
+            prefect_home_with(args.home_dir.root)  # before prefect is imported: the home keeps its local runs
+        configure_cpu_threads()  # before torch is imported: OpenMP threads on the cores free, not spinning
         configure_prefect_env()  # every command that starts a temporary Prefect server gets the quiet defaults
         return int(args.handler(args) or 0)
     except BaseException as exc:  # noqa: BLE001  (sorted below: user errors, interrupts, the rest)
@@ -283,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         from crashsearch.lab.errors import INTERNAL_EXIT, is_user_error, report_internal
 
         if is_user_error(exc):
-            print(f"{args.command}: {user_message(exc)}", file=sys.stderr)
+            hint = HOME_HINT if "crashsearch home" in str(exc) else ""
+            print(f"{args.command}: {user_message(exc)}{hint}", file=sys.stderr)
             return 2
         # not the user's doing: say so, and keep the traceback for a bug report
         # a reading command writes nothing into the home, not even this report (it goes to a temp folder)

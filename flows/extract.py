@@ -36,6 +36,8 @@ def main(args) -> int:
 
     from crashsearch.lab.datasets import load_dataset
     from crashsearch.models.backbones import check_weights, list_backbones
+    from crashsearch.flows.runtime import quiet_prefect
+    from crashsearch.tasks.extract import find_cached
 
     home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
     # argument errors fail here, before a Prefect server starts for nothing
@@ -48,10 +50,14 @@ def main(args) -> int:
     except (DatasetError, WeightsUnavailable) as exc:
         print(f"extract: {exc}", file=sys.stderr)
         return 2
+    dataset = str(Path(args.dataset).expanduser())
     try:
-        summary = extract_flow(dataset=str(Path(args.dataset).expanduser()), backbone=args.backbone,
-                               home=str(home) if home else None, weights=args.weights, device=args.device,
-                               workers=args.workers)
+        # a cache hit is answered here, in a second; a flow run would first start a Prefect server (~10 s)
+        summary = find_cached(dataset, args.backbone, home=home, weights=args.weights, device=args.device)
+        if summary is None:
+            with quiet_prefect():
+                summary = extract_flow(dataset=dataset, backbone=args.backbone, home=str(home) if home else None,
+                                       weights=args.weights, device=args.device, workers=args.workers)
     except (DatasetError, WeightsUnavailable) as exc:
         print(f"extract: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,9 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from crashsearch.lab.console import quiet_prefect_info
 
 from crashsearch.lab.errors import is_user_error
 
@@ -45,7 +48,7 @@ _DEFAULTS = {
 class _DropShutdownNoise(logging.Filter):
     """Drop cancellation tracebacks that a stopping temporary server logs (nothing failed)."""
 
-    NOISE = ("CancelledError", "Failed to send telemetry")
+    NOISE = ("CancelledError", "Failed to send telemetry", "Still processing items")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -66,6 +69,22 @@ def configure_prefect_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def prefect_home_with(root: Path) -> None:
+    """Keep the Prefect state of a home's local runs with the home: ``PREFECT_HOME=<root>/.prefect``.
+
+    Every temporary server otherwise shares ``~/.prefect/prefect.db``: two homes' runs raced for
+    its lock ("database is locked") and the UI mixed their artifacts. Left alone when the user set
+    PREFECT_HOME or PREFECT_API_URL points at a server. The user's profiles file stays in force
+    (PREFECT_PROFILES_PATH), so a profile that names a server still does. Must run before prefect
+    is imported: it reads its settings once."""
+    if os.environ.get("PREFECT_HOME") or os.environ.get("PREFECT_API_URL"):
+        return
+    profiles = Path("~/.prefect/profiles.toml").expanduser()
+    if profiles.exists():
+        os.environ.setdefault("PREFECT_PROFILES_PATH", str(profiles))
+    os.environ["PREFECT_HOME"] = str(Path(root) / ".prefect")
+
+
 def filter_shutdown_noise() -> None:
     """Put the noise filter on every handler that exists now (root and every named logger)."""
     loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
@@ -74,13 +93,21 @@ def filter_shutdown_noise() -> None:
         for handler in logger.handlers:
             if _NOISE not in handler.filters:
                 handler.addFilter(_NOISE)
+    quiet_prefect_info()  # and Prefect's own INFO lines off the terminal unless verbose
 
 
 @contextlib.contextmanager
 def quiet_prefect():
     """Context for a CLI flow run: quiet defaults in, shutdown noise filtered out until the process ends."""
     configure_prefect_env()
-    import prefect  # noqa: F401  (sets up Prefect's logging handlers, which the filter goes on)
+    import prefect  # noqa: F401
+
+    try:  # Prefect makes its console handler lazily, at the first flow run: make it now, for the filters
+        from prefect.logging.configuration import ensure_logging_setup
+    except ImportError:
+        pass
+    else:
+        ensure_logging_setup()
 
     bind_server_to_parent()
     filter_shutdown_noise()

@@ -18,6 +18,7 @@ from crashsearch.lab.errors import UserError
 
 DEFAULT_HOME = "crashsearch-data"
 OUTPUT_FOLDERS = ("reports", "benchmarks")
+HOME_MARKERS = ("campaigns", "cache", "datasets")  # what any writing command leaves in a home
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,12 @@ def check_output_path(home: Home, out: str | os.PathLike, flag: str = "--out",
         return Path(out)
     raise UserError(f"{flag} {out}: refusing to write inside the home {root} (its history, datasets and caches "
                      f"live there); choose a path outside it or under {root / allowed[0]}/")
+
+
+def check_home(root: Path) -> None:
+    """Raise UserError unless ``root`` holds a crashsearch home (an empty folder is a new one):
+    a reading command pointed at the wrong folder says so instead of finding nothing there."""
+    if not root.exists():
+        raise UserError(f"no crashsearch home at {root} (no such folder)")
+    if any(root.iterdir()) and not any((root / name).exists() for name in HOME_MARKERS):
+        raise UserError(f"{root} is not a crashsearch home (it has no campaigns/, cache/ or datasets/ folder)")

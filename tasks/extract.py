@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -52,11 +51,15 @@ from crashsearch.lab.cache import (ExtractSpec, Partition, extractor_version, hi
                                    min_horizon_from_space, partition_key, partition_problem, set_aside, utc_now,
                                    videos_fingerprint)
 from crashsearch.lab.classes import ClassCheckError, check_counts, format_counts, partition_counts
+from crashsearch.lab.console import progress_bar
 from crashsearch.lab.datasets import Dataset, VideoItem, load_dataset
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.models.backbones import Backbone, create_backbone
 
 FLUSH_EVERY = 16  # videos per part file: bounds the work an interruption loses
+STEP_HZ = 4.0  # embeddings per second of video (the default spec)
+DECODE_FPS = 8.0  # frames decoded per second
+_HANDOVER: dict = {}  # (backbone, weights, device) -> the Backbone find_cached built for the extraction that follows
 
 
 class VideoFailure(Exception):
@@ -196,15 +199,13 @@ def extract_videos(videos: Sequence[VideoItem], backbone: Backbone, spec: Extrac
 
 
 def _extract(videos, backbone, spec, partition, workers, batch_size, progress, flush_every) -> ExtractStats:
-    from tqdm.auto import tqdm
-
     skip = partition.done_ids() | {f["video_id"] for f in partition.failures()}
     todo = [v for v in videos if v.id not in skip]
     stats, rows, failures = ExtractStats(), [], []
     t_rel = spec.t_rel()
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo, file=sys.stderr,
-               desc=f"extract {backbone.name}", dynamic_ncols=True)
+    # a bar on a terminal, plain lines in a pipe or a file (lab/console.py)
+    bar = progress_bar(len(todo), desc=f"extract {backbone.name}", unit="video", disable=not progress or not todo)
 
     def flush(force: bool = False) -> None:
         if rows and (force or len(rows) >= flush_every):
@@ -293,7 +294,7 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
                 if waiting >= batch_size:
                     embed_ready()
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(clips_s=f"{stats.clips / elapsed:.1f}", failed=stats.videos_failed)
+                    bar.set_postfix_str(f"{stats.clips / elapsed:.1f} clips/s, {stats.videos_failed} failed")
             embed_ready(final=True)
             flush(force=True)
         except BaseException:
@@ -336,7 +337,7 @@ def default_batch_size(backbone: Backbone) -> int:
 
 def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, home: Home | str | Path | None = None,
                     weights: str = "auto", device: str = "auto", workers: int = 2, batch_size: int | None = None,
-                    history_s: float | None = None, step_hz: float = 4.0, decode_fps: float = 8.0,
+                    history_s: float | None = None, step_hz: float = STEP_HZ, decode_fps: float = DECODE_FPS,
                     progress: bool = True, runner: Callable[..., ExtractStats] = extract_videos,
                     log: Callable[[str], None] = print) -> dict:
     """Fill (or find) the cache partition for a dataset and backbone; returns a summary dict.
@@ -350,20 +351,11 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     for problem in ds.problems:
         log(f"dataset problem (skipped): {problem}")
-    bb = create_backbone(backbone, weights=weights, device=device) if isinstance(backbone, str) else backbone
-    from crashsearch.lab.space import Space
-
-    default_space = Space.load()
-    if history_s is None:
-        history_s = history_from_space(default_space)
-    spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps,
-                                    min_history_s=min_horizon_from_space(default_space))
-    code = extractor_version()
-    fingerprint = videos_fingerprint(ds.videos)
-    key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code, fingerprint)
-    part = Partition.open(home if isinstance(home, Home) else resolve_home(home), ds.name, bb.name, key)
-    summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": str(part.path),
-               "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
+    if isinstance(backbone, str):  # the one find_cached built for this miss, or a new one
+        bb = _HANDOVER.pop((backbone, weights, device), None) or create_backbone(backbone, weights=weights, device=device)
+    else:
+        bb = backbone
+    spec, code, fingerprint, key, part, summary = _partition(ds, bb, home, history_s, step_hz, decode_fps)
 
     meta = part.meta
     problem = partition_problem(part, ds) if meta.get("complete") else ""
@@ -373,11 +365,7 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
             + (f" ({len(moved)} unreadable part file(s) moved to {moved[0].parent})" if moved else ""))
         meta = {**meta, "complete": False}
     if meta.get("complete"):
-        summary.update(cache_hit=True, videos_ok=meta["videos_ok"], videos_failed=meta["videos_failed"], clips=0,
-                       seconds=0.0, clips_per_s=0.0)
-        log(f"cache hit: {ds.name}/{bb.name}/{key} already holds {meta['videos_ok']} videos "
-            f"({meta['videos_failed']} failed); nothing to extract")
-        return _with_class_check(summary, part, log)
+        return _hit(summary, part, meta, log)
 
     resumed = len(part.done_ids()) + len(part.failures())
     started = meta.get("started_at", utc_now())
@@ -407,6 +395,49 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     log(f"extracted {bb.name}{weights_note} features for {ds.name}: {summary['videos_ok']} videos ok, "
         f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
         f"-> {part.path}")
+    return _with_class_check(summary, part, log)
+
+
+def find_cached(dataset: str | Path, backbone: str, home: Home | str | Path | None = None, weights: str = "auto",
+                device: str = "auto", log: Callable[[str], None] = print) -> dict | None:
+    """The summary of ``extract_dataset`` when its partition is complete and sound (a cache hit,
+    logged as such), else None; writes nothing. The CLI asks first: a hit needs no Prefect server."""
+    ds = load_dataset(dataset)
+    bb = create_backbone(backbone, weights=weights, device=device)
+    *_, part, summary = _partition(ds, bb, home, None, STEP_HZ, DECODE_FPS)
+    meta = part.meta
+    if not meta.get("complete") or partition_problem(part, ds):
+        _HANDOVER.clear()  # the extraction that follows takes this backbone: built (and its weights note said) once
+        _HANDOVER[(backbone, weights, device)] = bb
+        return None
+    for problem in ds.problems:
+        log(f"dataset problem (skipped): {problem}")
+    return _hit(summary, part, meta, log)
+
+
+def _partition(ds: Dataset, bb: Backbone, home, history_s: float | None, step_hz: float, decode_fps: float) -> tuple:
+    """(spec, extractor code, files fingerprint, key, partition, summary) of a dataset and backbone."""
+    from crashsearch.lab.space import Space
+
+    default_space = Space.load()
+    if history_s is None:
+        history_s = history_from_space(default_space)
+    spec = ExtractSpec.for_backbone(bb, history_s=history_s, step_hz=step_hz, decode_fps=decode_fps,
+                                    min_history_s=min_horizon_from_space(default_space))
+    code = extractor_version()
+    fingerprint = videos_fingerprint(ds.videos)
+    key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code, fingerprint)
+    part = Partition.open(home if isinstance(home, Home) else resolve_home(home), ds.name, bb.name, key)
+    summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": str(part.path),
+               "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
+    return spec, code, fingerprint, key, part, summary
+
+
+def _hit(summary: dict, part: Partition, meta: dict, log: Callable[[str], None]) -> dict:
+    summary.update(cache_hit=True, videos_ok=meta["videos_ok"], videos_failed=meta["videos_failed"], clips=0,
+                   seconds=0.0, clips_per_s=0.0)
+    log(f"cache hit: {summary['dataset']}/{summary['backbone']}/{summary['key']} already holds {meta['videos_ok']} "
+        f"videos ({meta['videos_failed']} failed); nothing to extract")
     return _with_class_check(summary, part, log)
 
 

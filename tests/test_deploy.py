@@ -239,7 +239,8 @@ def test_quiet_prefect_drops_cancellation_noise_and_keeps_real_errors():
 def test_cli_flow_runs_on_the_temporary_server_print_no_traceback(lab, tmp_path):
     """`crashsearch extract` and `crashsearch campaign` as a user runs them: a fresh Prefect home, INFO logs."""
     _, ds, space_path, _ = lab
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO",
+           "CRASHSEARCH_VERBOSE": "1"}  # Prefect's INFO lines on the terminal, as a user asks for them
     for key in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
         env.pop(key, None)  # the CLI must set the quiet defaults itself
     home = str(tmp_path / "home")

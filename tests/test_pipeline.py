@@ -13,7 +13,9 @@ import time
 import pytest
 
 from crashsearch.agents import register_policy
+from crashsearch.agents.evolution import EvolutionPolicy
 from crashsearch.agents.random_search import RandomPolicy
+from crashsearch.agents.tpe import TPEPolicy
 from crashsearch.flows.campaign import run_campaign
 from crashsearch.lab.store import Store
 from crashsearch.tasks.train import train_batch
@@ -58,10 +60,80 @@ def _history(home, campaign):
     return Store(home).experiments(campaign)
 
 
-def test_pipeline_spends_the_exact_budget_on_distinct_cells_and_confirms_leaders(lab_home):
+class _Gate:
+    """Proposals wait for evidence: the first ``first`` cells go out at once, later calls wait until a
+    batch is recorded (the reporter hook ``batch`` sets ``recorded``), as a slow agent would."""
+
+    def __init__(self, first: int):
+        self.first, self.returned = first, 0
+        self.lock, self.recorded = threading.Lock(), threading.Event()
+
+    def propose(self, propose, view, n):
+        with self.lock:
+            free = self.first - self.returned
+        if free <= 0:
+            assert self.recorded.wait(60), "no batch was recorded"
+        out = list(propose(view, n))
+        with self.lock:
+            if not self.recorded.is_set():
+                out = out[:max(0, self.first - self.returned)]
+            self.returned += len(out)
+        return out
+
+    # the campaign's reporter interface (flows/progress.py): a recorded batch opens the gate
+    def start(self, *args):
+        pass
+
+    def batch(self, recorded):
+        self.recorded.set()
+
+    def round(self, *args):
+        pass
+
+    def finish(self, *args):
+        pass
+
+
+GATE = _Gate(6)
+
+
+class GatedRandom(RandomPolicy):
+    def propose(self, view, n):
+        return GATE.propose(super().propose, view, n)
+
+
+class GatedTPE(TPEPolicy):
+    def propose(self, view, n):
+        return GATE.propose(super().propose, view, n)
+
+
+class GatedEvolution(EvolutionPolicy):
+    def propose(self, view, n):
+        return GATE.propose(super().propose, view, n)
+
+
+@pytest.fixture
+def evidence_first(monkeypatch):
+    """evolution, tpe and random, each waiting for the first recorded batch after the first 6 cells
+    (GATE): the pipeline's order no longer depends on how fast this machine trains."""
+    from crashsearch import agents
+
+    global GATE
+    GATE = _Gate(6)
+    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    for name, cls in (("random", "GatedRandom"), ("tpe", "GatedTPE"), ("evolution", "GatedEvolution")):
+        register_policy(name, f"{__name__}:{cls}")
+    return GATE
+
+
+def test_pipeline_spends_the_exact_budget_on_distinct_cells_and_confirms_leaders(lab_home, evidence_first):
+    # Replicates of the leaders enter the queue only where it has room when a batch is recorded. Fast
+    # proposers refill it first, so on a loaded machine, whose trainers were slow beside instant
+    # proposals, a run could end without a replicate (issue 21); here proposals wait for the first
+    # result (evidence_first), so when it is recorded the queue has room and a leader gets its replicate.
     home, ds, space = lab_home
     summary = run_campaign(home, ds.root, "p-basic", budget=17, seeds=2, space_path=space, propose_mode="pipeline",
-                           lookahead=6, group_wait_s=0.05, log=lambda m: None)
+                           lookahead=6, group_wait_s=0.05, log=lambda m: None, reporter=evidence_first)
     df = _history(home, "p-basic")
     assert len(df) == summary.recorded == 17 and df["experiment_id"].is_unique
     firsts = df[df["replicate"] == 0]

@@ -592,11 +592,12 @@ def test_bad_campaign_ids_are_refused_before_any_folder_exists(lab_home, tmp_pat
 
 def test_reading_commands_create_no_folder(tmp_path):
     home = tmp_path / "nothing-here"
-    for args in (["status"], ["query", "SELECT 1 AS x"], ["leaderboard"], ["check"], ["space"]):
-        proc = run_cli(*args, "--home", str(home), timeout=60)
-        assert proc.returncode == 0, (args, proc.stderr)
-    err = one_line_error(run_cli("compact", "--home", str(home), "--campaign", "nosuch"))
-    assert "nosuch" in err
+    proc = run_cli("space", "--home", str(home), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # a home that is not there is said in one line, not read as an empty one (issue 21)
+    for args in (["status"], ["query", "SELECT 1 AS x"], ["leaderboard"], ["check"], ["compact", "--campaign", "nosuch"]):
+        err = one_line_error(run_cli(*args, "--home", str(home), timeout=60))
+        assert f"no crashsearch home at {home}" in err and "--home DIR or CRASHSEARCH_HOME" in err, (args, err)
     tmp_home = tmp_path / "h2"
     tmp_home.mkdir()
     run_cli("compact", "--home", str(tmp_home), "--campaign", "nosuch")

@@ -525,9 +525,18 @@ class Campaign:
         pending = list(jobs)[: max(0, self.target - self.recorded)]
         while pending:
             retries: list[Job] = []
+            left = len(pending)
+            self.show_training(left)  # the bar's heartbeat says so while a long batch trains
             for batch, rows in self.executor.run(self.batches(pending)):
+                left -= len(batch)
+                self.show_training(left)
                 retries += self.record(batch, rows)
             pending = retries[: max(0, self.target - self.recorded)]
+
+    def show_training(self, n: int) -> None:
+        """Tell the progress bar how many experiments are in training (or waiting for a trainer) now."""
+        if self.bar is not None:
+            self.bar.training(n)
 
     def record(self, batch: list[Job], rows: list[dict]) -> list[Job]:
         """Take in a recorded batch: history, progress, policies' observe, healing. Returns the retries."""
@@ -536,6 +545,8 @@ class Campaign:
         failed = [r for r in rows if r["status"] == "failed"]
         retries = self.wrap("heal", self._heal)(batch, failed) if failed else []
         if self.bar is not None:
+            if rows:
+                self.bar.result(_batch_line(rows))
             self.bar.update(len(rows))
             best = self.view().ok["val_ap"].max()
             rate = self.new / max(time.monotonic() - self.started, 1e-9) * 60
@@ -697,6 +708,17 @@ class Campaign:
                 if drops else "it returned fewer cells than it was asked for")
             lines.append(f"{policy.name} proposed {got} of its even share {share} of this run's new cells: {why}")
         return lines
+
+
+def _batch_line(rows: list[dict]) -> str:
+    """The progress bar's "last" result: a batch's size and its best run (or why it failed)."""
+    ok = [r for r in rows if r.get("status") in ("ok", "healed") and r.get("val_ap") == r.get("val_ap")
+          and r.get("val_ap") is not None]
+    if ok:
+        best = max(ok, key=lambda r: r["val_ap"])
+        what = "/".join(str(best.get(k)) for k in ("backbone", "encoder", "size") if best.get(k) is not None)
+        return f"{len(rows)} exp, best {what} val AP {best['val_ap']:.4f}"
+    return f"{len(rows)} exp, none ok ({rows[-1].get('error_class') or rows[-1].get('status')})"
 
 
 def _propose_call(policy: Policy, view: HistoryView, n: int) -> tuple[list[Proposal], str | None]:

@@ -176,6 +176,7 @@ class Pipeline:
         c = self.c
         started = time.monotonic()
         trainers = ThreadPoolExecutor(max_workers=self.trainers, thread_name_prefix="train")
+        threads = self._share_cores()
         stop = threading.Event()
         token = STOP.set(stop)  # the trainers' contexts are copies of this one: set, it cancels their batches
         stopped = "interrupted"
@@ -220,6 +221,8 @@ class Pipeline:
                     for _, rows in future.result():
                         c.count(rows)
             STOP.reset(token)
+            if threads is not None:
+                _set_torch_threads(threads)
             wall = time.monotonic() - started
             s = self.stats
             c.pipeline_stats = {
@@ -229,6 +232,15 @@ class Pipeline:
                 "over_lookahead": s.over_lookahead, "starved_fraction": _fraction(s.starved_seconds, self.first_start),
                 "lookahead": s.max_lookahead, "lookahead_auto": self.fixed_lookahead is None}
         return stopped
+
+    def _share_cores(self) -> int | None:
+        """On a CPU, the trainers share the cores free (lab/cpu.py): each group's torch threads are
+        the cores over the trainers, never more busy threads than cores. Returns the count to put back."""
+        if not isinstance(self.c.executor, LocalExecutor) or str(self.c.device) != "cpu":
+            return None
+        from crashsearch.lab.cpu import threads_per_worker
+
+        return _set_torch_threads(threads_per_worker(self.trainers))
 
     def _next_deadline(self) -> float | None:
         """Seconds until the oldest queued group should start anyway, or the --hours deadline,
@@ -359,6 +371,10 @@ class Pipeline:
             ctx = contextvars.copy_context()
             record = _Training(batch, time.monotonic())
             self.training[pool.submit(ctx.run, self._train, [q.job for q in batch], record)] = record
+            self.c.show_training(self._in_training())
+
+    def _in_training(self) -> int:
+        return sum(len(t.batch) for t in self.training.values())
 
     def _train(self, jobs: list[Job], record: _Training) -> list[tuple[list[Job], list[dict]]]:
         """Trainer thread: one group through the executor (rows are in the store when it returns)."""
@@ -369,6 +385,7 @@ class Pipeline:
 
     def _finish_training(self, future: Future) -> None:
         record = self.training.pop(future)
+        self.c.show_training(self._in_training())
         self.stats.busy.append((record.started, record.ended or time.monotonic()))
         self.trained_jobs += len(record.batch)
         self.trainer_seconds += (record.ended or time.monotonic()) - record.started
@@ -382,6 +399,15 @@ class Pipeline:
             # retries of healed failures go first; beyond the budget they are dropped
             self.queue[:0] = [_Queued(j, now - self.c.config.group_wait_s, self.c.new) for j in retries[:room]]
         self.c._save_state()
+
+
+def _set_torch_threads(n: int) -> int:
+    """Set torch's intra-op threads (every thread's next op uses them); return the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
 
 
 def _fraction(seconds: float, since: float | None) -> float:
