@@ -11,7 +11,7 @@ import pandas as pd
 
 from crashsearch.analysis import anova, variance
 from crashsearch.analysis.history import is_llm
-from crashsearch.analysis.sections.base import Section
+from crashsearch.analysis.sections.base import NotComputed, Section
 from crashsearch.analysis.sections.doc import Doc, fmt, nan
 from crashsearch.analysis.temporal import temporal_vs_meanpool
 from crashsearch.lab.leaderboard import format_interval, leaderboard
@@ -235,22 +235,30 @@ class Headline(Section):
 
     name, keys, heading = "headline", ("headline",), (2, "Headline")
 
+    def _beside(self, name: str):
+        """Section ``name``, or None when it was not computed: the headline stands without it and says why."""
+        try:
+            return self.ctx.need(name)
+        except NotComputed:
+            return None
+
     def compute(self) -> dict:
         ctx = self.ctx
         ctx.need("summary")
         best, history = ctx.numbers["best"], ctx.numbers["history"]
         arch = ctx.need("anova")
-        space = ctx.sections["shares over the space"]
-        ctx.compute(space)  # its failure is part of the headline ("not computed: why"), not the headline's
-        conv = ctx.need("convergence")
         main_arch, arch_full, scope = arch.main, arch.full["numbers"]["arch_group"], arch.scope
-        v = ctx.need("baselines").scratch["verdict"]
+        space = self._beside("shares over the space")
+        conv, arms = self._beside("convergence"), self._beside("baselines")
+        v = (arms.scratch["verdict"] if arms else
+             {"text": f"No like-for-like verdict: not computed ({ctx.not_computed['baselines']}).", "n": None,
+              "arms": [], "leader": None, "undecided": True})
         llm_arms = [a for a in v["arms"] if is_llm(a)]
         # True/False only when an LLM arm was compared from scratch and the verdict is decided
         beat_all = None if not llm_arms or v["undecided"] else is_llm(v["leader"])
-        main_conv = conv.main
-        conv_scope = "post-bugfix" if conv.post else "full history"
-        why = ctx.not_computed.get(space.name)
+        fit = conv.main["overall"] if conv else {"c": None, "r2": None}
+        conv_scope = "post-bugfix" if conv and conv.post else "full history"
+        why = ctx.not_computed.get("shares over the space")
         return {"headline": {
             "best_val_ap": best["val_ap"], "best_arch_group": best["arch_group"],
             "eta2_arch": main_arch["eta2"], "F_arch": main_arch["F"], "p_arch": main_arch["p"],
@@ -259,11 +267,11 @@ class Headline(Section):
             "eta2_arch_ci_method": main_arch["eta2_ci_method"],
             "eta2_null_arch": main_arch["eta2_null"], "k_arch": main_arch["k"],
             "arch_undecided": arch_undecided(main_arch),
-            **variance.headline_numbers(ctx.numbers.get("space_shares"), why),
+            **variance.headline_numbers(ctx.numbers["space_shares"] if space else None, why),
             "validation": ctx.inputs["validation"], "leader": leader_tie(ctx.df),
             "full_history": {"eta2_arch": arch_full["eta2"], "F_arch": arch_full["F"], "p_arch": arch_full["p"],
                              "n": arch_full["n"]},
-            "c": main_conv["overall"]["c"], "r2": main_conv["overall"]["r2"],
+            "c": fit["c"], "r2": fit["r2"],
             "verdict": v["text"], "verdict_n": v["n"], "verdict_arms": v["arms"], "verdict_leader": v["leader"],
             "agents_beat_controls": beat_all,
             "bugfix_events": [e.get("id") for e in ctx.events],
@@ -282,9 +290,9 @@ class Headline(Section):
         items = headline_lines(h, nb["best"])
         if math.isnan(nan(h["eta2_arch"])):
             items.append(f"Architecture ANOVA not available: {nb['anova']['full']['arch_group']['reason']}.")
-        conv = ctx.need("convergence")
-        fit = conv.main["overall"]
-        which = "post-bugfix" if conv.post else "full history"
+        conv = self._beside("convergence")
+        fit = conv.main["overall"] if conv else {"reason": f"not computed: {ctx.not_computed['convergence']}"}
+        which = "post-bugfix" if conv and conv.post else "full history"
         if fit["reason"] is None:
             items.append(f"Convergence ({which}): AP*(N) = {fit['a']:.4f} - {fit['b']:.4f} N^-{fit['c']:.3f}, "
                          f"R² = {fit['r2']:.2f}, c 95% interval {fmt(fit['c_ci'])}."
