@@ -49,7 +49,7 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | space_shares.fanova {estimator, n, cells_run, space_cells, grid, shares.<name> {share, lo, hi}, interactions[] {term, share, lo, hi}, noise_sd, noise_reason, surrogate {kind, holdout_r2, holdout_spearman}, n_boot, level, seconds, total_var, restricted, arch_axes, note, reason} | functional ANOVA over the space: shares of "architecture", "arch_group" (backbone x encoder), every axis and "seed noise"; the largest pairwise interactions |
 | space_shares.{naive, cell_capped, random_arm} {n, k, F, p, eta2, eta2_ci, eta2_ci_method, reason, estimator[, repeats]} | naive eta² on the rows run; eta² of each cell's mean (each cell once); eta² on the from-scratch random arm's rows (null without one) |
 | space_shares.comparison {verdict, grouping, text} | see headline.naive_vs_space |
-| not_computed.<section> | "ErrorType: message" of a section that raised; the rest of the report was built |
+| not_computed.<section> | "ErrorType: message" of a section that raised (names: analysis.sections); its keys are null, its figures absent; the rest of the report was built |
 | convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, at_bound, reason} | power law a - b N^-c; at_bound: parameters at a bound of the fit (e.g. "a = 1") |
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |

@@ -13,27 +13,21 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 GOLDEN = Path(__file__).parent / "golden" / "report"
 VOLATILE = ("generated_at", "timings")  # the clock, not the report (and space_shares.fanova.seconds)
 
 
 def _history():
+    import pandas as pd
+
     from crashsearch.analysis.synthetic import synthetic_history
 
     df = synthetic_history(240, seed=2)
-    base = pd_concat([synthetic_history(60, seed=3 + k, campaign=f"synthetic-baseline-{p}-s{k}", policies=(p,))
-                      for p in ("random", "claude") for k in range(2)])
+    base = pd.concat([synthetic_history(60, seed=3 + k, campaign=f"synthetic-baseline-{p}-s{k}", policies=(p,))
+                     for p in ("random", "claude") for k in range(2)], ignore_index=True)
     other = synthetic_history(120, seed=9, campaign="night", dataset="synth-night")
     events = [{"id": "fix-1", "declared_at": df["finished_at"].iloc[80], "note": "fixed the window slicing"}]
     return df, base, other, events
-
-
-def pd_concat(frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 def build(out: Path) -> tuple[dict, str]:
