@@ -8,9 +8,9 @@
     out_dir/numbers.json   every number below, for scripts and dashboards
 
 and returns the numbers as a dict. It is a pure function of DataFrames: the store, Prefect and
-the CLI live in ``flows/analyze.py``. The report is a list of sections (``analysis.sections.SECTIONS``),
-each computing its numbers, drawing its figures and rendering its text; adding a figure is one
-section class and one list entry (docs/report.md).
+the CLI live in ``flows/analyze.py``. The report is a list of sections (``SECTIONS`` below, their
+classes in analysis/sections/), each computing its numbers, drawing its figures and rendering its
+text; adding a figure is one section class and one list entry (docs/report.md).
 
 numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null without events):
 
@@ -49,7 +49,7 @@ numbers.json keys (stable; NaN is written as null; "post_bugfix" blocks are null
 | space_shares.fanova {estimator, n, cells_run, space_cells, grid, shares.<name> {share, lo, hi}, interactions[] {term, share, lo, hi}, noise_sd, noise_reason, surrogate {kind, holdout_r2, holdout_spearman}, n_boot, level, seconds, total_var, restricted, arch_axes, note, reason} | functional ANOVA over the space: shares of "architecture", "arch_group" (backbone x encoder), every axis and "seed noise"; the largest pairwise interactions |
 | space_shares.{naive, cell_capped, random_arm} {n, k, F, p, eta2, eta2_ci, eta2_ci_method, reason, estimator[, repeats]} | naive eta² on the rows run; eta² of each cell's mean (each cell once); eta² on the from-scratch random arm's rows (null without one) |
 | space_shares.comparison {verdict, grouping, text} | see headline.naive_vs_space |
-| not_computed.<section> | "ErrorType: message" of a section that raised (names: analysis.sections); its keys are null, its figures absent; the rest of the report was built |
+| not_computed.<section> | "ErrorType: message" of a section that raised (names: ``SECTIONS``); its keys are null, its figures absent; the rest of the report was built |
 | convergence.{full, post_bugfix} {a, b, c, r2, rmse, a_ci, b_ci, c_ci, n, points, improvements, n_boot, at_bound, reason} | power law a - b N^-c; at_bound: parameters at a bound of the fit (e.g. "a = 1") |
 | convergence.{full, post_bugfix}.arms.<arm> {a, b, c, r2, reason} | the same fit per arm (no bootstrap) |
 | convergence.forecast {n_now, more, now, expected, gain, expected_ci, gain_ci} | best AP expected after `more` experiments |
@@ -81,19 +81,25 @@ from typing import Any
 import pandas as pd
 
 from crashsearch.analysis import variance
-from crashsearch.analysis.sections import SECTIONS, Context, isolated
-from crashsearch.analysis.sections.architecture import noise_sentence
-from crashsearch.analysis.sections.base import event_positions, post_bugfix
+from crashsearch.analysis.sections.architecture import Anova, SpaceShares, noise_sentence
+from crashsearch.analysis.sections.base import Context, Section, event_positions, isolated, post_bugfix
 from crashsearch.analysis.sections.doc import Doc, jsonable
-from crashsearch.analysis.sections.overview import (RANDOM_WEIGHTS, bound_clause, devices, headline_lines, hours_label,
-                                                    leader_tie, paper_clause, paper_reference, top_cells,
-                                                    validation_sentence, weights_note)
-from crashsearch.analysis.sections.search import convergence_caption
+from crashsearch.analysis.sections.overview import (RANDOM_WEIGHTS, Headline, Summary, Temporal, TopCells,
+                                                    bound_clause, devices, headline_lines, hours_label, leader_tie,
+                                                    paper_clause, paper_reference, top_cells, validation_sentence,
+                                                    weights_note)
+from crashsearch.analysis.sections.search import Baselines, Convergence, Dynamics, convergence_caption
+from crashsearch.analysis.sections.transfer import Coverage, Transfer
 from crashsearch.lab.space import Space
 
-__all__ = ["build_report", "RANDOM_WEIGHTS", "bound_clause", "convergence_caption", "devices", "event_positions",
+__all__ = ["build_report", "SECTIONS", "RANDOM_WEIGHTS", "bound_clause", "convergence_caption", "devices", "event_positions",
            "headline_lines", "hours_label", "isolated", "leader_tie", "noise_sentence", "paper_clause",
            "paper_reference", "post_bugfix", "top_cells", "validation_sentence", "weights_note"]
+
+# The report's sections in the order a reader sees them (a section may need another computed first:
+# Context.need does that). Adding a figure or a part: one Section class and one entry here.
+SECTIONS: list[type[Section]] = [Summary, Headline, Temporal, TopCells, SpaceShares, Anova, Convergence, Baselines,
+                                 Dynamics, Transfer, Coverage]
 
 # numbers.json's top-level keys in the order of the table above (a section's new key goes after them)
 NUMBERS_ORDER = ("title", "generated_at", "weights", "headline", "history", "best", "temporal", "top5", "anova",

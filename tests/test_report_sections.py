@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from crashsearch.analysis import baselines, convergence, dynamics, plots, sections
+from crashsearch.analysis import baselines, convergence, dynamics, plots, report
 from crashsearch.analysis.report import build_report
-from crashsearch.analysis.sections import Section
+from crashsearch.analysis.sections.base import Section
 from crashsearch.analysis.synthetic import synthetic_history
 
 
@@ -44,7 +44,7 @@ def test_any_failing_section_is_not_computed_and_the_rest_is_built(tmp_path, mon
     assert f"## Coverage\n\n(Figure not drawn: Best AP per backbone x encoder: not computed: {why}.)" in md
     assert "## Top 5 cells" in md and "### One-way ANOVA (full history)" in md
     assert json.loads((tmp_path / "numbers.json").read_text()) == numbers
-    assert set(numbers["timings"]) >= {s.name for s in sections.SECTIONS} | {"prepare", "figures", "write"}
+    assert set(numbers["timings"]) >= {s.name for s in report.SECTIONS} | {"prepare", "figures", "write"}
 
 
 class _Spread(Section):
@@ -77,9 +77,7 @@ class _Spread(Section):
 
 
 def test_a_new_section_is_one_class_and_one_list_entry(tmp_path, monkeypatch):
-    from crashsearch.analysis import report
-
-    monkeypatch.setattr(report, "SECTIONS", [*sections.SECTIONS, _Spread])
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, _Spread])
     numbers = build_report(synthetic_history(120, seed=4), tmp_path, n_boot=5, share_boot=2)
     assert numbers["spread"]["n"] == 120 - numbers["history"]["failed"] - numbers["history"]["invalid"]
     assert numbers["figures"]["spread"] == "figures/spread.png" and (tmp_path / "figures" / "spread.png").exists()
@@ -96,9 +94,7 @@ def test_a_section_that_needs_itself_is_not_computed_not_a_hang(tmp_path, monkey
         def compute(self) -> dict:
             return {"loop": self.ctx.need("loop")}
 
-    from crashsearch.analysis import report
-
-    monkeypatch.setattr(report, "SECTIONS", [*sections.SECTIONS, Loop])
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, Loop])
     numbers = build_report(synthetic_history(60, seed=5), tmp_path, n_boot=5, share_boot=2)
     assert numbers["loop"] is None and "needs itself" in numbers["not_computed"]["loop"]
 

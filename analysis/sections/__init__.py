@@ -1,19 +1,8 @@
-"""The report's sections, in the order the report shows them.
+"""The report's sections: each computes its numbers, draws its figures and renders its text.
 
-To add a figure or a part of the report: write a ``Section`` subclass (analysis/sections/base.py
-says what each method does) in the module of its part, or a new module here, and add it to
-``SECTIONS``. ``build_report`` (analysis/report.py) walks this list; nothing else changes. See
-docs/report.md.
+base.py: what a section is (``Section``) and the one runner (``Context``, ``isolated``); doc.py:
+the text and number formatting; overview.py, architecture.py, search.py, transfer.py: the sections
+of each part of the report. Their order is ``analysis.report.SECTIONS``. To add a figure or a part
+of the report: one ``Section`` class here and one entry in that list (docs/report.md). This file
+imports nothing, so importing a section module never imports the others.
 """
-from __future__ import annotations
-
-from crashsearch.analysis.sections.architecture import Anova, SpaceShares
-from crashsearch.analysis.sections.base import Context, NotComputed, Section, isolated
-from crashsearch.analysis.sections.overview import Headline, Summary, Temporal, TopCells
-from crashsearch.analysis.sections.search import Baselines, Convergence, Dynamics
-from crashsearch.analysis.sections.transfer import Coverage, Transfer
-
-SECTIONS: list[type[Section]] = [Summary, Headline, Temporal, TopCells, SpaceShares, Anova, Convergence, Baselines,
-                                 Dynamics, Transfer, Coverage]
-
-__all__ = ["SECTIONS", "Context", "NotComputed", "Section", "isolated"]
