@@ -366,4 +366,6 @@ class TopCells(Section):
         d.table(top5, {"rank": "rank", "cell_id": "cell", "backbone": "backbone", "encoder": "encoder", "loss": "loss",
                        "gamma": "gamma", "val_ap": "validation AP (mean)", "ci": "95% interval", "runs": "runs",
                        "test_ap": "test AP", "source": "source agent"}, empty="No experiment produced an AP.")
+        if (self.ctx.out_dir.parent / "champion" / "card.md").is_file():  # the nightly flow's package (flows/champion.py)
+            d.p("The champion detector, the leader packaged for `crashsearch predict`: [model card](../champion/card.md).")
         d.p("The ranking and interval of `crashsearch leaderboard` (Student t over replicates; - for a single run).")
