@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     try:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
-        if args.command in READING_COMMANDS and args.command != "space":  # a wrong folder is not an empty home
+        # a wrong folder is not an empty home; space and predict read no home (a space file, a model package)
+        if args.command in READING_COMMANDS and args.command not in ("space", "predict"):
             check_home(resolve_home(args.home, create=False).root)
         args.home_dir = resolve_home(args.home, create=writes)
         if writes:

@@ -188,7 +188,7 @@ def test_predict_gives_each_video_its_max_risk_and_alert_and_skips_an_unreadable
     code = main(["predict", "--model", str(package), str(broken), str(one), str(synth_dataset.root),
                  "--out", str(out), "--plots", str(plots)])
     err = capsys.readouterr().err
-    assert code == 0
+    assert code == 0, err
     assert sum("broken.mp4" in line for line in err.splitlines()) == 1 and "cannot open video" in err
     rows = json.loads(out.read_text())
     assert len(rows) == 1 + len(synth_dataset.videos)
