@@ -213,8 +213,11 @@ def test_the_duckdb_cli_opens_it_read_only(home, space):
 def test_catalog_command_builds_and_says_how_to_open_it(home, space, capsys):
     from crashsearch.flows.cli import main as cli
 
-    assert cli(["catalog", "--home", str(home.root / "typo")]) == 0
-    assert "no experiments" in capsys.readouterr().out and not (home.root / "typo").exists()  # creates no folder
+    assert cli(["catalog", "--home", str(home.root / "typo")]) == 2  # a wrong folder is not an empty home
+    assert "no crashsearch home" in capsys.readouterr().err and not (home.root / "typo").exists()  # creates no folder
+    home.root.mkdir(parents=True, exist_ok=True)
+    assert cli(["catalog", "--home", str(home.root)]) == 0
+    assert "no experiments" in capsys.readouterr().out
     Store(home).append("c1", make_rows(space, 1), space)
     (home.root / "history.duckdb").unlink()
     assert cli(["catalog", "--home", str(home.root)]) == 0

@@ -124,11 +124,12 @@ def test_an_internal_error_without_a_home_folder_is_written_to_the_temp_folder(m
     monkeypatch.setattr(status_module, "campaign_status", lambda home: {}["missing"])  # a KeyError: a bug
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    code = cli(["status", "--home", str(tmp_path / "no-home")])  # a reading command creates no home
+    (tmp_path / "new-home").mkdir()  # an empty folder: a new home, which a reading command does not write into
+    code = cli(["status", "--home", str(tmp_path / "new-home")])
     err = capsys.readouterr().err.strip()
     assert code == 70 and "internal error" in err, err
     files = list((tmp_path / "tmp" / "crashsearch-logs").glob("internal-*.txt"))
-    assert len(files) == 1 and str(files[0]) in err and not (tmp_path / "no-home").exists()
+    assert len(files) == 1 and str(files[0]) in err and not any((tmp_path / "new-home").iterdir())
 
 
 # ---- a home shows itself only -----------------------------------------------------------------------

@@ -434,8 +434,10 @@ def _poison(home: Home, space: Space) -> dict[str, Path]:
 
     c1 = home.campaigns / "c1"
     info = json.loads((c1 / "campaign.json").read_text())
-    # "running" with a pid no reader can use: status reads inflight.json too
-    (c1 / "campaign.json").write_text(json.dumps({**info, "status": "running", "budget": int(HUGE), "pid": int(HUGE),
+    # "running" with a pid no reader can use, on another host (so status trusts "running" and reads inflight.json too:
+    # on this host a damaged pid names no live run)
+    (c1 / "campaign.json").write_text(json.dumps({**info, "status": "running", "host": "gpu-node-7",
+                                                  "budget": int(HUGE), "pid": int(HUGE),
                                                   "created_at": "3000-01-01T00:00:00Z", "runs": [5]}))
     now = datetime.now(timezone.utc).isoformat()
     with open(home.root / "bugfix_events.jsonl", "a") as f:

@@ -151,6 +151,7 @@ def test_queries_never_install_extensions(store, home):
 
 
 def _start_long_query(home: Home, *extra: str) -> tuple[subprocess.Popen, float]:
+    home.root.mkdir(parents=True, exist_ok=True)  # an empty home: a missing folder is refused (no home there)
     proc = subprocess.Popen([sys.executable, "-m", "crashsearch", "query", "--home", str(home.root), LONG_QUERY, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, time.monotonic()
