@@ -72,7 +72,7 @@ from crashsearch.lab.catalog import ensure_exists, view_sql
 from crashsearch.lab.logsql import (  # noqa: F401 - LOG_DIR and MINOR_SUFFIX read as store's too
     LOG_DIR, MERGED_SUFFIX, MINOR_SUFFIX, PART_GLOB, REPLACES_KEY, experiments_sql, ident as _ident)
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
-from crashsearch.lab.versions import bugfix_events
+from crashsearch.lab.bugfix_log import bugfix_events
 
 log = logging.getLogger(__name__)
 

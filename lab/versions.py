@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crashsearch.lab.bugfix_log import EVENTS_FILE, as_utc as _as_utc, bugfix_events, events_for  # noqa: F401
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HASHED_DIRS = ("models", "tasks", "lab")
-EVENTS_FILE = "bugfix_events.jsonl"
 
 
 # ---- code versions ----------------------------------------------------------------------------
@@ -122,40 +122,6 @@ def declare_bugfix(home: Home, note: str, version: str | None = None, campaign: 
     finally:
         os.close(fd)
     return event
-
-
-def bugfix_events(home: Home, campaign: str | None = None) -> list[dict]:
-    """The declared events, oldest first; malformed lines are logged and skipped.
-
-    With ``campaign``, only the events that concern it (global ones and its own).
-    """
-    path = home.root / EVENTS_FILE
-    if not path.exists():
-        return []
-    events = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-            at = event.get("at")
-            events.append({
-                "id": str(event.get("id", "")),
-                "version": str(event["version"]) if event.get("version") else None,
-                "at": _as_utc(at).to_pydatetime() if at else None,
-                "campaign": str(event["campaign"]) if event.get("campaign") else None,
-                "note": str(event.get("note", "")),
-                "declared_at": _as_utc(event["declared_at"]).to_pydatetime(),
-            })
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s line %d skipped: not a bug-fix event (%s)", path, number, exc)
-    events = sorted(events, key=lambda e: e["declared_at"])
-    return events if campaign is None else events_for(events, campaign)
-
-
-def events_for(events: list[dict], campaign: str) -> list[dict]:
-    """The events that concern ``campaign``: global ones and those scoped to it."""
-    return [e for e in events if not e.get("campaign") or e["campaign"] == campaign]
 
 
 def describe_event(event: dict) -> str:
@@ -250,11 +216,6 @@ def _finish_ns(df: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def _as_utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 # ---- CLI --------------------------------------------------------------------------------------
 
 def cli_bugfix(args) -> int:
@@ -262,7 +223,7 @@ def cli_bugfix(args) -> int:
     home = args.home_dir
     if getattr(args, "list", False):
         if getattr(args, "campaign", None):
-            from crashsearch.lab.store import Store  # store imports this module: imported here
+            from crashsearch.lab.store import Store  # only the command needs the store
 
             try:
                 Store(home).require_campaign(args.campaign)
@@ -299,7 +260,7 @@ def cli_bugfix(args) -> int:
 
 def _rows_with_version(home: Home, version: str, campaign: str | None) -> int:
     """How many recorded experiments (of ``campaign``, or all) have code version ``version``; 0 if unreadable."""
-    from crashsearch.lab.store import Store  # store imports this module: imported here
+    from crashsearch.lab.store import Store  # only the command needs the store
 
     sql = "SELECT count(*) AS n FROM experiments WHERE code_version = $v" + (" AND campaign = $c" if campaign else "")
     try:
@@ -315,7 +276,7 @@ def _parsed(event: dict) -> dict:
 
 def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
     """Raise ValueError (one line) for a campaign with no experiments, or a version no row of the scope has."""
-    from crashsearch.lab.store import Store  # store imports this module: imported here
+    from crashsearch.lab.store import Store  # only the command needs the store
 
     store = Store(home)
     if campaign is not None and not store.log_files(campaign):

@@ -39,13 +39,16 @@ import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crashsearch.agents.base import Policy
 from crashsearch.lab.lock import ending_status
-from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.tasks.campaign.executor import LocalExecutor
 from crashsearch.tasks.errors import STOP
 from crashsearch.tasks.record import Job
+
+if TYPE_CHECKING:  # the engine picks this scheduler and imports it; here the Campaign is only a type
+    from crashsearch.tasks.campaign.engine import Campaign
 
 AUTO_LOOKAHEAD_MIN = 24  # the automatic lookahead before anything is measured, and its floor
 
