@@ -49,15 +49,16 @@ def _measured_pipeline(max_calls: int = 8) -> tuple[Pipeline, SimpleNamespace]:
 
 def test_a_policy_whose_replies_carry_fewer_cells_gets_more_calls_within_the_cap():
     p, claude = _measured_pipeline()
-    assert p.calls_kept(claude) == START_CALLS  # no reply measured: two calls
-    p.carried["claude"] = 1.0  # replies carry what was asked: still two
+    # claude's share is 78 (52 + 26), so a full call asks for 39
+    assert p.calls_kept(claude) == START_CALLS  # no short reply: two calls, as before
+    p.carried["claude"] = 39.0  # replies carry what is asked: still two
     assert p.calls_kept(claude) == START_CALLS
-    p.carried["claude"] = 0.5
-    assert START_CALLS < p.calls_kept(claude) <= 8
-    p.carried["claude"] = 3 / 39  # 3 cells of the 39 a call asks for
-    assert p.calls_kept(claude) == 8  # the cap
+    p.carried["claude"] = 13.0  # a third of it: 52 / 13 calls
+    assert p.calls_kept(claude) == 4
+    p.carried["claude"] = 3.0  # 3 cells a reply
+    assert p.calls_kept(claude) == 8  # 18 would cover the demand: the cap
     capped, claude2 = _measured_pipeline(max_calls=3)
-    capped.carried["claude"] = 3 / 39
+    capped.carried["claude"] = 3.0
     assert capped.calls_kept(claude2) == 3
     # a call out counts for the cells its policy's replies carry, not for what it asked
     p.calls = {object(): _Call(claude, 39, 0), object(): _Call(claude, 39, 0)}
@@ -77,14 +78,21 @@ def test_a_short_reply_is_measured_and_lets_more_calls_out():
     future.set_result([object()] * 3)
     p.calls[future] = _Call(claude, 12, 0, time.monotonic() - 8)
     p._finish_call(future)
-    assert p.carried["claude"] == pytest.approx(0.25)
+    assert p.carried["claude"] == 3
     assert p.calls_kept(claude) > START_CALLS
     failed = Future()
     failed.set_result([])  # a failed or empty call says nothing about how much a reply carries
     p.calls[failed] = _Call(claude, 12, 0, time.monotonic())
     p.retry_at.clear()
     p._finish_call(failed)
-    assert p.carried["claude"] == pytest.approx(0.25)
+    assert p.carried["claude"] == 3
+    # a small ask answered in full says nothing new; a full reply beyond what was measured raises it
+    for asked in (2, 6):
+        done = Future()
+        done.set_result([object()] * asked)
+        p.calls[done] = _Call(claude, asked, 0, time.monotonic())
+        p._finish_call(done)
+        assert p.carried["claude"] == max(3, asked)
 
 
 def test_the_reply_schema_states_the_count_asked_for(server, wire):  # noqa: F811 (fixtures)

@@ -122,7 +122,8 @@ class Pipeline:
         cfg = campaign.config
         self.fixed_lookahead = None if cfg.lookahead is None else max(cfg.lookahead, 1)  # None: automatic
         self.max_calls = {p.name: max(1, cfg.max_calls_in_flight) if p.concurrent_calls else 1 for p in campaign.policies}
-        self.carried: dict[str, float] = {}  # a policy's replies: cells carried over cells asked (EWMA)
+        # the cells a policy's replies carry at most, from its short replies (absent: what was asked)
+        self.carried: dict[str, float] = {}
         self.queue: list[_Queued] = []
         self.calls: dict[Future, _Call] = {}
         self.training: dict[Future, _Training] = {}
@@ -177,9 +178,10 @@ class Pipeline:
         return sum(1 for q in self.queue if q.job.proposer == name)
 
     def _expected(self, call: _Call) -> int:
-        """The cells a call in flight is expected to carry: what it asked for, times the share of
-        the asked cells its policy's replies have carried."""
-        return math.ceil(call.n * self.carried.get(call.policy.name, 1.0))
+        """The cells a call in flight is expected to carry: what it asked for, at most what its
+        policy's short replies carried."""
+        carried = self.carried.get(call.policy.name)
+        return call.n if carried is None else min(call.n, math.ceil(carried))
 
     def _expected_by(self, name: str | None = None) -> int:
         return sum(self._expected(c) for c in self.calls.values() if name is None or c.policy.name == name)
@@ -196,7 +198,7 @@ class Pipeline:
         """The calls ``policy`` keeps in flight now (``calls_to_keep`` over what is measured)."""
         name = policy.name
         ahead = self._consumed_during_call(name)
-        per_call = self._chunk(name, self.share(name), ahead, policy.max_per_call) * self.carried.get(name, 1.0)
+        per_call = min(self._chunk(name, self.share(name), ahead, policy.max_per_call), self.carried.get(name, math.inf))
         return calls_to_keep(ahead, per_call, self.max_calls[name])
 
     def _consumed_during_call(self, name: str) -> int:
@@ -351,9 +353,11 @@ class Pipeline:
         name = call.policy.name
         took = time.monotonic() - call.started
         self.latency[name] = took if name not in self.latency else 0.7 * self.latency[name] + 0.3 * took
-        if proposals:  # an empty answer is a failure or nothing new, not a short reply
-            part = min(1.0, len(proposals) / max(call.n, 1))
-            self.carried[name] = part if name not in self.carried else 0.7 * self.carried[name] + 0.3 * part
+        got = len(proposals)  # an empty answer is a failure or nothing new, not a short reply
+        if 0 < got < call.n:  # a short reply: about this many cells is what a reply carries
+            self.carried[name] = got if name not in self.carried else 0.7 * self.carried[name] + 0.3 * got
+        elif got and got > self.carried.get(name, math.inf):  # a full reply beyond that: replies carry more
+            self.carried[name] = float(got)
         limit = max(0, min(self.new_cell_room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
