@@ -1,10 +1,11 @@
 """Claude as a proposal policy: the anthropic SDK's Messages API with forced tool use.
 
 The answer comes back as the input of a ``propose_experiments`` (or ``diagnose_failure``) tool
-call whose JSON schema is generated from the space, one enum per axis; ``tool_choice`` forces
-that tool, so there is no free text to parse. The static system prompt carries
-``cache_control: ephemeral`` so that every round after the first reads tools and system prompt
-from Anthropic's prompt cache. A repair turn answers the tool call with an ``is_error``
+call whose JSON schema is generated from the space, one enum per axis, and states how many
+proposals the call asks for (minItems = maxItems); ``tool_choice`` forces that tool, so there is
+no free text to parse. The static system prompt carries ``cache_control: ephemeral`` so that
+every round that asks for a count asked before reads tools and system prompt from Anthropic's
+prompt cache. A repair turn answers the tool call with an ``is_error``
 tool_result listing the rejected items. Everything else (keys, retries, validation, budget) is
 agents/llm.py.
 """
@@ -35,19 +36,27 @@ class ClaudePolicy(LLMPolicy):
         import anthropic
 
         self._anthropic = anthropic
-        self._tools = [
-            {"name": self.propose_tool,
-             "description": "Submit the proposed experiments: each a full cell of the space and a one-sentence rationale.",
-             "input_schema": proposals_schema(self.space)},
-            {"name": self.diagnose_tool,
-             "description": "Submit the diagnosis of a failed experiment: a config fix with the corrected cell, or a code bug.",
-             "input_schema": diagnosis_schema(self.space)},
-        ]
+        self._tools_by_count: dict[int | None, list[dict]] = {}
         # max_retries=0: agents/llm.py retries with its own backoff, budget and sit-out rules
         return anthropic.Anthropic(api_key=key, base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
                                    timeout=self.timeout_s, max_retries=0)
 
-    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None) -> Reply:
+    def _tools(self, count: int | None) -> list[dict]:
+        """The two tools, the propose tool's schema stating ``count`` proposals. Built once per count:
+        the tools open the cached prefix, so a count asked for again reads the same cache entry."""
+        if count not in self._tools_by_count:
+            self._tools_by_count[count] = [
+                {"name": self.propose_tool,
+                 "description": "Submit the proposed experiments: each a full cell of the space and a one-sentence rationale.",
+                 "input_schema": proposals_schema(self.space, count=count)},
+                {"name": self.diagnose_tool,
+                 "description": "Submit the diagnosis of a failed experiment: a config fix with the corrected cell, or a code bug.",
+                 "input_schema": diagnosis_schema(self.space)},
+            ]
+        return self._tools_by_count[count]
+
+    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None,
+              count: int | None = None) -> Reply:
         tool = self.propose_tool if kind == "propose" else self.diagnose_tool
         messages: list[dict] = [{"role": "user", "content": user}]
         if repair is not None:
@@ -63,9 +72,9 @@ class ClaudePolicy(LLMPolicy):
         request: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_output_tokens,
-            # tools + this block form the cached prefix; the tools are the same for both kinds
+            # tools + this block form the cached prefix: one cache entry per count of proposals asked
             "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
-            "tools": self._tools,
+            "tools": self._tools(count if kind == "propose" else None),
             "tool_choice": {"type": "tool", "name": tool},
             "messages": messages,
         }

@@ -1,7 +1,7 @@
 """Gemini as a proposal policy: google-genai's generateContent with a JSON response schema.
 
 The answer is JSON constrained by a response schema generated from the space (one enum per
-axis). Gemini's schema enums must be strings, so numbers travel as "0.001" and
+axis) that states how many proposals the call asks for (minItems = maxItems). Gemini's schema enums must be strings, so numbers travel as "0.001" and
 ``space.validate`` maps them back onto the axis values. The static prompt goes first as the
 system instruction, which lets Gemini's implicit prefix cache reuse it across rounds. A repair
 turn replays the model's JSON and adds a user turn listing the rejected items. Everything else
@@ -34,8 +34,8 @@ class GeminiPolicy(LLMPolicy):
         from google.genai import errors, types
 
         self._types, self._errors = types, errors
-        self._schemas = {"propose": _to_schema(types, proposals_schema(self.space, strings=True)),
-                         "diagnose": _to_schema(types, diagnosis_schema(self.space, strings=True))}
+        self._schemas = {("propose", None): _to_schema(types, proposals_schema(self.space, strings=True)),
+                         ("diagnose", None): _to_schema(types, diagnosis_schema(self.space, strings=True))}
         options = types.HttpOptions(
             base_url=os.environ.get("GOOGLE_GEMINI_BASE_URL") or None,
             timeout=int(self.timeout_s * 1000),  # milliseconds
@@ -43,8 +43,12 @@ class GeminiPolicy(LLMPolicy):
         )
         return genai.Client(api_key=key, http_options=options)
 
-    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None) -> Reply:
+    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None,
+              count: int | None = None) -> Reply:
         types = self._types
+        key = (kind, count if kind == "propose" else None)
+        if key not in self._schemas:  # the propose schema states the count asked for (minItems, maxItems)
+            self._schemas[key] = _to_schema(types, proposals_schema(self.space, strings=True, count=count))
         contents = [types.Content(role="user", parts=[types.Part(text=user)])]
         if repair is not None:
             previous, feedback = repair
@@ -55,7 +59,7 @@ class GeminiPolicy(LLMPolicy):
             temperature=self.temperature,
             max_output_tokens=self.max_output_tokens,
             response_mime_type="application/json",
-            response_schema=self._schemas[kind],
+            response_schema=self._schemas[key],
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),  # no tools: data only
         )
         try:

@@ -447,8 +447,10 @@ class LLMPolicy(Policy):
     def _make_client(self, key: str) -> Any:
         raise NotImplementedError
 
-    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None) -> Reply:
-        """One request. ``kind`` is "propose" or "diagnose"; ``repair`` = (previous reply, feedback)."""
+    def _call(self, kind: str, system: str, user: str, repair: tuple[Reply, str] | None,
+              count: int | None = None) -> Reply:
+        """One request. ``kind`` is "propose" or "diagnose"; ``repair`` = (previous reply, feedback);
+        ``count``: how many proposals the reply must carry (the reply schema states it)."""
         raise NotImplementedError
 
     # -- Policy ----------------------------------------------------------------------------------------
@@ -465,7 +467,7 @@ class LLMPolicy(Policy):
         taken = view.tried_ids()
         calls: list[Reply] = []
         try:
-            reply = self._request("propose", user, None)
+            reply = self._request("propose", user, None, count=n)
         except CallFailed as exc:
             return self._sit_out(exc.message)
         calls.append(reply)
@@ -479,7 +481,7 @@ class LLMPolicy(Policy):
                 self._count(repairs=1)
                 feedback = repair_prompt(reasons, n - len(accepted), [c for c, _ in accepted], self.answer_hint)
                 try:
-                    second = self._request("propose", user, (reply, feedback))
+                    second = self._request("propose", user, (reply, feedback), count=n - len(accepted))
                     calls.append(second)
                     more, reasons2 = (parse_proposals(self.space, second.data, n - len(accepted), taken)
                                       if second.error is None else ([], [second.error]))
@@ -560,12 +562,14 @@ class LLMPolicy(Policy):
         return f"{type(self).__name__}(model={self.model!r}, role={self.role!r})"
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _request(self, kind: str, user: str, repair: tuple[Reply, str] | None) -> Reply:
-        """One logical call with retries; counts tokens and cost; raises CallFailed (scrubbed)."""
+    def _request(self, kind: str, user: str, repair: tuple[Reply, str] | None, count: int | None = None) -> Reply:
+        """One logical call with retries; counts tokens and cost; raises CallFailed (scrubbed).
+        ``count``: the number of proposals the reply schema asks for (None: no count stated)."""
+        extra = {} if count is None else {"count": count}
 
         def attempt() -> Reply:
             try:
-                return self._call(kind, self._static, user, repair)
+                return self._call(kind, self._static, user, repair, **extra)
             except CallFailed as exc:
                 self._count(failed_calls=1)
                 exc.message = self._scrub(exc.message)

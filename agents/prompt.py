@@ -283,16 +283,20 @@ def cell_schema(space: Space, strings: bool = False) -> dict:
     }
 
 
-def proposals_schema(space: Space, strings: bool = False) -> dict:
-    """JSON schema of the propose answer: {"proposals": [{axis: value, ..., "rationale": str}]}."""
+def proposals_schema(space: Space, strings: bool = False, count: int | None = None) -> dict:
+    """JSON schema of the propose answer: {"proposals": [{axis: value, ..., "rationale": str}]}.
+
+    ``count``: the number of proposals asked for, stated as the array's minItems and maxItems, so a
+    structured-output API holds the reply to it (a short reply would leave the trainers waiting).
+    """
     item = cell_schema(space, strings)
     item["properties"]["rationale"] = {"type": "string", "description": "one sentence: what this experiment tests"}
     item["required"] = [*space.axis_names, "rationale"]
-    return {
-        "type": "object",
-        "properties": {"proposals": {"type": "array", "items": item, "description": "the proposed experiments"}},
-        "required": ["proposals"],
-    }
+    proposals: dict[str, Any] = {"type": "array", "items": item, "description": "the proposed experiments"}
+    if count is not None:
+        proposals.update(minItems=int(count), maxItems=int(count),
+                         description=f"exactly {int(count)} proposed experiments, all different")
+    return {"type": "object", "properties": {"proposals": proposals}, "required": ["proposals"]}
 
 
 def diagnosis_schema(space: Space, strings: bool = False) -> dict:

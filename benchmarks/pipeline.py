@@ -19,6 +19,7 @@ For each lookahead of ``--lookahead`` (a comma list; ``auto`` is the default, si
 measured trainer rate and call latency), the pipeline runs once more.
 
     .venv/bin/python benchmarks/pipeline.py [--latency 2,8] [--budget 240] [--lookahead auto,24]
+    .venv/bin/python benchmarks/pipeline.py --latency 2 --modes pipeline --reply-cells 3   # a server that answers short
 """
 from __future__ import annotations
 
@@ -68,13 +69,15 @@ fixed: {epochs: 20, weight_decay: 0.01, class_balance: true, horizons_s: [0.5, 1
 """
 
 
-def _responder(api: str, pool: list, lock: threading.Lock, latency: float):
-    """Answer a propose request with the next n cells of the shared pool, after ``latency`` seconds."""
+def _responder(api: str, pool: list, lock: threading.Lock, latency: float, most: int | None = None):
+    """Answer a propose request with the next n cells of the shared pool, after ``latency`` seconds;
+    with ``most``, never more than ``most`` cells whatever was asked (a server that answers short)."""
 
     def reply(request):
         text = request.text
         wanted = re.search(r"Propose (\d+) replacement", text) or re.search(r"propose exactly (\d+) new", text)
         n = int(wanted.group(1)) if wanted else 4
+        n = min(n, most) if most else n
         with lock:
             cells = [pool.pop() for _ in range(min(n, len(pool)))]
         obj = {"proposals": [dict(c.to_dict(), rationale=f"{api} pick") for c in cells]}
@@ -104,8 +107,8 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
     pool = [space.cell(i) for i in range(space.full_size)]
     random.Random(0).shuffle(pool)
     lock = threading.Lock()
-    server.respond_with("anthropic", _responder("anthropic", pool, lock, latency))
-    server.respond_with("gemini", _responder("gemini", pool, lock, latency))
+    server.respond_with("anthropic", _responder("anthropic", pool, lock, latency, args.reply_cells))
+    server.respond_with("gemini", _responder("gemini", pool, lock, latency, args.reply_cells))
     intervals: list[tuple[float, float]] = []
 
     def timed_train(cells, features, seeds, fixed, device):
@@ -121,7 +124,7 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
         summary = run_campaign(home, dataset.root, f"bench-{tag}", policies=["claude", "gemini"], budget=budget,
                                seeds=1, round_size=args.round_size, device=args.device, space_path=space_path,
                                policy_kwargs={"claude": fast, "gemini": fast}, propose_mode=mode,
-                               lookahead=lookahead, max_calls_in_flight=args.calls,
+                               lookahead=lookahead, **({} if args.calls is None else {"max_calls_in_flight": args.calls}),
                                trainers_per_device=args.trainers, group_wait_s=args.group_wait,
                                train_fn=timed_train, log=lambda m: None)
     finally:
@@ -136,6 +139,7 @@ def run_one(home, dataset, space_path: str, mode: str, latency: float, budget: i
             "staleness": summary.pipeline.get("mean_staleness", 0.0) if summary.pipeline else 0.0,
             "tokens_per_exp": tokens / max(summary.new, 1), "calls": len(server.requests),
             "dropped": summary.pipeline.get("over_lookahead", 0) if summary.pipeline else 0,
+            "most_calls": (summary.pipeline or {}).get("max_calls_in_flight", ""),
             "lookahead": "" if not summary.pipeline else (f"auto (max {summary.pipeline['lookahead']})"
                                                           if summary.pipeline["lookahead_auto"] else str(lookahead))}
 
@@ -146,7 +150,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=240, help="experiments per campaign")
     parser.add_argument("--round-size", type=int, default=12, help="today's loop: experiments per round")
     parser.add_argument("--lookahead", default="auto", help="pipeline: comma list of lookaheads; auto: sized by the engine")
-    parser.add_argument("--calls", type=int, default=2, help="pipeline: calls in flight per agent")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="pipeline: --max-calls-in-flight per agent (default: the engine's own default)")
+    parser.add_argument("--reply-cells", type=int, default=None,
+                        help="the server's replies carry at most this many cells, whatever was asked (default: all)")
     parser.add_argument("--trainers", type=int, default=2, help="pipeline: groups training at once")
     parser.add_argument("--group-wait", type=float, default=0.5)
     parser.add_argument("--videos", type=int, default=48)
@@ -177,10 +184,11 @@ def main() -> None:
 
     print(f"{date.today()} {platform.machine()} {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
           f"device {args.device}, features {args.features or 'pixels of the synthetic dataset'}; budget {args.budget}, round size {args.round_size}, lookahead {args.lookahead}, "
-          f"{args.calls} calls in flight per agent, {args.trainers} trainers, group wait {args.group_wait}s")
+          f"max calls in flight per agent {args.calls or 'default'}, "
+          f"replies carry {f'at most {args.reply_cells} cells' if args.reply_cells else 'what was asked'}, {args.trainers} trainers, group wait {args.group_wait}s")
     print("| L (s) | engine | lookahead | experiments | wall s | training s | busy | busy after first batch | exp/hour | "
-          "mean staleness | tokens/exp | LLM calls | proposals dropped |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "mean staleness | tokens/exp | LLM calls | most calls of one agent at once | proposals dropped |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lookaheads = [None if x.strip() == "auto" else int(x) for x in args.lookahead.split(",")]
     for latency in [float(x) for x in args.latency.split(",")]:
         for mode in args.modes.split(","):
@@ -189,7 +197,7 @@ def main() -> None:
                 r = run_one(home, dataset, space_path, mode, latency, args.budget, args, tag, lookahead)
                 print(f"| {latency:g} | {r['mode']} | {r['lookahead']} | {r['n']} | {r['wall']:.1f} | {r['train']:.1f} | {r['busy']:.0%} | "
                       f"{r['busy_after_fill']:.0%} | {r['exp_per_hour']:,.0f} | {r['staleness']:.1f} | "
-                      f"{r['tokens_per_exp']:,.0f} | {r['calls']} | {r['dropped']} |", flush=True)
+                      f"{r['tokens_per_exp']:,.0f} | {r['calls']} | {r['most_calls']} | {r['dropped']} |", flush=True)
 
 
 if __name__ == "__main__":

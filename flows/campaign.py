@@ -89,7 +89,7 @@ def campaign_flow_fn(dataset: str, campaign: str | None = None, home: str | None
                      hours: float | None = None, space: str | None = None, backbones: str | None = None,
                      seeds: int = 3, round_size: int = 12, device: str = "auto", seed: int = 0,
                      rerun_leaders_after_fix: int = 0, progress: bool = False, propose_mode: str = "pipeline",
-                     policy_args: dict | None = None, max_calls_in_flight: int = 2, lookahead: int | None = None,
+                     policy_args: dict | None = None, max_calls_in_flight: int = 8, lookahead: int | None = None,
                      trainers_per_device: int = 2, group_wait_s: float = 0.5, max_group: int = 64,
                      distributed: str | None = None, max_in_flight: int = 4,
                      dispatch_timeout_s: float = 1800.0, keep_models: str | int | None = 10) -> dict:

@@ -13,7 +13,7 @@ in the next query, also in a connection that stays open for hours. Why this shap
   (atomic), so a DuckDB reader never meets a half-written file or a writer holding its lock. A
   reader opened read-only takes a shared lock that no crashsearch process ever waits on. (Open it
   read-only: a read-write session locks others out, and what it adds is lost at the next build.)
-* **Same dedup as the store.** ``experiments`` is ``lab.store.dedup_sql`` over the log files,
+* **Same dedup as the store.** ``experiments`` is ``lab.logsql.dedup_sql`` over the log files,
   with the bases and replaced files worked out in SQL from the merged files' footers, as
   ``Store.generations`` does in Python. A compaction may unlink a file between a query's file
   listing and its read: that query fails with an IO error; run it again.
@@ -46,6 +46,7 @@ import duckdb
 from crashsearch.lab._io import fsync_dir
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.bounds import TIME_MAX, TIME_MIN
+from crashsearch.lab.logsql import MERGED_SUFFIX, REPLACES_KEY, dedup_sql
 from crashsearch.lab.settings import Home
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def build(home: Home) -> Path | None:
 
 def view_sql(root: Path) -> dict[str, str]:
     """The SELECT of each view over the home at ``root`` (absolute paths, DuckDB 1.0 SQL)."""
-    from crashsearch.lab.store import MERGED_SUFFIX, REPLACES_KEY, dedup_sql  # store imports this module
-
     logs = _sql_text(f"{root}/{LOG_GLOB}")
     folder = "regexp_replace({}, '[^/]*$', '')"  # a path's folder, with its trailing slash
     # Generations in SQL (Store.generations): a merged file's footer names the files it replaces;
@@ -205,7 +204,7 @@ def view_sql(root: Path) -> dict[str, str]:
         FROM one ORDER BY id"""
 
     # bugfix_events.jsonl, one event or removal per line (lab/versions.py): the same lines as
-    # versions.read_events accepts (times within lab.bounds' range), less the removed events.
+    # bugfix_log.read_events accepts (times within lab.bounds' range), less the removed events.
     line = "json_extract_string(line, '$.{}')"
     in_range = f"BETWEEN {_sql_time(TIME_MIN)} AND {_sql_time(TIME_MAX)}"
     bugfix_events = f"""

@@ -37,7 +37,8 @@ before dedup, for internal lookups. Compact a campaign fully after it runs (``cr
 compact``): readers then read one file per campaign. A raw ``read_parquet('.../part-*.parquet')``
 in the duckdb shell also reads replaced files and re-appended copies: query through these views.
 
-Code: this file holds the Store (layout, writes, views, compaction); the row checks are in
+Code: this file holds the Store (layout, writes, views, compaction); the log's file names and
+read SQL are in lab/logsql.py (history.duckdb builds on them too), the row checks in
 lab/rows.py, import and export of external logs in lab/exchange.py, the commands in
 lab/store_cli.py and the crash-safe file writes in lab/_io.py.
 """
@@ -64,20 +65,18 @@ from crashsearch.lab._io import atomic_write, fsync_dir, read_json
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.campaign_info import check_info, readable_info
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
-from crashsearch.lab.schema import BASE_COLUMNS, BASE_FIELDS, experiment_schema
+from crashsearch.lab.schema import BASE_COLUMNS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
+from crashsearch.lab.catalog import ensure_exists, view_sql
+from crashsearch.lab.logsql import (  # noqa: F401 - LOG_DIR and MINOR_SUFFIX read as store's too
+    LOG_DIR, MERGED_SUFFIX, MINOR_SUFFIX, PART_GLOB, REPLACES_KEY, experiments_sql, ident as _ident)
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
-from crashsearch.lab.versions import bugfix_events
+from crashsearch.lab.bugfix_log import bugfix_events
 
 log = logging.getLogger(__name__)
 
-LOG_DIR = "log"
-PART_GLOB = "part-*.parquet"
-MERGED_SUFFIX = ".merged.parquet"  # a full compaction: the campaign's base
-MINOR_SUFFIX = ".minor.parquet"  # a minor compaction: recent files merged, still recent
-REPLACES_KEY = b"crashsearch.replaces"  # footer metadata of a merged file: the file names it replaces
 MINOR_COMPACT_FILES = 50  # append merges a campaign's recent files once there are this many
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)  # covers WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 STALE_TEMP_SECONDS = 3600
@@ -230,8 +229,6 @@ class Store:
 
     def _ensure_catalog(self) -> None:
         """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py)."""
-        from crashsearch.lab.catalog import ensure_exists  # catalog builds on this module's SQL
-
         try:
             ensure_exists(self.home)
         except Exception as exc:  # the rows are written; the catalog is a convenience built again later
@@ -288,8 +285,6 @@ class Store:
             try:
                 gens = self.generations()
                 if follow and gens.live and not gens.damaged and not any(ch in str(self.home.root) for ch in "*?[]{}"):
-                    from crashsearch.lab.catalog import view_sql  # the catalog builds on this module's SQL
-
                     experiments = view_sql(self.home.root.resolve())["experiments"]
                 else:
                     experiments = experiments_sql(gens.bases, gens.recent)
@@ -519,38 +514,6 @@ def warn_damaged(path: Path, problem: str) -> None:
         log.warning("%s is damaged (%s); its rows are left out (see crashsearch check --repair)", path, problem)
 
 
-def experiments_sql(bases: list[Path], recent: list[Path]) -> str:
-    """The SELECT behind the experiments view: one row per (campaign, experiment_id), over these files."""
-    def files(paths: list[Path]) -> str:
-        return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-    if not bases and not recent:
-        return _empty_select(BASE_FIELDS)
-    return dedup_sql(f"read_parquet({files(bases)}, union_by_name = true)" if bases else None,
-                     f"read_parquet({files(recent)}, union_by_name = true, filename = true)" if recent else None)
-
-
-def dedup_sql(base: str | None, recent: str | None) -> str:
-    """The experiments dedup over two relations (SQL FROM items): one row per (campaign, experiment_id).
-
-    ``base`` holds the bases' rows (unique by construction; they always win), ``recent`` every
-    other live row plus a ``filename`` column; recent rows are deduplicated among themselves
-    (earliest finished_at, then file name) and against the bases' ids (an anti join: its cost
-    follows the recent rows). lab/catalog.py builds history.duckdb's view from it too.
-    """
-    parts = []
-    if base:
-        parts.append(f"SELECT * FROM {base}")
-    if recent:
-        fresh = (f"SELECT * EXCLUDE (filename) FROM {recent} "
-                 "QUALIFY row_number() OVER (PARTITION BY campaign, experiment_id ORDER BY finished_at, filename) = 1")
-        if base:
-            fresh = (f"SELECT * FROM ({fresh}) AS recent ANTI JOIN "
-                     f"(SELECT campaign, experiment_id FROM {base}) AS base USING (campaign, experiment_id)")
-        parts.append(fresh)
-    return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
-
-
 def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None,
                   timeout: float | None = None) -> pd.DataFrame:
     """``con.execute(sql).df()`` on a worker thread, interrupted by Ctrl-C or after ``timeout`` s.
@@ -606,19 +569,6 @@ def check_read_only(sql: str) -> None:
 
 
 # ---- small DuckDB tables ------------------------------------------------------------------------
-
-_DUCK_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
-               pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
-
-
-def _empty_select(fields: list[pa.Field]) -> str:
-    cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {_ident(f.name)}" for f in fields)
-    return f"SELECT {cols} WHERE false"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 CAMPAIGN_FIELDS = pa.schema([
     ("id", pa.string()), ("dataset", pa.string()), ("space", pa.string()), ("status", pa.string()),

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crashsearch.lab.bugfix_log import (EVENTS_FILE, as_utc as _as_utc, bugfix_events, events_for,  # noqa: F401 (re-exported)
+                                        read_events)  # noqa: F401
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.bounds import check_time, skip_entry
+from crashsearch.lab.bounds import check_time
 from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HASHED_DIRS = ("models", "tasks", "lab")
-EVENTS_FILE = "bugfix_events.jsonl"
 MAX_CLOCK_SKEW = pd.Timedelta(minutes=10)  # how far a declared fix time may lie ahead of this machine's clock
 
 
@@ -159,68 +160,6 @@ def _append_line(home: Home, entry: dict) -> None:
         os.close(fd)
 
 
-def bugfix_events(home: Home, campaign: str | None = None) -> list[dict]:
-    """The declared events not removed, oldest first; a line no reader accepts is named once and skipped.
-
-    With ``campaign``, only the events that concern it (global ones and its own).
-    """
-    events, removals = read_events(home)
-    gone = {r["removes"] for r in removals}
-    events = [e for e in events if e["id"] not in gone]
-    return events if campaign is None else events_for(events, campaign)
-
-
-def read_events(home: Home) -> tuple[list[dict], list[dict]]:
-    """(events, removals) in bugfix_events.jsonl, each oldest first, removed events included.
-
-    A line that is not an event or a removal within lab.bounds' domains (a time pandas cannot hold,
-    no declared_at, not JSON) is left out and named once (lab.bounds.skip_entry): one bad line,
-    written by hand or by an older version, never stops the analysis of a home."""
-    path = home.root / EVENTS_FILE
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return [], []
-    events, removals = [], []
-    # "\n" only, as the catalog's SQL splits: splitlines() also breaks at U+2028, \x1c, ... inside a value
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict):
-                raise UserError("not a JSON object")
-            parsed = _parse_entry(entry)
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            skip_entry(path, f"line {number}", f"not a bug-fix event: {exc}")
-            continue
-        (removals if "removes" in parsed else events).append(parsed)
-    return sorted(events, key=lambda e: e["declared_at"]), sorted(removals, key=lambda e: e["declared_at"])
-
-
-def _parse_entry(entry: dict) -> dict:
-    declared = check_time(entry.get("declared_at"), "declared_at").to_pydatetime()
-    if "removes" in entry:
-        if not isinstance(entry["removes"], str) or not entry["removes"]:
-            raise UserError(f"removes {entry['removes']!r} is not an event id")
-        return {"id": str(entry.get("id", "")), "removes": entry["removes"], "note": str(entry.get("note") or ""),
-                "declared_at": declared}
-    at = entry.get("at")
-    return {
-        "id": str(entry.get("id", "")),
-        "version": str(entry["version"]) if entry.get("version") else None,
-        "at": None if at is None or at == "" else check_time(at, "at").to_pydatetime(),
-        "campaign": str(entry["campaign"]) if entry.get("campaign") else None,
-        "note": str(entry.get("note", "")),
-        "declared_at": declared,
-    }
-
-
-def events_for(events: list[dict], campaign: str) -> list[dict]:
-    """The events that concern ``campaign``: global ones and those scoped to it."""
-    return [e for e in events if not e.get("campaign") or e["campaign"] == campaign]
-
-
 def describe_event(event: dict) -> str:
     """One line: what the event marks as post-fix, for which campaigns."""
     if event.get("at") is not None:
@@ -317,11 +256,6 @@ def _finish_ns(df: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def _as_utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 # ---- CLI --------------------------------------------------------------------------------------
 
 def cli_bugfix(args) -> int:
@@ -331,7 +265,7 @@ def cli_bugfix(args) -> int:
         return _cli_remove(home, args)
     if getattr(args, "list", False):
         if getattr(args, "campaign", None):
-            from crashsearch.lab.store import Store  # store imports this module: imported here
+            from crashsearch.lab.store import Store  # only the command needs the store
 
             try:
                 Store(home).require_campaign(args.campaign)
@@ -388,7 +322,7 @@ def _cli_remove(home: Home, args) -> int:
 
 def _rows_with_version(home: Home, version: str, campaign: str | None) -> int:
     """How many recorded experiments (of ``campaign``, or all) have code version ``version``; 0 if unreadable."""
-    from crashsearch.lab.store import Store  # store imports this module: imported here
+    from crashsearch.lab.store import Store  # only the command needs the store
 
     sql = "SELECT count(*) AS n FROM experiments WHERE code_version = $v" + (" AND campaign = $c" if campaign else "")
     try:
@@ -404,7 +338,7 @@ def _parsed(event: dict) -> dict:
 
 def _check_scope(home: Home, campaign: str | None, version: str | None) -> None:
     """Raise ValueError (one line) for a campaign with no experiments, or a version no row of the scope has."""
-    from crashsearch.lab.store import Store  # store imports this module: imported here
+    from crashsearch.lab.store import Store  # only the command needs the store
 
     store = Store(home)
     if campaign is not None and not store.log_files(campaign):

@@ -66,7 +66,8 @@ class CampaignConfig:
     policy_args: dict | None = _f(None, "a keyword argument for one policy, repeatable: claude.model=..., "
                                         "gemini.temperature=0.7, claude.role=explorer, tpe.n_startup_trials=5",
                                   flag="--policy-arg", action="append", metavar="NAME.KEY=VALUE")
-    max_calls_in_flight: int = _f(2, "pipeline: proposal calls each policy keeps running at once")
+    max_calls_in_flight: int = _f(8, "pipeline: the most proposal calls one policy keeps running at once (2, "
+                                     "more while its replies carry fewer cells than asked)")
     lookahead: int | None = _f(None, "pipeline: cells claimed beyond what the trainers can start (bounds how far "
                                      "an agent runs ahead of the evidence); default: sized from the measured "
                                      "trainer rate and call latency to keep the trainers busy (at least 24)",

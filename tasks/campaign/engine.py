@@ -43,6 +43,7 @@ from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
 from crashsearch.tasks.campaign.allot import LEADERS_TO_CONFIRM, allot, replicate_cap, replicates_owed
 from crashsearch.tasks.campaign.config import CampaignConfig
 from crashsearch.tasks.campaign.executor import Executor, LocalExecutor
+from crashsearch.tasks.campaign.pipeline import Pipeline
 from crashsearch.tasks.campaign.summary import CampaignSummary
 from crashsearch.tasks.dedup import Deduper
 from crashsearch.tasks.execute import BatchContext
@@ -204,8 +205,6 @@ class Campaign:
             if self.config.rerun_leaders_after_fix:
                 self.run_jobs(self._leader_reruns(self.config.rerun_leaders_after_fix))
             if self.config.propose_mode == "pipeline":
-                from crashsearch.tasks.campaign.pipeline import Pipeline
-
                 stopped = Pipeline(self).run()
             else:
                 stopped = self._run_turns()

@@ -3,11 +3,14 @@
 One coordinator (the thread that calls ``Pipeline.run``) owns every piece of state: the history,
 the claims (the Deduper), the queue of claimed jobs. Worker threads only call out:
 
-- proposers: each policy keeps up to ``max_calls_in_flight`` ``propose`` calls running (one for
-  a policy that cannot take overlapping calls). A call sees the history when it starts plus the
-  cells claimed and not yet recorded (``Campaign.view``), and asks for as many cells as the
-  policy's share of the lookahead has free, so proposals per call follow demand (never more
-  than the policy's ``max_per_call``).
+- proposers: each policy keeps START_CALLS ``propose`` calls running (one for a policy that
+  cannot take overlapping calls). A call sees the history when it starts plus the cells claimed
+  and not yet recorded (``Campaign.view``), and asks for as many cells as the policy's share of
+  the lookahead has free, so proposals per call follow demand (never more than the policy's
+  ``max_per_call``). A policy whose replies carry fewer cells than asked (an LLM server that
+  answers short) gets more calls at once, sized from the cells its replies carry and what the
+  trainers take during one call (``calls_to_keep``), at most ``max_calls_in_flight``; its calls
+  in flight count for the cells they are expected to carry, not the cells they asked for.
 - the lookahead: ``lookahead`` when set, in equal shares per policy. By default each policy's
   share is sized from what is measured: what the trainers take from it during one of its calls
   (trainer capacity over the policies x its call latency) plus the gap between two of its
@@ -39,15 +42,31 @@ import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crashsearch.agents.base import Policy
 from crashsearch.lab.lock import ending_status
-from crashsearch.tasks.campaign.engine import Campaign
 from crashsearch.tasks.campaign.executor import LocalExecutor
 from crashsearch.tasks.errors import STOP
 from crashsearch.tasks.record import Job
 
+if TYPE_CHECKING:  # the engine picks this scheduler and imports it; here the Campaign is only a type
+    from crashsearch.tasks.campaign.engine import Campaign
+
 AUTO_LOOKAHEAD_MIN = 24  # the automatic lookahead before anything is measured, and its floor
+START_CALLS = 2  # calls in flight per policy while its replies carry what was asked (or nothing is measured)
+
+
+def calls_to_keep(demand: int, per_call: float, cap: int) -> int:
+    """How many propose calls a policy keeps running: enough that the cells its replies carry
+    (``per_call``, measured) cover ``demand``, the cells the trainers take from it while one call
+    runs (their rate x the call's latency); START_CALLS when nothing is measured or that is more;
+    never more than ``cap`` (``max_calls_in_flight``: a provider's rate limit, the tokens spent)."""
+    if cap <= 1:
+        return 1
+    if demand <= 0 or per_call <= 0:
+        return min(START_CALLS, cap)
+    return min(cap, max(START_CALLS, math.ceil(demand / per_call)))
 
 
 @dataclass
@@ -80,6 +99,7 @@ class PipelineStats:
     max_queued: int = 0
     over_lookahead: int = 0  # proposals returned beyond the free lookahead (not claimed)
     max_lookahead: int = 0  # the largest lookahead the run used (it grows with measurements when automatic)
+    max_calls: int = 0  # the most propose calls of one policy in flight at once
     # after the first batch started: no group training, none queued, proposal calls out (waiting for agents);
     # the wait for the first answer is not counted, no lookahead can shorten it
     starved_seconds: float = 0.0
@@ -101,7 +121,9 @@ class Pipeline:
         self.c = campaign
         cfg = campaign.config
         self.fixed_lookahead = None if cfg.lookahead is None else max(cfg.lookahead, 1)  # None: automatic
-        self.max_calls = {p.name: cfg.max_calls_in_flight if p.concurrent_calls else 1 for p in campaign.policies}
+        self.max_calls = {p.name: max(1, cfg.max_calls_in_flight) if p.concurrent_calls else 1 for p in campaign.policies}
+        # the cells a policy's replies carry at most, from its short replies (absent: what was asked)
+        self.carried: dict[str, float] = {}
         self.queue: list[_Queued] = []
         self.calls: dict[Future, _Call] = {}
         self.training: dict[Future, _Training] = {}
@@ -149,14 +171,35 @@ class Pipeline:
         n = len(self.c.policies)
         if self.fixed_lookahead is not None:
             return max(1, self.fixed_lookahead // n)
-        need = math.ceil(self._consumed_during_call(name) * (1 + 1 / self.max_calls[name]))
+        need = math.ceil(self._consumed_during_call(name) * (1 + 1 / self._base_calls(name)))
         return max(math.ceil(AUTO_LOOKAHEAD_MIN / n), need)
 
     def _queued_by(self, name: str) -> int:
         return sum(1 for q in self.queue if q.job.proposer == name)
 
-    def _asked_by(self, name: str) -> int:
-        return sum(c.n for c in self.calls.values() if c.policy.name == name)
+    def _expected(self, call: _Call) -> int:
+        """The cells a call in flight is expected to carry: what it asked for, at most what its
+        policy's short replies carried."""
+        carried = self.carried.get(call.policy.name)
+        return call.n if carried is None else min(call.n, math.ceil(carried))
+
+    def _expected_by(self, name: str | None = None) -> int:
+        return sum(self._expected(c) for c in self.calls.values() if name is None or c.policy.name == name)
+
+    def _base_calls(self, name: str) -> int:
+        return min(START_CALLS, self.max_calls[name])
+
+    def _chunk(self, name: str, share: int, ahead: int, max_per_call: int | None) -> int:
+        """What a full call asks for: its part of the share, or of what the trainers take during a
+        call if that is more (within the share and what one reply can hold)."""
+        return min(share, math.ceil(max(share, ahead) / self._base_calls(name)), max_per_call or share)
+
+    def calls_kept(self, policy: Policy) -> int:
+        """The calls ``policy`` keeps in flight now (``calls_to_keep`` over what is measured)."""
+        name = policy.name
+        ahead = self._consumed_during_call(name)
+        per_call = min(self._chunk(name, self.share(name), ahead, policy.max_per_call), self.carried.get(name, math.inf))
+        return calls_to_keep(ahead, per_call, self.max_calls[name])
 
     def _consumed_during_call(self, name: str) -> int:
         """Jobs the trainers can start, per policy, while one of its calls runs (rate x latency).
@@ -230,7 +273,8 @@ class Pipeline:
                 "busy_seconds": s.busy_seconds(), "proposal_calls": s.calls, "max_queued": s.max_queued,
                 "mean_staleness": sum(s.staleness) / len(s.staleness) if s.staleness else 0.0,
                 "over_lookahead": s.over_lookahead, "starved_fraction": _fraction(s.starved_seconds, self.first_start),
-                "lookahead": s.max_lookahead, "lookahead_auto": self.fixed_lookahead is None}
+                "lookahead": s.max_lookahead, "lookahead_auto": self.fixed_lookahead is None,
+                "max_calls_in_flight": s.max_calls}
         return stopped
 
     def _share_cores(self) -> int | None:
@@ -278,7 +322,7 @@ class Pipeline:
         c = self.c
         for policy in c.policies:
             name = policy.name
-            while sum(1 for k in self.calls.values() if k.policy is policy) < self.max_calls[name]:
+            while sum(1 for k in self.calls.values() if k.policy is policy) < self.calls_kept(policy):
                 if name in self.retry_at:
                     if self.retry_at[name] > time.monotonic():
                         break  # its last call failed: ask again after the backoff
@@ -287,11 +331,12 @@ class Pipeline:
                 if self.idle_until.get(name, -1) >= c.new:
                     break  # its last call claimed nothing: ask again once a result has arrived
                 # demand when the answer arrives: the free part of its lookahead share plus what the
-                # trainers will have taken meanwhile. The claim on return still respects the bound.
-                asked = sum(k.n for k in self.calls.values())
+                # trainers will have taken meanwhile; calls out count for the cells they are expected to
+                # carry (a short reply is not a full one). The claim on return still respects the bound.
+                asked = self._expected_by()
                 ahead = self._consumed_during_call(name)
                 share, lookahead = self.share(name), self.lookahead
-                free = min(share - self._queued_by(name) - self._asked_by(name) + ahead,
+                free = min(share - self._queued_by(name) - self._expected_by(name) + ahead,
                            lookahead - len(self.queue) - asked + ahead * len(c.policies), share)
                 # its even part of the room not yet asked for (allot.py): every policy from the first call on
                 waiting = frozenset(n for n, until in self.idle_until.items() if until >= c.new)
@@ -302,8 +347,8 @@ class Pipeline:
                 # a call asks for a full chunk (a call costs its prompt whatever it returns): its part of
                 # the share, or of what the trainers take during a call if that is more (within the
                 # share); a smaller one only when the policy has nothing pending or the budget is nearly spent
-                chunk = min(share, math.ceil(max(share, ahead) / self.max_calls[name]), policy.max_per_call or share)
-                pending = self._asked_by(name) + self._queued_by(name)
+                chunk = self._chunk(name, share, ahead, policy.max_per_call)
+                pending = self._expected_by(name) + self._queued_by(name)
                 if want < chunk and pending and budget_free > want:
                     break
                 n = min(chunk, want)
@@ -312,6 +357,7 @@ class Pipeline:
                 future = _in_daemon_thread(c.ask, policy, view, n)
                 self.calls[future] = _Call(policy, n, c.new, time.monotonic())
                 self.stats.calls += 1
+                self.stats.max_calls = max(self.stats.max_calls, sum(1 for k in self.calls.values() if k.policy is policy))
 
     def _finish_call(self, future: Future) -> None:
         call = self.calls.pop(future)
@@ -319,6 +365,11 @@ class Pipeline:
         name = call.policy.name
         took = time.monotonic() - call.started
         self.latency[name] = took if name not in self.latency else 0.7 * self.latency[name] + 0.3 * took
+        got = len(proposals)  # an empty answer is a failure or nothing new, not a short reply
+        if 0 < got < call.n:  # a short reply: about this many cells is what a reply carries
+            self.carried[name] = got if name not in self.carried else 0.7 * self.carried[name] + 0.3 * got
+        elif got and got > self.carried.get(name, math.inf):  # a full reply beyond that: replies carry more
+            self.carried[name] = float(got)
         limit = max(0, min(self.new_cell_room(), self.share(name) - self._queued_by(name), self.lookahead - len(self.queue)))
         jobs = self.c.claim(call.policy, proposals, limit)
         self.stats.over_lookahead += max(0, len(proposals) - limit)
