@@ -175,7 +175,8 @@ def _load(run: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", default="main", help="git ref of the code to compare with (default: main)")
+    ap.add_argument("--before", default="main", help="git ref of the code to compare with (default: main; "
+                    "'none': only this working tree, idle and busy, printed without writing the README)")
     ap.add_argument("--budget", type=int, default=8, help="experiments per campaign")
     ap.add_argument("--videos", type=int, default=48)
     ap.add_argument("--warm", type=float, default=60.0, help="seconds the busy loop runs before the busy runs")
@@ -200,15 +201,16 @@ def main() -> None:
         return
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results: dict = {"before": {}, "after": {}}
+    codes = ("after",) if args.before == "none" else ("before", "after")
     with tempfile.TemporaryDirectory(prefix="crashsearch-contention-") as tmp:
         setups = {code: prepare(checkout(args.before if code == "before" else None, Path(tmp) / code / "code"),
-                                Path(tmp) / code, args.videos) for code in ("before", "after")}
+                                Path(tmp) / code, args.videos) for code in codes}
         for mode in ("idle", "busy"):
             hog = busy_loop() if mode == "busy" else None
             try:
                 if hog is not None:
                     time.sleep(args.warm)
-                for code in ("before", "after"):
+                for code in codes:
                     env, home, dataset = setups[code]
                     results[code][mode] = r = timed_campaign(env, home, dataset, f"{mode}", args.budget, args.timeout)
                     print(f"{code:>6} {mode}: wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, load {_load(r)}"
@@ -217,6 +219,10 @@ def main() -> None:
                 if hog is not None:
                     hog.kill()
                     hog.wait()
+    if args.before == "none":
+        after = results["after"]
+        print(f"after only, started {started}: busy / idle = {after['busy']['wall_s'] / after['idle']['wall_s']:.2f}x")
+        return
     text = markdown(results, args, started)
     print(text)
     if args.write:

@@ -18,7 +18,10 @@ from crashsearch.lab.errors import UserError
 
 DEFAULT_HOME = "crashsearch-data"
 OUTPUT_FOLDERS = ("reports", "benchmarks")
-HOME_MARKERS = ("campaigns", "cache", "datasets")  # what any writing command leaves in a home
+# what a writing command can leave in a home, any one of which marks it (an internal error of a first
+# command leaves only logs/; a first bug-fix declaration only its events file)
+HOME_MARKERS = ("campaigns", "cache", "datasets", "logs", "reports", "quarantine", "bugfix_events.jsonl",
+                "history.duckdb", ".prefect")
 
 
 @dataclass(frozen=True)
@@ -97,4 +100,4 @@ def check_home(root: Path) -> None:
     if not root.exists():
         raise UserError(f"no crashsearch home at {root} (no such folder)")
     if any(root.iterdir()) and not any((root / name).exists() for name in HOME_MARKERS):
-        raise UserError(f"{root} is not a crashsearch home (it has no campaigns/, cache/ or datasets/ folder)")
+        raise UserError(f"{root} is not a crashsearch home (none of campaigns/, cache/, datasets/, logs/ or the files a home keeps)")

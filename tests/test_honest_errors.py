@@ -437,3 +437,17 @@ def test_a_damaged_pid_in_campaign_json_is_no_live_run(store, space):
                                     "host": __import__("socket").gethostname()}))
         assert next(r for r in campaign_status(store.home) if r["campaign"] == "c1")["status"] == "stopped (crashed?)", pid
         assert store.query("SELECT status FROM campaigns")["status"][0] == "stopped (crashed?)"
+
+
+def test_a_bad_keep_models_is_the_users_mistake_and_a_home_with_only_logs_is_still_a_home(tmp_path, capsys):
+    # found merging: CampaignConfig re-raised parse_keep's error as a plain ValueError (internal error, exit 70),
+    # and the internal-error log it wrote made the fresh home "not a crashsearch home" for every reading command
+    from crashsearch.flows.cli import main as cli
+
+    home = tmp_path / "home"
+    assert cli(["campaign", "--home", str(home), "--dataset", str(tmp_path / "nowhere"), "--keep-models", "-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--keep-models" in err and "internal error" not in err, err
+    (home / "logs").mkdir(parents=True, exist_ok=True)  # what an internal error of a first command leaves
+    (home / "logs" / "internal-x.txt").write_text("Traceback ...")
+    assert cli(["status", "--home", str(home)]) == 0, capsys.readouterr().err

@@ -93,7 +93,7 @@ class CampaignConfig:
         try:  # "all" (None) or a whole number >= 0, as the flag and a flow parameter may give it
             object.__setattr__(self, "keep_models", parse_keep(self.keep_models))
         except ValueError as exc:
-            raise ValueError(str(exc)) from None
+            raise UserError(str(exc)) from None
         problems = self.problems()
         if problems:
             raise UserError("; ".join(problems))
