@@ -342,7 +342,6 @@ def test_a_signal_during_a_duckdb_query_stops_the_run(store, space, monkeypatch,
     # bug (CI): SIGTERM to a campaign while it built history.duckdb reached DuckDB, which turns a signal
     # during a query into RuntimeError("Query interrupted"); the store logged "could not build
     # history.duckdb: Query interrupted" and went on, so the campaign trained on for minutes
-    from crashsearch.lab import catalog
     from crashsearch.lab.lock import ending_status, raise_on_sigterm
 
     before = signal.getsignal(signal.SIGTERM)
@@ -351,7 +350,10 @@ def test_a_signal_during_a_duckdb_query_stops_the_run(store, space, monkeypatch,
         with pytest.raises(BaseException) as lost:
             _query_hit_by(sig)
         assert ending_status(lost.value) == "interrupted", repr(lost.value)  # where it is not caught
-        monkeypatch.setattr(catalog, "ensure_exists", lambda home: _query_hit_by(sig))  # the catalog's build
+        from crashsearch.lab import store as store_module
+
+        # the catalog's build, where the store calls it
+        monkeypatch.setattr(store_module, "ensure_exists", lambda home: _query_hit_by(sig))
         with pytest.raises(KeyboardInterrupt):
             store.append("c1", rows(space, 2), space)
     finally:
