@@ -311,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CRASHSEARCH_DEBUG") or isinstance(exc, SystemExit):
             raise
         if ending_status(exc) == "interrupted":
+            # the exit is decided: a second signal (a repeated Ctrl-C, a group signal reaching us twice) while it is
+            # reported must not escape main() as a KeyboardInterrupt, which ends Python by SIGINT (exit -2, not 130)
+            if _is_the_process():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             print(INTERRUPTED, file=sys.stderr)
             return 130
         from crashsearch.lab.errors import INTERNAL_EXIT, is_user_error, report_internal
@@ -326,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.command}: internal error: {user_message(exc)}"
               + (f" (traceback in {where})" if where else ""), file=sys.stderr)
         return INTERNAL_EXIT
+
+
+def _is_the_process() -> bool:
+    """Whether main() runs as the command itself (`crashsearch`, `python -m crashsearch`), not called
+    in-process by a caller (a notebook, a test) whose signal handlers are not ours to change."""
+    return os.path.basename(sys.argv[0] or "") in ("crashsearch", "__main__.py")
 
 
 def check_writable(root) -> None:
