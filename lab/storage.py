@@ -1,0 +1,129 @@
+"""The storage seam: where a home's files live, behind one small protocol.
+
+The history store (lab/store.py) and the campaign files (campaign.json, state.json, summary.txt,
+diagnoses.jsonl, inflight.json) are written and read through a ``Backend``. Keys are
+'/'-separated paths relative to the home's root (``campaigns/<id>/log/part-....parquet``). The
+guarantees every backend gives, and the store relies on:
+
+* ``put`` is atomic: a reader sees the whole new object or the old one (or none), never a part.
+  Local files: a temp file beside the target, fsynced, renamed over it, the folder fsynced
+  (lab/_io.atomic_write, the one atomic-write helper). Object stores: a single PUT.
+* ``create`` is a conditional create: it writes only if the key does not exist, and says whether
+  it did. Two writers racing for one key: exactly one wins (O_EXCL locally; If-None-Match: * on
+  object stores). Locks and leases build on it.
+* ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
+  temp files are hidden names, which ``list`` leaves out).
+* No rename is assumed by callers: compaction writes the merged object, then deletes the objects
+  it replaces (readers ignore replaced objects by the merged object's footer).
+
+``LocalBackend`` (a folder on a POSIX filesystem) is the implementation for a path home.
+``backend_for(root)`` picks the backend for a home root (a path, or a URL such as s3://bucket/p).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from crashsearch.lab._io import atomic_write, fsync_dir
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where one home's objects live. Keys are '/'-separated, relative to the home root."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (a folder-like prefix such as ``campaigns/x/log/``), sorted."""
+
+    def read(self, key: str) -> bytes:
+        """The bytes of ``key``; FileNotFoundError if it does not exist."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key`` atomically (whole or not at all), replacing any old object."""
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` to ``key`` only if it does not exist; True if this call created it."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+
+    def mtime(self, key: str) -> float:
+        """Last-modified time of ``key`` (seconds since the epoch); FileNotFoundError if absent."""
+
+    def url(self, key: str) -> str:
+        """The path or URL DuckDB reads ``key`` by (a local path, or s3://bucket/prefix/key)."""
+
+
+class LocalBackend:
+    """A home in a local (or NFS-mounted) folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad storage key {key!r}")
+        return self.root / key
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.name.startswith(".") or not path.is_file():  # hidden: temp files of writes
+                continue
+            keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def read(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a hidden name, then hard-linked to the key: link() fails if the key
+        # exists, so the create is exclusive and a reader never sees a half-written object
+        temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.create.tmp"
+        try:
+            atomic_write(temp, lambda f: f.write(data))
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return True
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def mtime(self, key: str) -> float:
+        return self._path(key).stat().st_mtime
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+
+def is_url(root: str | os.PathLike) -> bool:
+    """Whether a home root names an object store (``s3://...``, ``gs://...``) rather than a path."""
+    return "://" in str(root)
+
+
+def backend_for(root: str | os.PathLike) -> Backend:
+    """The backend for a home root: a LocalBackend for a path (object stores: see issue 24)."""
+    if is_url(root):
+        raise ValueError(f"no storage backend for {root} yet")
+    return LocalBackend(Path(root))
