@@ -20,6 +20,7 @@ from prefect import flow
 from crashsearch.analysis.history import baseline_campaign_id, parse_baseline
 from crashsearch.analysis.report import build_report, headline_lines
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space, SpaceError
 from crashsearch.lab.store import Store
@@ -169,6 +170,7 @@ def _publish(campaign: str, report_md: Path) -> None:
         create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines),
                                  description=f"Analysis report of campaign {campaign}")
     except Exception as exc:  # an artifact is a convenience: the report files are written already
+        reraise_interrupt(exc)
         print(f"could not publish the report artifact: {str(exc).splitlines()[0][:160]}", file=sys.stderr)
 
 

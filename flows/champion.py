@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crashsearch.lab.lock import reraise_interrupt
+
 
 def main(args) -> int:
     """Write the package and print where it is and its headline figures."""
@@ -57,6 +59,7 @@ def nightly_champion(home, campaign: str) -> str | None:
         _publish_card(campaign, folder / "card.md")
         return str(folder / "card.md")
     except Exception as exc:  # noqa: BLE001 - the campaign's rows are recorded; the package is on top
+        reraise_interrupt(exc)  # a Ctrl-C during one of its queries stops the run, as anywhere else
         print(f"could not write the champion of {campaign}: {' '.join(str(exc).split())[:200]}")
         return None
 

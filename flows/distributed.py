@@ -41,6 +41,7 @@ import pandas as pd
 
 from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -188,6 +189,7 @@ class DistributedExecutor:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(inflight))),
                                          limit=len(inflight))
         except Exception as exc:  # the server may be restarting; the store still says what finished
+            reraise_interrupt(exc)
             self.log(f"could not read flow-run states: {one_line(str(exc), 160)}")
             return
         now = time.monotonic()

@@ -26,6 +26,7 @@ import time
 from typing import Callable
 from uuid import UUID
 
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.store import Store
 
@@ -130,5 +131,6 @@ class CampaignProgress:
         try:
             work()
         except Exception as exc:  # the UI is a convenience: report once, then stop trying
+            reraise_interrupt(exc)  # a Ctrl-C during its leaderboard query is DuckDB's RuntimeError: stop the run
             self.flow_run_id = None
             self.log(f"Prefect UI artifacts off for this run: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
+from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.tasks.errors import stopping
 from crashsearch.tasks.heal import rule_fix
 from crashsearch.tasks.keep import Keeper
@@ -90,6 +91,7 @@ def _keep(rows: list[dict], results: list, features: FeatureSet, ctx: BatchConte
     try:
         keeper.keep_batch(rows, results, meta)
     except Exception as exc:  # noqa: BLE001 - the rows are recorded; weights are a convenience on top
+        reraise_interrupt(exc)  # a Ctrl-C during its DuckDB query is a RuntimeError there: still a Ctrl-C
         print(f"could not keep the weights of batch {rows[0]['experiment_id']}...: {one_line(str(exc), 200)}",
               file=sys.stderr)
 

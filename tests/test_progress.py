@@ -118,6 +118,31 @@ def test_a_dead_server_costs_one_line_and_never_stops_the_campaign(tmp_path, mon
     assert run() == 1 and "Prefect UI artifacts off" in lines[0] and "All connection attempts failed" in lines[0]
 
 
+def test_a_ctrl_c_during_the_reporters_leaderboard_query_stops_the_campaign(tmp_path, monkeypatch):
+    # bug (seen under load): Ctrl-C while the reporter read the leaderboard for the UI reached DuckDB,
+    # which turns a signal during a query into RuntimeError("Query interrupted"); the reporter's
+    # "the UI is a convenience" handler logged "Prefect UI artifacts off" and the campaign trained on
+    from prefect import flow
+
+    from crashsearch.flows.progress import CampaignProgress
+
+    lines = []
+
+    def interrupted(*_a, **_k):
+        raise RuntimeError("Query interrupted")  # what DuckDB raises when a signal arrives mid-query
+
+    @flow(name="progress-ctrl-c")
+    def run() -> None:
+        reporter = CampaignProgress(resolve_home(tmp_path / "home"), log=lines.append, min_interval_s=0)
+        reporter.start("c", 0, 4, 4)
+        monkeypatch.setattr(Store, "leaderboard", interrupted)
+        reporter.finish(4, "budget")
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert not any("artifacts off" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_the_campaign_flow_publishes_its_progress_and_the_report_links_its_files(synth_dataset, tmp_path):
     from crashsearch.flows.analyze import analyze_flow

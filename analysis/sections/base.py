@@ -21,6 +21,7 @@ import pandas as pd
 from crashsearch.analysis import plots
 from crashsearch.analysis.history import prepare
 from crashsearch.analysis.sections.doc import Doc
+from crashsearch.lab.lock import reraise_interrupt
 
 
 class NotComputed(Exception):
@@ -36,6 +37,7 @@ def isolated(section: str, failures: dict, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001  any failure of one section must not take the report down
+        reraise_interrupt(exc)  # but a Ctrl-C during its DuckDB query stops the report
         failures[section] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
         return None
 
