@@ -9,7 +9,6 @@ JSON shape.
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,25 +131,3 @@ def _info(res: BenchmarkRuns, title: str, history: pd.DataFrame) -> dict:
                        f"(wall seconds summed over repeats; {a['cpu']:.1f} CPU seconds)" for p, a in agg.items()]
     return info
 
-
-def main(args) -> int:
-    """CLI entry: one line on stderr and exit code 2 for a user's mistake."""
-    try:
-        result = benchmark(args.campaign, args.home_dir, policies=args.policies, budget=args.budget,
-                           repeats=args.repeats, objective=args.objective, seed=args.seed, out=args.out,
-                           space=args.space, workers=args.workers, round_size=args.round_size, max_usd=args.max_usd,
-                           log=lambda m: print(m, file=sys.stderr))
-    except UserError as exc:  # SurrogateError and SpaceError included
-        print(f"crashsearch benchmark: {exc}", file=sys.stderr)
-        return 2
-    print(result["verdict"])
-    for name, p in result["doc"]["policies"].items():
-        last = p["best_at"][str(result["doc"]["budget"])]
-        shown = ("no AP (all misses, or not reached)" if last["mean"] is None else f"{last['mean']:.4f} " +
-                 (f"[{last['lo']:.4f}, {last['hi']:.4f}]" if last["lo"] is not None else "(no interval: one repeat with an AP)"))
-        print(f"{name}: best at N={result['doc']['budget']}: {shown}")
-    if pb.low_fidelity(result["doc"]):
-        print(f"warning: the surrogate's held-out R^2 is {result['doc']['surrogate']['holdout_r2']}, below "
-              f"{pb.LOW_FIDELITY_R2}: these curves say little about the real space (see benchmark.md)", file=sys.stderr)
-    print(f"wrote {result['md']}")
-    return 0

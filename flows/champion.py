@@ -1,26 +1,8 @@
-"""``crashsearch champion``: package a campaign's leader (or a chosen cell) as a detector (tasks/champion.py)."""
+"""The nightly champion: the nightly flow packages a campaign's leader as a detector (tasks/champion.py)
+when it changed. ``crashsearch champion`` packages one on demand (flows/commands/champion.py)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from crashsearch.lab.lock import reraise_interrupt
-
-
-def main(args) -> int:
-    """Write the package and print where it is and its headline figures."""
-    from crashsearch.tasks.champion import write_champion
-
-    card = write_champion(args.home_dir, args.campaign, Path(args.out), cell_id=args.cell)
-    run, rep = card["package_run"], card["replicates"]["test_ap"]
-    note = " (RANDOM backbone weights)" if card["backbone"]["random"] else ""
-    ci = f" [{rep['ci_lo']:.4f}, {rep['ci_hi']:.4f}]" if rep["ci_lo"] is not None else ""
-    onnx = "ONNX checked" if card["onnx"].get("checked") else ("ONNX not checked" if card["onnx"]["exported"]
-                                                                 else "no ONNX")
-    print(f"champion of {card['campaign']}: cell {card['cell_id']}{note}, run {run['experiment_id']} "
-          f"({run['origin']} weights); test AP {run['evaluated']['test_ap']:.4f}, over {rep['n']} seed(s) "
-          f"{rep['mean']:.4f}{ci}; alert threshold {card['threshold']['value']:.4f}; {onnx} -> {args.out}")
-    return 0
-
 
 CHAMPION_DIR = "champion"  # <home>/campaigns/<id>/champion/: the nightly package (the report links its card)
 

@@ -1,7 +1,8 @@
 """The ``crashsearch`` command line. Every command takes ``--home``.
 
-Argument parsing lives here and stays light (no torch import); each handler imports the module
-that does the work only when its command runs.
+This module keeps the table of commands and the one error and signal handler (``main``). Each
+command's arguments and handler sit together in its module under flows/commands/; parsing stays
+light (no torch import): a handler imports the module that does the work only when it runs.
 """
 from __future__ import annotations
 
@@ -11,238 +12,77 @@ import errno
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from crashsearch.flows.commands import (analyze, benchmark, bugfix, campaign, champion, demo, extract, history, predict,
+                                        space, status, synth)
 from crashsearch.lab.settings import check_home, resolve_home
 
+
+class Command(NamedTuple):
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # returns the process exit code
+    help: str  # %-formatted by argparse in the command list: write % as %%
+    # "writes": the home is created when missing; "reads": it must exist and nothing is written into it;
+    # "none": no home is read (a space file, a model package)
+    home: str = "writes"
+
+
+# Every command, in the order `crashsearch --help` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("space", space.add_arguments, space.run, "describe a configuration space", home="none"),
+    Command("synth", synth.add_arguments, synth.run, "write a synthetic dashcam dataset (H.264, Nexar layout)"),
+    Command("extract", extract.add_arguments, extract.run, "extract backbone embeddings into the Parquet feature cache"),
+    Command("campaign", campaign.add_arguments, campaign.run, "run (or resume) a search campaign"),
+    Command("demo", demo.add_arguments, demo.run,
+            "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed"),
+    Command("query", history.add_query_arguments, history.query,
+            "run read-only SQL over the history (views: experiments, campaigns, bugfix_events)", home="reads"),
+    Command("leaderboard", history.add_leaderboard_arguments, history.leaderboard,
+            "best cells by mean validation AP with replicates and 95%% interval", home="reads"),
+    Command("import", history.add_import_arguments, history.import_,
+            "import an external experiment log (CSV or Parquet) as a campaign"),
+    Command("export", history.add_export_arguments, history.export, "export one campaign as a single Parquet file",
+            home="reads"),
+    Command("compact", history.add_compact_arguments, history.compact,
+            "merge a campaign's small log files into one (safe while campaigns read and write)", home="reads"),
+    Command("catalog", history.add_catalog_arguments, history.catalog,
+            "(re)build <home>/history.duckdb, the history as views any DuckDB client opens read-only", home="reads"),
+    Command("bugfix", bugfix.add_arguments, bugfix.run, "declare a bug-fix event (default: the current code version "
+                                                       "fixes a bug, for every campaign), or list the events"),
+    Command("analyze", analyze.add_arguments, analyze.run, "statistics and the report for a campaign"),
+    Command("check", history.add_check_arguments, history.check,
+            "find damaged history files; --repair moves them to <home>/quarantine/ (never deletes)", home="reads"),
+    Command("benchmark", benchmark.add_arguments, benchmark.run,
+            "compare search policies on a surrogate (or table) of a recorded history"),
+    Command("status", status.add_arguments, status.run, "running and recent campaigns", home="reads"),
+    Command("champion", champion.add_arguments, champion.run, "package a campaign's leader as a detector: ONNX head, "
+                                                              "state dict, feature spec, alert threshold and model card"),
+    Command("predict", predict.add_arguments, predict.run,
+            "run a packaged detector on videos: per video max risk and alert time", home="none"),
+)
 
 INTERRUPTED = "interrupted; finished experiments are kept"
 HOME_HINT = "; point at one with --home DIR or CRASHSEARCH_HOME=DIR"  # after "no crashsearch home at PATH"
 # commands that only read the home: they never create a folder in it
-READING_COMMANDS = ("query", "leaderboard", "export", "status", "check", "space", "compact", "catalog", "predict")
+READING_COMMANDS = tuple(c.name for c in COMMANDS if c.home != "writes")
+NO_HOME = tuple(c.name for c in COMMANDS if c.home == "none")
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="state directory (default: $CRASHSEARCH_HOME or ./crashsearch-data)")
 
 
-# ---- handlers -------------------------------------------------------------------------------
-# Each returns a process exit code. Owners: see the module each one imports.
-
-def cmd_space(args) -> int:
-    from crashsearch.lab.space import Space
-
-    space = Space.load(args.space)
-    print(space.describe())
-    return 0
-
-
-def cmd_synth(args) -> int:
-    from crashsearch.lab.synth import main as synth_main
-
-    return synth_main(args)
-
-
-def cmd_extract(args) -> int:
-    from crashsearch.flows.extract import main as extract_main
-
-    return extract_main(args)
-
-
-def cmd_campaign(args) -> int:
-    from crashsearch.flows.campaign import main as campaign_main
-
-    return campaign_main(args)
-
-
-def cmd_demo(args) -> int:
-    from crashsearch.flows.demo import main as demo_main
-
-    return demo_main(args)
-
-
-def cmd_store(args) -> int:
-    from crashsearch.lab.store_cli import cli_main
-
-    return cli_main(args)
-
-
-def cmd_catalog(args) -> int:
-    from crashsearch.lab.catalog import cli_main
-
-    return cli_main(args)
-
-
-def cmd_bugfix(args) -> int:
-    from crashsearch.lab.versions import cli_bugfix
-
-    return cli_bugfix(args)
-
-
-def cmd_analyze(args) -> int:
-    from crashsearch.flows.analyze import main as analyze_main
-
-    return analyze_main(args)
-
-
-def cmd_check(args) -> int:
-    from crashsearch.lab.check import cli_main as check_main
-
-    return check_main(args)
-
-
-def cmd_benchmark(args) -> int:
-    from crashsearch.flows.benchmark import main as benchmark_main
-
-    return benchmark_main(args)
-
-
-def cmd_champion(args) -> int:
-    from crashsearch.flows.champion import main as champion_main
-
-    return champion_main(args)
-
-
-def cmd_predict(args) -> int:
-    from crashsearch.flows.predict import main as predict_main
-
-    return predict_main(args)
-
-
-def cmd_status(args) -> int:
-    from crashsearch.flows.status import main as status_main
-
-    return status_main(args)
-
-
-# ---- parser ---------------------------------------------------------------------------------
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crashsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"),  # help is %-formatted, a description not
-                           formatter_class=DefaultsFormatter)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, formatter_class=DefaultsFormatter,
+                           description=command.help.replace("%%", "%"))  # help is %-formatted, a description not
         _add_home(p)
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command("space", cmd_space, "describe a configuration space")
-    p.add_argument("--space", default=None, help="space YAML (default: the 108,000-cell collision space)")
-
-    p = command("synth", cmd_synth, "write a synthetic dashcam dataset (H.264, Nexar layout)")
-    p.add_argument("--out", default=None, help="dataset folder (default: <home>/datasets/synth-<style>)")
-    p.add_argument("--videos", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", default="day", choices=["day", "night"])
-    p.add_argument("--width", type=int, default=160)
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=10.0,
-                   help="clip length (>= 2); positive events sit at >= 6.8 s, or in the last second of a clip under 7.1 s")
-
-    p = command("extract", cmd_extract, "extract backbone embeddings into the Parquet feature cache")
-    p.add_argument("--dataset", required=True, help="dataset folder (Nexar train.csv or generic CSV)")
-    p.add_argument("--backbone", required=True, help="backbone name, e.g. vjepa2_vitl, r2plus1d_18, pixels")
-    p.add_argument("--weights", default="auto", help="auto (pretrained if available, else random), random, or a local path / hub id")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2, help="decoder workers")
-
-    p = command("campaign", cmd_campaign, "run (or resume) a search campaign")
-    from crashsearch.tasks.campaign.config import add_cli_arguments  # light: no torch
-
-    add_cli_arguments(p)  # every flag, default and help from CampaignConfig
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="also print Prefect's per-batch task logs (the Prefect UI always has them)")
-
-    p = command("demo", cmd_demo, "the whole pipeline on a synthetic dataset: no GPU, keys or downloads needed")
-    p.add_argument("--videos", type=int, default=None, help="day videos (default 144; night: 4/9 as many)")
-    p.add_argument("--budget", type=int, default=60)
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run for tests")
-
-    p = command("query", cmd_store, "run read-only SQL over the history (views: experiments, campaigns, bugfix_events)")
-    p.add_argument("sql")
-    p.add_argument("--out", default=None, help="write the result to .csv or .parquet instead of printing")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="cancel the query after this long")
-    p.set_defaults(store_command="query")
-
-    p = command("leaderboard", cmd_store, "best cells by mean validation AP with replicates and 95%% interval")
-    p.add_argument("--campaign", default=None)
-    p.add_argument("-k", type=int, default=10)
-    p.set_defaults(store_command="leaderboard")
-
-    p = command("import", cmd_store, "import an external experiment log (CSV or Parquet) as a campaign")
-    p.add_argument("file")
-    p.add_argument("--campaign", required=True)
-    p.add_argument("--space", default=None, help="the log's space YAML, kept with the campaign (default: the "
-                                                 "campaign's own, else the collision space)")
-    p.set_defaults(store_command="import")
-
-    p = command("export", cmd_store, "export one campaign as a single Parquet file")
-    p.add_argument("--campaign", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(store_command="export")
-
-    p = command("compact", cmd_store, "merge a campaign's small log files into one (safe while campaigns read and write)")
-    p.add_argument("--campaign", default=None, help="default: every campaign")
-    p.set_defaults(store_command="compact")
-
-    command("catalog", cmd_catalog, "(re)build <home>/history.duckdb, the history as views any DuckDB client opens read-only")
-
-    p = command("bugfix", cmd_bugfix, "declare a bug-fix event (default: the current code version fixes a bug, "
-                                      "for every campaign), or list the events")
-    p.add_argument("--note", default=None, help="what was fixed (required unless --list); with --remove: why")
-    p.add_argument("--campaign", default=None, help="the one campaign the fix concerns (default: all campaigns)")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--version", default=None, metavar="V",
-                      help="rows recorded with code version V, and any version first seen after it, are post-fix")
-    when.add_argument("--at", default=None, metavar="TIME", help="rows finished at or after TIME (ISO 8601) are post-fix")
-    p.add_argument("--list", action="store_true", help="show the events (with --campaign: those that concern it)")
-    p.add_argument("--remove", default=None, metavar="EVENT_ID",
-                   help="withdraw an event (a typo): recorded in the log, which keeps the event; --note says why")
-
-    p = command("analyze", cmd_analyze, "statistics and the report for a campaign")
-    p.add_argument("--campaign", required=True)
-    p.add_argument("--control-arms", default=None, metavar="POLICIES",
-                   help="first train from-scratch arms (any of random,tpe,evolution,claude,gemini), each policy alone "
-                        "with the campaign's budget, dataset, space and backbones; an arm already complete is reused")
-    p.add_argument("--repeats", type=int, default=3, metavar="R",
-                   help="independent seeds per control arm (default 3): the verdict's intervals are over repeats")
-
-    p = command("check", cmd_check, "find damaged history files; --repair moves them to <home>/quarantine/ (never deletes)")
-    p.add_argument("--campaign", default=None, help="default: every campaign")
-    p.add_argument("--repair", action="store_true", help="keep their readable rows, then move the files to quarantine")
-
-    p = command("benchmark", cmd_benchmark, "compare search policies on a surrogate (or table) of a recorded history")
-    p.add_argument("--campaign", required=True, help="the history: a campaign's own rows or an imported log")
-    p.add_argument("--policies", default="random,tpe,evolution", help="comma list; claude and gemini run when their keys are set")
-    p.add_argument("--budget", type=int, default=100, help="experiments per run")
-    p.add_argument("--repeats", type=int, default=10, help="runs per policy, each with its own seed")
-    p.add_argument("--objective", choices=["surrogate", "table"], default="surrogate",
-                   help="surrogate: a model fitted to the ok rows answers any cell; table: recorded cells only, misses count")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default: <home>/benchmarks/<campaign>-<timestamp>)")
-    p.add_argument("--space", default=None, help="the history's space YAML (default: the one the campaign's run or "
-                                                 "import kept, else the collision space)")
-    p.add_argument("--workers", type=int, default=None, help="processes for the offline policies (default: 2 or the cores)")
-    p.add_argument("--round-size", type=int, default=12, help="proposals asked per round, as in a campaign")
-    p.add_argument("--max-usd", type=float, default=25.0, help="each LLM agent's dollar budget over all its repeats")
-
-    p = command("status", cmd_status, "running and recent campaigns")
-
-    p = command("champion", cmd_champion, "package a campaign's leader as a detector: ONNX head, state dict, "
-                                          "feature spec, alert threshold and model card")
-    p.add_argument("--campaign", required=True)
-    p.add_argument("--cell", type=int, default=None, help="the cell id to package (default: the leader)")
-    p.add_argument("--out", required=True, help="the package folder")
-
-    p = command("predict", cmd_predict, "run a packaged detector on videos: per video max risk and alert time")
-    p.add_argument("--model", required=True, help="a package folder written by `crashsearch champion`")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders of videos, or a dataset manifest")
-    p.add_argument("--out", default=None, help="write the results to FILE.csv or FILE.json (default: print)")
-    p.add_argument("--plots", default=None, metavar="DIR", help="one PNG per video: risk over time, threshold, event")
-    p.add_argument("--device", default="auto", help="backbone device: auto, cpu, cuda")
+        command.add_arguments(p)
+        p.set_defaults(handler=command.run)
     return parser
 
 
@@ -298,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
         # a wrong folder is not an empty home; space and predict read no home (a space file, a model package)
-        if args.command in READING_COMMANDS and args.command not in ("space", "predict"):
+        if args.command in READING_COMMANDS and args.command not in NO_HOME:
             check_home(resolve_home(args.home, create=False).root)
         args.home_dir = resolve_home(args.home, create=writes)
         if writes:

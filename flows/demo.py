@@ -20,12 +20,7 @@ N and intervals (analysis.temporal); nothing in the demo fixes which one wins.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 import time
-from pathlib import Path
-
-from crashsearch.lab.settings import Home
 
 DEMO_BACKBONES = ("pixels", "vjepa2_vitl")
 DEMO_SECONDS = 7.5  # MIN_EVENT_S + END_MARGIN_S rounded up: full history, fewest frames
@@ -159,39 +154,3 @@ def report_figures(numbers_path) -> list[str]:
 def _say(line: str) -> None:
     print(line, flush=True)
 
-
-def main(args) -> int:
-    from prefect import flow
-
-    from crashsearch.flows.runtime import quiet_prefect
-
-    home: Home = args.home_dir
-    print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "
-          "so absolute AP says little about real V-JEPA 2 features.", flush=True)
-    with quiet_prefect():
-        videos = DEMO_VIDEOS if args.videos is None else args.videos
-        result = flow(name="demo", log_prints=True)(demo_flow_fn)(str(home.root), videos, args.budget, args.tiny)
-    print(f"\nhome:        {result['home']}")
-    print(f"history:     {home.campaigns}/demo-day/log/*.parquet")
-    print(f"cache:       {home.cache}")
-    print(f"report:      {result['report'].get('report_dir')}/report.md (and report.html)")
-    exe = shell_command()
-    print(f"query it:    {exe} query \"SELECT encoder, max(val_ap) FROM experiments GROUP BY 1 ORDER BY 2 DESC\" --home {home.root}")
-    print(f"leaderboard: {exe} leaderboard --campaign demo-day --home {home.root}")
-    activate = Path(exe).parent / "activate"
-    if exe != "crashsearch" and activate.exists():
-        print(f"(crashsearch is not on your PATH: `source {activate}` lets you type `crashsearch` and `duckdb`)")
-    return 0
-
-
-def shell_command(name: str = "crashsearch") -> str:
-    """How to run ``name`` of this installation from a new shell: the bare name when PATH finds
-    this one, else its path (relative when under the working folder, as after ``make demo``)."""
-    exe = Path(sys.executable).parent / name
-    if not exe.exists():
-        return f"{sys.executable} -m crashsearch" if name == "crashsearch" else name
-    found = shutil.which(name)
-    if found and Path(found).resolve() == exe.resolve():
-        return name
-    relative = os.path.relpath(exe)
-    return relative if not relative.startswith("..") else str(exe)

@@ -1,4 +1,4 @@
-"""`crashsearch status`: running and recent campaigns at a glance.
+"""What `crashsearch status` shows (flows/commands/status.py): running and recent campaigns at a glance.
 
 For each campaign under the home: its status (a campaign.json that says "running" but whose
 pid is dead on this host is shown as "stopped (crashed?)"), experiments done against the
@@ -125,12 +125,3 @@ def format_status(rows: list[dict[str, Any]], width: int = 70) -> str:
                      f"{best:>11} {r['failed']:>6}  {r['updated_at'] or '-':<19}  {error}")
     return "\n".join(lines)
 
-
-def main(args) -> int:
-    """`crashsearch status`: print running and recent campaigns; 0 (also when there are none)."""
-    rows = campaign_status(args.home_dir)
-    if not rows:
-        print(f"no campaigns under {args.home_dir.root}")
-        return 0
-    print(format_status(rows))
-    return 0

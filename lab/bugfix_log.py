@@ -1,8 +1,8 @@
 """Reading ``<home>/bugfix_events.jsonl``: the declared bug-fix events, one JSON object per line.
 
-The store (its ``bugfix_events`` view) and lab/versions.py (declaring, segmenting, the
-``bugfix`` command, which queries the store) both need the events; reading them here keeps the
-store from importing versions.py, so the two form no import cycle. Writing stays in versions.py.
+The store (its ``bugfix_events`` view), lab/versions.py (declaring, segmenting) and the
+``bugfix`` command (flows/commands/bugfix.py) need the events; reading them here keeps the store
+from importing versions.py. Writing stays in versions.py.
 """
 from __future__ import annotations
 

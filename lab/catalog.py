@@ -239,18 +239,3 @@ def _sql_time(value) -> str:
 def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
-
-def cli_main(args) -> int:
-    """``crashsearch catalog``: (re)build ``<home>/history.duckdb`` and say how to open it."""
-    import sys
-
-    try:
-        path = build(args.home_dir)
-    except UserError as exc:
-        print(f"catalog: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    if path is None:
-        print(f"no experiments under {args.home_dir.root} yet: history.duckdb appears with the first one")
-        return 0
-    print(f"{path}\nopen it read-only: duckdb -readonly {path}   (Python: duckdb.connect(path, read_only=True))")
-    return 0

@@ -11,7 +11,6 @@ temp files of writes that were interrupted (older than STALE_TEMP_SECONDS) are m
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,16 +127,4 @@ def _repair(store: Store, campaign: str, finding: Finding) -> None:
         target = target_dir / f"{target.stem}-{int(time.time())}{target.suffix}"
     shutil.move(finding.path, target)  # a rename on one file system: nothing is ever deleted
     finding.moved_to = target
-
-
-def cli_main(args) -> int:
-    """``crashsearch check``: one line per damaged file and a total; exit 1 if damage stays."""
-    report = check(Store(args.home_dir), args.campaign, args.repair)
-    for finding in report.findings:
-        print(finding.line(), file=sys.stdout)
-    damaged = len(report.findings)
-    print(f"checked {report.files} log files in {report.campaigns} campaigns: "
-          + ("no damage" if not damaged else f"{damaged} damaged" + (" (moved to quarantine)" if args.repair
-                                                                     else "; run with --repair to move them aside")))
-    return 0 if not damaged or args.repair else 1
 

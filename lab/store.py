@@ -40,7 +40,7 @@ in the duckdb shell also reads replaced files and re-appended copies: query thro
 Code: this file holds the Store (layout, writes, views, compaction); the log's file names and
 read SQL are in lab/logsql.py (history.duckdb builds on them too), the row checks in
 lab/rows.py, import and export of external logs in lab/exchange.py, the commands in
-lab/store_cli.py and the crash-safe file writes in lab/_io.py.
+flows/commands/history.py and the crash-safe file writes in lab/_io.py.
 """
 from __future__ import annotations
 
@@ -416,7 +416,7 @@ class Store:
         empty = [a for a in axes if board[a].isna().all()]
         return board.drop(columns=empty)
 
-    # ---- compaction (import and export: lab/exchange.py; the CLI: lab/store_cli.py) ------------------
+    # ---- compaction (import and export: lab/exchange.py; the CLI: flows/commands/history.py) ---------
     def compact(self, campaign: str, full: bool = True) -> tuple[int, int]:
         """Merge a campaign's log files into one; return (files merged, rows in the merged file).
 

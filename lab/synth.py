@@ -50,8 +50,6 @@ import json
 import math
 import os
 import platform
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +57,6 @@ import numpy as np
 
 from crashsearch.lab.datasets import Dataset, load_dataset, stratified_split
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.settings import check_output_path
 
 STYLES = ("day", "night")
 MIN_EVENT_S = 6.8  # 4 s window + 1.5 s horizon + ~1 s of clip context before the event
@@ -687,24 +684,3 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
     os.replace(tmp, out / "train.csv")
     return load_dataset(out, seed=seed)
 
-
-def main(args) -> int:
-    """CLI handler for ``crashsearch synth``; prints what it wrote. Returns an exit code."""
-    style = getattr(args, "style", "day")
-    out = Path(args.out) if getattr(args, "out", None) else Path(args.home_dir.datasets) / f"synth-{style}"
-    start = time.perf_counter()
-    try:
-        check_output_path(args.home_dir, out, allowed=("datasets",))  # not into the log, the cache or a report
-        ds = generate(out, videos=args.videos, seed=args.seed, style=style, width=args.width, height=args.height,
-                      fps=args.fps, seconds=args.seconds, progress=sys.stderr.isatty())
-    except UserError as exc:
-        print(f"synth: {exc}", file=sys.stderr)
-        return 2
-    took = time.perf_counter() - start
-    pos = sum(v.label for v in ds.videos)
-    print(f"wrote {len(ds.videos)} synthetic {style} videos ({pos} positive, {len(ds.videos) - pos} negative; "
-          f"{args.width}x{args.height} @ {args.fps} fps, {args.seconds:g} s, H.264) to {ds.root} in {took:.1f} s")
-    print(ds.summary())
-    for line in ds.problems:
-        print(f"  problem: {line}", file=sys.stderr)
-    return 0 if not ds.problems else 1

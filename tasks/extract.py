@@ -201,63 +201,9 @@ def extract_videos(videos: Sequence[VideoItem], backbone: Backbone, spec: Extrac
 def _extract(videos, backbone, spec, partition, workers, batch_size, progress, flush_every) -> ExtractStats:
     skip = partition.done_ids() | {f["video_id"] for f in partition.failures()}
     todo = [v for v in videos if v.id not in skip]
-    stats, rows, failures = ExtractStats(), [], []
-    t_rel = spec.t_rel()
-    start = time.perf_counter()
+    run = _Extraction(backbone, spec, partition, batch_size, flush_every)
     # a bar on a terminal, plain lines in a pipe or a file (lab/console.py)
     bar = progress_bar(len(todo), desc=f"extract {backbone.name}", unit="video", disable=not progress or not todo)
-
-    def flush(force: bool = False) -> None:
-        if rows and (force or len(rows) >= flush_every):
-            partition.write_rows(rows)
-            rows.clear()
-        if failures:
-            partition.add_failures(failures)
-            failures.clear()
-
-    # decoded videos whose clips are (partly) waiting for the backbone: [video, clips, outputs, next clip]
-    pending: deque[list] = deque()
-    waiting = 0  # clips decoded but not embedded yet
-
-    def embed_ready(final: bool = False) -> None:
-        """Embed full batches (and, when final, the rest), taking clips across video boundaries."""
-        nonlocal waiting
-        while waiting >= batch_size or (final and waiting):
-            chunks, owners, need = [], [], batch_size
-            for entry in pending:
-                take = min(need, len(entry[1]) - entry[3])
-                if take:
-                    chunks.append(entry[1][entry[3]:entry[3] + take])
-                    owners.append((entry, take))
-                    entry[3] += take
-                    need -= take
-                if need == 0:
-                    break
-            t0 = time.perf_counter()
-            if not stats.fill_seconds:
-                stats.fill_seconds = t0 - start
-            out = backbone.embed(torch.cat(chunks) if len(chunks) > 1 else chunks[0])  # (B, D) on the CPU
-            stats.embed_seconds += time.perf_counter() - t0
-            offset = 0
-            for entry, take in owners:
-                entry[2].append(out[offset:offset + take])
-                offset += take
-            waiting -= offset
-            while pending and pending[0][3] == len(pending[0][1]):
-                finish(*pending.popleft()[:3])
-        flush()
-
-    def finish(video: DecodedVideo, clips: torch.Tensor, outputs: list[torch.Tensor]) -> None:
-        item = video.item
-        emb = torch.cat(outputs).numpy()  # (S_real, D)
-        if len(emb) < len(t_rel):  # a short clip: zero embeddings for the steps before the video start
-            emb = np.concatenate([np.zeros((len(t_rel) - len(emb), emb.shape[1]), emb.dtype), emb])
-        rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
-                     "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb,
-                     "real_s": min(video.ref_time, spec.history_s)})
-        stats.videos_ok += 1
-        stats.clips += len(clips)
-
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         queue = deque(todo)
         running: dict[Future, VideoItem] = {}
@@ -269,45 +215,112 @@ def _extract(videos, backbone, spec, partition, workers, batch_size, progress, f
                     running[pool.submit(decode_video, item, spec)] = item
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    item = running.pop(fut)
-                    try:
-                        video = fut.result()
-                    except VideoFailure as exc:
-                        failures.append(_failure(item, str(exc)))
-                        stats.videos_failed += 1
-                        bar.update(1)
-                        continue
-                    except Exception as exc:  # an unexpected decoder error is still this video's problem
-                        failures.append(_failure(item, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
-                        stats.videos_failed += 1
-                        bar.update(1)
-                        continue
-                    stats.frames_decoded += len(video.frames)
-                    frames = torch.from_numpy(video.frames)
-                    if backbone.device.type == "cuda":
-                        frames = frames.pin_memory().to(backbone.device, non_blocking=True)
-                    index = torch.from_numpy(video.clip_index).to(frames.device)
-                    clips = frames[index]  # (S, F, H, W, 3), gathered where the model runs
-                    pending.append([video, clips, [], 0])
-                    waiting += len(clips)
+                    run.decoded(running.pop(fut), fut)
                     bar.update(1)
-                if waiting >= batch_size:
-                    embed_ready()
-                    elapsed = time.perf_counter() - start
-                    bar.set_postfix_str(f"{stats.clips / elapsed:.1f} clips/s, {stats.videos_failed} failed")
-            embed_ready(final=True)
-            flush(force=True)
+                if run.waiting >= batch_size:
+                    run.embed_ready()
+                    elapsed = time.perf_counter() - run.start
+                    bar.set_postfix_str(f"{run.stats.clips / elapsed:.1f} clips/s, {run.stats.videos_failed} failed")
+            run.embed_ready(final=True)
+            run.flush(force=True)
         except BaseException:
             # keep what is finished, even when interrupted: the next run resumes after it
             for fut in running:
                 fut.cancel()
-            flush(force=True)
+            run.flush(force=True)
             raise
         finally:
             bar.close()
-    stats.seconds = time.perf_counter() - start
-    stats.failures = partition.failures()
-    return stats
+    run.stats.seconds = time.perf_counter() - run.start
+    run.stats.failures = partition.failures()
+    return run.stats
+
+
+class _Extraction:
+    """The state of one ``_extract`` call: decoded videos go in (``decoded``), the backbone embeds full
+    batches of clips taken across video boundaries (``embed_ready``), finished videos become rows
+    written every ``flush_every`` (``flush``)."""
+
+    def __init__(self, backbone: Backbone, spec: ExtractSpec, partition: Partition, batch_size: int,
+                 flush_every: int):
+        self.backbone, self.spec, self.partition = backbone, spec, partition
+        self.batch_size, self.flush_every = batch_size, flush_every
+        self.stats, self.rows, self.failures = ExtractStats(), [], []
+        self.t_rel = spec.t_rel()
+        self.start = time.perf_counter()
+        # decoded videos whose clips are (partly) waiting for the backbone: [video, clips, outputs, next clip]
+        self.pending: deque[list] = deque()
+        self.waiting = 0  # clips decoded but not embedded yet
+
+    def decoded(self, item: VideoItem, fut: Future) -> None:
+        """Queue a decoded video's clips for the backbone, or record why it failed."""
+        try:
+            video = fut.result()
+        except VideoFailure as exc:
+            self._failed(item, str(exc))
+            return
+        except Exception as exc:  # an unexpected decoder error is still this video's problem
+            self._failed(item, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            return
+        self.stats.frames_decoded += len(video.frames)
+        frames = torch.from_numpy(video.frames)
+        if self.backbone.device.type == "cuda":
+            frames = frames.pin_memory().to(self.backbone.device, non_blocking=True)
+        index = torch.from_numpy(video.clip_index).to(frames.device)
+        clips = frames[index]  # (S, F, H, W, 3), gathered where the model runs
+        self.pending.append([video, clips, [], 0])
+        self.waiting += len(clips)
+
+    def _failed(self, item: VideoItem, reason: str) -> None:
+        self.failures.append(_failure(item, reason))
+        self.stats.videos_failed += 1
+
+    def embed_ready(self, final: bool = False) -> None:
+        """Embed full batches (and, when final, the rest), taking clips across video boundaries."""
+        while self.waiting >= self.batch_size or (final and self.waiting):
+            chunks, owners, need = [], [], self.batch_size
+            for entry in self.pending:
+                take = min(need, len(entry[1]) - entry[3])
+                if take:
+                    chunks.append(entry[1][entry[3]:entry[3] + take])
+                    owners.append((entry, take))
+                    entry[3] += take
+                    need -= take
+                if need == 0:
+                    break
+            t0 = time.perf_counter()
+            if not self.stats.fill_seconds:
+                self.stats.fill_seconds = t0 - self.start
+            out = self.backbone.embed(torch.cat(chunks) if len(chunks) > 1 else chunks[0])  # (B, D) on the CPU
+            self.stats.embed_seconds += time.perf_counter() - t0
+            offset = 0
+            for entry, take in owners:
+                entry[2].append(out[offset:offset + take])
+                offset += take
+            self.waiting -= offset
+            while self.pending and self.pending[0][3] == len(self.pending[0][1]):
+                self._finish(*self.pending.popleft()[:3])
+        self.flush()
+
+    def _finish(self, video: DecodedVideo, clips: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        item, t_rel = video.item, self.t_rel
+        emb = torch.cat(outputs).numpy()  # (S_real, D)
+        if len(emb) < len(t_rel):  # a short clip: zero embeddings for the steps before the video start
+            emb = np.concatenate([np.zeros((len(t_rel) - len(emb), emb.shape[1]), emb.dtype), emb])
+        self.rows.append({"video_id": item.id, "split": item.split, "label": int(item.label),
+                          "event_time": item.event_time, "ref_time": video.ref_time, "t_rel": t_rel, "emb": emb,
+                          "real_s": min(video.ref_time, self.spec.history_s)})
+        self.stats.videos_ok += 1
+        self.stats.clips += len(clips)
+
+    def flush(self, force: bool = False) -> None:
+        """Write the finished rows (once ``flush_every`` have gathered, or now when forced) and the failures."""
+        if self.rows and (force or len(self.rows) >= self.flush_every):
+            self.partition.write_rows(self.rows)
+            self.rows.clear()
+        if self.failures:
+            self.partition.add_failures(self.failures)
+            self.failures.clear()
 
 
 def _transient(task, task_run, state) -> bool:

@@ -451,7 +451,8 @@ def test_build_report_on_a_tiny_history(tmp_path):
 def test_analyze_reads_the_store_with_baselines_and_other_datasets(tmp_path, space):
     import pyarrow as pa
 
-    from crashsearch.flows.analyze import analyze, main
+    from crashsearch.flows.analyze import analyze
+    from crashsearch.flows.commands.analyze import run as main
     from crashsearch.lab.schema import experiment_schema
     from crashsearch.lab.settings import resolve_home
     from crashsearch.lab.store import Store

@@ -196,7 +196,7 @@ def test_missing_features_and_unavailable_policies_fail_clearly(lab_home, tmp_pa
 
 
 def test_policy_args_parse_to_typed_options_and_bad_ones_are_named():
-    from crashsearch.flows.campaign import parse_policy_args
+    from crashsearch.flows.commands.campaign import parse_policy_args
 
     parsed = parse_policy_args(["claude.model=claude-x", "claude.temperature=0.7", "claude.role=explorer",
                                 "TPE.n_startup_trials=5"], "claude, tpe")

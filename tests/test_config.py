@@ -1,4 +1,5 @@
-"""CampaignConfig is the one place a campaign setting is written: the CLI, the flows and prefect.yaml follow it."""
+"""CampaignConfig is the one place a campaign setting is written: the CLI's flags and the flows' parameters are
+built from it (add_cli_arguments, flow_parameters), prefect.yaml's deployment parameters are checked against it."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,38 @@ def test_flow_parameters_are_the_config_fields_with_the_same_defaults(scope):
             assert default == fields[name], f"{scope} flow {name}: default {default!r} != config {fields[name]!r}"
 
 
+@pytest.mark.parametrize("name", ["campaign", "nightly"])
+def test_prefect_reads_flat_parameters_of_the_config_and_validates_a_deployments_values(name):
+    """`prefect deploy` builds the parameter schema from the flow's signature (parameter_schema(flow)) and a
+    run's parameters are validated against it: one property per setting, typed, with the config's default."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.callables import parameter_schema
+
+    from crashsearch.flows.campaign import get_campaign_flow
+    from crashsearch.flows.nightly import nightly_flow
+
+    flow = get_campaign_flow() if name == "campaign" else nightly_flow
+    schema = parameter_schema(flow)
+    assert list(schema.properties) == [f.name for f in CampaignConfig.flow_fields(name)]
+    assert schema.required == ["dataset"]
+    assert schema.properties["budget"]["default"] == 60 and schema.properties["budget"]["type"] == "integer"
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployed = next(d["parameters"] for d in doc["deployments"] if d["entrypoint"].endswith(f":{name}_flow"))
+    validated = flow.validate_parameters(deployed)  # the rest take the config's defaults
+    assert {k: validated[k] for k in deployed} == deployed and validated["seed"] == 0
+    with pytest.raises(ParameterTypeError):
+        flow.validate_parameters({**deployed, "budget": "many"})
+
+
+def test_a_flow_refuses_an_impossible_setting_before_it_runs():
+    from crashsearch.flows.campaign import campaign_flow_fn
+
+    with pytest.raises(ValueError, match="budget must be at least 1"):
+        campaign_flow_fn("d", budget=0)
+    with pytest.raises(TypeError):
+        campaign_flow_fn("d", max_inflight=3)
+
+
 def test_prefect_yaml_parameters_are_known_to_the_config():
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     known = {f.name for f in CampaignConfig.fields()}
@@ -98,7 +131,7 @@ def test_cli_refuses_an_impossible_number_without_a_traceback(capsys, tmp_path):
     assert "extend must be at least 1" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("low,high", [("lab/store.py", "lab/exchange.py"), ("lab/store.py", "lab/store_cli.py"),
+@pytest.mark.parametrize("low,high", [("lab/store.py", "lab/exchange.py"), ("lab/store.py", "flows/commands/history.py"),
                                       ("flows/distributed.py", "flows/campaign.py")])
 def test_no_import_cycle_between_a_module_and_what_builds_on_it(low, high):
     import ast

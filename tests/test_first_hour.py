@@ -195,7 +195,7 @@ def test_help_shows_every_default(capsys):
 # ---- the demo's closing lines and README's examples work after `make demo` --------------------------
 
 def test_the_demo_prints_a_command_that_works_in_a_new_shell(tmp_path, monkeypatch):
-    from crashsearch.flows.demo import shell_command
+    from crashsearch.flows.commands.demo import shell_command
 
     venv = tmp_path / ".venv" / "bin"
     venv.mkdir(parents=True)

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from crashsearch.flows.status import campaign_status, format_status, main
+from crashsearch.flows.commands.status import run as main
+from crashsearch.flows.status import campaign_status, format_status
 from crashsearch.lab.settings import resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store

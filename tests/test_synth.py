@@ -10,7 +10,8 @@ import pytest
 
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.settings import Home
-from crashsearch.lab.synth import MIN_EVENT_S, TRUTH_FILE, _x264_options, generate, main, render_video
+from crashsearch.flows.commands.synth import run as main
+from crashsearch.lab.synth import MIN_EVENT_S, TRUTH_FILE, _x264_options, generate, render_video
 
 FPS = 8
 

@@ -1,9 +1,8 @@
 """``CampaignConfig``: every campaign setting, its default and its help text, written once.
 
-The CLI flags of ``crashsearch campaign`` are built from it (``add_cli_arguments``); the
-campaign and nightly flows' parameters and prefect.yaml's deployment parameters are checked
-against it by tests/test_config.py, which fails when one of them drifts (a flag or parameter
-with no field, a field with no flag, a different default, a YAML key the config does not know).
+The CLI flags of ``crashsearch campaign`` are built from it (``add_cli_arguments``), and so are
+the campaign and nightly flows' parameters (``flow_parameters``); tests/test_config.py checks
+prefect.yaml's deployment parameters against it (a YAML key the config does not know fails).
 
 A field's metadata says where it appears:
 - ``flag``: the CLI flag (default ``--name-with-dashes``); ``None``: no flag (set by other means).
@@ -14,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.bounds import INT64_MAX
@@ -145,6 +147,16 @@ class CampaignConfig:
         return [f for f in dataclasses.fields(cls) if scope is None or f.metadata["scope"] == scope]
 
     @classmethod
+    def flow_fields(cls, flow: str = "campaign") -> list[dataclasses.Field]:
+        """The fields a flow takes as parameters: "campaign" (the campaign flow) or "nightly" (the
+        campaign's fields, then the nightly flow's own)."""
+        return cls.fields("campaign") + (cls.fields("nightly") if flow == "nightly" else [])
+
+    def flow_params(self, flow: str = "campaign") -> dict[str, Any]:
+        """This config as keyword parameters of the campaign (or nightly) flow."""
+        return {f.name: getattr(self, f.name) for f in self.flow_fields(flow)}
+
+    @classmethod
     def defaults(cls, scope: str | None = None) -> dict[str, Any]:
         return {f.name: f.default for f in cls.fields(scope)}
 
@@ -156,6 +168,38 @@ class CampaignConfig:
         if unknown:
             raise UserError(f"unknown campaign setting(s): {', '.join(unknown)}")
         return cls(**params)
+
+
+def flow_parameters(flow: str = "campaign") -> Callable[[Callable[[CampaignConfig], Any]], Callable[..., Any]]:
+    """Decorate ``body(config)`` into a flow function whose parameters are the config's fields
+    (``CampaignConfig.flow_fields(flow)``), each with its type and default, ``dataset`` required;
+    called, it builds the config (UserError for an impossible setting) and runs ``body`` with it.
+
+    Why flat parameters and not one ``config`` parameter: Prefect 3 builds a deployment's parameter
+    schema, and validates a run's parameters, from the flow function's signature
+    (``inspect.signature``, which reads ``__signature__``). A pydantic model or dataclass parameter
+    would nest every setting under one key: prefect.yaml's deployment parameters, the UI's form and
+    ``prefect deployment run -p budget=N`` would change shape, and a run's parameters, merged with
+    the deployment's key by key, would replace the whole config instead of one setting.
+    """
+    def decorate(body: Callable[[CampaignConfig], Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(CampaignConfig)
+        params = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[f.name],
+                                    default=inspect.Parameter.empty if f.metadata["cli"].get("required") else f.default)
+                  for f in CampaignConfig.flow_fields(flow)]
+        signature = inspect.Signature(params)
+
+        @functools.wraps(body)
+        def flow_fn(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(CampaignConfig.from_params(dict(bound.arguments)))
+
+        flow_fn.__signature__ = signature  # type: ignore[attr-defined]
+        flow_fn.__annotations__ = {p.name: p.annotation for p in params}
+        return flow_fn
+
+    return decorate
 
 
 def flag_of(f: dataclasses.Field) -> str | None:

@@ -5,15 +5,22 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from crashsearch.lab.errors import UserError
-from crashsearch.lab._io import atomic_write
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="a package folder written by `crashsearch champion`")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders of videos, or a dataset manifest")
+    p.add_argument("--out", default=None, help="write the results to FILE.csv or FILE.json (default: print)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="one PNG per video: risk over time, threshold, event")
+    p.add_argument("--device", default="auto", help="backbone device: auto, cpu, cuda")
 
 
 def summary_line(predictions, threshold: float) -> str | None:
     """With labels (a manifest): AP of max_risk, and the share of positives alerted before their event
     with the median margin. None without labels."""
+    import numpy as np
+
     from crashsearch.tasks.evaluate import average_precision
 
     labelled = [p for p in predictions if p.label is not None]
@@ -41,18 +48,20 @@ def write_table(rows: list[dict], out: Path) -> None:
         data = pd.DataFrame(rows).to_csv(index=False).encode()
     else:
         raise UserError(f"--out {out}: write .csv or .json")
+    from crashsearch.lab._io import atomic_write
+
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(data))
 
 
-def main(args) -> int:
+def run(args) -> int:
     from crashsearch.tasks.predict import predict
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--out {out}: write .csv or .json")
-    run = predict(args.model, args.paths, plots=args.plots, device=args.device)
-    rows = [p.row() for p in run.predictions]
+    done = predict(args.model, args.paths, plots=args.plots, device=args.device)
+    rows = [p.row() for p in done.predictions]
     if out is not None and rows:
         write_table(rows, out)
     elif rows:
@@ -60,11 +69,11 @@ def main(args) -> int:
 
         print(pd.DataFrame(rows).to_string(index=False, na_rep=""))
     if not rows:
-        print(f"predict: no video could be predicted ({len(run.failures)} failed)", file=sys.stderr)
+        print(f"predict: no video could be predicted ({len(done.failures)} failed)", file=sys.stderr)
         return 1
-    line = summary_line(run.predictions, run.threshold)
-    print(f"predicted {len(rows)} videos ({len(run.failures)} failed) in {run.seconds:.1f} s "
-          f"({run.videos_per_s:.2f} videos/s)" + (f" -> {out}" if out else ""), file=sys.stderr)
+    line = summary_line(done.predictions, done.threshold)
+    print(f"predicted {len(rows)} videos ({len(done.failures)} failed) in {done.seconds:.1f} s "
+          f"({done.videos_per_s:.2f} videos/s)" + (f" -> {out}" if out else ""), file=sys.stderr)
     if line:
         print(line, file=sys.stderr)
     return 0
