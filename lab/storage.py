@@ -21,7 +21,9 @@ guarantees every backend gives, and the store relies on:
 """
 from __future__ import annotations
 
+import errno
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -81,7 +83,10 @@ class LocalBackend:
         return sorted(keys)
 
     def read(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        path = self._path(key)
+        if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return path.read_bytes()
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -115,6 +120,21 @@ class LocalBackend:
 
     def url(self, key: str) -> str:
         return str(self._path(key))
+
+    def remove_stale_temps(self, prefix: str, age: float) -> list[str]:
+        """Remove the hidden temp files (``.*.tmp``) in ``prefix``'s folder older than ``age``
+        seconds, which a writer killed mid-write left (object stores' PUTs leave none); return
+        their names. Not part of the protocol: the store calls it where a backend has it."""
+        folder = self._path(prefix.rstrip("/"))
+        removed = []
+        for temp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            try:
+                if time.time() - temp.stat().st_mtime > age:
+                    temp.unlink()
+                    removed.append(temp.name)
+            except FileNotFoundError:  # another sweep got there first
+                pass
+        return removed
 
 
 def is_url(root: str | os.PathLike) -> bool:
