@@ -193,7 +193,7 @@ class Store:
             seen.add(clean[-1]["experiment_id"])
         table = pa.Table.from_pylist(clean, schema=schema)
         path = self._write(campaign, table)
-        self._maybe_minor_compact(campaign)
+        _minor_compact_if_many(self, campaign)
         return path
 
     def append_new(self, campaign: str, rows: list[dict], space: Space) -> tuple[Path | None, list[str]]:
@@ -203,16 +203,6 @@ class Store:
         fresh = [r for r in rows if r["experiment_id"] not in done]
         return (Store.append(self, campaign, fresh, space) if fresh else None), [r["experiment_id"] for r in rows
                                                                           if r["experiment_id"] in done]
-
-    def _maybe_minor_compact(self, campaign: str) -> None:
-        """Merge the campaign's recent files once there are many: each costs readers a file open."""
-        if len(self.log_keys(campaign)) < MINOR_COMPACT_FILES:
-            return
-        try:
-            self.compact(campaign, full=False)
-        except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
-            reraise_interrupt(exc)
-            log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
     def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
         """Bulk path for trusted writers: one Arrow table, checked column-wise, written as one file.
@@ -224,7 +214,7 @@ class Store:
         """
         check_campaign_id(campaign)
         path = self._write(campaign, clean_table(table, campaign, experiment_schema(space)))
-        self._maybe_minor_compact(campaign)
+        _minor_compact_if_many(self, campaign)
         return path
 
     def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None, full: bool = True) -> Path:
@@ -463,6 +453,17 @@ class Store:
         finally:
             con.close()
         return table.select(schema.names).cast(schema)
+
+
+def _minor_compact_if_many(store: Store, campaign: str) -> None:
+    """Merge the campaign's recent files once there are many: each costs readers a file open."""
+    if len(store.log_keys(campaign)) < MINOR_COMPACT_FILES:
+        return
+    try:
+        store.compact(campaign, full=False)
+    except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
+        reraise_interrupt(exc)
+        log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
 
 def _ensure_catalog(home: Home) -> None:

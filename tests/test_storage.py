@@ -168,6 +168,15 @@ def test_a_failing_local_put_removes_its_temp_file(tmp_path, monkeypatch):
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_a_local_read_of_a_fifo_fails_at_once(tmp_path):
+    import os
+
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "campaign.json")  # reading it would wait for a writer forever
+    with pytest.raises(OSError, match="not a regular file"):
+        LocalBackend(tmp_path).read("c/campaign.json")
+
+
 class Recording:
     """A backend that records the calls the store makes through it (to a real LocalBackend)."""
 
