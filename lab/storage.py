@@ -12,7 +12,8 @@ guarantees every backend gives, and the store relies on:
   it did. Two writers racing for one key: exactly one wins (O_EXCL locally; If-None-Match: * on
   object stores). Locks and leases build on it.
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
-  temp files are hidden names, which ``list`` leaves out).
+  temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
+  under a prefix (a campaign is a folder of ``campaigns/``), without listing every object below.
 * No rename is assumed by callers: compaction writes the merged object, then deletes the objects
   it replaces (readers ignore replaced objects by the merged object's footer).
 
@@ -37,6 +38,10 @@ class Backend(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (a folder-like prefix such as ``campaigns/x/log/``), sorted."""
+
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under ``prefix`` (object stores: the common prefixes
+        of a delimiter listing; a local folder counts even when empty), sorted."""
 
     def read(self, key: str) -> bytes:
         """The bytes of ``key``; FileNotFoundError if it does not exist."""
@@ -81,6 +86,12 @@ class LocalBackend:
                 continue
             keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
+
+    def folders(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def read(self, key: str) -> bytes:
         path = self._path(key)

@@ -34,7 +34,7 @@ Contract (what writers may rely on and readers may assume):
   (not its base) into one ``.minor.parquet`` file, by the same put-then-delete steps, once
   there are MINOR_COMPACT_FILES of them.
 * ``campaign.json`` is read and written through the backend too (``write_campaign`` puts it
-  whole); a campaign is a ``campaigns/<id>/`` prefix that holds at least one object.
+  whole); a campaign is a folder of ``campaigns/`` (``backend.folders``).
 
 Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
 ``campaigns`` (one row per campaign.json) and ``bugfix_events``; ``_log_rows`` is the live rows
@@ -247,10 +247,9 @@ class Store:
         self.backend.put(key, (json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n").encode())
 
     def campaigns(self) -> list[dict]:
-        """One dict per campaign folder that holds a file: its campaign.json, or just ``{"id": ...}``."""
+        """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
         out = []
-        ids = {key.split("/")[1] for key in self.backend.list("campaigns/") if key.count("/") >= 2}
-        for campaign in sorted(c for c in ids if CAMPAIGN_ID.match(c)):
+        for campaign in [c for c in self.backend.folders("campaigns/") if CAMPAIGN_ID.match(c)]:
             key = campaign_key(campaign, "campaign.json")
             info = read_object(self.backend, key)  # a bad entry is named and left out, the rest kept
             clean = readable_info(info or {}, location(self.backend, key))
@@ -425,8 +424,9 @@ class Store:
         """
         prefix = log_prefix(campaign)
         sweep = getattr(self.backend, "remove_stale_temps", None)  # local files: a killed writer's temp files
-        swept = sweep(prefix, STALE_TEMP_SECONDS) if sweep is not None else []
-        if not self.backend.list(prefix) and not swept:
+        if sweep is not None:
+            sweep(prefix, STALE_TEMP_SECONDS)
+        if LOG_DIR not in self.backend.folders(prefix.removesuffix(f"{LOG_DIR}/")):
             raise UserError(f"campaign {campaign!r} has no log under {self.home.root}")
         gens = self.generations(campaign)
         inputs = Generations(gens.bases, gens.recent, []) if full else Generations([], gens.recent, [])

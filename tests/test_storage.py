@@ -94,6 +94,15 @@ def test_put_read_list_exists_mtime_delete(backend):
         backend.mtime("other/x")
 
 
+def test_folders_are_the_names_directly_under_a_prefix(backend):
+    backend.put("campaigns/b/log/part-1.parquet", b"one")
+    backend.put("campaigns/a/campaign.json", b"{}")
+    backend.put("campaigns/top.txt", b"not a folder")
+    assert backend.folders("campaigns/") == ["a", "b"]
+    assert backend.folders("campaigns/b/") == ["log"]
+    assert backend.folders("campaigns/a/") == [] and backend.folders("nothing/") == []
+
+
 def test_a_failing_put_leaves_the_old_object_and_nothing_listed(case, backend, monkeypatch):
     backend.put("c/log/part-1.parquet", b"old")
     with case.failing_writes(monkeypatch), pytest.raises(OSError):
