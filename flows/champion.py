@@ -32,6 +32,8 @@ def nightly_champion(home, campaign: str) -> str | None:
         card = write_champion(h, campaign, fresh, cell_id=leader, log=print)
         old = folder.with_name(f".{CHAMPION_DIR}.old")
         shutil.rmtree(old, ignore_errors=True)
+        # a folder swap, not a file write (no atomic_write for folders): the package's files were
+        # written whole into `fresh`; the two renames leave the old package or the new one in place
         if folder.exists():
             folder.rename(old)
         fresh.rename(folder)  # the package is whole or the previous one stays

@@ -39,6 +39,7 @@ from uuid import UUID
 
 import pandas as pd
 
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import reraise_interrupt
@@ -276,9 +277,7 @@ class DistributedExecutor:
                "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
                          "worker": d.worker, "attempt": d.attempt,
                          "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
 
 
 def check_deployment(deployment_name: str) -> None:

@@ -1,8 +1,11 @@
-"""Crash-safe file writes and forgiving JSON reads, shared by the history store's modules.
+"""Crash-safe file writes and forgiving JSON reads: the one atomic-write helper of the package.
 
 A file written with ``atomic_write`` is complete or absent: it goes to a hidden temp name in the
 same folder, is fsynced, then renamed over the final name (``os.replace`` is atomic), and the
-folder is fsynced so the rename survives a power cut.
+folder is fsynced so the rename survives a power cut. Every file the package writes in place goes
+through it (the storage seam's LocalBackend.put too); ``publish`` is its last step, for a file
+that a library must write by path (DuckDB's catalog, PyAV's videos). No other module renames a
+file into place (tests/test_storage.py checks it).
 """
 from __future__ import annotations
 
@@ -17,23 +20,44 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write(final: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a hidden temp file beside ``final``, fsync, rename it over ``final``.
+    """Call ``write(file)`` on a hidden temp file beside ``final``, then ``publish`` it as ``final``.
 
     Raises whatever ``write`` or the file system raises; the temp file is removed then.
     """
-    temp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    temp = temp_beside(final)
     try:
-        with open(temp, "wb") as f:
+        with open(temp, "wb") as f:  # closing flushes: a full disk raises here, inside the try
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if exc.filename:
             raise
         # Arrow's write errors carry no path: name the file, keep the errno (ENOSPC: disk full)
         raise OSError(exc.errno, exc.strerror or (str(exc).splitlines() or ["write failed"])[0], str(final)) from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    publish(temp, final)
+
+
+def temp_beside(final: Path) -> Path:
+    """A hidden temp name in ``final``'s folder (``.<name>.<random>.tmp``): readers never list it,
+    and lab/lock.py removes those an interrupted write leaves."""
+    return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def publish(temp: Path, final: Path) -> None:
+    """Make a finished ``temp`` file (written by path, e.g. by DuckDB) ``final``, atomically:
+    fsync it, rename it over ``final``, fsync the folder. The temp file is removed if this fails."""
+    try:
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc  # an fsync error names no file
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -59,10 +83,20 @@ def read_json(path: Path) -> dict | None:
     try:
         if path.exists() and not path.is_file():  # a FIFO would block the reader forever
             raise ValueError("not a regular file")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+    except (OSError, ValueError) as exc:
         log.warning("%s is unreadable (%s); treated as missing", path, str(exc)[:120])
+        return None
+    return json_object(raw, path)
+
+
+def json_object(raw: bytes, where: object) -> dict | None:
+    """The JSON object in ``raw`` (read from ``where``), or None (with a warning) if it is not one."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+        log.warning("%s is unreadable (%s); treated as missing", where, str(exc)[:120])
         return None
     return data if isinstance(data, dict) else None

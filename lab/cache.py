@@ -28,8 +28,8 @@ Row schema of the part files:
                                evaluation (lab.features). Null (part files written before short
                                clips were kept) means every step is real.
 
-Contract: every file is written to a temporary name and then renamed (os.replace), so a reader or
-a crash never sees half a file. A part file is never modified. A partition is complete when
+Contract: every file is written through lab/_io.atomic_write (a hidden temp name, fsynced, then
+renamed into place), so a reader or a crash never sees half a file. A part file is never modified. A partition is complete when
 meta.json says so, which happens after every video of the manifest is either in a part file or
 in failures.json; an incomplete partition resumes by skipping the videos already written.
 """
@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.settings import Home, resolve_home
@@ -183,9 +184,7 @@ def _cache_root(home: Home | str | os.PathLike | None) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def utc_now() -> str:
@@ -266,9 +265,7 @@ class Partition:
         table = pa.table(columns, schema=ROW_SCHEMA)
         n = len(self.part_files())
         final = self.path / f"part-{n:05d}-{uuid.uuid4().hex[:6]}.parquet"
-        tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        atomic_write(final, lambda f: pq.write_table(table, f))
         return final
 
     def read_table(self) -> pa.Table:
@@ -334,7 +331,7 @@ def set_aside(part: "Partition", home: Home | str | os.PathLike | None) -> list[
         root = (home if isinstance(home, Home) else resolve_home(home)).root
         target = root / "quarantine" / "cache" / part.path.parent.parent.name / part.path.parent.name / part.key
         target.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target / f.name)
+        os.replace(f, target / f.name)  # a move of a damaged file to quarantine, not a write (tests/test_storage.py)
         moved.append(target / f.name)
     return moved
 

@@ -9,8 +9,8 @@ so the file never goes stale: new rows, new campaigns, compactions and new space
 in the next query, also in a connection that stays open for hours. Why this shape:
 
 * **Never blocks a writer.** Nothing writes rows into this file; campaigns write Parquet files as
-  before. The file is built once, written to a temp name, closed and renamed into place
-  (atomic), so a DuckDB reader never meets a half-written file or a writer holding its lock. A
+  before. The file is built once, written to a temp name, closed, fsynced and renamed into place
+  (atomic: lab/_io.publish, the atomic write's last step), so a DuckDB reader never meets a half-written file or a writer holding its lock. A
   reader opened read-only takes a shared lock that no crashsearch process ever waits on. (Open it
   read-only: a read-write session locks others out, and what it adds is lost at the next build.)
 * **Same dedup as the store.** ``experiments`` is ``lab.logsql.dedup_sql`` over the log files,
@@ -38,12 +38,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import duckdb
 
-from crashsearch.lab._io import fsync_dir
+from crashsearch.lab._io import publish, temp_beside
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.bounds import TIME_MAX, TIME_MIN
 from crashsearch.lab.logsql import MERGED_SUFFIX, REPLACES_KEY, dedup_sql
@@ -133,7 +132,7 @@ def build(home: Home) -> Path | None:
     if next(iter(root.glob(LOG_GLOB)), None) is None:
         return None
     final = catalog_path(home)
-    temp = root / f".{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    temp = temp_beside(root / CATALOG_FILE)
     try:
         con = duckdb.connect(str(temp), config={"storage_compatibility_version": STORAGE_VERSION})
         try:
@@ -145,13 +144,10 @@ def build(home: Home) -> Path | None:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, final)
+        publish(temp, final)  # the atomic write's last step (lab/_io.py): DuckDB writes by path
     finally:
         temp.unlink(missing_ok=True)
         Path(f"{temp}.wal").unlink(missing_ok=True)
-    fsync_dir(root)
     return final
 
 

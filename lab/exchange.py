@@ -22,13 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.campaign_space import check_space, space_axes, space_digest
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.rows import arrow_value, check_campaign_id, clean_row
+from crashsearch.lab.rows import arrow_value, clean_row
 from crashsearch.lab.schema import experiment_schema
 from crashsearch.lab.space import InvalidCell, Space
-from crashsearch.lab.store import READ_RETRIES, Store
+from crashsearch.lab.store import READ_RETRIES, Store, campaign_key, read_object
 
 IMPORT_BATCH = 50_000  # rows per log file when importing
 
@@ -70,7 +70,7 @@ def import_log(store: Store, file: str | Path, campaign: str, space: Space,
         report(f"{path}: ignoring columns that are not in the experiment schema: {unknown}")
     csv = path.suffix.lower() != ".parquet"
     explicit_ids = "experiment_id" in frame.columns
-    info = read_json(store.home.campaigns / check_campaign_id(campaign) / "campaign.json") or {}
+    info = read_object(store.backend, campaign_key(campaign, "campaign.json")) or {}
     check_space(info, campaign, space)  # its cell ids are the recorded space's, or the import is refused
     recorded = store.recorded_ids(campaign)
     result = ImportResult()

@@ -12,7 +12,8 @@ guarantees every backend gives, and the store relies on:
   it did. Two writers racing for one key: exactly one wins (O_EXCL locally; If-None-Match: * on
   object stores). Locks and leases build on it.
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
-  temp files are hidden names, which ``list`` leaves out).
+  temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
+  under a prefix (a campaign is a folder of ``campaigns/``), without listing every object below.
 * No rename is assumed by callers: compaction writes the merged object, then deletes the objects
   it replaces (readers ignore replaced objects by the merged object's footer).
 
@@ -21,7 +22,9 @@ guarantees every backend gives, and the store relies on:
 """
 from __future__ import annotations
 
+import errno
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -35,6 +38,10 @@ class Backend(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (a folder-like prefix such as ``campaigns/x/log/``), sorted."""
+
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under ``prefix`` (object stores: the common prefixes
+        of a delimiter listing; a local folder counts even when empty), sorted."""
 
     def read(self, key: str) -> bytes:
         """The bytes of ``key``; FileNotFoundError if it does not exist."""
@@ -80,8 +87,17 @@ class LocalBackend:
             keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
+    def folders(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def read(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        path = self._path(key)
+        if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return path.read_bytes()
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -115,6 +131,21 @@ class LocalBackend:
 
     def url(self, key: str) -> str:
         return str(self._path(key))
+
+    def remove_stale_temps(self, prefix: str, age: float) -> list[str]:
+        """Remove the hidden temp files (``.*.tmp``) in ``prefix``'s folder older than ``age``
+        seconds, which a writer killed mid-write left (object stores' PUTs leave none); return
+        their names. Not part of the protocol: the store calls it where a backend has it."""
+        folder = self._path(prefix.rstrip("/"))
+        removed = []
+        for temp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            try:
+                if time.time() - temp.stat().st_mtime > age:
+                    temp.unlink()
+                    removed.append(temp.name)
+            except FileNotFoundError:  # another sweep got there first
+                pass
+        return removed
 
 
 def is_url(root: str | os.PathLike) -> bool:

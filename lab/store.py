@@ -2,34 +2,39 @@
 
 Contract (what writers may rely on and readers may assume):
 
-* The system of record is the Parquet files under ``<home>/campaigns/<id>/log/``. Each finished
-  experiment or small batch is a new file ``part-<utc timestamp>-<uuid>.parquet``, written to a
-  hidden temp name in the same folder (``.part-....tmp``), fsynced, then ``os.replace``d into
-  place. The rename is atomic, so a row is complete or absent: a writer that crashes leaves at
-  most a hidden temp file that no reader ever lists.
-* Finished rows never change. Files are only ever added, except by ``compact``. Within one file
+* Storage is a ``Backend`` (lab/storage.py: list, read, atomic put, conditional create, delete,
+  mtime, url): ``Store(home)`` uses ``backend_for(home.root)``, a LocalBackend for a folder; any
+  backend with the same guarantees serves (an object store: issue 24). The store assumes no
+  rename and no folder: only the backend's calls below.
+* The system of record is the Parquet objects under ``campaigns/<id>/log/`` (keys relative to the
+  home). Each finished experiment or small batch is a new object ``part-<utc timestamp>-<uuid>.parquet``,
+  serialized in memory and written with one ``backend.put``, which is atomic: a row is complete or
+  absent. (Locally: a hidden temp file in the same folder, fsynced, renamed into place by
+  lab/_io.atomic_write; a writer that crashes leaves at most a hidden temp file that no listing
+  shows, and ``compact`` removes those older than an hour.)
+* Finished rows never change. Objects are only ever added, except by ``compact``. Within one file
   experiment ids are unique (``append`` refuses a batch that repeats one).
-* One row per (campaign, experiment_id), whatever happens on disk. Compaction uses generations:
-  it writes the merged rows as ``part-<ts>-<uuid>.merged.parquet`` whose footer lists the files
-  it replaces, renames it into place, and only then unlinks those files. Readers ignore every file
-  a merged file replaces, so in the window between rename and unlink (or after a compaction that
-  died there) nobody sees a row twice; the next compaction removes the leftovers. Per campaign
-  the newest merged file is the *base*; every other file is *recent*. The ``experiments`` view is
-  the base plus the recent rows whose id is not in the base, deduplicated among themselves
-  (earliest finished_at, then file name, wins). So a re-appended row never shows twice, and the
-  dedup costs in proportion to the recent rows: a compacted history of a million rows reads at
-  the speed of a single Parquet file.
+* One row per (campaign, experiment_id), whatever happens in storage. Compaction uses generations:
+  it puts the merged rows as ``part-<ts>-<uuid>.merged.parquet`` whose footer lists the files it
+  replaces, and only then deletes those files. Readers ignore every file a merged file replaces,
+  so in the window between put and delete (or after a compaction that died there) nobody sees a
+  row twice; the next compaction removes the leftovers. Per campaign the newest merged file is
+  the *base*; every other file is *recent*. The ``experiments`` view is the base plus the recent
+  rows whose id is not in the base, deduplicated among themselves (earliest finished_at, then
+  file name, wins). So a re-appended row never shows twice, and the dedup costs in proportion to
+  the recent rows: a compacted history of a million rows reads at the speed of a single Parquet file.
 * DuckDB is the query layer only: ``connect()`` opens a fresh in-memory connection with views
-  over the files (and small tables rebuilt from ``campaign.json`` files and
-  ``bugfix_events.jsonl``). There is no database file and nothing to lock, so queries work while
-  campaigns write. A connection sees the files that existed when it opened (the Store's read
-  methods open one per call). A compaction may unlink a file a reader listed just before; the
-  read then fails with an IO error, and ``connect`` and the read methods retry (bounded) with a
-  fresh listing, in which the rows are in the merged file.
+  over the objects, named by ``backend.url`` (and small tables rebuilt from ``campaign.json``
+  objects and ``bugfix_events.jsonl``). There is no database file and nothing to lock, so queries
+  work while campaigns write. A connection sees the objects listed when it opened (the Store's
+  read methods open one per call). A compaction may delete an object a reader listed just
+  before; the read then fails with an IO error, and ``connect`` and the read methods retry
+  (bounded) with a fresh listing, in which the rows are in the merged file.
 * Minor compactions keep the recent files few: ``append`` merges a campaign's recent files
-  (not its base) into one ``.minor.parquet`` file, by the same rename-then-unlink steps, once
-  there are MINOR_COMPACT_FILES of them. Stale temp files (older than an hour: their writer is
-  dead) are removed by ``compact``.
+  (not its base) into one ``.minor.parquet`` file, by the same put-then-delete steps, once
+  there are MINOR_COMPACT_FILES of them.
+* ``campaign.json`` is read and written through the backend too (``write_campaign`` puts it
+  whole); a campaign is a folder of ``campaigns/`` (``backend.folders``).
 
 Views: ``experiments`` (every campaign under the home, ``union_by_name`` over spaces),
 ``campaigns`` (one row per campaign.json) and ``bugfix_events``; ``_log_rows`` is the live rows
@@ -37,9 +42,10 @@ before dedup, for internal lookups. Compact a campaign fully after it runs (``cr
 compact``): readers then read one file per campaign. A raw ``read_parquet('.../part-*.parquet')``
 in the duckdb shell also reads replaced files and re-appended copies: query through these views.
 
-Code: this file holds the Store (layout, writes, views, compaction); the log's file names and
-read SQL are in lab/logsql.py (history.duckdb builds on them too), the row checks in
-lab/rows.py, import and export of external logs in lab/exchange.py, the commands in
+Code: this file holds the Store (layout, writes, views, compaction); the storage seam in
+lab/storage.py; the keys, footers and generations of single log objects in lab/logfiles.py; the
+log's file names and read SQL in lab/logsql.py (history.duckdb builds on them too), the row checks
+in lab/rows.py, import and export of external logs in lab/exchange.py, the commands in
 flows/commands/history.py and the crash-safe file writes in lab/_io.py.
 """
 from __future__ import annotations
@@ -47,12 +53,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import duckdb
@@ -61,17 +67,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crashsearch.lab._io import atomic_write, fsync_dir, read_json
+from crashsearch.lab.logfiles import (  # noqa: F401 - damage read as store's too (lab/check.py)
+    LOG_KEY, Generations, campaign_key, damage, footer, location, log_prefix, log_sql, read_object, source, warn_damaged)
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.campaign_info import check_info, readable_info
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, experiment_schema
 from crashsearch.lab.settings import Home
+from crashsearch.lab.storage import Backend, backend_for
 from crashsearch.lab.space import Space
 from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
 from crashsearch.lab.catalog import ensure_exists, view_sql
 from crashsearch.lab.logsql import (  # noqa: F401 - LOG_DIR and MINOR_SUFFIX read as store's too
-    LOG_DIR, MERGED_SUFFIX, MINOR_SUFFIX, PART_GLOB, REPLACES_KEY, experiments_sql, ident as _ident)
+    LOG_DIR, MERGED_SUFFIX, MINOR_SUFFIX, REPLACES_KEY, ident as _ident)
 from crashsearch.lab.leaderboard import interval, t_quantile  # noqa: F401 - t_quantile re-exported
 from crashsearch.lab.bugfix_log import bugfix_events
 
@@ -105,50 +113,57 @@ class QueryCancelled(Exception):
 class Store:
     """The history of every campaign under one home. See the module docstring for the contract."""
 
-    def __init__(self, home: Home):
+    def __init__(self, home: Home, backend: Backend | None = None):
         self.home = home
+        self.backend = backend if backend is not None else backend_for(home.root)  # the storage seam
 
     # ---- layout -----------------------------------------------------------------------------
     def log_dir(self, campaign: str) -> Path:
-        """``<home>/campaigns/<id>/log/`` (created if missing). Raises ValueError on a bad id."""
+        """``<home>/campaigns/<id>/log/`` (created if missing), for a local home. Raises ValueError on a bad id."""
         path = self.home.campaign(check_campaign_id(campaign)) / LOG_DIR
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def log_keys(self, campaign: str | None = None) -> list[str]:
+        """The storage keys of every log file of one campaign (or all), replaced ones included; sorted."""
+        prefix = log_prefix(campaign) if campaign is not None else "campaigns/"
+        return [k for k in self.backend.list(prefix) if LOG_KEY.fullmatch(k)]
+
     def log_files(self, campaign: str | None = None) -> list[Path]:
-        """Every log file on disk of one campaign (or all), replaced ones included; by name."""
-        root = self.home.root / "campaigns"  # reading creates no folder
-        if campaign is not None:
-            return sorted((root / check_campaign_id(campaign) / LOG_DIR).glob(PART_GLOB))
-        return sorted(root.glob(f"*/{LOG_DIR}/{PART_GLOB}"))
+        """Every log file of one campaign (or all), replaced ones included, by name: local paths
+        (``location``). Listing creates nothing."""
+        return [location(self.backend, k) for k in self.log_keys(campaign)]
 
     def generations(self, campaign: str | None = None) -> "Generations":
-        """The files readers use, split into bases and recent, and the replaced files to ignore.
+        """The files readers use, split into bases and recent, and the replaced files to ignore
+        (as keys, ``PurePosixPath``s).
 
         Raises FileNotFoundError if a compaction removes a merged file while it is being read
         (callers retry)."""
-        folders: dict[Path, list[Path]] = {}
+        folders: dict[str, list[PurePosixPath]] = {}
         gens = Generations([], [], [])
-        for path in self.log_files(campaign):
-            problem = damage(path)
+        replaces: dict[PurePosixPath, bytes] = {}
+        for key in self.log_keys(campaign):
+            problem, replaces_raw = footer(self.backend, key)
             if problem:  # left out, named; the other files (and campaigns) stay readable
-                gens.damaged.append((path, problem))
+                gens.damaged.append((str(location(self.backend, key)), problem))
                 continue
-            folders.setdefault(path.parent, []).append(path)
+            path = PurePosixPath(key)
+            replaces[path] = replaces_raw
+            folders.setdefault(posixpath.dirname(key), []).append(path)
         for files in folders.values():
             merged = [f for f in files if f.name.endswith((MERGED_SUFFIX, MINOR_SUFFIX))]
             replaced = set()
             for path in merged:
-                raw = (pq.read_metadata(path).metadata or {}).get(REPLACES_KEY, b"[]")
-                replaced.update(json.loads(raw))
+                replaced.update(json.loads(replaces[path]))
             live = [f for f in files if f.name not in replaced]
             live_merged = [f for f in live if f.name.endswith(MERGED_SUFFIX)]
             base = live_merged[-1:]  # the newest generation; older live merged files are recent
             gens.bases.extend(base)
             gens.recent.extend(f for f in live if f not in base)
             gens.replaced.extend(f for f in files if f.name in replaced)
-        for path, problem in gens.damaged:
-            warn_damaged(path, problem)
+        for where, problem in gens.damaged:
+            warn_damaged(where, problem)
         return gens
 
     # ---- writing ----------------------------------------------------------------------------
@@ -179,27 +194,16 @@ class Store:
             seen.add(clean[-1]["experiment_id"])
         table = pa.Table.from_pylist(clean, schema=schema)
         path = self._write(campaign, table)
-        self._maybe_minor_compact(campaign)
+        _minor_compact_if_many(self, campaign)
         return path
 
     def append_new(self, campaign: str, rows: list[dict], space: Space) -> tuple[Path | None, list[str]]:
         """Append only the rows whose experiment id is not recorded yet (idempotent: a retried or
         re-dispatched batch never writes a row twice). Returns (the new file or None, skipped ids)."""
-        done = self.recorded_ids(campaign) if self.log_files(campaign) else set()
+        done = self.recorded_ids(campaign) if self.log_keys(campaign) else set()
         fresh = [r for r in rows if r["experiment_id"] not in done]
         return (Store.append(self, campaign, fresh, space) if fresh else None), [r["experiment_id"] for r in rows
                                                                           if r["experiment_id"] in done]
-
-    def _maybe_minor_compact(self, campaign: str) -> None:
-        """Merge the campaign's recent files once there are many: each costs readers a file open."""
-        folder = self.log_dir(campaign)
-        if sum(1 for _ in folder.glob(PART_GLOB)) < MINOR_COMPACT_FILES:
-            return
-        try:
-            self.compact(campaign, full=False)
-        except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
-            reraise_interrupt(exc)
-            log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
     def append_table(self, campaign: str, table: pa.Table, space: Space) -> Path:
         """Bulk path for trusted writers: one Arrow table, checked column-wise, written as one file.
@@ -211,29 +215,22 @@ class Store:
         """
         check_campaign_id(campaign)
         path = self._write(campaign, clean_table(table, campaign, experiment_schema(space)))
-        self._maybe_minor_compact(campaign)
+        _minor_compact_if_many(self, campaign)
         return path
 
     def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None, full: bool = True) -> Path:
-        folder = self.log_dir(campaign)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         if replaces is None:
-            final = folder / f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+            key = f"{log_prefix(campaign)}part-{stamp}-{uuid.uuid4().hex}.parquet"
         else:
-            final = folder / f"part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX if full else MINOR_SUFFIX}"
+            key = f"{log_prefix(campaign)}part-{stamp}-{uuid.uuid4().hex}{MERGED_SUFFIX if full else MINOR_SUFFIX}"
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
-        atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd"))
-        self._ensure_catalog()
-        return final
-
-    def _ensure_catalog(self) -> None:
-        """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py)."""
-        try:
-            ensure_exists(self.home)
-        except Exception as exc:  # the rows are written; the catalog is a convenience built again later
-            reraise_interrupt(exc)  # a Ctrl-C or SIGTERM during its query stops the run (lab/lock.py)
-            log.warning("could not build %s: %s", self.home.root / "history.duckdb", str(exc).splitlines()[0])
+        sink = pa.BufferOutputStream()  # serialized first: the backend's put is one atomic write
+        pq.write_table(table, sink, compression="zstd")
+        self.backend.put(key, sink.getvalue().to_pybytes())
+        _ensure_catalog(self.home)
+        return location(self.backend, key)
 
     def write_campaign(self, campaign: str, info: dict) -> None:
         """Create or update ``campaigns/<id>/campaign.json`` atomically (merged with what is there).
@@ -243,24 +240,23 @@ class Store:
         naming the key) for a known key whose value no reader accepts (lab/campaign_info.py).
         """
         check_info(info)
-        path = self.home.campaign(check_campaign_id(campaign)) / "campaign.json"
-        current = read_json(path) or {}
+        key = campaign_key(campaign, "campaign.json")
+        current = read_object(self.backend, key) or {}
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         merged = {**current, **info, "id": campaign,
                   "created_at": current.get("created_at") or info.get("created_at") or now, "updated_at": now}
-        text = json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n"
-        atomic_write(path, lambda f: f.write(text.encode()))
+        self.backend.put(key, (json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n").encode())
 
     def campaigns(self) -> list[dict]:
         """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
         out = []
-        root = self.home.root / "campaigns"
-        for folder in sorted(p for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and CAMPAIGN_ID.match(p.name)):
-            info = read_json(folder / "campaign.json")  # a bad entry is named and left out, the rest kept
-            clean = readable_info(info or {}, folder / "campaign.json")
+        for campaign in [c for c in self.backend.folders("campaigns/") if CAMPAIGN_ID.match(c)]:
+            key = campaign_key(campaign, "campaign.json")
+            info = read_object(self.backend, key)  # a bad entry is named and left out, the rest kept
+            clean = readable_info(info or {}, location(self.backend, key))
             if "pid" in (info or {}) and "pid" not in clean:  # a damaged pid names no live run (lab.lock.campaign_liveness)
                 clean["pid_damaged"] = True
-            out.append({**clean, "id": folder.name})
+            out.append({**clean, "id": campaign})
         return out
 
     def require_campaign(self, campaign: str) -> None:
@@ -287,10 +283,10 @@ class Store:
                 if follow and gens.live and not gens.damaged and not any(ch in str(self.home.root) for ch in "*?[]{}"):
                     experiments = view_sql(self.home.root.resolve())["experiments"]
                 else:
-                    experiments = experiments_sql(gens.bases, gens.recent)
+                    experiments = log_sql(self.backend, gens)
                 con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments}")
                 # every live row before the dedup: for lookups where a duplicate cannot matter
-                con.execute(f"CREATE OR REPLACE VIEW _log_rows AS {experiments_sql(gens.live, [])}")
+                con.execute(f"CREATE OR REPLACE VIEW _log_rows AS {log_sql(self.backend, gens, dedup=False)}")
                 break
             except (duckdb.IOException, FileNotFoundError):  # a compaction removed a file: list again
                 if attempt == READ_RETRIES - 1:
@@ -316,9 +312,6 @@ class Store:
         if timeout is not None and not timeout > 0:
             raise UserError(f"timeout must be positive, got {timeout}")
         return self._with_connection(lambda con: interruptible(con, sql, params, timeout))
-
-    def _read(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
-        return self._with_connection(lambda con: con.execute(sql, params or []).df())
 
     def _with_connection(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         """Run ``work`` on a fresh connection, retrying when a compaction removes a listed file."""
@@ -346,7 +339,7 @@ class Store:
                 return set()
             con = duckdb.connect(":memory:")
             try:
-                rows = con.execute(f"SELECT DISTINCT experiment_id FROM ({experiments_sql(gens.live, [])})").fetchall()
+                rows = con.execute(f"SELECT DISTINCT experiment_id FROM ({log_sql(self.backend, gens, dedup=False)})").fetchall()
                 return {r[0] for r in rows}
             except (duckdb.IOException, FileNotFoundError):  # compacted meanwhile: list again
                 if attempt == READ_RETRIES - 1:
@@ -359,9 +352,10 @@ class Store:
     def experiments(self, campaign: str | None = None) -> pd.DataFrame:
         """Every experiment (of one campaign, or all), ordered by finished_at, experiment_id."""
         if campaign is None:
-            return self._read("SELECT * FROM experiments ORDER BY finished_at, experiment_id")
-        check_campaign_id(campaign)
-        return self._read("SELECT * FROM experiments WHERE campaign = ? ORDER BY finished_at, experiment_id", [campaign])
+            sql, params = "SELECT * FROM experiments ORDER BY finished_at, experiment_id", []
+        else:
+            sql, params = "SELECT * FROM experiments WHERE campaign = ? ORDER BY finished_at, experiment_id", [check_campaign_id(campaign)]
+        return self._with_connection(lambda con: con.execute(sql, params).df())
 
     def leaderboard(self, campaign: str | None = None, k: int = 10, min_replicates: int = 1) -> pd.DataFrame:
         """The best ``k`` cells by mean validation AP over their ok/healed replicates.
@@ -424,94 +418,62 @@ class Store:
         merges only the recent files (cost: those rows), which ``append`` does by itself once a
         campaign has MINOR_COMPACT_FILES files. Safe beside readers, writers and other
         compactions (see the module docstring): the merged file names the files it replaces and
-        is renamed into place before they are unlinked; files appended meanwhile are left alone.
+        is put before they are deleted; files appended meanwhile are left alone.
         Raises ValueError when the campaign has no log folder (nothing is created).
         Returns (0, 0) when there are fewer than two files to merge; it still removes leftovers
         of an interrupted compaction, and temp files older than an hour.
         """
-        folder = self.home.root / "campaigns" / check_campaign_id(campaign) / LOG_DIR
-        if not folder.is_dir():
+        prefix = log_prefix(campaign)
+        sweep = getattr(self.backend, "remove_stale_temps", None)  # local files: a killed writer's temp files
+        if sweep is not None:
+            sweep(prefix, STALE_TEMP_SECONDS)
+        if LOG_DIR not in self.backend.folders(prefix.removesuffix(f"{LOG_DIR}/")):
             raise UserError(f"campaign {campaign!r} has no log under {self.home.root}")
-        for temp in folder.glob(".part-*.tmp"):
-            try:
-                if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                    temp.unlink()
-            except FileNotFoundError:
-                pass
         gens = self.generations(campaign)
         inputs = Generations(gens.bases, gens.recent, []) if full else Generations([], gens.recent, [])
         merged, rows = 0, 0
         remove = list(gens.replaced)  # a live merged file replaces them: finish its job
         if len(inputs.live) >= 2:
             table = self._merged(inputs)
-            # leftovers stay listed: if their unlink fails again, they must stay replaced
+            # leftovers stay listed: if their delete fails again, they must stay replaced
             self._write(campaign, table, replaces=[f.name for f in inputs.live + gens.replaced], full=full)
             merged, rows = len(inputs.live), table.num_rows
             remove += inputs.live
-        for path in remove:
-            try:
-                path.unlink()
-            except FileNotFoundError:  # another compaction got there first
-                pass
-        fsync_dir(folder)
+        for key in remove:  # missing: another compaction got there first. Not made durable: a
+            self.backend.delete(str(key))  # replaced file a crash brings back stays replaced
         return merged, rows
 
     def _merged(self, gens: "Generations") -> pa.Table:
         """The rows the view shows for exactly these files, sorted, with the files' column types."""
-        schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in gens.live])
+        schema = pa.unify_schemas([pq.read_schema(source(self.backend, str(f))).remove_metadata() for f in gens.live])
         con = duckdb.connect(":memory:")
         try:
             con.execute("SET TimeZone = 'UTC'")
-            sql = f"SELECT * FROM ({experiments_sql(gens.bases, gens.recent)}) ORDER BY finished_at, experiment_id"
+            sql = f"SELECT * FROM ({log_sql(self.backend, gens)}) ORDER BY finished_at, experiment_id"
             table = con.sql(sql).to_arrow_table()
         finally:
             con.close()
         return table.select(schema.names).cast(schema)
 
 
-@dataclass
-class Generations:
-    """A listing of log files: ``bases`` (one merged file per campaign at most), ``recent`` (every
-    other live file) and ``replaced`` (on disk but replaced by a merged file; readers skip them)."""
-
-    bases: list[Path]
-    recent: list[Path]
-    replaced: list[Path]
-    damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, why): left out of every view
-
-    @property
-    def live(self) -> list[Path]:
-        return self.bases + self.recent
+def _minor_compact_if_many(store: Store, campaign: str) -> None:
+    """Merge the campaign's recent files once there are many: each costs readers a file open."""
+    if len(store.log_keys(campaign)) < MINOR_COMPACT_FILES:
+        return
+    try:
+        store.compact(campaign, full=False)
+    except Exception as exc:  # the rows are written; a failed merge only leaves files to merge later
+        reraise_interrupt(exc)
+        log.warning("minor compaction of campaign %s failed: %s", campaign, exc)
 
 
-_FOOTERS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> "" or what is wrong: footers read once
-_WARNED: set[str] = set()
-
-
-def damage(path: Path) -> str:
-    """What is wrong with a log file's footer and schema, in a few words; "" when it is readable.
-
-    Raises FileNotFoundError when the file is gone (a compaction removed it: callers list again)."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FOOTERS:
-        try:
-            names = pq.read_schema(path).names
-            problem = "" if {"experiment_id", "campaign", "cell_id", "status"} <= set(names) else \
-                "not a log file: it lacks the experiment_id, campaign, cell_id or status column"
-        except FileNotFoundError:
-            raise
-        except (OSError, pa.ArrowException) as exc:
-            problem = f"unreadable Parquet ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
-        _FOOTERS[key] = problem
-    return _FOOTERS[key]
-
-
-def warn_damaged(path: Path, problem: str) -> None:
-    """Name a damaged log file once per process, in one line."""
-    if str(path) not in _WARNED:
-        _WARNED.add(str(path))
-        log.warning("%s is damaged (%s); its rows are left out (see crashsearch check --repair)", path, problem)
+def _ensure_catalog(home: Home) -> None:
+    """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py)."""
+    try:
+        ensure_exists(home)
+    except Exception as exc:  # the rows are written; the catalog is a convenience built again later
+        reraise_interrupt(exc)  # a Ctrl-C or SIGTERM during its query stops the run (lab/lock.py)
+        log.warning("could not build %s: %s", home.root / "history.duckdb", str(exc).splitlines()[0])
 
 
 def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None,

@@ -46,15 +46,16 @@ depend only on the seed: the same seed gives byte-identical frames, and with the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from crashsearch.lab._io import atomic_write, publish, temp_beside
 from crashsearch.lab.datasets import Dataset, load_dataset, stratified_split
 from crashsearch.lab.errors import UserError
 
@@ -574,10 +575,11 @@ def _x264_options(fps: int) -> dict[str, str]:
 
 
 def _encode(path: Path, frames: np.ndarray, width: int, height: int, fps: int) -> None:
-    """Write frames (T, H, W, 3 uint8) as H.264 yuv420p mp4; written to a temp file, then renamed."""
+    """Write frames (T, H, W, 3 uint8) as H.264 yuv420p mp4; written to a temp file, then published
+    (lab/_io.py: fsynced, renamed into place)."""
     import av
 
-    tmp = path.with_name(path.name + ".part")
+    tmp = temp_beside(path)
     with av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options=_x264_options(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -588,7 +590,7 @@ def _encode(path: Path, frames: np.ndarray, width: int, height: int, fps: int) -
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def render_video(seed: int, index: int, label: int, style: str = "day", width: int = 160, height: int = 96,
@@ -676,11 +678,11 @@ def generate(out: str | Path, videos: int = 48, seed: int = 0, style: str = "day
     meta = {"generator": "crashsearch.lab.synth", "seed": seed, "style": style, "width": width, "height": height, "fps": fps,
             "seconds": seconds, "frames": int(round(seconds * fps)), "videos": truth}
     (out / TRUTH_FILE).write_text(json.dumps(meta, separators=(",", ":")))
-    tmp = out / "train.csv.part"  # the manifest last: a half-written run is not a dataset
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, out / "train.csv")
+    manifest = io.StringIO(newline="")
+    writer = csv.writer(manifest)
+    writer.writerow(header)
+    writer.writerows(rows)
+    # the manifest last: a half-written run is not a dataset
+    atomic_write(out / "train.csv", lambda f: f.write(manifest.getvalue().encode()))
     return load_dataset(out, seed=seed)
 

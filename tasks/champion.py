@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from crashsearch.lab.errors import UserError
-from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab._io import atomic_write, publish, read_json, temp_beside
 from crashsearch.lab.console import echo
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.leaderboard import OK_STATUSES, interval, leaderboard
@@ -240,9 +240,9 @@ def _export(head: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, path: Pa
         warnings.simplefilter("ignore")
         program = torch.onnx.export(head, (x, mask), dynamo=True, input_names=["x", "mask"], output_names=["logits"],
                                     dynamic_shapes={"x": {0: batch}, "mask": {0: batch}})
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temp_beside(path)
         program.save(str(tmp))
-    tmp.replace(path)
+    publish(tmp, path)  # the atomic write's last step (lab/_io.py): the exporter writes by path
 
 
 # ---- files --------------------------------------------------------------------------------

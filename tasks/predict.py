@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.cache import ExtractSpec
 from crashsearch.lab.datasets import DatasetError, VideoItem, load_dataset
@@ -174,10 +175,10 @@ def plot_prediction(pred: Prediction, threshold: float, path: Path) -> None:
     ax.set(xlabel="time (s)", ylabel="risk", ylim=(-0.02, 1.02), title=Path(pred.video).name)
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import CampaignLock, ending_status, reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.campaign_space import campaign_space, keep_space
+from crashsearch.lab.logfiles import append_line, campaign_key
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import bugfix_events, code_version, pre_fix
 from crashsearch.tasks.campaign.allot import LEADERS_TO_CONFIRM, allot, replicate_cap, replicates_owed
@@ -591,8 +592,7 @@ class Campaign:
         """Append an LLM diagnosis for a failed experiment to diagnoses.jsonl (the row itself never changes)."""
         line = json.dumps({"experiment_id": row["experiment_id"], "cell_id": job.cell.id, "error_class": row["error_class"],
                            "note": note, "at": utcnow().isoformat()})
-        with open(self.home.campaign(self.campaign) / "diagnoses.jsonl", "a") as fh:
-            fh.write(line + "\n")
+        append_line(self.store.backend, campaign_key(self.campaign, "diagnoses.jsonl"), line)
 
     def _observe(self, rows: list[dict]) -> None:
         visible = [{k: v for k, v in r.items() if not k.startswith("test_")} for r in rows]

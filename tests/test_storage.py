@@ -1,0 +1,277 @@
+"""The storage seam (lab/storage.py): the contract every backend keeps, the store's I/O through it,
+and one atomic-write helper (no module renames a file into place but lab/_io.py)."""
+from __future__ import annotations
+
+import ast
+import errno
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import crashsearch.lab._io as io_module
+from crashsearch.lab.storage import Backend, LocalBackend, backend_for
+from crashsearch.lab.logfiles import append_line
+from crashsearch.lab.store import Store
+from test_store import make_rows
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- the backends under test ----------------------------------------------------------------------
+# One case per backend: how to make one, how to make its writes fail, what a writer killed mid-write
+# leaves, and a DuckDB connection that reads its URLs. An object-store backend adds its case here.
+
+class LocalCase:
+    name = "local"
+
+    def make(self, tmp_path: Path) -> Backend:
+        return LocalBackend(tmp_path / "root")
+
+    @contextmanager
+    def failing_writes(self, monkeypatch):
+        """Writes fail after the bytes are written, before they are published (an I/O error at fsync)."""
+        def broken_fsync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        with monkeypatch.context() as m:
+            m.setattr(io_module.os, "fsync", broken_fsync)
+            yield
+
+    def killed_write(self, backend: LocalBackend, key: str, data: bytes) -> None:
+        """What a writer killed between its write and its rename leaves: a hidden temp file."""
+        final = backend.root / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        io_module.temp_beside(final).write_bytes(data)
+
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(":memory:")
+
+
+BACKENDS = [LocalCase()]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda case: case.name)
+def case(request):
+    return request.param
+
+
+@pytest.fixture
+def backend(case, tmp_path):
+    return case.make(tmp_path)
+
+
+# ---- the contract ----------------------------------------------------------------------------------
+
+def test_a_backend_is_the_protocol(backend):
+    assert isinstance(backend, Backend)
+
+
+def test_put_read_list_exists_mtime_delete(backend):
+    backend.put("campaigns/b/log/part-2.parquet", b"two")
+    backend.put("campaigns/a/campaign.json", b"{}")
+    backend.put("campaigns/b/log/part-1.parquet", b"one")
+    backend.put("other/x", b"x")
+    assert backend.list("campaigns/") == ["campaigns/a/campaign.json", "campaigns/b/log/part-1.parquet",
+                                          "campaigns/b/log/part-2.parquet"]
+    assert backend.list("campaigns/b/log/") == ["campaigns/b/log/part-1.parquet", "campaigns/b/log/part-2.parquet"]
+    assert backend.list("campaigns/c/") == []
+    assert backend.read("campaigns/b/log/part-1.parquet") == b"one"
+    assert backend.exists("other/x") and not backend.exists("other/y")
+    assert backend.mtime("other/x") > 0
+    backend.put("other/x", b"replaced")
+    assert backend.read("other/x") == b"replaced"
+    backend.delete("other/x")
+    backend.delete("other/x")  # a missing key is not an error
+    assert not backend.exists("other/x") and backend.list("other/") == []
+    with pytest.raises(FileNotFoundError):
+        backend.read("other/x")
+    with pytest.raises(FileNotFoundError):
+        backend.mtime("other/x")
+
+
+def test_folders_are_the_names_directly_under_a_prefix(backend):
+    backend.put("campaigns/b/log/part-1.parquet", b"one")
+    backend.put("campaigns/a/campaign.json", b"{}")
+    backend.put("campaigns/top.txt", b"not a folder")
+    assert backend.folders("campaigns/") == ["a", "b"]
+    assert backend.folders("campaigns/b/") == ["log"]
+    assert backend.folders("campaigns/a/") == [] and backend.folders("nothing/") == []
+
+
+def test_a_failing_put_leaves_the_old_object_and_nothing_listed(case, backend, monkeypatch):
+    backend.put("c/log/part-1.parquet", b"old")
+    with case.failing_writes(monkeypatch), pytest.raises(OSError):
+        backend.put("c/log/part-1.parquet", b"new")
+    with case.failing_writes(monkeypatch), pytest.raises(OSError):
+        backend.put("c/log/part-2.parquet", b"new")
+    assert backend.read("c/log/part-1.parquet") == b"old"
+    assert backend.list("c/") == ["c/log/part-1.parquet"]
+    assert not backend.exists("c/log/part-2.parquet")
+
+
+def test_a_killed_writer_leaves_nothing_listed(case, backend):
+    backend.put("c/log/part-1.parquet", b"one")
+    case.killed_write(backend, "c/log/part-2.parquet", b"half")
+    case.killed_write(backend, "c/campaign.json", b"{")
+    assert backend.list("c/") == ["c/log/part-1.parquet"]
+    assert not backend.exists("c/log/part-2.parquet")
+
+
+def test_create_is_exclusive_under_a_race(backend):
+    threads, barrier, won = 16, threading.Barrier(16), []
+
+    def racer(i: int) -> None:
+        barrier.wait()
+        if backend.create("c/lease", f"writer {i}".encode()):
+            won.append(i)
+
+    workers = [threading.Thread(target=racer, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(won) == 1
+    assert backend.read("c/lease") == f"writer {won[0]}".encode()  # whole, and the winner's
+    assert backend.list("c/") == ["c/lease"]  # the losers left nothing behind
+    assert backend.create("c/lease", b"late") is False and backend.read("c/lease") == f"writer {won[0]}".encode()
+
+
+def test_duckdb_reads_an_object_by_its_url(case, backend):
+    import io
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"x": [1, 2, 3]}), buffer)
+    backend.put("campaigns/c/log/part-1.parquet", buffer.getvalue())
+    con = case.duckdb()
+    try:
+        url = backend.url("campaigns/c/log/part-1.parquet")
+        assert con.execute("SELECT sum(x) FROM read_parquet(?)", [url]).fetchone()[0] == 6
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "../outside", "campaigns/../../outside", "a/../../b"])
+def test_bad_keys_are_refused(backend, key):
+    for call in (lambda: backend.put(key, b"x"), lambda: backend.create(key, b"x"), lambda: backend.read(key),
+                 lambda: backend.delete(key), lambda: backend.exists(key), lambda: backend.url(key)):
+        with pytest.raises(ValueError):
+            call()
+
+
+# ---- the local backend and the store over the seam --------------------------------------------------
+
+def test_backend_for_a_path_is_local(tmp_path):
+    assert isinstance(backend_for(tmp_path), LocalBackend)
+
+
+def test_a_failing_local_put_removes_its_temp_file(tmp_path, monkeypatch):
+    backend = LocalBackend(tmp_path)
+    with LocalCase().failing_writes(monkeypatch), pytest.raises(OSError) as raised:
+        backend.put("c/state.json", b"{}")
+    assert raised.value.filename == str(tmp_path / "c" / "state.json")  # the error names the file
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_local_read_of_a_fifo_fails_at_once(tmp_path):
+    import os
+
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "campaign.json")  # reading it would wait for a writer forever
+    with pytest.raises(OSError, match="not a regular file"):
+        LocalBackend(tmp_path).read("c/campaign.json")
+
+
+class Recording:
+    """A backend that records the calls the store makes through it (to a real LocalBackend)."""
+
+    def __init__(self, inner: Backend):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args):
+            self.calls.append((name, args[0] if args else None))
+            return method(*args)
+        return call
+
+
+def test_the_store_does_its_io_through_its_backend(home, space):
+    backend = Recording(LocalBackend(home.root))
+    store = Store(home, backend=backend)
+    store.write_campaign("c1", {"space": space.name})
+    for i in range(3):
+        store.append("c1", make_rows(space, 2, start=2 * i), space)
+    parts = [key for name, key in backend.calls if name == "put" and key.startswith("campaigns/c1/log/part-")]
+    assert len(parts) == 3 and ("put", "campaigns/c1/campaign.json") in backend.calls
+    backend.calls.clear()
+    assert store.compact("c1") == (3, 6)
+    merged = [key for name, key in backend.calls if name == "put"]
+    assert len(merged) == 1 and merged[0].endswith(".merged.parquet")  # put first, then the deletes
+    assert sorted(key for name, key in backend.calls if name == "delete") == sorted(parts)
+    assert [c for c in backend.calls if c[0] == "delete"] == backend.calls[-3:]
+    assert store.log_keys("c1") == merged and len(store.experiments("c1")) == 6
+    assert [c["id"] for c in store.campaigns()] == ["c1"]
+
+
+def test_append_line_keeps_every_line(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.put("c/diagnoses.jsonl", b'{"a": 1}')  # a last line without its newline
+    append_line(backend, "c/diagnoses.jsonl", '{"b": 2}')
+    append_line(backend, "c/diagnoses.jsonl", '{"c": 3}\n')
+    assert backend.read("c/diagnoses.jsonl") == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+
+
+# ---- one atomic-write helper ------------------------------------------------------------------------
+
+PACKAGE = ["lab", "tasks", "flows", "analysis", "agents", "models", "api.py", "__init__.py", "__main__.py"]
+# Renames that are not a file written in place, each named with why:
+RENAME_EXCEPTIONS = {
+    ("flows/champion.py", "nightly_champion"): "swaps a whole package folder (two folder renames)",
+    ("lab/cache.py", "set_aside"): "moves a damaged part file to quarantine: a move, not a write",
+}
+
+
+def _renames(path: Path) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each os.replace/os.rename call and each one-argument
+    ``.rename(x)``/``.replace(x)`` call (Path's; str.replace takes two, DataFrame.rename keywords)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
+                attr, owner = child.func.attr, child.func.value
+                if attr in ("replace", "rename") and isinstance(owner, ast.Name) and owner.id == "os":
+                    found.append((function, child.lineno))
+                elif attr in ("replace", "rename") and len(child.args) == 1 and not child.keywords:
+                    found.append((function, child.lineno))
+            visit(child, name)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_no_module_renames_a_file_into_place_but_the_atomic_writer():
+    files = []
+    for entry in PACKAGE:
+        root = REPO / entry
+        files += [root] if root.is_file() else sorted(root.rglob("*.py"))
+    offenders, excepted = [], set()
+    for path in files:
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "lab/_io.py":
+            continue
+        for function, line in _renames(path):
+            if (rel, function) in RENAME_EXCEPTIONS:
+                excepted.add((rel, function))
+            else:
+                offenders.append(f"{rel}:{line} in {function}")
+    assert offenders == [], "write files through lab/_io.atomic_write (or publish), not a rename: " + ", ".join(offenders)
+    assert excepted == set(RENAME_EXCEPTIONS)  # an exception that no longer applies is removed from the list
