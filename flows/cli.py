@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             if _is_the_process():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                _forget_unhandled_interrupt()
             print(INTERRUPTED, file=sys.stderr)
             return 130
         from crashsearch.lab.errors import INTERNAL_EXIT, is_user_error, report_internal
@@ -177,6 +178,21 @@ def _is_the_process() -> bool:
     """Whether main() runs as the command itself (`crashsearch`, `python -m crashsearch`), not called
     in-process by a caller (a notebook, a test) whose signal handlers are not ours to change."""
     return os.path.basename(sys.argv[0] or "") in ("crashsearch", "__main__.py")
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Tell CPython the Ctrl-C was handled. CPython 3.11 marks a KeyboardInterrupt that leaves an
+    ``exec()`` of a string as unhandled, in a flag its exit reads even after a caller caught it; scipy
+    and numpy import modules by ``exec("from numpy import *")``, so a Ctrl-C during such an import
+    (the first leaderboard of a run) ended the process by SIGINT (exit -2) after it reported exit
+    130 (strace: the exit set SIGINT to SIG_DFL and killed itself). A Python without the symbol
+    keeps the flag elsewhere and is left alone."""
+    import ctypes
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ValueError, AttributeError, OSError):
+        pass
 
 
 def check_writable(root) -> None:
