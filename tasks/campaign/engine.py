@@ -115,6 +115,7 @@ class Campaign:
         summary.txt when interrupted, and the lock released last."""
         ctx = self.ctx
         ctx.progress.close()
+        ctx.recorder.take_in_unreported()  # an interrupt after a batch's append: its rows are recorded
         if status == "finished" and ctx.ledger.recorded == 0:  # nothing recorded is never "finished"
             status = "failed"
             last_error = ctx.proposers.last_error

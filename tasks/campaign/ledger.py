@@ -57,6 +57,13 @@ class Ledger:
         self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True) if len(self.history) else pd.DataFrame(rows)
         self.new += len(rows)
 
+    def count_unseen(self, rows: list[dict]) -> int:
+        """``count`` the rows whose experiment id the history does not hold yet; returns how many."""
+        known = set(self.history["experiment_id"]) if len(self.history) and "experiment_id" in self.history else set()
+        unseen = [r for r in rows if r["experiment_id"] not in known]
+        self.count(unseen)
+        return len(unseen)
+
     def next_round(self) -> int:
         """Close a round (turns: a round; pipeline: a recorded batch); returns the new round number."""
         self.round += 1

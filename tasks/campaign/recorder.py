@@ -99,6 +99,12 @@ class Recorder:
                 retries += self.record(batch, rows)
             pending = retries[: max(0, ledger.target - ledger.recorded)]
 
+    def take_in_unreported(self) -> int:
+        """Count the rows the executor appended but never handed back (a Ctrl-C after a batch's append,
+        while its heads were kept): they are in the store, so the summary and campaign.json count them."""
+        unreported = getattr(self.executor, "unreported", None)
+        return self.ledger.count_unseen(unreported()) if callable(unreported) else 0
+
     def record(self, batch: list[Job], rows: list[dict]) -> list[Job]:
         """Take in a recorded batch: history, policies' observe, healing, progress. Returns the retries.
         Raises SystematicFailure when the fail-fast rule says the failures are systematic."""
