@@ -50,9 +50,9 @@ class RunContext:
 
     def save_state(self) -> None:
         """Write state.json: the round and each policy's state (a resume restores them)."""
-        _atomic_write(self.state_path, json.dumps({"round": self.ledger.round, "policies": self.proposers.states()}))
+        write_text_atomic(self.state_path, json.dumps({"round": self.ledger.round, "policies": self.proposers.states()}))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """The one atomic writer (lab/_io.py): on a full disk its temp file is removed and the path named."""
     atomic_write(path, lambda f: f.write(text.encode()))

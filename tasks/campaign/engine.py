@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Any, Callable
 
-from crashsearch.lab._io import atomic_write
 from crashsearch.lab.console import echo
 from crashsearch.lab.datasets import validation_warning
 from crashsearch.lab.lock import reraise_interrupt
 from crashsearch.lab.settings import Home
 from crashsearch.lab.versions import bugfix_events
 from crashsearch.tasks.campaign.config import CampaignConfig
-from crashsearch.tasks.campaign.context import RunContext
+from crashsearch.tasks.campaign.context import RunContext, write_text_atomic
 from crashsearch.tasks.campaign.executor import Executor
 from crashsearch.tasks.campaign.ledger import Ledger
 from crashsearch.tasks.campaign.pipeline import Pipeline
@@ -156,7 +154,7 @@ class Campaign:
         summary = build_summary(self.ctx, campaign=self.campaign, dataset=self.dataset.name, home=self.home.root,
                                 stopped=stopped, stats=self.stats, stop_line=self.stop_line, notes=notes,
                                 weights=self.weights, kept=disk_use(self.home, self.campaign))
-        _atomic_write(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
+        write_text_atomic(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
         return summary
 
     def _campaign_info(self) -> dict:
@@ -168,8 +166,3 @@ class Campaign:
                 "seeds": self.config.seeds, "weights": self.weights, "recorded": ledger.recorded, "pid": os.getpid(),
                 "keep_models": self.config.keep_models,  # distributed workers read it (flows/train_batch.py)
                 "dedup_dropped": ledger.dedup_totals()}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """The one atomic writer (lab/_io.py): on a full disk its temp file is removed and the path named."""
-    atomic_write(path, lambda f: f.write(text.encode()))
