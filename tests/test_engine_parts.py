@@ -94,3 +94,29 @@ def test_an_interrupt_after_a_batch_is_appended_still_counts_its_rows(lab_home, 
     info = json.loads((folder / "campaign.json").read_text())
     assert info["status"] == "interrupted" and info["recorded"] == logged and info["runs"][-1]["new"] == logged
     assert (folder / "summary.txt").read_text().startswith(f"campaign c-late-int on {ds.name}: {logged} new experiments")
+
+
+def test_a_sigterm_during_a_store_query_stays_a_signal(tmp_path):
+    # bug: under a Prefect flow SIGTERM raises TerminationSignal, not a KeyboardInterrupt; when it landed in
+    # a store query (the keeper's ranking read right after a batch's append) the busy connection was closed
+    # under the query and DuckDB's "connection is busy" error replaced the signal; run_batch's keeper took
+    # that error for a failed weight save, and the campaign trained on for minutes after the SIGTERM
+    import signal
+
+    from crashsearch.lab.settings import resolve_home
+
+    class Termination(BaseException):  # the shape of prefect.exceptions.TerminationSignal
+        pass
+
+    def raise_termination(signum, frame):
+        raise Termination
+
+    store = Store(resolve_home(tmp_path / "home"))
+    previous = signal.signal(signal.SIGALRM, raise_termination)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Termination):
+            store.query("SELECT sum(i) FROM range(20000000000) t(i)")  # minutes of work: interrupted
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
