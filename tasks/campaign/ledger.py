@@ -79,6 +79,14 @@ class Ledger:
         return HistoryView(self.space, df[columns].copy() if len(df) else HistoryView.empty(self.space).experiments,
                            in_flight=frozenset(self.deduper.seen - recorded), round=self.round)
 
+    def is_claimed(self, cell_id: int) -> bool:
+        """Whether the cell is recorded or claimed (dedup's view)."""
+        return cell_id in self.deduper.seen
+
+    def claim_cell(self, cell_id: int) -> None:
+        """Claim a cell outside a policy's proposals (a healed failure's retry in another cell)."""
+        self.deduper.seen.add(cell_id)
+
     def dedup_totals(self) -> dict[str, dict[str, int]]:
         """Proposals dropped per policy and reason, over every run of this campaign."""
         totals = {p: dict(r) for p, r in self.dedup_before.items()}

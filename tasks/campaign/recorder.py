@@ -120,7 +120,7 @@ class Recorder:
     def heal(self, batch: list[Job], failed: list[dict]) -> list[Job]:
         """Heal failed rows by rule or advisor; returns the retry jobs (their cells claimed)."""
         retries = []
-        seen = self.ledger.deduper.seen
+        ledger = self.ledger
         by_id = {j.experiment_id: j for j in batch}
         for row in failed:
             job = by_id[row["experiment_id"]]
@@ -128,11 +128,11 @@ class Recorder:
             first = self.failfast.first_time(row["error_class"], row["error_message"] or "")
             advisors = self.proposers.advisors if first else []
             outcome = heal(job, row["error_class"], row.get("traceback") or row["error_message"] or "", self.space, advisors)
-            if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and outcome.retry.cell.id in seen:
+            if outcome.retry is not None and outcome.retry.cell.id != job.cell.id and ledger.is_claimed(outcome.retry.cell.id):
                 outcome.note += f" (skipped: cell {outcome.retry.cell.id} already run)"
                 outcome.retry = None
             if outcome.retry is not None:
-                seen.add(outcome.retry.cell.id)
+                ledger.claim_cell(outcome.retry.cell.id)
                 retries.append(outcome.retry)
             if outcome.code_bug:
                 self.code_bugs.append(f"{job.cell!r}: {outcome.code_bug}")
