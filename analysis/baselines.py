@@ -15,7 +15,8 @@ Here, for every arm (see ``analysis.history``: a policy, or a control-arm campai
 - ``verdict``: one plain sentence, "at N=50 the LLM agents reach X vs random Y (difference Z,
   95% interval ...)".
 - ``replay``: run a policy against an existing history used as a lookup table, for budgets too
-  large to train (cells not in the table are skipped and counted).
+  large to train (cells not in the table are skipped and counted), on the campaign's turns
+  scheduler (lab/turns.py) with the table as the executor.
 
 Control arms that really train are launched by ``flows.analyze.run_control_arms``.
 """
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from crashsearch.analysis.history import CONTROL_POLICIES, is_llm, prepare, running_best
+from crashsearch.lab.turns import run_turns
 
 DEFAULT_NS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000)
 LLM_ARM = "llm agents"
@@ -218,6 +220,7 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
     after ``patience`` rounds without a hit or when every table cell was replayed. With
     ``misses_count`` a miss also spends one unit of the budget (a benchmark's tabular objective:
     proposing an unrecorded cell is a wasted experiment); ``trace`` lists every counted proposal.
+    The rounds are the campaign's strict turns (lab/turns.py) with the table as the executor.
     """
     if view_factory is None:
         # the Policy interface's own read-only view; imported here so analysis needs agents only for replay
@@ -227,52 +230,12 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
             cols = [c for c in VIEW_COLUMNS + space.axis_names if c in experiments.columns]
             return HistoryView(space, experiments[cols].reset_index(drop=True), frozenset(in_flight), round)
 
-    table = history_df.reset_index(drop=True)
-    by_cell = table.groupby("cell_id").indices  # {cell_id: row positions}
-    rng = np.random.default_rng(seed)
-    name = getattr(policy, "name", type(policy).__name__)
-    result = ReplayResult(history=table.iloc[:0].copy())
-    picked: list[int] = []
-    seen: set[int] = set()
-    missing: set[int] = set()
-    idle = 0
-    spent = (lambda: result.hits + result.misses) if misses_count else (lambda: result.hits)
-    while spent() < budget:
-        if len(seen) == len(by_cell):
-            result.stopped = "exhausted"
-            break
-        if idle >= patience:
-            result.stopped = "stalled"
-            break
-        view = view_factory(space, table.iloc[picked], missing, result.rounds)
-        proposals = policy.propose(view, min(round_size, budget - spent())) or []
-        result.rounds += 1
-        new_rows = []
-        for prop in proposals:
-            result.proposed += 1
-            cell_id = int(getattr(getattr(prop, "cell", prop), "id", prop))
-            if cell_id in seen or (misses_count and cell_id in missing):
-                result.duplicates += 1
-            elif cell_id not in by_cell:
-                if misses_count and spent() >= budget:
-                    continue
-                result.misses += 1
-                missing.add(cell_id)
-                if misses_count:
-                    result.trace.append(-1)
-            elif spent() < budget:
-                seen.add(cell_id)
-                pos = int(rng.choice(by_cell[cell_id]))
-                picked.append(pos)
-                new_rows.append(pos)
-                result.hits += 1
-                result.trace.append(pos)
-        idle = 0 if new_rows else idle + 1
-        if new_rows and hasattr(policy, "observe"):
-            policy.observe(table.iloc[new_rows].drop(columns=[c for c in table.columns if c.startswith("test_")]).to_dict("records"))
-    else:
-        result.stopped = "budget"
-    hist = table.iloc[picked].copy().reset_index(drop=True)
+    run = _TableRun(policy, space, history_df.reset_index(drop=True), budget, np.random.default_rng(seed),
+                    round_size, patience, view_factory, misses_count)
+    result = run.result
+    result.stopped, _ = run_turns(run)
+    name = run.name
+    hist = run.table.iloc[run.picked].copy().reset_index(drop=True)
     hist["campaign"] = f"replay-{name}"
     hist["proposer"] = name
     hist["experiment_id"] = [f"replay-{name}-{i:06d}" for i in range(len(hist))]
@@ -280,3 +243,76 @@ def replay(policy: Any, space, history_df: pd.DataFrame, budget: int, seed: int 
         hist["finished_at"] = pd.NaT  # replay order is the order
     result.history = hist
     return result
+
+
+class _TableRun:
+    """A replay as a TurnsHost (lab/turns.py): a round's proposals are sorted into hits (cells in the
+    table, claimed), misses and duplicates; the table executor replays a recorded run of each hit."""
+
+    def __init__(self, policy: Any, space, table: pd.DataFrame, budget: int, rng: np.random.Generator,
+                 round_size: int, patience: int, view_factory: Callable, misses_count: bool):
+        self.policy, self.space, self.table, self.budget, self.rng = policy, space, table, budget, rng
+        self.round_size, self.patience, self.view_factory, self.misses_count = round_size, patience, view_factory, misses_count
+        self.by_cell = table.groupby("cell_id").indices  # {cell_id: row positions}
+        self.name = getattr(policy, "name", type(policy).__name__)
+        self.result = ReplayResult(history=table.iloc[:0].copy())
+        self.picked: list[int] = []
+        self.seen: set[int] = set()
+        self.missing: set[int] = set()
+        self.idle_rounds = 0
+
+    def spent(self) -> int:
+        return self.result.hits + self.result.misses if self.misses_count else self.result.hits
+
+    def stop_reason(self) -> str | None:
+        if self.spent() >= self.budget:
+            return "budget"
+        if len(self.seen) == len(self.by_cell):
+            return "exhausted"
+        if self.idle_rounds >= self.patience:
+            return "stalled"
+        return None
+
+    def plan(self) -> list[tuple[bool, int]]:
+        """The round's counted proposals in order: (True, cell id) a hit, (False, cell id) a counted miss."""
+        result = self.result
+        view = self.view_factory(self.space, self.table.iloc[self.picked], self.missing, result.rounds)
+        proposals = self.policy.propose(view, min(self.round_size, self.budget - self.spent())) or []
+        result.rounds += 1
+        jobs = []
+        for prop in proposals:
+            result.proposed += 1
+            cell_id = int(getattr(getattr(prop, "cell", prop), "id", prop))
+            if cell_id in self.seen or (self.misses_count and cell_id in self.missing):
+                result.duplicates += 1
+            elif cell_id not in self.by_cell:
+                if self.misses_count and self.spent() >= self.budget:
+                    continue
+                result.misses += 1
+                self.missing.add(cell_id)
+                if self.misses_count:
+                    jobs.append((False, cell_id))
+            elif self.spent() < self.budget:
+                self.seen.add(cell_id)
+                result.hits += 1
+                jobs.append((True, cell_id))
+        return jobs
+
+    def idle(self) -> str | None:
+        self.idle_rounds += 1
+        return None  # stop_reason says when patience ran out
+
+    def execute(self, jobs: list[tuple[bool, int]]) -> None:
+        """The table executor: a hit replays one of its cell's recorded runs, a miss yields nothing."""
+        new_rows = []
+        for hit, cell_id in jobs:
+            if not hit:
+                self.result.trace.append(-1)
+                continue
+            pos = int(self.rng.choice(self.by_cell[cell_id]))
+            self.picked.append(pos)
+            new_rows.append(pos)
+            self.result.trace.append(pos)
+        self.idle_rounds = 0 if new_rows else self.idle_rounds + 1
+        if new_rows and hasattr(self.policy, "observe"):
+            self.policy.observe(self.table.iloc[new_rows].drop(columns=[c for c in self.table.columns if c.startswith("test_")]).to_dict("records"))

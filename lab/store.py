@@ -509,8 +509,8 @@ def interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict 
             if deadline is not None and time.monotonic() > deadline:
                 stop()
                 raise QueryCancelled(f"the query ran past its timeout of {timeout:g} s and was cancelled")
-    except KeyboardInterrupt:
-        stop()
+    except BaseException:  # Ctrl-C, and SIGTERM as Prefect's TerminationSignal (not a KeyboardInterrupt)
+        stop()  # else the caller closes the busy connection, whose error replaces the signal
         raise
     if "error" in box:
         raise box["error"]

@@ -2,7 +2,8 @@
 
 Every policy is built by ``agents.create_policy`` and driven through the Policy interface a
 campaign uses (``propose(view, n)`` on a read-only ``HistoryView``, then ``observe(rows)``),
-round after round, ``repeats`` times with independent seeds. The objective answers each proposal:
+round after round by the campaign's turns scheduler (lab/turns.py), ``repeats`` times with
+independent seeds. The objective answers each proposal in place of training:
 
 - ``surrogate``: ``analysis.surrogate.Surrogate.sample`` (predicted mean plus seed noise), any cell;
 - ``table``: ``analysis.baselines.replay`` with ``misses_count``: a recorded cell replays one of its
@@ -41,6 +42,7 @@ from crashsearch.analysis.surrogate import Surrogate, fit_surrogate, observed_sp
 from crashsearch.lab.errors import UserError
 from crashsearch.lab._proc import die_with_parent
 from crashsearch.lab.space import Space
+from crashsearch.lab.turns import run_turns
 
 OBJECTIVES = ("surrogate", "table")
 PATIENCE = 5  # rounds in a row without a new cell before a run stops ("exhausted" or the agent's reason)
@@ -79,56 +81,80 @@ class BenchmarkRuns:
 
 def run_policy(policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np.ndarray], budget: int,
                round_size: int = 12, repeat: int = 0) -> RunResult:
-    """Run one policy until ``budget`` experiments (or it stops proposing); ``evaluate`` maps cell ids to APs."""
-    cols: dict[str, list] = {c: [] for c in VIEW_COLUMNS + space.axis_names}
-    blank = {c: None for c in VIEW_COLUMNS} | ({"pre_fix": False} if "pre_fix" in VIEW_COLUMNS else {})
-    seen: set[int] = set()
-    values, ids = [], []
-    secs = {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0}
-    stopped, idle, rnd = "budget", 0, 0
+    """Run one policy until ``budget`` experiments (or it stops proposing); ``evaluate`` maps cell ids to APs.
+
+    The campaign's strict rounds (lab/turns.py) with ``evaluate`` in place of training."""
+    run = _ObjectiveRun(policy, space, evaluate, budget, round_size, repeat)
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    while len(values) < budget:
-        view = HistoryView(space, pd.DataFrame(cols), frozenset(), rnd)
-        t0 = time.perf_counter()
-        proposals = policy.propose(view, min(round_size, budget - len(values))) or []
-        secs["policy"] += time.perf_counter() - t0
-        rnd += 1
-        fresh = []
-        for prop in proposals:
-            if prop.cell.id not in seen and space.contains(prop.cell) and len(values) + len(fresh) < budget:
-                seen.add(prop.cell.id)
-                fresh.append(prop)
-        if not fresh:
-            idle += 1
-            reason = getattr(policy, "last_error", None)
-            if reason and "budget exhausted" in reason:
-                stopped = reason
-                break
-            if idle >= PATIENCE:
-                stopped = reason or "exhausted"
-                break
-            continue
-        idle = 0
-        t0 = time.perf_counter()
-        aps = evaluate(np.array([p.cell.id for p in fresh], dtype=np.int64))
-        secs["objective"] += time.perf_counter() - t0
-        new_rows = []
-        for prop, ap in zip(fresh, aps):
-            row = {**blank, "experiment_id": f"{policy.name}-r{repeat}-{len(values):06d}", "cell_id": prop.cell.id,
-                   "status": "ok", "val_ap": float(ap), "val_auc": np.nan, "proposer": policy.name,
-                   "rationale": prop.rationale, **prop.cell.values}
-            for k, v in row.items():
-                cols[k].append(v)
-            new_rows.append(row)
-            values.append(float(ap))
-            ids.append(prop.cell.id)
-        t0 = time.perf_counter()
-        policy.observe(new_rows)
-        secs["policy"] += time.perf_counter() - t0
+    stopped, _ = run_turns(run)
+    secs = run.secs
     secs["bookkeeping"] = time.perf_counter() - t_start - secs["policy"] - secs["objective"]
     secs["cpu"] = time.process_time() - cpu_start  # on a busy machine the wall splits above overstate the work
-    return RunResult(policy.name, repeat, policy.seed, np.array(values, dtype=float), np.array(ids, dtype=np.int64),
+    return RunResult(policy.name, repeat, policy.seed, np.array(run.values, dtype=float), np.array(run.ids, dtype=np.int64),
                      stopped=stopped, seconds=secs)
+
+
+class _ObjectiveRun:
+    """One benchmark run as a TurnsHost (lab/turns.py): each round the policy proposes, new cells inside
+    the space are claimed, ``evaluate`` answers them (the surrogate executor) and the policy observes.
+    A run stops at ``budget``, when the agent's spending budget is exhausted, or after PATIENCE rounds
+    in a row without a new cell."""
+
+    def __init__(self, policy: Policy, space: Space, evaluate: Callable[[np.ndarray], np.ndarray], budget: int,
+                 round_size: int, repeat: int):
+        self.policy, self.space, self.evaluate = policy, space, evaluate
+        self.budget, self.round_size, self.repeat = budget, round_size, repeat
+        self.cols: dict[str, list] = {c: [] for c in VIEW_COLUMNS + space.axis_names}
+        self.blank = {c: None for c in VIEW_COLUMNS} | ({"pre_fix": False} if "pre_fix" in VIEW_COLUMNS else {})
+        self.seen: set[int] = set()
+        self.values: list[float] = []
+        self.ids: list[int] = []
+        self.secs = {"policy": 0.0, "objective": 0.0, "bookkeeping": 0.0}
+        self.idle_rounds, self.rounds = 0, 0
+
+    def stop_reason(self) -> str | None:
+        return "budget" if len(self.values) >= self.budget else None
+
+    def plan(self) -> list:
+        view = HistoryView(self.space, pd.DataFrame(self.cols), frozenset(), self.rounds)
+        t0 = time.perf_counter()
+        proposals = self.policy.propose(view, min(self.round_size, self.budget - len(self.values))) or []
+        self.secs["policy"] += time.perf_counter() - t0
+        self.rounds += 1
+        fresh = []
+        for prop in proposals:
+            if prop.cell.id not in self.seen and self.space.contains(prop.cell) and len(self.values) + len(fresh) < self.budget:
+                self.seen.add(prop.cell.id)
+                fresh.append(prop)
+        return fresh
+
+    def idle(self) -> str | None:
+        self.idle_rounds += 1
+        reason = getattr(self.policy, "last_error", None)
+        if reason and "budget exhausted" in reason:
+            return reason
+        if self.idle_rounds >= PATIENCE:
+            return reason or "exhausted"
+        return None
+
+    def execute(self, fresh: list) -> None:
+        self.idle_rounds = 0
+        t0 = time.perf_counter()
+        aps = self.evaluate(np.array([p.cell.id for p in fresh], dtype=np.int64))
+        self.secs["objective"] += time.perf_counter() - t0
+        new_rows = []
+        for prop, ap in zip(fresh, aps):
+            row = {**self.blank, "experiment_id": f"{self.policy.name}-r{self.repeat}-{len(self.values):06d}",
+                   "cell_id": prop.cell.id, "status": "ok", "val_ap": float(ap), "val_auc": np.nan,
+                   "proposer": self.policy.name, "rationale": prop.rationale, **prop.cell.values}
+            for k, v in row.items():
+                self.cols[k].append(v)
+            new_rows.append(row)
+            self.values.append(float(ap))
+            self.ids.append(prop.cell.id)
+        t0 = time.perf_counter()
+        self.policy.observe(new_rows)
+        self.secs["policy"] += time.perf_counter() - t0
 
 
 def run_table(policy: Policy, space: Space, table: pd.DataFrame, budget: int, seed: int, round_size: int = 12,

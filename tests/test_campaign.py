@@ -237,10 +237,13 @@ def test_campaign_view_passes_only_claimed_unrecorded_cells_as_in_flight(lab_hom
     run_campaign(home, ds.root, "c-inflight", policies=["random"], budget=3, round_size=3, space_path=space, seeds=1)
     runner = Campaign(home, CampaignConfig(dataset=str(ds.root), campaign="c-inflight", policies="random", budget=6,
                                            space=space, seeds=1, round_size=3, device="cpu"), log=lambda m: None)
-    recorded = set(runner.history["cell_id"].astype(int))
-    assert len(recorded) == 3 and runner.view().in_flight == frozenset()
-    claimed = runner._propose_round(2)  # claimed this round, not trained yet
-    assert runner.view().in_flight == {j.cell.id for j in claimed} and not recorded & runner.view().in_flight
+    from crashsearch.tasks.campaign.turns import Turns
+
+    ledger = runner.ctx.ledger
+    recorded = set(ledger.history["cell_id"].astype(int))
+    assert len(recorded) == 3 and ledger.view().in_flight == frozenset()
+    claimed = Turns(runner.ctx).propose_round(2)  # claimed this round, not trained yet
+    assert ledger.view().in_flight == {j.cell.id for j in claimed} and not recorded & ledger.view().in_flight
 
 
 def test_extend_is_a_per_run_allowance_and_each_run_is_listed(lab_home):
@@ -342,12 +345,12 @@ def test_agents_see_pre_fix_rows_and_reruns_use_the_same_segmentation(lab_home):
                                              space=space, seeds=1, round_size=3, device="cpu"), log=lambda m: None)
 
     declare_bugfix(home, "another campaign's fix", campaign="c-other", at="2000-01-01")
-    assert "pre_fix" not in runner().view().experiments.columns  # an event scoped elsewhere changes nothing here
-    assert runner()._leader_reruns(2) == []
+    assert "pre_fix" not in runner().ctx.ledger.view().experiments.columns  # an event scoped elsewhere changes nothing here
+    assert runner().ctx.ledger.leader_reruns(2) == []
     declare_bugfix(home, "mask fixed", campaign="c-prefix", at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 1)))
-    view = runner().view()
+    view = runner().ctx.ledger.view()
     assert view.experiments["pre_fix"].all() and (view.leaderboard(3)["pre_fix_runs"] == 1).all()
-    reruns = runner()._leader_reruns(2)
+    reruns = runner().ctx.ledger.leader_reruns(2)
     assert len(reruns) == 2 and {j.proposer for j in reruns} == {"rerun"}
     assert [j.cell.id for j in reruns] == list(view.leaderboard(2)["cell_id"])
 

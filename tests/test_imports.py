@@ -36,10 +36,10 @@ ALLOWED = {
 }
 # Existing edges that break the layering, each with why it stays for now. Empty is the goal.
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # replay() runs a policy over a recorded history and builds the policies' own HistoryView for
-    # it: a propose -> observe loop in the analysis layer. Issue 23 item 1 moves replay onto the
-    # turns scheduler in tasks/, which removes this edge; moving HistoryView into lab/ now would
-    # split the policy interface across two layers for a loop that is about to leave analysis/.
+    # replay() runs a policy over a recorded history on the turns loop (lab/turns.py, shared with
+    # the campaign and the benchmark) and builds the policies' own HistoryView for it by default;
+    # analysis/synthetic.planted_search relies on that default. Moving HistoryView into lab/ would
+    # split the policy interface across two layers.
     ("crashsearch.analysis.baselines", "crashsearch.agents.base"): "replay builds the policies' view",
 }
 

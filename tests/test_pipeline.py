@@ -172,14 +172,13 @@ def test_the_automatic_lookahead_holds_what_the_trainers_take_during_a_call():
     from types import SimpleNamespace
 
     from crashsearch.tasks.campaign.config import CampaignConfig
-    from crashsearch.tasks.campaign.pipeline import AUTO_LOOKAHEAD_MIN, Pipeline
+    from crashsearch.tasks.campaign.demand import AUTO_LOOKAHEAD_MIN, Demand
 
     assert CampaignConfig(dataset="ds").lookahead is None  # automatic is the default
     policies = [SimpleNamespace(name="claude", concurrent_calls=True), SimpleNamespace(name="random", concurrent_calls=False)]
-    campaign = SimpleNamespace(config=CampaignConfig(dataset="ds"), policies=policies, executor=None)
-    p = Pipeline(campaign)
+    p = Demand(CampaignConfig(dataset="ds"), policies, trainers=2)
     assert p.lookahead == AUTO_LOOKAHEAD_MIN == 24 and p.share("claude") == p.share("random") == 12  # nothing measured
-    p.trainers, p.first_start = 2, time.monotonic() - 10
+    p.first_start = time.monotonic() - 10
     p.trained_jobs, p.trainer_seconds = 130, 20.0  # 6.5 jobs per trainer-second, 2 trainers: 13 jobs/s
     p.latency = {"claude": 8.0, "random": 0.01}
     # during one 8 s claude call the trainers take 13 / 2 x 8 = 52 of claude's jobs; with 2 calls in flight an
@@ -190,8 +189,8 @@ def test_the_automatic_lookahead_holds_what_the_trainers_take_during_a_call():
     assert p.share("claude") == 52 + 52
     p.latency["claude"] = 0.2  # fast answers: the floor
     assert p.lookahead == AUTO_LOOKAHEAD_MIN
-    fixed = Pipeline(SimpleNamespace(config=CampaignConfig(dataset="ds", lookahead=6), policies=policies, executor=None))
-    fixed.trainers, fixed.first_start, fixed.trained_jobs, fixed.trainer_seconds = 2, p.first_start, 130, 20.0
+    fixed = Demand(CampaignConfig(dataset="ds", lookahead=6), policies, trainers=2)
+    fixed.first_start, fixed.trained_jobs, fixed.trainer_seconds = p.first_start, 130, 20.0
     fixed.latency = {"claude": 8.0, "random": 0.01}
     assert fixed.lookahead == 6 and fixed.share("claude") == fixed.share("random") == 3  # a number set is a bound
 

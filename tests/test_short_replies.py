@@ -19,7 +19,8 @@ import pytest
 from crashsearch.agents.base import HistoryView
 from crashsearch.lab.space import Space
 from crashsearch.tasks.campaign.config import CampaignConfig
-from crashsearch.tasks.campaign.pipeline import START_CALLS, Pipeline, _Call, calls_to_keep
+from crashsearch.tasks.campaign.demand import START_CALLS, calls_to_keep
+from crashsearch.tasks.campaign.pipeline import Pipeline, _Call
 from tests.fake_llm_server import FakeLLMServer, tool_reply
 from tests.test_campaign import lab_home  # noqa: F401 (fixture)
 from tests.test_llm_agents import SPACE, answer, cells, server, wire  # noqa: F401 (fixtures)
@@ -40,26 +41,29 @@ def _measured_pipeline(max_calls: int = 8) -> tuple[Pipeline, SimpleNamespace]:
     claude = SimpleNamespace(name="claude", concurrent_calls=True, max_per_call=81)
     random_policy = SimpleNamespace(name="random", concurrent_calls=False, max_per_call=None)
     config = CampaignConfig(dataset="ds", max_calls_in_flight=max_calls)
-    p = Pipeline(SimpleNamespace(config=config, policies=[claude, random_policy], executor=None))
-    p.trainers, p.first_start = 2, time.monotonic() - 10
-    p.trained_jobs, p.trainer_seconds = 130, 20.0  # 13 jobs/s: 52 of claude's during one of its 8 s calls
-    p.latency = {"claude": 8.0, "random": 0.01}
+    ctx = SimpleNamespace(config=config, proposers=SimpleNamespace(policies=[claude, random_policy]), executor=None)
+    p = Pipeline(ctx)
+    d = p.demand
+    d.trainers, d.first_start = 2, time.monotonic() - 10
+    d.trained_jobs, d.trainer_seconds = 130, 20.0  # 13 jobs/s: 52 of claude's during one of its 8 s calls
+    d.latency = {"claude": 8.0, "random": 0.01}
     return p, claude
 
 
 def test_a_policy_whose_replies_carry_fewer_cells_gets_more_calls_within_the_cap():
     p, claude = _measured_pipeline()
+    d = p.demand
     # claude's share is 78 (52 + 26), so a full call asks for 39
-    assert p.calls_kept(claude) == START_CALLS  # no short reply: two calls, as before
-    p.carried["claude"] = 39.0  # replies carry what is asked: still two
-    assert p.calls_kept(claude) == START_CALLS
-    p.carried["claude"] = 13.0  # a third of it: 52 / 13 calls
-    assert p.calls_kept(claude) == 4
-    p.carried["claude"] = 3.0  # 3 cells a reply
-    assert p.calls_kept(claude) == 8  # 18 would cover the demand: the cap
+    assert d.calls_kept(claude) == START_CALLS  # no short reply: two calls, as before
+    d.carried["claude"] = 39.0  # replies carry what is asked: still two
+    assert d.calls_kept(claude) == START_CALLS
+    d.carried["claude"] = 13.0  # a third of it: 52 / 13 calls
+    assert d.calls_kept(claude) == 4
+    d.carried["claude"] = 3.0  # 3 cells a reply
+    assert d.calls_kept(claude) == 8  # 18 would cover the demand: the cap
     capped, claude2 = _measured_pipeline(max_calls=3)
-    capped.carried["claude"] = 3.0
-    assert capped.calls_kept(claude2) == 3
+    capped.demand.carried["claude"] = 3.0
+    assert capped.demand.calls_kept(claude2) == 3
     # a call out counts for the cells its policy's replies carry, not for what it asked
     p.calls = {object(): _Call(claude, 39, 0), object(): _Call(claude, 39, 0)}
     assert p._expected_by("claude") == 6 and p._expected_by() == 6
@@ -70,29 +74,29 @@ def test_a_short_reply_is_measured_and_lets_more_calls_out():
     from concurrent.futures import Future
 
     p, claude = _measured_pipeline()
-    p.c.claim = lambda policy, proposals, limit: []
-    p.c.retry_delay = lambda name: None
-    p.c.new, p.c.recorded, p.c.target = 0, 0, 400
-    p.c.held_for_replicates = lambda room, pending, reps: 0
+    d = p.demand
+    p.ctx.proposers.claim = lambda policy, proposals, limit: []
+    p.ctx.proposers.retry_delay = lambda name: None
+    p.ctx.ledger = SimpleNamespace(new=0, recorded=0, target=400, held_for_replicates=lambda room, pending, reps: 0)
     future = Future()
     future.set_result([object()] * 3)
     p.calls[future] = _Call(claude, 12, 0, time.monotonic() - 8)
     p._finish_call(future)
-    assert p.carried["claude"] == 3
-    assert p.calls_kept(claude) > START_CALLS
+    assert d.carried["claude"] == 3
+    assert d.calls_kept(claude) > START_CALLS
     failed = Future()
     failed.set_result([])  # a failed or empty call says nothing about how much a reply carries
     p.calls[failed] = _Call(claude, 12, 0, time.monotonic())
     p.retry_at.clear()
     p._finish_call(failed)
-    assert p.carried["claude"] == 3
+    assert d.carried["claude"] == 3
     # a small ask answered in full says nothing new; a full reply beyond what was measured raises it
     for asked in (2, 6):
         done = Future()
         done.set_result([object()] * asked)
         p.calls[done] = _Call(claude, asked, 0, time.monotonic())
         p._finish_call(done)
-        assert p.carried["claude"] == max(3, asked)
+        assert d.carried["claude"] == max(3, asked)
 
 
 def test_the_reply_schema_states_the_count_asked_for(server, wire):  # noqa: F811 (fixtures)

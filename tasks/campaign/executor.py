@@ -26,13 +26,33 @@ class Executor(Protocol):
 
 
 class SerialStore(Store):
-    """A Store whose appends from several threads of this process take turns (one writer at a time)."""
+    """A Store whose appends from several threads of this process take turns (one writer at a time).
+
+    ``unreported`` holds the rows appended whose batch was not handed back yet: a Ctrl-C that lands
+    after a batch's append (while its leaders' heads are kept) leaves them there, so the run's
+    ending still counts them (``LocalExecutor.unreported``)."""
 
     _lock = threading.Lock()
 
+    def __init__(self, home):
+        super().__init__(home)
+        self.unreported: dict[str, dict] = {}
+
     def append(self, campaign: str, rows: list[dict], space: Space) -> Path:
         with self._lock:
-            return super().append(campaign, rows, space)
+            path = super().append(campaign, rows, space)
+            self.unreported.update((r["experiment_id"], r) for r in rows)
+            return path
+
+    def reported(self, rows: list[dict]) -> None:
+        """The batch of ``rows`` was handed back: its taker counts them."""
+        with self._lock:
+            for r in rows:
+                self.unreported.pop(r["experiment_id"], None)
+
+    def unreported_rows(self) -> list[dict]:
+        with self._lock:
+            return list(self.unreported.values())
 
 
 class LocalExecutor:
@@ -49,5 +69,11 @@ class LocalExecutor:
 
     def run(self, batches: list[list[Job]]) -> Iterator[tuple[list[Job], list[dict]]]:
         for batch in batches:
-            yield batch, run_batch(batch, self.features[batch[0].cell["backbone"]], self.ctx, self.store, self.train_fn,
-                                   keeper=self.keeper)
+            rows = run_batch(batch, self.features[batch[0].cell["backbone"]], self.ctx, self.store, self.train_fn,
+                             keeper=self.keeper)
+            yield batch, rows
+            self.store.reported(rows)
+
+    def unreported(self) -> list[dict]:
+        """Rows in the store whose batch was never handed back (an interrupt after its append)."""
+        return self.store.unreported_rows()

@@ -1,13 +1,18 @@
-"""What a campaign run did: ``CampaignSummary`` and its text (the CLI prints it, summary.txt holds it)."""
+"""What a campaign run did: ``CampaignSummary`` and its text (the CLI prints it, summary.txt holds it);
+``build_summary`` gathers it from a run's parts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from crashsearch.lab.leaderboard import format_interval
+from crashsearch.tasks.campaign.allot import allot
+
+if TYPE_CHECKING:  # the engine builds the summary from its context; here it is only a type
+    from crashsearch.tasks.campaign.context import RunContext
 
 
 @dataclass
@@ -88,3 +93,71 @@ class CampaignSummary:
         for bug in self.code_bugs:
             lines.append(f"code bug flagged: {bug}  -> fix it, then `crashsearch bugfix --note ...`")
         return "\n".join(lines)
+
+
+def build_summary(ctx: RunContext, *, campaign: str, dataset: str, home: Path, stopped: str, stats: dict,
+                  stop_line: str, notes: list[str], weights: dict[str, str], kept: tuple[int, int]) -> CampaignSummary:
+    """What the run did, from its parts: ``stats`` are the pipeline's (empty in turns mode), ``notes``
+    the run's warnings (the policies short of their share are added here)."""
+    ledger, proposers = ctx.ledger, ctx.proposers
+    df = ledger.history
+    per_policy = _per_policy(df, proposers.policies)
+    stats = dict(stats)
+    if stats:
+        names = {p.name for p in proposers.policies}
+        tokens = sum(s["tokens"] for n, s in per_policy.items() if n in names)
+        stats["tokens_per_experiment"] = tokens / max(ledger.new, 1)
+    seeds = ctx.config.seeds
+    board = ledger.view().leaderboard(5)
+    min_runs = min(seeds, int(board["n"].max()) if len(board) else 1)
+    confirmed = board[board["n"] >= min_runs]
+    return CampaignSummary(
+        campaign=campaign, dataset=dataset, home=home, recorded=ledger.recorded,
+        new=ledger.new, budget=ctx.config.budget, stopped=stopped, wall_seconds=ctx.stopping.elapsed(),
+        train_seconds=ledger.train_seconds, leaderboard=confirmed if len(confirmed) else board,
+        per_policy=per_policy, dedup=ledger.dedup_totals(),
+        failures=int((df["status"] == "failed").sum()) if len(df) else 0, code_bugs=ctx.recorder.code_bugs,
+        unavailable=proposers.unavailable, weights=weights, mode=ctx.config.propose_mode, pipeline=stats,
+        stop_line=stop_line, notes=notes + short_shares(ctx),
+        min_runs=min_runs if len(confirmed) and len(confirmed) < len(board) else 1, extend=ctx.config.extend,
+        kept=kept)
+
+
+def _per_policy(df: pd.DataFrame, policies: list) -> dict[str, dict[str, Any]]:
+    """Proposed, best AP, tokens and cost per policy (and the replicate, heal and rerun jobs)."""
+    per_policy: dict[str, dict[str, Any]] = {}
+    for name in [p.name for p in policies] + ["replicate", "heal", "rerun"]:
+        mine = df[df["proposer"] == name] if len(df) else df
+        if name in ("replicate", "heal", "rerun") and mine.empty:
+            continue
+        ok = mine[mine["status"].isin(["ok", "healed"])] if len(mine) else mine
+        per_policy[name] = {
+            "proposed": int(len(mine)),
+            "best_ap": float(ok["val_ap"].max()) if len(ok) and ok["val_ap"].notna().any() else None,
+            "tokens": int(mine[["tokens_in", "tokens_out"]].fillna(0).to_numpy().sum()) if len(mine) else 0,
+            "cost_usd": float(mine["cost_usd"].fillna(0).sum()) if len(mine) else 0.0,
+        }
+    for policy in policies:  # LLM agents know their true totals (rejected proposals, diagnoses)
+        usage = policy.usage()
+        if usage and policy.name in per_policy:
+            per_policy[policy.name]["tokens"] = int(usage.get("tokens_in", 0) + usage.get("tokens_out", 0))
+            per_policy[policy.name]["cost_usd"] = float(usage.get("cost_usd", 0.0))
+    return per_policy
+
+
+def short_shares(ctx: RunContext) -> list[str]:
+    """One line per policy that claimed fewer new cells in this run than its even share, and why."""
+    proposers = ctx.proposers
+    fair = allot(sum(proposers.claimed.values()), [0] * len(proposers.policies))
+    lines = []
+    dropped = ctx.ledger.deduper.counts()
+    for policy, share in zip(proposers.policies, fair):
+        got = proposers.claimed[policy.name]
+        if got >= share:
+            continue
+        drops = dropped.get(policy.name, {})
+        why = proposers.sat_out.get(policy.name) or (
+            f"{sum(drops.values())} of its proposals were dropped ({', '.join(f'{k} {v}' for k, v in drops.items())})"
+            if drops else "it returned fewer cells than it was asked for")
+        lines.append(f"{policy.name} proposed {got} of its even share {share} of this run's new cells: {why}")
+    return lines
