@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from crashsearch.lab._io import atomic_write, fsync_dir
+from crashsearch.lab.errors import UserError
 
 
 @runtime_checkable
@@ -154,7 +155,13 @@ def is_url(root: str | os.PathLike) -> bool:
 
 
 def backend_for(root: str | os.PathLike) -> Backend:
-    """The backend for a home root: a LocalBackend for a path (object stores: see issue 24)."""
+    """The backend for a home root: a LocalBackend for a path, an S3Backend for ``s3://bucket/prefix``.
+    Raises UserError (one line) for a URL of another scheme."""
     if is_url(root):
-        raise ValueError(f"no storage backend for {root} yet")
+        scheme = str(root).split("://", 1)[0].lower()
+        if scheme == "s3":
+            from crashsearch.lab.storage_s3 import S3Backend  # s3fs loads only for an object-store home
+
+            return S3Backend(str(root))
+        raise UserError(f"no storage backend for {root}: a home is a folder or an s3://bucket/prefix URL")
     return LocalBackend(Path(root))

@@ -94,10 +94,11 @@ DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensio
                  "allow_community_extensions": False}
 
 
-def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path) -> None:
+def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path | str) -> None:
     """Let ``con`` read files under ``campaigns`` only, for good: a query over the views cannot read
-    /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories)."""
-    folders = {str(campaigns), os.path.realpath(campaigns)}
+    /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories).
+    ``campaigns`` is a folder or the URL of an object-store home's campaigns/ (s3://bucket/p/campaigns)."""
+    folders = {str(campaigns)} if "://" in str(campaigns) else {str(campaigns), os.path.realpath(campaigns)}
     listed = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in sorted(folders))
     # DuckDB also allows its spill folder (default: .tmp under the working directory, whatever is
     # in it): no spill folder, so a query reads the home only and writes nowhere

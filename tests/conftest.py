@@ -54,3 +54,23 @@ def store(home):
     from crashsearch.lab.store import Store
 
     return Store(home)
+
+
+# ---- a real S3 API on 127.0.0.1 (tests/s3_server.py): one moto server per session, a bucket per test ----
+@pytest.fixture(scope="session")
+def s3_server():
+    from tests.s3_server import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_home(s3_server, monkeypatch):
+    """``s3://<fresh bucket>/home`` on the session's S3 server, with the AWS environment pointing at it."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return f"s3://{s3_server.make_bucket()}/home"

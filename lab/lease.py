@@ -1,0 +1,264 @@
+"""One writer per campaign on object storage: a lease instead of ``flock``.
+
+A home on an object store (``s3://bucket/prefix``) has no file locks and no rename, so the
+one-writer guarantee of lab/lock.py is built from conditional writes:
+
+* **Taking it.** The lease is one small JSON object, ``campaigns/<id>/lease.json``, naming its
+  holder (host, pid, since) and when it expires. It is taken by a conditional create
+  (``If-None-Match: *``): of two writers racing for a free campaign exactly one creates it, and
+  the other is refused with the holder's name (``CampaignBusy``, as from ``CampaignLock``).
+* **Keeping it.** The holder renews it every ``ttl / 3`` seconds from a background thread, each
+  renewal a conditional overwrite on the ETag it last wrote (``If-Match``). A renewal that finds
+  another ETag means the lease was taken over (this run stalled past its expiry): the lease is
+  marked lost, ``check()`` raises ``LeaseLost`` and the run stops writing.
+* **A dead holder.** A holder that dies stops renewing; once the lease's ``expires`` has passed,
+  the next writer takes it over by a conditional overwrite on the ETag it read, so of several
+  writers that find the same stale lease exactly one wins. On the dead holder's own host the wait
+  is skipped: a holder whose pid no longer runs there is dead now (as a flock would be freed).
+* **Giving it up.** ``release()`` deletes the object only if it is still ours (a conditional
+  delete on our ETag where the store offers one; otherwise it first overwrites it, conditionally,
+  with a released marker, which any writer takes over at once, and then deletes it: a writer that
+  took the marker in between loses nothing but a lease it re-creates at its next renewal).
+
+Clocks: expiry is judged by the taker's wall clock against the holder's, so hosts' clocks must
+agree to well within ``ttl / 3`` (NTP does). The window a crashed writer keeps its campaign is at
+most ``ttl`` (default LEASE_SECONDS, or ``$CRASHSEARCH_LEASE_SECONDS``).
+
+The backend needs, beyond lab/storage.Backend, ``create_tagged``, ``read_tagged`` and
+``replace`` (lab/storage_s3.S3Backend has them).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from datetime import datetime, timezone
+from typing import Protocol
+
+from crashsearch.lab.errors import UserError
+from crashsearch.lab.lock import CampaignBusy, describe, pid_alive
+from crashsearch.lab.rows import check_campaign_id
+from crashsearch.lab.storage import Backend
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "lease.json"
+LEASE_SECONDS = 60.0  # a crashed writer keeps its campaign at most this long
+_HELD: "weakref.WeakValueDictionary[str, ObjectLease]" = weakref.WeakValueDictionary()
+_GUARD = threading.Lock()
+
+
+class LeaseLost(UserError):
+    """This run's lease was taken over by another writer (it stalled past its expiry): stop writing."""
+
+
+class TaggedBackend(Backend, Protocol):
+    """A backend with the conditional writes a lease needs (ETags or generations as ``tag``)."""
+
+    def create_tagged(self, key: str, data: bytes) -> str | None:
+        """Create ``key`` only if absent; its new tag, or None when it exists."""
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The bytes of ``key`` and their tag; FileNotFoundError if absent."""
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        """Overwrite ``key`` only if its tag is still ``tag``; the new tag, or None otherwise."""
+
+    def delete_if(self, key: str, tag: str) -> bool | None:
+        """Delete ``key`` only if its tag is ``tag``: True, False (another tag), or None when the
+        store cannot delete conditionally."""
+
+
+def lease_seconds() -> float:
+    """The lease's lifetime: ``$CRASHSEARCH_LEASE_SECONDS`` or LEASE_SECONDS."""
+    raw = os.environ.get("CRASHSEARCH_LEASE_SECONDS")
+    if not raw:
+        return LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r} is not a number of seconds") from None
+    if not value >= 1:
+        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r}: a lease lasts at least 1 second")
+    return value
+
+
+class ObjectLease:
+    """``CampaignLock``'s interface on an object-store home: ``acquire()`` returns self,
+    ``release()`` gives it up, ``with ObjectLease(backend, "c1"):`` does both, re-entrant within one
+    process. ``previous`` is the stale holder taken over (or None). Raises CampaignBusy when a live
+    holder has it, ValueError on a bad campaign id."""
+
+    def __init__(self, backend: TaggedBackend, campaign: str, ttl: float | None = None):
+        self.campaign = check_campaign_id(campaign)
+        self.backend = backend
+        self.key = f"campaigns/{campaign}/{LEASE_FILE}"
+        self.ttl = lease_seconds() if ttl is None else float(ttl)
+        self.tag: str | None = None
+        self.holder: dict = {}
+        self.previous: dict | None = None
+        self.depth = 0
+        self.outer: ObjectLease | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write = threading.Lock()  # renewal and release never overlap
+
+    @property
+    def path(self) -> str:
+        """Where the lease lives (its URL), as ``CampaignLock.path`` names its file."""
+        return self.backend.url(self.key)
+
+    def _record(self, since: str | None = None) -> bytes:
+        now = time.time()
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "since": since or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "expires": now + self.ttl, "ttl": self.ttl, "token": self.holder.get("token") or uuid.uuid4().hex}
+        return (json.dumps(self.holder) + "\n").encode()
+
+    def acquire(self) -> "ObjectLease":
+        with _GUARD:
+            held = _HELD.get(self.path)
+            if held is not None and held.tag is not None:  # this process holds it: re-enter
+                held.depth += 1
+                self.outer = held
+                return held
+            tag = self.backend.create_tagged(self.key, self._record())
+            if tag is None:
+                tag = self._take_over()
+            self.tag, self.depth = tag, 1
+            _HELD[self.path] = self
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.campaign}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _take_over(self) -> str:
+        """Take a stale (expired, released, or dead-on-this-host) lease; CampaignBusy if it is live."""
+        for _ in range(5):  # the lease may vanish or change between our reads: look again
+            try:
+                data, tag = self.backend.read_tagged(self.key)
+            except FileNotFoundError:  # released meanwhile
+                created = self.backend.create_tagged(self.key, self._record())
+                if created is not None:
+                    return created
+                continue
+            current = _parse(data)
+            if not _stale(current):
+                raise CampaignBusy(f"campaign {self.campaign} is already being run by {describe(current)} "
+                                   f"(lease until {_when(current.get('expires'))}); wait for it to finish or stop that "
+                                   "process (one writer per campaign)")
+            new = self.backend.replace(self.key, self._record(), tag)
+            if new is not None:
+                self.previous = current
+                log.info("campaign %s: took over the stale lease of %s", self.campaign, describe(current))
+                return new
+        raise CampaignBusy(f"campaign {self.campaign}: another writer is taking its lease now; try again")
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._write:
+                if self._stop.is_set() or self.tag is None:
+                    return
+                expires = self.holder["expires"]
+                try:
+                    new = self.backend.replace(self.key, self._record(self.holder["since"]), self.tag)
+                except Exception as exc:  # a network blip: try again at the next tick, while the lease lasts
+                    self.holder["expires"] = expires  # not renewed
+                    if time.time() >= expires:
+                        self._lose(f"could not renew it before it expired ({exc})")
+                        return
+                    log.warning("campaign %s: lease renewal failed (%s); retrying", self.campaign, str(exc)[:200])
+                    continue
+                if new is None:
+                    self._lose("another writer took it over")
+                    return
+                self.tag = new
+
+    def _lose(self, why: str) -> None:
+        self.lost.set()
+        log.error("campaign %s: this run lost its lease (%s); it stops writing", self.campaign, why)
+
+    def check(self) -> None:
+        """Raise LeaseLost if the lease was lost (call before a write that needs the one-writer right)."""
+        lease = self.outer or self
+        if lease.lost.is_set():
+            raise LeaseLost(f"campaign {self.campaign}: this run's lease was taken over by another writer; "
+                            "it stopped writing (see the lease's holder)")
+
+    def release(self) -> None:
+        """Give the lease up (the last of nested acquires does); a no-op when not held."""
+        if self.outer is not None:
+            outer, self.outer = self.outer, None
+            outer.release()
+            return
+        with _GUARD:
+            if self.tag is None:
+                return
+            self.depth -= 1
+            if self.depth > 0:
+                return
+            _HELD.pop(self.path, None)
+            self._stop.set()
+            with self._write:
+                tag, self.tag = self.tag, None
+                if not self.lost.is_set():
+                    self._give_up(tag)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _give_up(self, tag: str) -> None:
+        try:
+            done = self.backend.delete_if(self.key, tag)
+            if done is None:  # no conditional delete: mark it released (ours only), then remove it
+                marker = {**self.holder, "released": True, "expires": 0}
+                if self.backend.replace(self.key, (json.dumps(marker) + "\n").encode(), tag) is not None:
+                    self.backend.delete(self.key)
+        except Exception as exc:  # it expires by itself: the next writer waits at most ttl
+            log.warning("campaign %s: could not release the lease (%s); it expires within %g s",
+                        self.campaign, str(exc)[:200], self.ttl)
+
+    def __enter__(self) -> "ObjectLease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            if self.tag is not None:
+                self.depth = 1
+                self.release()
+        except Exception:
+            pass
+
+
+def _parse(data: bytes) -> dict:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _stale(holder: dict) -> bool:
+    """Whether a lease may be taken: released, expired, unreadable, or its holder dead on this host."""
+    if not holder or holder.get("released"):
+        return True
+    expires = holder.get("expires")
+    if not isinstance(expires, (int, float)) or time.time() > expires:
+        return True
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and 0 < pid < 2 ** 31:
+        return pid != os.getpid() and not pid_alive(pid)
+    return False
+
+
+def _when(expires) -> str:
+    if not isinstance(expires, (int, float)):
+        return "?"
+    return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,198 @@
+"""A home on S3 (or an S3-compatible store): the storage seam's object-store backend.
+
+``S3Backend("s3://bucket/prefix")`` implements lab/storage.Backend over s3fs (fsspec), so the
+same filesystem object serves the store's writes and DuckDB's reads (``filesystem()``, registered
+on a connection with ``con.register_filesystem``). What the seam's guarantees become here:
+
+* ``put`` is one PutObject: S3 makes an object visible whole or not at all (no multipart upload:
+  the store's objects are small; one that is not fails rather than being split).
+* ``create`` is a PutObject with ``If-None-Match: *``: of two writers racing, S3 lets one win
+  (412 Precondition Failed, or 409 for a concurrent one, for the other). ``replace`` is the
+  same with ``If-Match: <etag>``; the lease of lab/lease.py is built on these two.
+* ``list`` lists the keys under a prefix (S3 listings are strongly consistent); there are no temp
+  objects, since nothing is renamed.
+
+Credentials, region and endpoint come only from the standard environment and AWS config
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL or
+AWS_ENDPOINT_URL_S3 for an S3-compatible store, AWS_PROFILE, an instance role): this module never
+reads, stores or prints a secret, and a home's URL carries none.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime
+from urllib.parse import urlparse
+
+from crashsearch.lab.errors import UserError
+
+_FS_LOCK = threading.Lock()
+_FS: dict[int, object] = {}  # one s3fs filesystem per process (a forked child builds its own)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_filesystem():
+    """The process's s3fs filesystem, configured from the environment; listings are never cached
+    (another worker's new log file must show at the next listing)."""
+    try:
+        import s3fs
+    except ImportError:  # a runtime dependency; only a broken install lacks it
+        raise UserError("an s3:// home needs the s3fs package (pip install s3fs)") from None
+    with _FS_LOCK:
+        fs = _FS.get(os.getpid())
+        if fs is None:
+            kwargs = {}
+            if _endpoint():  # botocore reads AWS_ENDPOINT_URL too; named here for older botocore
+                kwargs["endpoint_url"] = _endpoint()
+            fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
+            _FS[os.getpid()] = fs
+        return fs
+
+
+def _code(exc: BaseException) -> str:
+    """The S3 error code behind an exception s3fs raised ("" when it is not an S3 error)."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            return str(error.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return ""
+
+
+_REFUSED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+class S3Backend:
+    """A home under ``s3://bucket/prefix``. Keys are relative to the prefix."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(str(url))
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise UserError(f"not an S3 home URL: {url} (expected s3://bucket/prefix)")
+        if parsed.query or parsed.fragment or "@" in parsed.netloc:
+            raise UserError(f"an S3 home URL is s3://bucket/prefix, with no credentials or options: {url}")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.fs = s3_filesystem()
+
+    # ---- keys -------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/") or not key:
+            raise ValueError(f"bad storage key {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _path(self, key: str) -> str:
+        return f"{self.bucket}/{self._key(key)}"
+
+    def url(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def attach(self, con) -> None:
+        """Let DuckDB connection ``con`` read this home's s3:// URLs (through the same filesystem)."""
+        con.register_filesystem(self.fs)
+
+    def _call(self, method: str, **kwargs) -> dict:
+        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+
+    # ---- the Backend protocol ---------------------------------------------------------------------------
+    def list(self, prefix: str) -> list[str]:
+        base = self._key(prefix.rstrip("/")) if prefix.strip("/") else self.prefix
+        start = f"{base}/" if base else ""
+        keys = []
+        token = None
+        while True:
+            kwargs = {"Prefix": start, **({"ContinuationToken": token} if token else {})}
+            page = self._call("list_objects_v2", **kwargs)
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) + 1:] if self.prefix else item["Key"]
+                if key and not key.endswith("/"):
+                    keys.append(key)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sorted(keys)
+
+    def read(self, key: str) -> bytes:
+        return self.read_tagged(key)[0]
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The bytes of ``key`` and their ETag; FileNotFoundError if absent."""
+        try:
+            response = self._call("get_object", Key=self._key(key))
+        except FileNotFoundError:
+            raise FileNotFoundError(self.url(key)) from None
+        return _read_body(self.fs, response["Body"]), response["ETag"]
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("put_object", Key=self._key(key), Body=bytes(data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        return self.create_tagged(key, data) is not None
+
+    def create_tagged(self, key: str, data: bytes) -> str | None:
+        """Create ``key`` only if absent (If-None-Match: *); its ETag, or None when it exists."""
+        return self._conditional(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``tag`` (If-Match); the new ETag, or None."""
+        return self._conditional(key, data, IfMatch=tag)
+
+    def _conditional(self, key: str, data: bytes, **condition) -> str | None:
+        try:
+            return self._call("put_object", Key=self._key(key), Body=bytes(data), **condition)["ETag"]
+        except (OSError, ValueError) as exc:
+            if _code(exc) in _REFUSED:
+                return None
+            if "IfMatch" in condition and isinstance(exc, FileNotFoundError):  # gone: not ours any more
+                return None
+            raise
+
+    def delete(self, key: str) -> None:
+        try:
+            self._call("delete_object", Key=self._key(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_if(self, key: str, tag: str) -> bool | None:
+        """Delete ``key`` only if its ETag is ``tag`` (DeleteObject with If-Match): True; False when
+        it is gone or another; None when the store refuses the condition (NotImplemented)."""
+        try:
+            self._call("delete_object", Key=self._key(key), IfMatch=tag)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            code = _code(exc)
+            if code in _REFUSED:
+                return False
+            if code in ("NotImplemented", "501"):
+                return None
+            raise
+        return True
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head_object", Key=self._key(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def mtime(self, key: str) -> float:
+        try:
+            modified = self._call("head_object", Key=self._key(key))["LastModified"]
+        except FileNotFoundError:
+            raise FileNotFoundError(self.url(key)) from None
+        return modified.timestamp() if isinstance(modified, datetime) else float(modified)
+
+
+def _read_body(fs, body) -> bytes:
+    """Read an aiobotocore streaming body on s3fs's event loop."""
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        async with body:
+            return await body.read()
+
+    return sync(fs.loop, read)

@@ -1,0 +1,124 @@
+"""One writer per campaign on object storage: the lease of lab/lease.py against a real S3 API (moto)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+HOLDER = """
+import sys, time
+from crashsearch.lab.lease import ObjectLease
+from crashsearch.lab.storage import backend_for
+lease = ObjectLease(backend_for(sys.argv[1]), "c1", ttl=float(sys.argv[2])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def backend(s3_home):
+    from crashsearch.lab.storage import backend_for
+
+    return backend_for(s3_home)
+
+
+def _hold(s3_home: str, ttl: float) -> subprocess.Popen:
+    """Another writer: a process that takes the lease of campaign c1 and keeps it until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, s3_home, str(ttl)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _lease(backend) -> dict:
+    return json.loads(backend.read("campaigns/c1/lease.json"))
+
+
+def test_a_second_writer_is_refused_with_the_holders_name_and_gets_it_once_released(backend, s3_home):
+    from crashsearch.lab.lease import ObjectLease
+    from crashsearch.lab.lock import CampaignBusy
+
+    proc = _hold(s3_home, ttl=30)
+    try:
+        with pytest.raises(CampaignBusy, match=f"pid {proc.pid}"):
+            ObjectLease(backend, "c1", ttl=30).acquire()
+        assert _lease(backend)["pid"] == proc.pid  # the refused writer changed nothing
+    finally:
+        proc.terminate()  # no finally runs in the holder: its lease stays behind, like a crash
+        proc.wait()
+    with ObjectLease(backend, "c1", ttl=30) as lease:  # its pid is dead on this host: free at once
+        assert lease.previous["pid"] == proc.pid
+        assert _lease(backend)["pid"] == os.getpid()
+        with ObjectLease(backend, "c1") as again:  # re-entrant within one process
+            assert again is lease
+        assert backend.exists("campaigns/c1/lease.json")
+    assert not backend.exists("campaigns/c1/lease.json")  # released: no ghost campaign left behind
+
+
+def _foreign(backend, expires_in: float) -> None:
+    """A lease held by a writer on another host (its pid means nothing here), expiring in ``expires_in`` s."""
+    record = {"host": "gpu-node-7", "pid": 4242, "since": "2026-12-06T00:00:00+00:00",
+              "expires": time.time() + expires_in, "ttl": 60}
+    backend.put("campaigns/c1/lease.json", json.dumps(record).encode())
+
+
+def test_a_live_lease_of_another_host_is_refused_and_taken_over_once_it_has_expired(backend):
+    from crashsearch.lab.lease import ObjectLease
+    from crashsearch.lab.lock import CampaignBusy
+
+    _foreign(backend, expires_in=60)
+    with pytest.raises(CampaignBusy, match="host gpu-node-7 pid 4242"):
+        ObjectLease(backend, "c1").acquire()
+    _foreign(backend, expires_in=-1)  # its holder stopped renewing a second ago
+    with ObjectLease(backend, "c1", ttl=30) as lease:
+        assert lease.previous["host"] == "gpu-node-7"
+        assert _lease(backend)["host"] == socket.gethostname()
+
+
+def test_of_two_writers_taking_over_one_stale_lease_only_one_wins(backend):
+    from crashsearch.lab.lease import ObjectLease
+
+    _foreign(backend, expires_in=-1)
+    _, stale_tag = backend.read_tagged("campaigns/c1/lease.json")
+    first = ObjectLease(backend, "c1", ttl=30).acquire()  # read the stale lease, replaced it on its ETag
+    try:
+        # a second writer that read the same stale lease before the first won: its overwrite is refused
+        assert backend.replace("campaigns/c1/lease.json", b'{"host": "late"}', stale_tag) is None
+        assert _lease(backend)["pid"] == os.getpid()
+    finally:
+        first.release()
+
+
+def test_the_holder_renews_its_lease_past_its_first_expiry(backend, s3_home):
+    proc = _hold(s3_home, ttl=3)  # renewed every second
+    try:
+        first = _lease(backend)["expires"]
+        deadline = time.time() + 30
+        while _lease(backend)["expires"] <= first + 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert _lease(backend)["expires"] > first + 2  # renewed at least twice
+        assert _lease(backend)["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_holder_whose_lease_was_taken_over_stops_writing(backend):
+    from crashsearch.lab.lease import LeaseLost, ObjectLease
+
+    lease = ObjectLease(backend, "c1", ttl=1.5).acquire()
+    try:
+        _foreign(backend, expires_in=60)  # another writer took it (this one had stalled past its expiry)
+        deadline = time.time() + 30
+        while not lease.lost.is_set() and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(LeaseLost):
+            lease.check()
+    finally:
+        lease.release()
+    assert _lease(backend)["host"] == "gpu-node-7"  # releasing a lost lease leaves the new holder's alone

@@ -1,0 +1,114 @@
+"""The S3 backend (lab/storage_s3.py) against a real S3 API: moto in server mode on 127.0.0.1."""
+from __future__ import annotations
+
+import io
+import threading
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.s3_server import TEST_SECRET
+
+
+@pytest.fixture
+def backend(s3_home):
+    from crashsearch.lab.storage import backend_for
+
+    return backend_for(s3_home)
+
+
+def test_an_s3_url_gets_the_s3_backend_and_its_objects_round_trip(backend, s3_home):
+    from crashsearch.lab.storage import Backend
+    from crashsearch.lab.storage_s3 import S3Backend
+
+    assert isinstance(backend, S3Backend) and isinstance(backend, Backend)
+    assert backend.list("campaigns/") == [] and not backend.exists("campaigns/c1/campaign.json")
+    backend.put("campaigns/c1/campaign.json", b'{"id": "c1"}')
+    backend.put("campaigns/c1/log/part-1.parquet", b"x")
+    backend.put("campaigns/c10/campaign.json", b"{}")
+    assert backend.read("campaigns/c1/campaign.json") == b'{"id": "c1"}'
+    assert backend.list("campaigns/c1/") == ["campaigns/c1/campaign.json", "campaigns/c1/log/part-1.parquet"]
+    assert backend.list("campaigns/c1") == backend.list("campaigns/c1/")  # c10 is not under c1
+    assert backend.exists("campaigns/c1/campaign.json") and backend.mtime("campaigns/c1/campaign.json") > 0
+    assert backend.url("campaigns/c1/campaign.json") == f"{s3_home}/campaigns/c1/campaign.json"
+    backend.put("campaigns/c1/campaign.json", b"{}")  # put replaces
+    assert backend.read("campaigns/c1/campaign.json") == b"{}"
+    backend.delete("campaigns/c1/campaign.json")
+    backend.delete("campaigns/c1/campaign.json")  # a missing key is not an error
+    with pytest.raises(FileNotFoundError):
+        backend.read("campaigns/c1/campaign.json")
+    with pytest.raises(FileNotFoundError):
+        backend.mtime("campaigns/c1/campaign.json")
+    with pytest.raises(ValueError):
+        backend.read("../other/x")
+
+
+def test_create_is_conditional_and_replace_needs_the_current_etag(backend):
+    assert backend.create("campaigns/c1/lease.json", b"first")
+    assert not backend.create("campaigns/c1/lease.json", b"second")  # If-None-Match: * refused it
+    data, tag = backend.read_tagged("campaigns/c1/lease.json")
+    assert data == b"first"
+    new = backend.replace("campaigns/c1/lease.json", b"third", tag)
+    assert new and new != tag
+    assert backend.replace("campaigns/c1/lease.json", b"fourth", tag) is None  # a stale ETag loses
+    assert backend.read("campaigns/c1/lease.json") == b"third"
+    assert backend.replace("campaigns/c1/nothing.json", b"x", tag) is None  # nothing to replace
+    assert backend.delete_if("campaigns/c1/lease.json", tag) is False  # not the current ETag: kept
+    assert backend.delete_if("campaigns/c1/lease.json", new) is True
+    assert not backend.exists("campaigns/c1/lease.json")
+
+
+def test_of_writers_racing_to_create_one_key_exactly_one_wins(backend):
+    wins = []
+    barrier = threading.Barrier(6)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        if backend.create("campaigns/c1/lease.json", f"writer {i}".encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert backend.read("campaigns/c1/lease.json") == f"writer {wins[0]}".encode()
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def test_duckdb_reads_the_home_through_the_backend_and_nothing_outside_its_campaigns(backend, s3_home):
+    from crashsearch.lab.storage_s3 import S3Backend
+    from crashsearch.lab.store import DUCKDB_CONFIG, lock_to_campaigns
+
+    backend.put("campaigns/c1/log/part-1.parquet", _parquet(pa.table({"experiment_id": ["e1", "e2"]})))
+    outside = S3Backend(s3_home.rsplit("/", 1)[0] + "/elsewhere")
+    outside.put("secret.parquet", _parquet(pa.table({"secret": [42]})))
+    backend.put("cache/features.parquet", _parquet(pa.table({"secret": [7]})))  # the home, but not its history
+    con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
+    backend.attach(con)
+    lock_to_campaigns(con, backend.url("campaigns"))
+    url = backend.url("campaigns/c1/log/part-1.parquet")
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{url}')").fetchone() == (2,)
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{backend.url('campaigns/*/log/part-*.parquet')}')").fetchone() == (2,)
+    for path in [outside.url("secret.parquet"), backend.url("cache/features.parquet"),
+                 backend.url("campaigns/../cache/features.parquet"), "/etc/hostname"]:
+        with pytest.raises(duckdb.Error):
+            con.execute(f"SELECT * FROM read_parquet('{path}')").fetchall()
+    with pytest.raises(duckdb.Error):  # the sandbox is for good
+        con.execute("SET enable_external_access = true")
+
+
+def test_no_secret_reaches_the_home(backend, s3_home):
+    backend.put("campaigns/c1/campaign.json", b"{}")
+    assert backend.create("campaigns/c1/lease.json", b"{}")
+    for key in backend.list(""):
+        assert TEST_SECRET.encode() not in backend.read(key)
+    assert TEST_SECRET not in repr(backend.__dict__) and TEST_SECRET not in s3_home
