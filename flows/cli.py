@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         writes = args.command not in READING_COMMANDS or getattr(args, "repair", False)
         # a wrong folder is not an empty home; space and predict read no home (a space file, a model package)
         if args.command in READING_COMMANDS and args.command not in NO_HOME:
-            check_home(resolve_home(args.home, create=False).root)
+            check_home(resolve_home(args.home, create=False))
         args.home_dir = resolve_home(args.home, create=writes)
         if writes:
             check_writable(args.home_dir.root)  # a read-only home fails here, before any flow starts

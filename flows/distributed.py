@@ -169,7 +169,7 @@ class DistributedExecutor:
     def _dispatch(self, batch: list[Job], jobs: list[Job], attempt: int) -> _Dispatch:
         from prefect.deployments import run_deployment
 
-        params = {"home": str(self.home.root), "campaign": self.campaign, "dataset": self.dataset_name,
+        params = {"home": self.home.location, "campaign": self.campaign, "dataset": self.dataset_name,
                   "jobs": [j.to_dict() for j in jobs], "space_path": self.space_path, "device": self.device,
                   "code_version": self.code_version}
         backbone = jobs[0].cell["backbone"]

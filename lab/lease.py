@@ -262,3 +262,25 @@ def _when(expires) -> str:
     if not isinstance(expires, (int, float)):
         return "?"
     return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
+
+
+def campaign_lock(home, campaign: str):
+    """The one-writer lock of a campaign, picked by where the home lives: a ``CampaignLock`` (flock)
+    for a folder, an ``ObjectLease`` for an object-store home (``home.url``). Both take
+    ``acquire()``/``release()`` or ``with``; both raise CampaignBusy naming the holder."""
+    from crashsearch.lab.lock import CampaignLock
+    from crashsearch.lab.storage import backend_for
+
+    if getattr(home, "url", None):
+        return ObjectLease(backend_for(home.url), campaign)
+    return CampaignLock(home.root, campaign)
+
+
+def check_lease(home, campaign: str) -> None:
+    """Raise LeaseLost if this process held the campaign's lease and lost it (a no-op for a folder
+    home or a lease not held here): the store calls it before it writes."""
+    if not getattr(home, "url", None):
+        return
+    held = _HELD.get(f"{home.url}/campaigns/{campaign}/{LEASE_FILE}")
+    if held is not None:
+        held.check()

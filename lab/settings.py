@@ -1,4 +1,4 @@
-"""Where crashsearch keeps its state: one home directory.
+"""Where crashsearch keeps its state: one home directory, or a home on object storage.
 
 Layout under the home (``--home DIR``, else ``$CRASHSEARCH_HOME``, else ``./crashsearch-data``)::
 
@@ -7,9 +7,17 @@ Layout under the home (``--home DIR``, else ``$CRASHSEARCH_HOME``, else ``./cras
     campaigns/<campaign id>/  experiment log (Parquet), state, report
     reports/, benchmarks/     what users ask commands to write (query --out, benchmark): the only
                               folders of the home a user-named output may go to
+
+A home may also be a URL, ``s3://bucket/prefix`` (lab/storage_s3.py): its history (campaigns/:
+the log, campaign.json and the other campaign files, the lease) lives there, read and written
+through the storage seam. What must be local (Prefect's state of local runs, the logs of internal
+errors, DuckDB's and the feature cache's files, reports) goes to a local scratch folder for that
+URL, ``Home.root``: ``$CRASHSEARCH_SCRATCH/<hash of the URL>``, default
+``~/.cache/crashsearch/homes/<hash>`` (``$XDG_CACHE_HOME`` honoured).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +35,17 @@ HOME_MARKERS = ("campaigns", "cache", "datasets", "logs", "reports", "quarantine
 @dataclass(frozen=True)
 class Home:
     """The resolved home directory and its standard sub-folders (created on demand, unless the
-    Home is read-only: a reading command never creates a folder)."""
+    Home is read-only: a reading command never creates a folder). For an object-store home,
+    ``url`` is the home and ``root`` its local scratch folder (module docstring)."""
 
     root: Path
     create: bool = True
+    url: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The home as a flow parameter or ``--home`` takes it: the URL of an object-store home, else the folder."""
+        return self.url or str(self.root)
 
     @property
     def datasets(self) -> Path:
@@ -64,6 +79,8 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
     ``create=False`` (reading commands) creates nothing. Raises ValueError when the path
     exists and is not a folder."""
     raw = home or os.environ.get("CRASHSEARCH_HOME") or DEFAULT_HOME
+    if "://" in str(raw):
+        return _url_home(str(raw), create)
     root = Path(raw).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise UserError(f"home {root} is not a folder")
@@ -73,6 +90,21 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
         except OSError as exc:  # a path the user gave that cannot be a folder (/proc/..., under a file)
             raise UserError(f"cannot create the home {root}: {exc.strerror or exc}") from None
     return Home(root, create)
+
+
+def _url_home(url: str, create: bool) -> Home:
+    """An object-store home: the URL checked (a backend exists for it) and its local scratch folder."""
+    from crashsearch.lab.storage import backend_for  # loads the object store's client
+
+    url = backend_for(url).url("").rstrip("/")  # one spelling per home: s3://bucket/prefix
+    base = os.environ.get("CRASHSEARCH_SCRATCH") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "crashsearch" / "homes"
+    root = Path(base).expanduser().resolve() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the local scratch folder {root} of the home {url}: {exc.strerror or exc}") from None
+    return Home(root, create, url)
 
 
 def check_output_path(home: Home, out: str | os.PathLike, flag: str = "--out",
@@ -94,9 +126,18 @@ def check_output_path(home: Home, out: str | os.PathLike, flag: str = "--out",
                      f"live there); choose a path outside it or under {root / allowed[0]}/")
 
 
-def check_home(root: Path) -> None:
+def check_home(root: Path | Home) -> None:
     """Raise UserError unless ``root`` holds a crashsearch home (an empty folder is a new one):
-    a reading command pointed at the wrong folder says so instead of finding nothing there."""
+    a reading command pointed at the wrong folder says so instead of finding nothing there. An
+    object-store home (a Home with a URL) must hold a campaign."""
+    if isinstance(root, Home):
+        if root.url:
+            from crashsearch.lab.storage import backend_for
+
+            if not backend_for(root.url).list("campaigns/"):
+                raise UserError(f"no crashsearch home at {root.url} (no campaigns/ under it)")
+            return
+        root = root.root
     if not root.exists():
         raise UserError(f"no crashsearch home at {root} (no such folder)")
     if any(root.iterdir()) and not any((root / name).exists() for name in HOME_MARKERS):

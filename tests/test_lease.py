@@ -122,3 +122,23 @@ def test_a_holder_whose_lease_was_taken_over_stops_writing(backend):
     finally:
         lease.release()
     assert _lease(backend)["host"] == "gpu-node-7"  # releasing a lost lease leaves the new holder's alone
+
+
+def test_an_s3_home_resolves_to_its_url_and_a_local_scratch_folder_and_gets_a_lease(s3_home, tmp_path, monkeypatch):
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.lease import ObjectLease, campaign_lock
+    from crashsearch.lab.lock import CampaignLock
+    from crashsearch.lab.settings import check_home, resolve_home
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    home = resolve_home(s3_home + "/")
+    assert home.url == s3_home and home.location == s3_home
+    assert home.root.parent == tmp_path / "scratch" and home.root.is_dir()
+    assert resolve_home(s3_home).root == home.root  # one scratch folder per home
+    assert isinstance(campaign_lock(home, "c1"), ObjectLease)
+    assert isinstance(campaign_lock(resolve_home(tmp_path / "h"), "c1"), CampaignLock)
+    with pytest.raises(UserError, match="no campaigns"):
+        check_home(resolve_home(s3_home, create=False))
+    for bad in ("gs://bucket/p", "s3:///p", "s3://key:secret@bucket/p"):
+        with pytest.raises(UserError):
+            resolve_home(bad)

@@ -29,7 +29,7 @@ def run(args) -> int:
         if getattr(args, "control_arms", None):
             _control_arms(args)
         with quiet_prefect():
-            result = analyze.analyze_flow(campaign=args.campaign, home=str(args.home_dir.root))
+            result = analyze.analyze_flow(campaign=args.campaign, home=args.home_dir.location)
     except UserError as exc:  # anything else is a bug, not the user's: flows/cli.py reports it
         print(f"analyze: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ def run(args) -> int:
     from crashsearch.lab.campaign_space import campaign_space
     from crashsearch.lab.console import set_verbose
     from crashsearch.lab.errors import UserError
-    from crashsearch.lab.lock import CampaignLock, ending_status
+    from crashsearch.lab.lease import campaign_lock
+    from crashsearch.lab.lock import ending_status
     from crashsearch.tasks.campaign.config import from_cli_args
 
     if getattr(args, "distributed", None):  # seam: fail in one line before a flow run starts
@@ -35,13 +36,13 @@ def run(args) -> int:
             return 2
     try:
         policy_args = parse_policy_args(args.policy_args, args.policies)
-        config = from_cli_args(args, home=str(args.home_dir.root), progress=True, policy_args=policy_args)
+        config = from_cli_args(args, home=args.home_dir.location, progress=True, policy_args=policy_args)
         dataset = preflight(config)
         campaign.features_to_use(args.home_dir, dataset.name, config.dataset, config.backbone_list, dataset)  # cached, ours, both classes
         # one writer per campaign: refused here in one line, before a flow run starts
         campaign_id = campaign.default_campaign_id(dataset.name) if config.campaign is None else config.campaign
         campaign_space(args.home_dir, campaign_id, config.space)  # another space than the campaign's: one line
-        lock = CampaignLock(args.home_dir.root, campaign_id).acquire()
+        lock = campaign_lock(args.home_dir, campaign_id).acquire()
     except UserError as exc:  # ClassCheckError and CampaignBusy included: one line, before any round
         print(f"campaign: {exc}", file=sys.stderr)
         return 2

@@ -125,9 +125,9 @@ def leaderboard(store, args) -> int:
 def import_(store, args) -> int:
     from crashsearch.lab.campaign_space import campaign_space, keep_space
     from crashsearch.lab.exchange import import_log
-    from crashsearch.lab.lock import CampaignLock
+    from crashsearch.lab.lease import campaign_lock
 
-    with CampaignLock(store.home.root, args.campaign):  # a running campaign is its only writer
+    with campaign_lock(store.home, args.campaign):  # a running campaign is its only writer
         # --space, else the campaign's own; another space than the one it recorded is refused
         space, path = campaign_space(store.home, args.campaign, args.space,
                                      log=lambda line: print(line, file=sys.stderr))

@@ -14,6 +14,7 @@ from crashsearch.lab.campaign_space import campaign_space, keep_space
 from crashsearch.lab.classes import check_cached
 from crashsearch.lab.datasets import load_dataset
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.lease import ObjectLease, campaign_lock
 from crashsearch.lab.lock import CampaignLock
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
@@ -85,7 +86,7 @@ class Setup:
 
     dataset: Any  # lab.datasets.Dataset
     campaign: str
-    lock: CampaignLock
+    lock: CampaignLock | ObjectLease  # by where the home lives (lab/lease.campaign_lock)
     store: Store
     device: str
     stopping: Stopping  # its clock starts when the lock is held
@@ -110,7 +111,7 @@ def set_up(home: Home, config: CampaignConfig, log: Callable[[str], None], execu
     campaign = default_campaign_id(dataset.name) if config.campaign is None else config.campaign
     # checked before the lock: a refused campaign leaves no folder behind
     wanted = features_to_use(home, dataset.name, config.dataset, config.backbone_list, dataset)
-    lock = CampaignLock(home.root, campaign).acquire()  # one writer per campaign (lab/lock.py)
+    lock = campaign_lock(home, campaign).acquire()  # one writer per campaign (lab/lock.py, lab/lease.py)
     store = Store(home)
     device = resolve_device(config.device)
     stopping = Stopping(config.hours, config.budget)
