@@ -12,10 +12,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 # moto accepts any credentials; these are the test's own, so the secret can be grepped for
 TEST_KEY_ID = "crashsearch-test-key"
@@ -34,19 +36,23 @@ class S3Server:
     def __init__(self, startup_timeout: float = 60.0):
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
+        self.log = None
         self.endpoint = ""
 
     def start(self) -> "S3Server":
         for _ in range(3):  # a port taken between free_port() and the bind: try another
             port = free_port()
             self.endpoint = f"http://127.0.0.1:{port}"
+            # its request log goes to a file: a pipe nobody reads fills up and stalls the server
+            self.log = tempfile.NamedTemporaryFile(prefix="crashsearch-moto-", suffix=".log", delete=False)
             self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         stdout=self.log, stderr=subprocess.STDOUT,
                                          env={**os.environ, "MOTO_CALL_RESET_API": "false"})
             if self._wait():
                 return self
+            said = Path(self.log.name).read_text(errors="replace")[-2000:]
             self.stop()
-        raise RuntimeError("the moto S3 server did not start")
+        raise RuntimeError(f"the moto S3 server did not start: {said}")
 
     def _wait(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout
@@ -69,6 +75,10 @@ class S3Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.log is not None:
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+            self.log = None
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client reads to reach this server."""

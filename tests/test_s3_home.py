@@ -1,0 +1,146 @@
+"""A home on object storage end to end: the CLI against a real S3 API (moto in server mode on 127.0.0.1).
+
+The campaign, its resume, ``query``, ``leaderboard`` and ``analyze`` run with ``--home s3://bucket/home``;
+the history is on the server, nothing of it in the local scratch folder; a killed writer's lease is
+taken over once it has expired; two writers are refused; no secret reaches the home or the scratch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.s3_server import TEST_SECRET
+
+SPACE = """
+name: tiny-s3
+groups:
+  arch:
+    backbone: [pixels]
+    encoder: [meanpool_mlp, gru]
+    size: [small]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.001, 0.003, 0.01]
+    batch_size: [16, 32]
+  data:
+    window_s: [1.0, 2.0]
+    augment: [none]
+fixed:
+  epochs: 2
+  weight_decay: 0.01
+  class_balance: true
+  horizons_s: [0.5, 1.0, 1.5]
+"""
+
+
+@pytest.fixture
+def s3_lab(s3_home, synth_dataset, tmp_path, monkeypatch):
+    """(s3 home URL, Home, dataset, space path): the dataset's pixels features extracted into the
+    home's local scratch folder (a fresh one under tmp_path)."""
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.tasks.extract import extract_dataset
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", "6")
+    home = resolve_home(s3_home)
+    extract_dataset(synth_dataset, "pixels", home=home, progress=False, log=lambda *_: None)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    return s3_home, home, synth_dataset, str(space)
+
+
+def _campaign_args(url: str, ds, space: str, budget: int, campaign: str = "c-s3") -> list[str]:
+    return ["campaign", "--home", url, "--dataset", str(ds.root), "--space", space, "--budget", str(budget),
+            "--round-size", "2", "--seeds", "1", "--policies", "random", "--campaign", campaign, "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze_read_it(s3_lab, capsys):
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.store import Store
+
+    url, home, ds, space = s3_lab
+    assert cli(_campaign_args(url, ds, space, budget=4)) == 0
+    assert cli(_campaign_args(url, ds, space, budget=6)) == 0  # the resume runs the 2 missing
+    backend = backend_for(url)
+    keys = backend.list("campaigns/c-s3/")
+    assert "campaigns/c-s3/campaign.json" in keys and any(k.startswith("campaigns/c-s3/log/part-") for k in keys)
+    assert "campaigns/c-s3/lease.json" not in keys  # released
+    assert not (home.root / "campaigns" / "c-s3" / "log").exists()  # the history is on the server only
+    assert Store(home).experiments("c-s3").shape[0] == 6
+    capsys.readouterr()
+
+    assert cli(["query", "SELECT count(*) AS n, count(DISTINCT experiment_id) AS ids FROM experiments", "--home", url]) == 0
+    out = capsys.readouterr().out
+    assert out.split()[:4] == ["n", "ids", "6", "6"], out
+    assert cli(["leaderboard", "--home", url, "-k", "3"]) == 0
+    board = capsys.readouterr().out
+    assert "rank" in board and "pixels/" in board, board
+    assert cli(["analyze", "--campaign", "c-s3", "--home", url]) == 0
+    capsys.readouterr()
+    # a query stays in the home's campaigns: the feature cache in the scratch folder is out of reach
+    assert cli(["query", f"SELECT * FROM read_parquet('{home.root}/cache/**/*.parquet')", "--home", url]) != 0
+    assert cli(["query", f"SELECT * FROM read_text('{url}/../other')", "--home", url]) != 0
+
+    for key in backend.list(""):  # no credential reaches the home, its scratch folder or the logs
+        assert TEST_SECRET.encode() not in backend.read(key), key
+    for path in Path(home.root).rglob("*"):
+        if path.is_file():
+            assert TEST_SECRET.encode() not in path.read_bytes(), path
+
+
+WRITER = """
+import sys
+from crashsearch.flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_and_a_killed_writers_lease_is_taken_over_after_it_expires(s3_lab, capsys):
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.storage import backend_for
+
+    url, home, ds, space = s3_lab
+    backend = backend_for(url)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER] + _campaign_args(url, ds, space, budget=400),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not backend.exists("campaigns/c-s3/lease.json") and time.time() < deadline and writer.poll() is None:
+            time.sleep(0.2)
+        holder = json.loads(backend.read("campaigns/c-s3/lease.json"))
+        assert holder["pid"] == writer.pid
+        capsys.readouterr()
+        assert cli(_campaign_args(url, ds, space, budget=4)) == 2  # two writers: the second is refused
+        err = capsys.readouterr().err
+        assert f"pid {writer.pid}" in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        writer.send_signal(signal.SIGKILL)  # dies holding the lease: nothing releases it
+        writer.wait()
+    # as seen from another host the dead pid means nothing: the lease holds until it expires
+    lease = json.loads(backend.read("campaigns/c-s3/lease.json"))
+    backend.put("campaigns/c-s3/lease.json", json.dumps({**lease, "host": "gpu-node-7"}).encode())
+    assert cli(_campaign_args(url, ds, space, budget=4)) == 2
+    assert "gpu-node-7" in capsys.readouterr().err
+    time.sleep(max(0.0, lease["expires"] - time.time()) + 0.5)
+    recorded_before = len(_ids(url))
+    assert cli(_campaign_args(url, ds, space, budget=recorded_before + 2)) == 0  # taken over after expiry
+    assert len(_ids(url)) == recorded_before + 2
+    assert not backend.exists("campaigns/c-s3/lease.json")
+
+
+def _ids(url: str) -> set[str]:
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
+
+    return set(Store(resolve_home(url, create=False)).experiments("c-s3")["experiment_id"])
