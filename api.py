@@ -36,9 +36,9 @@ def open_home(path: str | os.PathLike | None = None) -> "LabHome":
     Raises ValueError when ``path`` does not exist, is a file, or is a folder that holds no
     crashsearch home (a typo never creates an empty home; reading creates no folder).
     """
-    root = resolve_home(path, create=False).root
-    check_home(root)
-    return LabHome(Home(root, create=False))  # reads create nothing; analyze writes its report
+    home = resolve_home(path, create=False)  # reads create nothing; analyze writes its report
+    check_home(home)
+    return LabHome(home)
 
 
 class LabHome:
@@ -95,7 +95,7 @@ class LabHome:
         without Prefect). Returns {"campaign", "report", "html", "numbers_path", "headline", "numbers", ...}."""
         from crashsearch.flows.analyze import analyze  # imports the analysis stack: only when asked
 
-        return analyze(self._known(campaign), Home(self.home.root))
+        return analyze(self._known(campaign), Home(self.home.root, url=self.home.url))
 
     def numbers(self, campaign: str) -> dict[str, Any]:
         """The campaign's last report numbers (``report/numbers.json``). Raises ValueError when the

@@ -154,6 +154,14 @@ def is_url(root: str | os.PathLike) -> bool:
     return "://" in str(root)
 
 
+def attach(con, backend: Backend) -> None:
+    """Let DuckDB connection ``con`` read the URLs ``backend.url`` names: an object store registers its
+    filesystem on the connection (lab/storage_s3.py); local paths need nothing."""
+    hook = getattr(backend, "attach", None)
+    if hook is not None:
+        hook(con)
+
+
 def backend_for(root: str | os.PathLike) -> Backend:
     """The backend for a home root: a LocalBackend for a path, an S3Backend for ``s3://bucket/prefix``.
     Raises UserError (one line) for a URL of another scheme."""

@@ -401,12 +401,16 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, s3_server):
     """Server up, pools `gpu` and `cpu`, the `gpu` tag limited to 2 (one per worker), the repo's
-    prefect.yaml deployed, workers w1 and w2 polling `gpu`."""
+    prefect.yaml deployed, workers w1 and w2 polling `gpu`. Every process has the AWS environment of
+    the session's S3 server (tests/s3_server.py) and one scratch folder for s3:// homes."""
     from prefect.client.schemas.actions import WorkPoolCreate
 
     c = Cluster(tmp_path_factory.mktemp("cluster"))
+    s3 = {**s3_server.env(), "CRASHSEARCH_SCRATCH": str(c.root / "scratch")}
+    c.env.update(s3)
+    c.client_env.update(s3)
     try:
         c.start_server()
         with c.client() as client:
@@ -508,6 +512,32 @@ def test_a_distributed_campaign_trains_on_both_workers_and_records_each_experime
     row_workers = {worker_of.get(_pid(w)) for w in df["worker"]}
     assert row_workers == {"w1", "w2"}, (row_workers, worker_of, set(df["worker"]))
     assert df["worker"].nunique() == len(runs)  # one flow-run process per batch, each on one worker
+
+
+@pytest.mark.slow
+def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, lab, s3_server, monkeypatch):
+    """Each worker's home is the same s3:// URL: the rows reach the campaign through the bucket only."""
+    from crashsearch.tasks.extract import extract_dataset
+
+    _, ds, space_path, _ = lab
+    for key, value in {**s3_server.env(), "CRASHSEARCH_SCRATCH": cluster.env["CRASHSEARCH_SCRATCH"]}.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{s3_server.make_bucket()}/home"
+    home = resolve_home(url)
+    extract_dataset(ds, "pixels", home=home, progress=False, log=lambda *_: None)  # the nodes' local feature cache
+    args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", url, "--dataset", str(ds.root),
+            "--campaign", "dist-s3", "--budget", "10", "--round-size", "5", "--seeds", "2", "--space", space_path,
+            "--distributed", "train-batch/gpu", "--max-in-flight", "2", "--dispatch-timeout", "300", "--max-group", "3"]
+    out = _finish(cluster, cluster.spawn("campaign-dist-s3", args, {**cluster.client_env, "PREFECT_LOGGING_LEVEL": "INFO"}),
+                  "campaign-dist-s3", timeout=240)
+    assert "Traceback" not in out
+    df = Store(home).experiments("dist-s3")
+    assert len(df) == 10 and df["experiment_id"].is_unique and (df["status"] == "ok").all()
+    runs = [r for r in _train_runs(cluster, "dist-s3") if r.state.is_completed()]
+    worker_of = {_pid(r.infrastructure_pid): r.labels.get("prefect.worker.name") for r in runs}
+    assert {worker_of.get(_pid(w)) for w in df["worker"]} == {"w1", "w2"}
+    assert not (home.root / "campaigns" / "dist-s3" / "log").exists()  # no row went through a local folder
+    assert not any(k.endswith("lease.json") for k in Store(home).backend.list("campaigns/dist-s3/"))
 
 
 @pytest.mark.slow
