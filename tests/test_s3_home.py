@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from tests.s3_server import TEST_SECRET
@@ -90,6 +91,24 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     # a query stays in the home's campaigns: the feature cache in the scratch folder is out of reach
     assert cli(["query", f"SELECT * FROM read_parquet('{home.root}/cache/**/*.parquet')", "--home", url]) != 0
     assert cli(["query", f"SELECT * FROM read_text('{url}/../other')", "--home", url]) != 0
+
+    # the notebook API reads it too
+    import crashsearch
+
+    lab = crashsearch.open_home(url)
+    assert len(lab.experiments("c-s3")) == 6 and lab.leaderboard(k=3)["rank"].tolist() == [1, 2, 3]
+    lab.close()
+
+    # history.duckdb of an s3 home: a local file on request, whose views name the s3:// objects
+    assert cli(["catalog", "--home", url]) == 2
+    assert "--out" in capsys.readouterr().err
+    out = home.root.parent / "history.duckdb"
+    assert cli(["catalog", "--home", url, "--out", str(out)]) == 0
+    con = duckdb.connect(str(out), read_only=True)
+    backend.attach(con)  # a client reads them with httpfs; here with the same filesystem registered
+    assert con.execute("SELECT count(*) FROM experiments WHERE campaign = 'c-s3'").fetchone() == (6,)
+    assert con.execute("SELECT id FROM campaigns").fetchall() == [("c-s3",)]
+    con.close()
 
     for key in backend.list(""):  # no credential reaches the home, its scratch folder or the logs
         assert TEST_SECRET.encode() not in backend.read(key), key
