@@ -95,10 +95,10 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
 def _url_home(url: str, create: bool) -> Home:
     """An object-store home: the URL checked (a backend exists for it) and its local scratch folder."""
     from crashsearch.lab.storage import backend_for  # loads the object store's client
+    from crashsearch.lab.storage_s3 import scratch_base
 
     url = backend_for(url).url("").rstrip("/")  # one spelling per home: s3://bucket/prefix
-    base = os.environ.get("CRASHSEARCH_SCRATCH") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "crashsearch" / "homes"
-    root = Path(base).expanduser().resolve() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    root = scratch_base() / hashlib.sha256(url.encode()).hexdigest()[:16]
     if create:
         try:
             root.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,13 @@ on a connection with ``con.register_filesystem``). What the seam's guarantees be
 * ``list`` lists the keys under a prefix (S3 listings are strongly consistent); there are no temp
   objects, since nothing is renamed.
 
+Reads of log parts are cached on local disk (``ObjectCache``): a part is written once under a
+unique name and never changed, so a copy named by its ETag stays true. DuckDB's reads and the
+footer reads then touch the network once per part and process tree, not once per query; the
+listing's ETags and sizes answer the lookups that would each cost a HEAD. The cache lives in
+``<scratch base>/objects`` (``scratch_base``) and is capped at
+``$CRASHSEARCH_OBJECT_CACHE_MB`` (default 2048 MB), the least recently used copies going first.
+
 Credentials, region and endpoint come only from the standard environment and AWS config
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL or
 AWS_ENDPOINT_URL_S3 for an S3-compatible store, AWS_PROFILE, an instance role): this module never
@@ -19,11 +26,15 @@ reads, stores or prints a secret, and a home's URL carries none.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlparse
 
+from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
 
 _FS_LOCK = threading.Lock()
@@ -34,11 +45,98 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def scratch_base() -> Path:
+    """Where the local scratch folders of object-store homes live: ``$CRASHSEARCH_SCRATCH``, else
+    ``~/.cache/crashsearch/homes`` (``$XDG_CACHE_HOME`` honoured). Each home has ``<base>/<hash of its
+    URL>``; ``<base>/objects`` caches the log objects read (this module)."""
+    base = os.environ.get("CRASHSEARCH_SCRATCH") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "crashsearch" / "homes"
+    return Path(base).expanduser().resolve()
+
+
+LOG_PART = re.compile(r"/campaigns/[^/]+/log/part-[^/]*\.parquet$")  # written once, never changed
+CACHE_MB = 2048
+_LISTED: dict[str, dict] = {}  # bucket/key of a log part -> what the last listing said (ETag, size, time)
+
+
+class ObjectCache:
+    """Local copies of immutable objects, named by path hash and ETag, capped in size (LRU)."""
+
+    def __init__(self, folder: Path, cap_bytes: int):
+        self.folder, self.cap = folder, cap_bytes
+        self._lock = threading.Lock()
+
+    def path(self, fs, path: str, etag: str) -> Path:
+        """The local copy of ``bucket/key`` at ``etag``, downloaded first if missing."""
+        tag = etag.strip('"').replace("/", "_")
+        name = f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}.parquet"
+        local = self.folder / name
+        try:
+            os.utime(local)  # recently used: trimmed last
+            return local
+        except FileNotFoundError:
+            pass
+        data = fs.cat_file(path)  # FileNotFoundError when a compaction removed it: callers list again
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(local, lambda f: f.write(data))
+        self._trim()
+        return local
+
+    def _trim(self) -> None:
+        with self._lock:
+            files = []
+            for entry in os.scandir(self.folder):
+                if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                    st = entry.stat()
+                    files.append((st.st_mtime, st.st_size, entry.path))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in sorted(files):
+                if total <= self.cap:
+                    break
+                try:
+                    os.unlink(path)
+                    total -= size
+                except FileNotFoundError:
+                    pass
+
+
+def _cache() -> ObjectCache:
+    raw = os.environ.get("CRASHSEARCH_OBJECT_CACHE_MB") or str(CACHE_MB)
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r} is not a number of megabytes") from None
+    return ObjectCache(scratch_base() / "objects", int(mb * 2 ** 20))
+
+
+def _filesystem_class():
+    import s3fs
+
+    class CachedS3FileSystem(s3fs.S3FileSystem):
+        """s3fs, but a log part is read from its local copy, and its details from the last listing."""
+
+        object_cache: ObjectCache | None = None
+
+        async def _info(self, path, *args, **kwargs):
+            listed = _LISTED.get(self._strip_protocol(path))
+            if listed is not None and not args and not kwargs.get("version_id"):
+                return dict(listed)
+            return await super()._info(path, *args, **kwargs)
+
+        def _open(self, path, mode="rb", **kwargs):
+            path = self._strip_protocol(path)
+            if mode == "rb" and self.object_cache is not None and LOG_PART.search("/" + path):
+                info = self.info(path)
+                return open(self.object_cache.path(self, path, info["ETag"]), "rb")
+            return super()._open(path, mode, **kwargs)
+
+    return CachedS3FileSystem
+
+
 def s3_filesystem():
     """The process's s3fs filesystem, configured from the environment; listings are never cached
-    (another worker's new log file must show at the next listing)."""
+    (another worker's new log file must show at the next listing); log parts are (module docstring)."""
     try:
-        import s3fs
+        cls = _filesystem_class()
     except ImportError:  # a runtime dependency; only a broken install lacks it
         raise UserError("an s3:// home needs the s3fs package (pip install s3fs)") from None
     with _FS_LOCK:
@@ -47,7 +145,8 @@ def s3_filesystem():
             kwargs = {}
             if _endpoint():  # botocore reads AWS_ENDPOINT_URL too; named here for older botocore
                 kwargs["endpoint_url"] = _endpoint()
-            fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
+            fs = cls(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
+            fs.object_cache = _cache()
             _FS[os.getpid()] = fs
         return fs
 
@@ -111,11 +210,23 @@ class S3Backend:
                 key = item["Key"][len(self.prefix) + 1:] if self.prefix else item["Key"]
                 if key and not key.endswith("/"):
                     keys.append(key)
+                    path = f"{self.bucket}/{item['Key']}"
+                    if LOG_PART.search("/" + path):  # immutable: what the listing says stays true
+                        _LISTED[path] = {"name": path, "type": "file", "size": item["Size"], "ETag": item["ETag"],
+                                         "LastModified": item["LastModified"], "Key": path, "Size": item["Size"]}
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return sorted(keys)
 
     def read(self, key: str) -> bytes:
+        path = self._path(key)
+        if self.fs.object_cache is not None and LOG_PART.search("/" + path):
+            try:
+                with self.fs.open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                _LISTED.pop(path, None)
+                raise FileNotFoundError(self.url(key)) from None
         return self.read_tagged(key)[0]
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
@@ -151,6 +262,7 @@ class S3Backend:
             raise
 
     def delete(self, key: str) -> None:
+        _LISTED.pop(self._path(key), None)
         try:
             self._call("delete_object", Key=self._key(key))
         except FileNotFoundError:
@@ -180,6 +292,9 @@ class S3Backend:
         return True
 
     def mtime(self, key: str) -> float:
+        listed = _LISTED.get(self._path(key))
+        if listed is not None:  # a log part: its time cannot change
+            return listed["LastModified"].timestamp()
         try:
             modified = self._call("head_object", Key=self._key(key))["LastModified"]
         except FileNotFoundError:

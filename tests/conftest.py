@@ -18,6 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for key in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
     os.environ.pop(key, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the local scratch of s3:// homes and their object cache (lab/storage_s3.py): never the user's ~/.cache
+os.environ.setdefault("CRASHSEARCH_SCRATCH", tempfile.mkdtemp(prefix="crashsearch-scratch-"))
 
 
 @pytest.fixture(scope="session")

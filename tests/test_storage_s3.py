@@ -112,3 +112,27 @@ def test_no_secret_reaches_the_home(backend, s3_home):
     for key in backend.list(""):
         assert TEST_SECRET.encode() not in backend.read(key)
     assert TEST_SECRET not in repr(backend.__dict__) and TEST_SECRET not in s3_home
+
+
+def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(backend, tmp_path):
+    from crashsearch.lab.storage_s3 import ObjectCache
+
+    key = "campaigns/c1/log/part-1.parquet"
+    backend.put(key, b"first")
+    backend.list("campaigns/")
+    assert backend.read(key) == b"first"
+    cache = backend.fs.object_cache
+    copies = sorted(cache.folder.glob("*.parquet"))
+    assert any(p.read_bytes() == b"first" for p in copies)
+    backend.put(key, b"second, damaged in place")  # a new ETag: the old copy is not served
+    backend.list("campaigns/")
+    assert backend.read(key) == b"second, damaged in place"
+    backend.delete(key)
+    with pytest.raises(FileNotFoundError):
+        backend.read(key)
+
+    small = ObjectCache(tmp_path / "objects", cap_bytes=10)
+    for i in range(3):
+        backend.put(f"campaigns/c1/log/part-{i}.parquet", b"x" * 6)
+        small.path(backend.fs, backend._path(f"campaigns/c1/log/part-{i}.parquet"), f'"tag{i}"')
+    assert [p.stat().st_size for p in (tmp_path / "objects").glob("*.parquet")] == [6]  # the newest only
