@@ -96,7 +96,8 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     import crashsearch
 
     lab = crashsearch.open_home(url)
-    assert len(lab.experiments("c-s3")) == 6 and lab.leaderboard(k=3)["rank"].tolist() == [1, 2, 3]
+    assert len(lab.history_df("c-s3")) == 6 and len(lab.history().df()) == 6  # history(): globs over s3://
+    assert lab.leaderboard("c-s3", k=3)["rank"].tolist() == [1, 2, 3]
     lab.close()
 
     # history.duckdb of an s3 home: a local file on request, whose views name the s3:// objects
