@@ -46,7 +46,9 @@ from crashsearch.lab._io import publish, temp_beside
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.bounds import TIME_MAX, TIME_MIN
 from crashsearch.lab.logsql import MERGED_SUFFIX, REPLACES_KEY, dedup_sql
+from crashsearch.lab.logfiles import LOG_KEY
 from crashsearch.lab.settings import Home
+from crashsearch.lab.storage import attach, backend_for
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def ensure(home: Home) -> Path | None:
     """The catalog's path, rebuilt first if it is missing, unreadable, of another crashsearch
     version or built for another home path (the home moved); None while the home has no
     experiment yet. Called by ``crashsearch.open_home``; ``crashsearch catalog`` always rebuilds."""
+    if home.url:  # an object-store home's catalog is written on request only (build with out=)
+        return None
     path = catalog_path(home)
     if path.exists() and built_for(path) == {"root": str(home.root.resolve()), "version": CATALOG_VERSION}:
         return path
@@ -119,23 +123,29 @@ def built_for(path: Path) -> dict | None:
         con.close()
 
 
-def build(home: Home) -> Path | None:
+def build(home: Home, out: Path | None = None) -> Path | None:
     """Write the catalog to a temp file, close it and rename it into place; return its path.
 
-    Returns None (and writes nothing) while the home has no log file. Raises ValueError when the
-    home path cannot be used in a DuckDB glob; duckdb.Error or OSError if the file cannot be
-    written.
+    ``out``: where to write it (default ``<home>/history.duckdb``); an object-store home has no
+    default (its catalog is a local file whose views name the s3:// objects, for clients with
+    the httpfs extension). Returns None (and writes nothing) while the home has no log file.
+    Raises ValueError when the home path cannot be used in a DuckDB glob, or an object-store
+    home has no ``out``; duckdb.Error or OSError if the file cannot be written.
     """
-    root = home.root.resolve()  # a relative path would resolve against the reader's folder
+    root = home.url or home.root.resolve()  # a relative path would resolve against the reader's folder
     if any(ch in str(root) for ch in "*?[]{}"):
         raise UserError(f"history.duckdb needs a home path without glob characters: {root}")
-    if next(iter(root.glob(LOG_GLOB)), None) is None:
+    if home.url and out is None:
+        raise UserError(f"the home {home.url} is on object storage: write its catalog to a local file with --out FILE")
+    if not _has_log(home):
         return None
-    final = catalog_path(home)
-    temp = temp_beside(root / CATALOG_FILE)
+    final = Path(out) if out is not None else catalog_path(home)
+    temp = temp_beside(final)
     try:
         con = duckdb.connect(str(temp), config={"storage_compatibility_version": STORAGE_VERSION})
         try:
+            if home.url:  # the views are bound now: read the s3:// objects through the home's own filesystem
+                attach(con, backend_for(home.url))
             stamp = _sql_text(json.dumps({"root": str(root), "version": CATALOG_VERSION}))
             for name, sql in view_sql(root).items():
                 con.execute(f"CREATE VIEW {name} AS {sql}")
@@ -149,6 +159,13 @@ def build(home: Home) -> Path | None:
         temp.unlink(missing_ok=True)
         Path(f"{temp}.wal").unlink(missing_ok=True)
     return final
+
+
+def _has_log(home: Home) -> bool:
+    """Whether the home holds a log file (DuckDB cannot read an empty glob)."""
+    if home.url:
+        return any(LOG_KEY.fullmatch(k) for k in backend_for(home.url).list("campaigns/"))
+    return next(iter(home.root.resolve().glob(LOG_GLOB)), None) is not None
 
 
 def view_sql(root: Path) -> dict[str, str]:

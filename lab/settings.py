@@ -97,7 +97,7 @@ def _url_home(url: str, create: bool) -> Home:
     from crashsearch.lab.storage import backend_for  # loads the object store's client
     from crashsearch.lab.storage_s3 import scratch_base
 
-    url = backend_for(url).url("").rstrip("/")  # one spelling per home: s3://bucket/prefix
+    url = backend_for(url).root  # one spelling per home: s3://bucket/prefix
     root = scratch_base() / hashlib.sha256(url.encode()).hexdigest()[:16]
     if create:
         try:

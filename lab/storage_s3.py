@@ -26,6 +26,7 @@ reads, stores or prints a secret, and a home's URL carries none.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -188,14 +189,27 @@ class S3Backend:
         return f"{self.bucket}/{self._key(key)}"
 
     def url(self, key: str) -> str:
+        self._key(key)  # refuses a bad key
         return f"{self.root}/{key}"
 
     def attach(self, con) -> None:
         """Let DuckDB connection ``con`` read this home's s3:// URLs (through the same filesystem)."""
         con.register_filesystem(self.fs)
 
+    def _writer(self):
+        """The filesystem writes go through (the process's; a test swaps in an unreachable one)."""
+        return self.fs
+
     def _call(self, method: str, **kwargs) -> dict:
-        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        fs = self._writer() if method in ("put_object", "delete_object") else self.fs
+        try:
+            return fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        except (OSError, ValueError):
+            raise
+        except Exception as exc:  # botocore's connection and timeout errors: an I/O error, as a local disk's
+            if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
+                raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", f"s3://{self.bucket}/{kwargs.get('Key', '')}") from exc
+            raise
 
     # ---- the Backend protocol ---------------------------------------------------------------------------
     def list(self, prefix: str) -> list[str]:
@@ -217,6 +231,19 @@ class S3Backend:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return sorted(keys)
+
+    def folders(self, prefix: str) -> list[str]:
+        """The names under ``prefix`` that hold objects (the common prefixes of a delimiter listing)."""
+        base = self._key(prefix.rstrip("/")) if prefix.strip("/") else self.prefix
+        start = f"{base}/" if base else ""
+        names, token = set(), None
+        while True:
+            kwargs = {"Prefix": start, "Delimiter": "/", **({"ContinuationToken": token} if token else {})}
+            page = self._call("list_objects_v2", **kwargs)
+            names.update(p["Prefix"][len(start):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sorted(n for n in names if n)
 
     def read(self, key: str) -> bytes:
         path = self._path(key)

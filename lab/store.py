@@ -3,7 +3,7 @@
 Contract (what writers may rely on and readers may assume):
 
 * Storage is a ``Backend`` (lab/storage.py: list, read, atomic put, conditional create, delete,
-  mtime, url): ``Store(home)`` uses ``backend_for(home.root)``, a LocalBackend for a folder; any
+  mtime, url): ``Store(home)`` uses ``backend_for(home.location)``, a LocalBackend for a folder; any
   backend with the same guarantees serves (an object store: issue 24). The store assumes no
   rename and no folder: only the backend's calls below.
 * The system of record is the Parquet objects under ``campaigns/<id>/log/`` (keys relative to the
@@ -74,8 +74,9 @@ from crashsearch.lab.campaign_info import check_info, readable_info
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, experiment_schema
 from crashsearch.lab.settings import Home
-from crashsearch.lab.storage import Backend, backend_for
+from crashsearch.lab.storage import Backend, attach, backend_for
 from crashsearch.lab.space import Space
+from crashsearch.lab.lease import check_lease
 from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
 from crashsearch.lab.catalog import ensure_exists, view_sql
 from crashsearch.lab.logsql import (  # noqa: F401 - LOG_DIR and MINOR_SUFFIX read as store's too
@@ -116,7 +117,7 @@ class Store:
 
     def __init__(self, home: Home, backend: Backend | None = None):
         self.home = home
-        self.backend = backend if backend is not None else backend_for(home.root)  # the storage seam
+        self.backend = backend if backend is not None else backend_for(home.location)  # the storage seam
 
     # ---- layout -----------------------------------------------------------------------------
     def log_dir(self, campaign: str) -> Path:
@@ -220,6 +221,7 @@ class Store:
         return path
 
     def _write(self, campaign: str, table: pa.Table, replaces: list[str] | None = None, full: bool = True) -> Path:
+        check_lease(self.home, campaign)  # a writer whose lease was taken over writes no more (lab/lease.py)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         if replaces is None:
             key = f"{log_prefix(campaign)}part-{stamp}-{uuid.uuid4().hex}.parquet"
@@ -277,12 +279,13 @@ class Store:
         Nothing is written. Raises duckdb.IOException only if compactions keep removing files
         for several retries."""
         con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
+        attach(con, self.backend)
         con.execute("SET TimeZone = 'UTC'")
         for attempt in range(READ_RETRIES):
             try:
                 gens = self.generations()
-                if follow and gens.live and not gens.damaged and not any(ch in str(self.home.root) for ch in "*?[]{}"):
-                    experiments = view_sql(self.home.root.resolve())["experiments"]
+                if follow and gens.live and not gens.damaged and not any(ch in self.home.location for ch in "*?[]{}"):
+                    experiments = view_sql(self.home.url or self.home.root.resolve())["experiments"]
                 else:
                     experiments = log_sql(self.backend, gens)
                 con.execute(f"CREATE OR REPLACE VIEW experiments AS {experiments}")
@@ -298,7 +301,7 @@ class Store:
         con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
         con.register("_bugfix_events", _events_table(bugfix_events(self.home)))
         con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
-        lock_to_campaigns(con, self.home.campaigns)
+        lock_to_campaigns(con, self.backend.url("campaigns") if self.home.url else self.home.campaigns)
         return con
 
     def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pd.DataFrame:
@@ -339,6 +342,7 @@ class Store:
             if not gens.live:
                 return set()
             con = duckdb.connect(":memory:")
+            attach(con, self.backend)
             try:
                 rows = con.execute(f"SELECT DISTINCT experiment_id FROM ({log_sql(self.backend, gens, dedup=False)})").fetchall()
                 return {r[0] for r in rows}
@@ -448,6 +452,7 @@ class Store:
         """The rows the view shows for exactly these files, sorted, with the files' column types."""
         schema = pa.unify_schemas([pq.read_schema(source(self.backend, str(f))).remove_metadata() for f in gens.live])
         con = duckdb.connect(":memory:")
+        attach(con, self.backend)
         try:
             con.execute("SET TimeZone = 'UTC'")
             sql = f"SELECT * FROM ({log_sql(self.backend, gens)}) ORDER BY finished_at, experiment_id"
@@ -469,7 +474,10 @@ def _minor_compact_if_many(store: Store, campaign: str) -> None:
 
 
 def _ensure_catalog(home: Home) -> None:
-    """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py)."""
+    """Create ``<home>/history.duckdb`` with the home's first log file (lab/catalog.py); not for an
+    object-store home, whose catalog is written on request (``crashsearch catalog --out``)."""
+    if home.url:
+        return
     try:
         ensure_exists(home)
     except Exception as exc:  # the rows are written; the catalog is a convenience built again later

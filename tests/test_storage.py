@@ -17,6 +17,7 @@ import crashsearch.lab._io as io_module
 from crashsearch.lab.storage import Backend, LocalBackend, backend_for
 from crashsearch.lab.logfiles import append_line
 from crashsearch.lab.store import Store
+from crashsearch.lab.storage_s3 import S3Backend
 from test_store import make_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,42 @@ class LocalCase:
         return duckdb.connect(":memory:")
 
 
-BACKENDS = [LocalCase()]
+class S3Case:
+    """lab/storage_s3.py against moto in server mode on 127.0.0.1 (tests/s3_server.py)."""
+    name = "s3"
+
+    def make(self, tmp_path: Path, request=None) -> Backend:
+        return backend_for(request.getfixturevalue("s3_home"))
+
+    @contextmanager
+    def failing_writes(self, monkeypatch):
+        """The store cannot be reached: requests go to a port where nothing listens, without retries."""
+        import s3fs
+
+        from tests.s3_server import free_port
+
+        dead = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
+                                 client_kwargs={"endpoint_url": f"http://127.0.0.1:{free_port()}"},
+                                 config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2})
+        with monkeypatch.context() as m:
+            m.setattr(S3Backend, "_writer", lambda self: dead)
+            yield
+
+    def killed_write(self, backend, key: str, data: bytes) -> None:
+        """What a writer killed mid-upload leaves on S3: an unfinished upload, which lists as nothing."""
+        bucket, path = backend.bucket, backend._key(key)
+        upload = backend.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=path)
+        backend.fs.call_s3("upload_part", Bucket=bucket, Key=path, UploadId=upload["UploadId"], PartNumber=1, Body=data)
+
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        from crashsearch.lab.storage_s3 import s3_filesystem
+
+        con = duckdb.connect(":memory:")
+        con.register_filesystem(s3_filesystem())
+        return con
+
+
+BACKENDS = [LocalCase(), S3Case()]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda case: case.name)
@@ -61,8 +97,8 @@ def case(request):
 
 
 @pytest.fixture
-def backend(case, tmp_path):
-    return case.make(tmp_path)
+def backend(case, tmp_path, request):
+    return case.make(tmp_path) if isinstance(case, LocalCase) else case.make(tmp_path, request)
 
 
 # ---- the contract ----------------------------------------------------------------------------------

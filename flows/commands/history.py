@@ -43,7 +43,8 @@ def add_compact_arguments(p) -> None:
 
 
 def add_catalog_arguments(p) -> None:
-    """``catalog`` takes only --home."""
+    p.add_argument("--out", default=None, help="write it here instead (required for an s3:// home: a local file "
+                                               "whose views read the s3:// objects through httpfs)")
 
 
 def add_check_arguments(p) -> None:
@@ -168,16 +169,21 @@ def catalog(args) -> int:
     """``crashsearch catalog``: (re)build ``<home>/history.duckdb`` and say how to open it."""
     from crashsearch.lab.catalog import build
     from crashsearch.lab.errors import UserError
+    from crashsearch.lab.settings import check_output_path
 
     try:
-        path = build(args.home_dir)
+        out = None if args.out is None else check_output_path(args.home_dir, args.out)
+        path = build(args.home_dir, out)
     except UserError as exc:
         print(f"catalog: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if path is None:
-        print(f"no experiments under {args.home_dir.root} yet: history.duckdb appears with the first one")
+        print(f"no experiments under {args.home_dir.location} yet: history.duckdb appears with the first one")
         return 0
     print(f"{path}\nopen it read-only: duckdb -readonly {path}   (Python: duckdb.connect(path, read_only=True))")
+    if args.home_dir.url:  # its views name s3:// objects: the client reads them with httpfs and its own credentials
+        print("its views read s3:// objects: the client needs the httpfs extension and S3 credentials "
+              "(CREATE SECRET (TYPE s3, PROVIDER credential_chain))")
     return 0
 
 
