@@ -79,10 +79,11 @@ class ObjectCache:
         data = fs.cat_file(path)  # FileNotFoundError when a compaction removed it: callers list again
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(local, lambda f: f.write(data))
-        self._trim()
+        self._trim(keep=local)
         return local
 
-    def _trim(self) -> None:
+    def _trim(self, keep: Path) -> None:
+        """Remove the least recently used copies until the cache fits its cap (never ``keep``, being read)."""
         with self._lock:
             files = []
             for entry in os.scandir(self.folder):
@@ -93,6 +94,8 @@ class ObjectCache:
             for _, size, path in sorted(files):
                 if total <= self.cap:
                     break
+                if path == str(keep):
+                    continue
                 try:
                     os.unlink(path)
                     total -= size

@@ -137,3 +137,5 @@ def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(b
         backend.put(f"campaigns/c1/log/part-{i}.parquet", b"x" * 6)
         small.path(backend.fs, backend._path(f"campaigns/c1/log/part-{i}.parquet"), f'"tag{i}"')
     assert [p.stat().st_size for p in (tmp_path / "objects").glob("*.parquet")] == [6]  # the newest only
+    tiny = ObjectCache(tmp_path / "tiny", cap_bytes=1)  # smaller than one object: it is still read
+    assert tiny.path(backend.fs, backend._path("campaigns/c1/log/part-0.parquet"), '"tag0"').read_bytes() == b"x" * 6
