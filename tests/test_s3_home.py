@@ -75,6 +75,7 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     backend = backend_for(url)
     keys = backend.list("campaigns/c-s3/")
     assert "campaigns/c-s3/campaign.json" in keys and any(k.startswith("campaigns/c-s3/log/part-") for k in keys)
+    assert {"campaigns/c-s3/state.json", "campaigns/c-s3/summary.txt"} <= set(keys)  # a resume elsewhere finds them
     assert "campaigns/c-s3/lease.json" not in keys  # released
     assert not (home.root / "campaigns" / "c-s3" / "log").exists()  # the history is on the server only
     assert Store(home).experiments("c-s3").shape[0] == 6

@@ -24,6 +24,7 @@ def run(args) -> int:
     from crashsearch.lab.errors import UserError
     from crashsearch.lab.lease import campaign_lock
     from crashsearch.lab.lock import ending_status
+    from crashsearch.lab.store import Store
     from crashsearch.tasks.campaign.config import from_cli_args
 
     if getattr(args, "distributed", None):  # seam: fail in one line before a flow run starts
@@ -52,17 +53,32 @@ def run(args) -> int:
         with quiet_prefect():
             result = campaign.get_campaign_flow()(**config.flow_params())
     except BaseException as exc:
-        summary_path = args.home_dir.root / "campaigns" / campaign_id / "summary.txt"
-        if ending_status(exc) == "interrupted" and summary_path.exists() and summary_path.stat().st_mtime >= started:
-            print(summary_path.read_text(), end="")  # what the interrupted run recorded
+        summary = _summary(args.home_dir, campaign_id, since=started)
+        if ending_status(exc) == "interrupted" and summary is not None:
+            print(summary, end="")  # what the interrupted run recorded
         raise
     finally:
         lock.release()
     home = args.home_dir
-    summary_path = home.campaign(result["campaign"]) / "summary.txt"
-    print(summary_path.read_text() if summary_path.exists() else result)
-    print(f"history: {home.campaign(result['campaign']) / 'log'}  (query: crashsearch query \"SELECT * FROM experiments\" --home {home.root})")
+    summary = _summary(home, result["campaign"])
+    print(summary if summary is not None else result)
+    log = Store(home).backend.url(f"campaigns/{result['campaign']}/log")
+    print(f"history: {log}  (query: crashsearch query \"SELECT * FROM experiments\" --home {home.location})")
     return 0
+
+
+def _summary(home, campaign_id: str, since: float | None = None) -> str | None:
+    """The campaign's summary.txt (through the store's backend), or None if absent or older than ``since``."""
+    from crashsearch.lab.store import Store
+
+    backend, key = Store(home).backend, f"campaigns/{campaign_id}/summary.txt"
+    try:
+        # an object store's times have whole seconds: a summary of this run may read as a little older
+        if since is not None and backend.mtime(key) < since - 1:
+            return None
+        return backend.read(key).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
 
 
 def preflight(config):

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from crashsearch.lab._io import atomic_write
+from crashsearch.lab.storage import Backend
 from crashsearch.tasks.campaign.config import CampaignConfig
 from crashsearch.tasks.campaign.executor import Executor
 from crashsearch.tasks.campaign.ledger import Ledger
@@ -41,7 +40,8 @@ class RunContext:
     stopping: Stopping
     executor: Executor
     device: str
-    state_path: Path
+    backend: Backend  # the store's: state.json lives with the history (an s3:// home's too)
+    state_key: str
     log: Callable[[str], None]
 
     @property
@@ -50,9 +50,4 @@ class RunContext:
 
     def save_state(self) -> None:
         """Write state.json: the round and each policy's state (a resume restores them)."""
-        write_text_atomic(self.state_path, json.dumps({"round": self.ledger.round, "policies": self.proposers.states()}))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """The one atomic writer (lab/_io.py): on a full disk its temp file is removed and the path named."""
-    atomic_write(path, lambda f: f.write(text.encode()))
+        self.backend.put(self.state_key, json.dumps({"round": self.ledger.round, "policies": self.proposers.states()}).encode())

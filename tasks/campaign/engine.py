@@ -28,7 +28,7 @@ from crashsearch.lab.logfiles import append_line, campaign_key
 from crashsearch.lab.settings import Home
 from crashsearch.lab.versions import bugfix_events
 from crashsearch.tasks.campaign.config import CampaignConfig
-from crashsearch.tasks.campaign.context import RunContext, write_text_atomic
+from crashsearch.tasks.campaign.context import RunContext
 from crashsearch.tasks.campaign.executor import Executor
 from crashsearch.tasks.campaign.ledger import Ledger
 from crashsearch.tasks.campaign.pipeline import Pipeline
@@ -60,7 +60,6 @@ class Campaign:
         setup = set_up(home, config, self.log, executor, train_fn)
         self.setup, self.campaign, self.store, self.lock = setup, setup.campaign, setup.store, setup.lock
         self.dataset, self.weights = setup.dataset, setup.weights
-        folder = home.campaign(self.campaign)
 
         history = self.store.experiments(self.campaign)
         previous = next((c for c in self.store.campaigns() if c["id"] == self.campaign), {})
@@ -70,8 +69,8 @@ class Campaign:
         ledger = Ledger(setup.space, history, config, bugfix_events(home, self.campaign),
                         previous.get("dedup_dropped") or {}, self.log)
         proposers = Proposers(setup.policies, ledger, wrap, self.log, setup.unavailable)
-        state_path = folder / "state.json"
-        proposers.restore(state_path)
+        state_key = campaign_key(self.campaign, "state.json")  # through the backend: it travels with the history
+        proposers.restore(self.store.backend, state_key)
         self.validation_note = validation_warning(self.dataset)  # AP on a tiny split ties cells
         if self.validation_note:
             self.log(f"warning: {self.validation_note}")
@@ -80,7 +79,7 @@ class Campaign:
                             lambda line: append_line(self.store.backend, campaign_key(self.campaign, "diagnoses.jsonl"), line),
                             wrap, self.log)
         self.ctx = RunContext(config, ledger, proposers, recorder, progress, setup.stopping, setup.executor,
-                              setup.device, state_path, self.log)
+                              setup.device, self.store.backend, state_key, self.log)
         self.stop_line = ""
         self.store.write_campaign(self.campaign, {
             **self._campaign_info(), "status": "running", "host": socket.gethostname(),
@@ -156,7 +155,7 @@ class Campaign:
         summary = build_summary(self.ctx, campaign=self.campaign, dataset=self.dataset.name, home=self.home.root,
                                 stopped=stopped, stats=self.stats, stop_line=self.stop_line, notes=notes,
                                 weights=self.weights, kept=disk_use(self.home, self.campaign))
-        write_text_atomic(self.home.campaign(self.campaign) / "summary.txt", summary.format() + "\n")
+        self.store.backend.put(campaign_key(self.campaign, "summary.txt"), (summary.format() + "\n").encode())
         return summary
 
     def _campaign_info(self) -> dict:

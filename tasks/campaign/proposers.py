@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 from crashsearch.agents.base import HistoryView, Policy, Proposal
 from crashsearch.lab.bounds import skip_entry
 from crashsearch.lab.lock import reraise_interrupt
+from crashsearch.lab.storage import Backend
 from crashsearch.tasks.campaign.allot import allot
 from crashsearch.tasks.campaign.ledger import Ledger
 from crashsearch.tasks.record import Job, job_seed, one_line
@@ -185,12 +185,14 @@ class Proposers:
                     reraise_interrupt(exc)
                     self.log(f"policy {policy.name} failed to observe: {one_line(str(exc), 200)}")
 
-    def restore(self, state_path: Path) -> None:
-        """Give each policy its memory back from ``state.json``; an unreadable file or entry is named and skipped."""
-        if not state_path.exists():
-            return
+    def restore(self, backend: Backend, key: str) -> None:
+        """Give each policy its memory back from ``state.json`` (``key`` in the store's backend); an
+        unreadable file or entry is named and skipped."""
+        state_path = backend.url(key)
         try:
-            state = json.loads(state_path.read_text())
+            state = json.loads(backend.read(key))
+        except FileNotFoundError:
+            return
         except (OSError, ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested beyond reason
             skip_entry(state_path, "the file", f"unreadable: {one_line(str(exc))}; the policies start afresh")
             return
