@@ -50,7 +50,7 @@ class LabHome:
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def __repr__(self) -> str:
-        return f"crashsearch home {self.home.root}"
+        return f"crashsearch home {self.home.location}"
 
     @property
     def root(self) -> Path:

@@ -93,11 +93,26 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     assert cli(["query", f"SELECT * FROM read_parquet('{home.root}/cache/**/*.parquet')", "--home", url]) != 0
     assert cli(["query", f"SELECT * FROM read_text('{url}/../other')", "--home", url]) != 0
 
+    # compaction on the bucket, under the campaign's lease: the parts merged into one object, no row lost
+    from crashsearch.lab.space import Space
+
+    for i in range(3):
+        Store(home).append("c-more", [{"experiment_id": f"m{i}", "cell_id": i, "status": "ok", "val_ap": 0.5}],
+                           Space.load(space))
+    assert len(backend.list("campaigns/c-more/log/")) == 3
+    assert cli(["compact", "--home", url, "--campaign", "c-more"]) == 0
+    assert "merged 3 files into one (3 rows)" in capsys.readouterr().out
+    assert len(backend.list("campaigns/c-more/log/")) == 1
+    assert sorted(Store(home).experiments("c-more")["experiment_id"]) == ["m0", "m1", "m2"]
+    assert cli(["status", "--home", url]) == 0
+    assert "c-s3" in capsys.readouterr().out
+
     # the notebook API reads it too
     import crashsearch
 
     lab = crashsearch.open_home(url)
-    assert len(lab.history_df("c-s3")) == 6 and len(lab.history().df()) == 6  # history(): globs over s3://
+    assert repr(lab) == f"crashsearch home {url}"
+    assert len(lab.history_df("c-s3")) == 6 and len(lab.history().df()) == 9  # history(): globs over s3://
     assert lab.leaderboard("c-s3", k=3)["rank"].tolist() == [1, 2, 3]
     lab.close()
 
@@ -109,7 +124,7 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     con = duckdb.connect(str(out), read_only=True)
     backend.attach(con)  # a client reads them with httpfs; here with the same filesystem registered
     assert con.execute("SELECT count(*) FROM experiments WHERE campaign = 'c-s3'").fetchone() == (6,)
-    assert con.execute("SELECT id FROM campaigns").fetchall() == [("c-s3",)]
+    assert con.execute("SELECT id FROM campaigns ORDER BY id").fetchall() == [("c-more",), ("c-s3",)]
     con.close()
 
     for key in backend.list(""):  # no credential reaches the home, its scratch folder or the logs
