@@ -91,7 +91,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     print(f"{args.rows:,} experiments compacted + {args.appends} appends of 10; {machine}; "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"| home | append, 10 rows: median (best) ms | leaderboard k=10: median (best) s |")
+    print("| home | append, 10 rows: median (best) ms | leaderboard k=10: median (best) s |")
     print("|---|---:|---:|")
     for name in stores:
         a, b = appends[name], boards[name]

@@ -7,7 +7,6 @@ taken over once it has expired; two writers are refused; no secret reaches the h
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
