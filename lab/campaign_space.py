@@ -22,11 +22,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from crashsearch.lab._io import atomic_write, read_json
+from crashsearch.lab._io import atomic_write
+from crashsearch.lab.logfiles import campaign_key, read_object
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import DEFAULT_SPACE, Space
+from crashsearch.lab.storage import backend_for
 
 SPACE_FILE = "space.yaml"
 
@@ -76,8 +78,17 @@ def _folder(home: Home, campaign: str) -> Path:
 
 
 def kept_space(home: Home, campaign: str) -> Path | None:
-    """The campaign's copy of its space YAML, or None when it has none (older campaigns, new ones)."""
+    """The campaign's copy of its space YAML, or None when it has none (older campaigns, new ones).
+    An object-store home keeps it on the bucket; it is loaded from a copy in the scratch folder."""
     path = _folder(home, campaign) / SPACE_FILE
+    if home.url:
+        try:
+            data = backend_for(home.url).read(campaign_key(campaign, SPACE_FILE))
+        except FileNotFoundError:
+            return None
+        if not path.is_file() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: f.write(data))
     return path if path.is_file() else None
 
 
@@ -87,7 +98,7 @@ def campaign_space(home: Home, campaign: str, requested: str | Path | None = Non
     (None: the default space). Raises SpaceMismatch (one line) when ``requested`` is not the space
     the campaign recorded, SpaceError when the file cannot be read. ``log`` hears once that an older
     campaign has no recorded space."""
-    info = read_json(_folder(home, campaign) / "campaign.json") or {}
+    info = read_object(backend_for(home.location), campaign_key(campaign, "campaign.json")) or {}
     named = info.get("space_path")
     if requested:
         path: Path | None = Path(requested)
@@ -132,5 +143,13 @@ def keep_space(home: Home, campaign: str, space: Space, path: Path | None) -> di
         if not same:
             data = source.read_bytes()
             atomic_write(dest, lambda f: f.write(data))
+    if home.url:  # the bucket keeps the copy, so a resume on another node finds it
+        backend, key, data = backend_for(home.url), campaign_key(campaign, SPACE_FILE), dest.read_bytes()
+        try:
+            kept = backend.read(key)
+        except FileNotFoundError:
+            kept = None
+        if kept != data:
+            backend.put(key, data)
     return {"space": space.name, "space_digest": space_digest(space), "space_axes": space_axes(space),
             "space_file": str(dest)}

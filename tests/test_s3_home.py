@@ -74,7 +74,13 @@ def test_a_campaign_on_an_s3_home_runs_resumes_and_query_leaderboard_and_analyze
     backend = backend_for(url)
     keys = backend.list("campaigns/c-s3/")
     assert "campaigns/c-s3/campaign.json" in keys and any(k.startswith("campaigns/c-s3/log/part-") for k in keys)
-    assert {"campaigns/c-s3/state.json", "campaigns/c-s3/summary.txt"} <= set(keys)  # a resume elsewhere finds them
+    # a resume elsewhere finds the policies' state, the summary and the campaign's own space on the bucket
+    assert {"campaigns/c-s3/state.json", "campaigns/c-s3/summary.txt", "campaigns/c-s3/space.yaml"} <= set(keys)
+    other = Path(space).with_name("other.yaml")
+    other.write_text(SPACE.replace("lr: [0.001, 0.003, 0.01]", "lr: [0.001, 0.01]"))
+    capsys.readouterr()
+    assert cli(_campaign_args(url, ds, str(other), budget=8)) == 2  # its cell ids would mean other cells
+    assert "differs: lr lost [0.003]" in capsys.readouterr().err
     assert "campaigns/c-s3/lease.json" not in keys  # released
     assert not (home.root / "campaigns" / "c-s3" / "log").exists()  # the history is on the server only
     assert Store(home).experiments("c-s3").shape[0] == 6
