@@ -142,3 +142,27 @@ def test_an_s3_home_resolves_to_its_url_and_a_local_scratch_folder_and_gets_a_le
     for bad in ("gs://bucket/p", "s3:///p", "s3://key:secret@bucket/p"):
         with pytest.raises(UserError):
             resolve_home(bad)
+
+
+def test_the_store_refuses_a_write_from_a_run_whose_lease_was_taken_over(s3_home, backend):
+    from crashsearch.lab.lease import LeaseLost, campaign_lock
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+
+    home = resolve_home(s3_home)
+    store, space = Store(home), Space.load()
+    lease = campaign_lock(home, "c1")
+    lease.ttl = 1.5  # renewed every half second
+    lease.acquire()
+    try:
+        store.append("c1", [{"experiment_id": "e1", "cell_id": 1, "status": "ok", "val_ap": 0.5}], space)
+        _foreign(backend, expires_in=60)  # another writer took it over
+        deadline = time.time() + 30
+        while not lease.lost.is_set() and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(LeaseLost):
+            store.append("c1", [{"experiment_id": "e2", "cell_id": 2, "status": "ok", "val_ap": 0.5}], space)
+    finally:
+        lease.release()
+    assert list(store.experiments("c1")["experiment_id"]) == ["e1"]  # nothing written after the loss
