@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
+
+# A test run started in the background of a non-interactive shell (`make test &` in a script) inherits
+# SIGINT ignored, and so would every command a test starts: the Ctrl-C tests would signal processes
+# that cannot hear it and wait forever. Catch it again here: exec resets a caught signal to its
+# default, so the commands start as they would from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Before anything imports prefect: every test session gets its own Prefect home and ephemeral
 # server, so tests never touch a user's Prefect state or a running server.
