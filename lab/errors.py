@@ -17,7 +17,8 @@ from pathlib import Path
 
 # errnos that describe the user's machine, not our code: the one line names the path
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
-                                errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+                                errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
+                                errno.EHOSTUNREACH})  # an object-store home's endpoint out of reach (lab/storage_s3.py)
 INTERNAL_EXIT = 70  # EX_SOFTWARE (sysexits.h)
 
 

@@ -176,7 +176,9 @@ class S3Backend:
         if parsed.scheme != "s3" or not parsed.netloc:
             raise UserError(f"not an S3 home URL: {url} (expected s3://bucket/prefix)")
         if parsed.query or parsed.fragment or "@" in parsed.netloc:
-            raise UserError(f"an S3 home URL is s3://bucket/prefix, with no credentials or options: {url}")
+            shown = f"s3://{parsed.netloc.rpartition('@')[2]}{parsed.path}"  # never echo a secret back
+            raise UserError(f"an S3 home URL is s3://bucket/prefix, with no credentials or options "
+                            f"(credentials come from AWS_*): {shown}")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -207,11 +209,19 @@ class S3Backend:
         fs = self._writer() if method in ("put_object", "delete_object") else self.fs
         try:
             return fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        except FileNotFoundError as exc:  # s3fs reports a missing bucket as a missing file: the user's URL
+            if _code(exc) == "NoSuchBucket" or "bucket does not exist" in str(exc):
+                raise UserError(f"the bucket {self.bucket} does not exist (home {self.root}): create it, or check "
+                                f"the URL and AWS_ENDPOINT_URL") from None
+            raise
         except (OSError, ValueError):
             raise
-        except Exception as exc:  # botocore's connection and timeout errors: an I/O error, as a local disk's
+        except Exception as exc:  # botocore's connection and timeout errors: the network, not the code
             if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
-                raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", f"s3://{self.bucket}/{kwargs.get('Key', '')}") from exc
+                where = _endpoint() or "AWS"
+                raise OSError(errno.EHOSTUNREACH, f"cannot reach the S3 endpoint {where} ({type(exc).__name__}); "
+                              f"check AWS_ENDPOINT_URL and the network",
+                              f"s3://{self.bucket}/{kwargs.get('Key', '')}") from exc
             raise
 
     # ---- the Backend protocol ---------------------------------------------------------------------------

@@ -139,3 +139,28 @@ def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(b
     assert [p.stat().st_size for p in (tmp_path / "objects").glob("*.parquet")] == [6]  # the newest only
     tiny = ObjectCache(tmp_path / "tiny", cap_bytes=1)  # smaller than one object: it is still read
     assert tiny.path(backend.fs, backend._path("campaigns/c1/log/part-0.parquet"), '"tag0"').read_bytes() == b"x" * 6
+
+
+def test_a_missing_bucket_an_unreachable_endpoint_and_a_url_with_a_secret_are_one_line_each(s3_home, monkeypatch, capsys):
+    # bugs (hostile pass): a bucket that does not exist and an endpoint out of reach were "internal error"
+    # (exit 70, a traceback file) though the user's URL or environment was wrong; a URL with credentials
+    # in it was refused by echoing the secret back
+    import uuid
+
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab import storage_s3
+
+    missing = f"s3://no-such-{uuid.uuid4().hex[:12]}/home"
+    assert cli(["status", "--home", missing]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and missing.split("/")[2] in err and len(err.splitlines()) == 1, err
+
+    assert cli(["status", "--home", "s3://AKIA:topsecret@bucket/home"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "topsecret" not in err and "no credentials" in err, err
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens there
+    monkeypatch.setattr(storage_s3, "_FS", {})  # a filesystem for the new endpoint
+    assert cli(["status", "--home", s3_home]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the S3 endpoint http://127.0.0.1:1" in err and len(err.splitlines()) == 1, err
