@@ -14,6 +14,8 @@ guarantees every backend gives, and the store relies on:
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
   temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
   under a prefix (a campaign is a folder of ``campaigns/``), without listing every object below.
+* ``open_copy`` opens an object that never changes after its write (a feature part file, a kept
+  head) from local disk: the file itself, or a copy an object store keeps in its read cache.
 * No rename is assumed by callers: compaction writes the merged object, then deletes the objects
   it replaces (readers ignore replaced objects by the merged object's footer).
 
@@ -27,7 +29,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from crashsearch.lab._io import atomic_write, fsync_dir
 from crashsearch.lab.errors import UserError
@@ -64,6 +66,11 @@ class Backend(Protocol):
 
     def url(self, key: str) -> str:
         """The path or URL DuckDB reads ``key`` by (a local path, or s3://bucket/prefix/key)."""
+
+    def open_copy(self, key: str) -> BinaryIO:
+        """``key`` opened for reading from local disk: the file itself for a local home; for an object
+        store, a copy in the size-capped local read cache, fetched once per ETag. For objects written
+        once and never changed (feature part files, kept heads); FileNotFoundError if absent."""
 
 
 class LocalBackend:
@@ -132,6 +139,12 @@ class LocalBackend:
 
     def url(self, key: str) -> str:
         return str(self._path(key))
+
+    def open_copy(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        if path.exists() and not path.is_file():
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return open(path, "rb")
 
     def remove_stale_temps(self, prefix: str, age: float) -> list[str]:
         """Remove the hidden temp files (``.*.tmp``) in ``prefix``'s folder older than ``age``

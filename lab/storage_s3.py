@@ -12,8 +12,9 @@ on a connection with ``con.register_filesystem``). What the seam's guarantees be
 * ``list`` lists the keys under a prefix (S3 listings are strongly consistent); there are no temp
   objects, since nothing is renamed.
 
-Reads of log parts are cached on local disk (``ObjectCache``): a part is written once under a
-unique name and never changed, so a copy named by its ETag stays true. DuckDB's reads and the
+Reads of log parts, feature part files and kept heads are cached on local disk (``ObjectCache``;
+``open_copy`` for the latter two): each is written once under a unique name and never changed, so
+a copy named by its ETag stays true, and a GPU node reads each once. DuckDB's reads and the
 footer reads then touch the network once per part and process tree, not once per query; the
 listing's ETags and sizes answer the lookups that would each cost a HEAD. The cache lives in
 ``<scratch base>/objects`` (``scratch_base``) and is capped at
@@ -32,10 +33,11 @@ import os
 import re
 import threading
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.parse import urlparse
 
-from crashsearch.lab._io import atomic_write
+from crashsearch.lab._io import publish, temp_beside
 from crashsearch.lab.errors import UserError
 
 _FS_LOCK = threading.Lock()
@@ -67,27 +69,43 @@ class ObjectCache:
         self._lock = threading.Lock()
 
     def path(self, fs, path: str, etag: str) -> Path:
-        """The local copy of ``bucket/key`` at ``etag``, downloaded first if missing."""
+        """The local copy of ``bucket/key`` at ``etag``, downloaded first if missing (streamed to a
+        temp file beside it, then published whole: a big feature part never sits in memory)."""
         tag = etag.strip('"').replace("/", "_")
-        name = f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}.parquet"
+        name = f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}{PurePosixPath(path).suffix}"
         local = self.folder / name
         try:
             os.utime(local)  # recently used: trimmed last
             return local
         except FileNotFoundError:
             pass
-        data = fs.cat_file(path)  # FileNotFoundError when a compaction removed it: callers list again
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(local, lambda f: f.write(data))
+        temp = temp_beside(local)
+        try:
+            fs.get_file(path, str(temp))  # FileNotFoundError when a compaction removed it: callers list again
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        publish(temp, local)
         self._trim(keep=local)
         return local
+
+    def open(self, fs, path: str, etag: str | None = None) -> BinaryIO:
+        """``bucket/key`` opened from its local copy at ``etag`` (a HEAD asks for the ETag when not given)."""
+        for attempt in (1, 2):
+            local = self.path(fs, path, etag or fs.info(path)["ETag"])
+            try:
+                return open(local, "rb")
+            except FileNotFoundError:  # another process trimmed it between the two calls: fetch again
+                if attempt == 2:
+                    raise
 
     def _trim(self, keep: Path) -> None:
         """Remove the least recently used copies until the cache fits its cap (never ``keep``, being read)."""
         with self._lock:
             files = []
             for entry in os.scandir(self.folder):
-                if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                if entry.is_file() and not entry.name.startswith("."):  # hidden: a download under way
                     st = entry.stat()
                     files.append((st.st_mtime, st.st_size, entry.path))
             total = sum(size for _, size, _ in files)
@@ -129,8 +147,7 @@ def _filesystem_class():
         def _open(self, path, mode="rb", **kwargs):
             path = self._strip_protocol(path)
             if mode == "rb" and self.object_cache is not None and LOG_PART.search("/" + path):
-                info = self.info(path)
-                return open(self.object_cache.path(self, path, info["ETag"]), "rb")
+                return self.object_cache.open(self, path, self.info(path)["ETag"])
             return super()._open(path, mode, **kwargs)
 
     return CachedS3FileSystem
@@ -268,6 +285,15 @@ class S3Backend:
                 _LISTED.pop(path, None)
                 raise FileNotFoundError(self.url(key)) from None
         return self.read_tagged(key)[0]
+
+    def open_copy(self, key: str) -> BinaryIO:
+        """``key`` from the local read cache (fetched once per ETag; a HEAD each call asks for it)."""
+        path = self._path(key)
+        try:
+            return self.fs.object_cache.open(self.fs, path, (_LISTED.get(path) or {}).get("ETag"))
+        except FileNotFoundError:
+            _LISTED.pop(path, None)
+            raise FileNotFoundError(self.url(key)) from None
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         """The bytes of ``key`` and their ETag; FileNotFoundError if absent."""

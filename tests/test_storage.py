@@ -130,6 +130,16 @@ def test_put_read_list_exists_mtime_delete(backend):
         backend.mtime("other/x")
 
 
+def test_open_copy_reads_an_object_from_local_disk(backend):
+    backend.put("cache/ds/pixels/k/part-00000-a.parquet", b"features")
+    with backend.open_copy("cache/ds/pixels/k/part-00000-a.parquet") as f:
+        assert f.read() == b"features"
+    with backend.open_copy("cache/ds/pixels/k/part-00000-a.parquet") as f:  # a second read: the same bytes
+        assert f.read() == b"features"
+    with pytest.raises(FileNotFoundError):
+        backend.open_copy("cache/ds/pixels/k/part-00001-b.parquet")
+
+
 def test_folders_are_the_names_directly_under_a_prefix(backend):
     backend.put("campaigns/b/log/part-1.parquet", b"one")
     backend.put("campaigns/a/campaign.json", b"{}")
