@@ -184,5 +184,8 @@ def backend_for(root: str | os.PathLike) -> Backend:
             from crashsearch.lab.storage_s3 import S3Backend  # s3fs loads only for an object-store home
 
             return S3Backend(str(root))
+        if scheme in ("gs", "gcs"):  # the lease needs conditional PUTs, written against S3's API
+            raise UserError(f"{scheme}:// homes are not supported yet ({root}): a home is a folder or an "
+                            f"s3://bucket/prefix URL (S3 or an S3-compatible store)")
         raise UserError(f"no storage backend for {root}: a home is a folder or an s3://bucket/prefix URL")
     return LocalBackend(Path(root))

@@ -215,6 +215,15 @@ def test_backend_for_a_path_is_local(tmp_path):
     assert isinstance(backend_for(tmp_path), LocalBackend)
 
 
+@pytest.mark.parametrize("url, says", [("gs://bucket/home", "gs:// homes are not supported yet"),
+                                       ("ftp://host/home", "no storage backend for ftp://host/home")])
+def test_a_home_url_without_a_backend_is_one_line(url, says):
+    from crashsearch.lab.errors import UserError
+
+    with pytest.raises(UserError, match=says):
+        backend_for(url)
+
+
 def test_a_failing_local_put_removes_its_temp_file(tmp_path, monkeypatch):
     backend = LocalBackend(tmp_path)
     with LocalCase().failing_writes(monkeypatch), pytest.raises(OSError) as raised:
