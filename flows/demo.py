@@ -34,6 +34,7 @@ def demo_flow_fn(home: str, videos: int = DEMO_VIDEOS, budget: int = 60, tiny: b
     from crashsearch.flows.analyze import analyze_flow
     from crashsearch.flows.campaign import campaign_flow_fn
     from crashsearch.flows.extract import extract_flow
+    from crashsearch.lab.cache import cache_url
     from crashsearch.lab.settings import resolve_home
     from crashsearch.lab.synth import generate
 
@@ -51,7 +52,7 @@ def demo_flow_fn(home: str, videos: int = DEMO_VIDEOS, budget: int = 60, tiny: b
     for ds in (day, night):
         for backbone in DEMO_BACKBONES:
             extract_flow(str(ds.root), backbone, home=str(h.root), weights="auto", device="auto")
-    _say(f"[2/4] features for backbones {', '.join(DEMO_BACKBONES)} cached in {h.cache} ({time.monotonic() - t0:.0f}s)")
+    _say(f"[2/4] features for backbones {', '.join(DEMO_BACKBONES)} cached in {cache_url(h.root)} ({time.monotonic() - t0:.0f}s)")
 
     policies = ["evolution", "tpe", "random"]
     if os.environ.get("ANTHROPIC_API_KEY"):

@@ -71,7 +71,7 @@ def cached_features(home: Home, dataset: str, backbone: str, device: str):
     from crashsearch.lab.cache import latest_partition, load_features
 
     partition = latest_partition(home, dataset, backbone)  # a newer extraction is a new key
-    key = (str(home.root), dataset, backbone, device, str(partition.path))
+    key = (home.location, dataset, backbone, device, partition.url)
     if key not in _FEATURES:
         _FEATURES[key] = load_features(home, dataset, backbone, device=device)
     return _FEATURES[key]

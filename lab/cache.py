@@ -1,8 +1,9 @@
 """The Parquet feature cache: where extraction writes embedding sequences and training reads them.
 
-Layout, one partition per (dataset, backbone, extraction spec)::
+Layout, one partition per (dataset, backbone, extraction spec), under the home through its storage
+backend (lab/storage.py): files in a folder home, objects under an s3:// home, the same keys::
 
-    <home>/cache/<dataset>/<backbone>/<key>/
+    cache/<dataset>/<backbone>/<key>/
         part-00000-<rand>.parquet ...   one row per extracted video (schema below)
         meta.json                       what the partition holds and whether it is complete
         failures.json                   [{"video_id", "path", "reason"}] for skipped videos
@@ -28,10 +29,14 @@ Row schema of the part files:
                                evaluation (lab.features). Null (part files written before short
                                clips were kept) means every step is real.
 
-Contract: every file is written through lab/_io.atomic_write (a hidden temp name, fsynced, then
-renamed into place), so a reader or a crash never sees half a file. A part file is never modified. A partition is complete when
-meta.json says so, which happens after every video of the manifest is either in a part file or
-in failures.json; an incomplete partition resumes by skipping the videos already written.
+Contract: every file is written with one ``Backend.put`` (a folder home: lab/_io.atomic_write, a
+hidden temp name, fsynced, then renamed into place; an object store: one PUT), so a reader or a
+crash never sees half a file. A part file is never modified after its write, so it is read through
+``Backend.open_copy``: a folder home opens the file itself, an object-store home reads its copy in
+the node's size-capped local read cache, fetched once per node (lab/storage_s3.py). A damaged part
+file is copied to ``quarantine/`` and then removed, never deleted (``set_aside``). A partition is
+complete when meta.json says so, which happens after every video of the manifest is either in a
+part file or in failures.json; an incomplete partition resumes by skipping the videos already written.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -50,10 +56,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.settings import Home, resolve_home
+from crashsearch.lab.storage import Backend, backend_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The code that decides what a cached embedding is: a change here is a new partition key.
@@ -178,13 +184,22 @@ def partition_key(manifest_hash: str, backbone: str, weights_id: str, spec: Extr
 
 # ---- one partition ------------------------------------------------------------------------
 
+CACHE = "cache"  # the feature cache's folder (key prefix) in a home
+_PART = re.compile(r"part-[^/]*\.parquet")
 
-def _cache_root(home: Home | str | os.PathLike | None) -> Path:
-    return (home if isinstance(home, Home) else resolve_home(home)).cache
+
+def _resolve(home: Home | str | os.PathLike | None) -> Home:
+    return home if isinstance(home, Home) else resolve_home(home)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+def _backend(home: Home | str | os.PathLike | None) -> Backend:
+    return backend_for(_resolve(home).location)
+
+
+def cache_url(home: Home | str | os.PathLike | None, *names: str) -> str:
+    """Where the feature cache (or ``names`` inside it, e.g. a dataset and backbone) lives, as messages
+    name it: a local path for a folder home, an s3:// URL for an object-store home. Creates nothing."""
+    return _backend(home).url("/".join((CACHE, *names)))
 
 
 def utc_now() -> str:
@@ -193,53 +208,78 @@ def utc_now() -> str:
 
 
 class Partition:
-    """One cache partition folder. Writers add part files and failures; ``finish`` marks it complete."""
+    """One cache partition: the objects under ``prefix`` (``cache/<dataset>/<backbone>/<key>/``) of a
+    home's backend. Writers add part files and failures; meta.json says when it is complete. Part files are
+    named by their keys (``part_files``) and read with ``read_part``."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, backend: Backend, prefix: str):
+        self.backend = backend
+        self.prefix = prefix.strip("/") + "/"
+
+    def __repr__(self) -> str:
+        return f"Partition({self.url})"
 
     @classmethod
     def open(cls, home: Home | str | os.PathLike | None, dataset: str, backbone: str, key: str) -> "Partition":
-        """The partition folder (created if missing) for a dataset, backbone and key."""
-        part = cls(_cache_root(home) / dataset / backbone / key)
-        part.path.mkdir(parents=True, exist_ok=True)
-        return part
+        """The partition of a dataset, backbone and key in a home (nothing is written until a writer does)."""
+        return cls(_backend(home), f"{CACHE}/{dataset}/{backbone}/{key}/")
 
     @property
     def key(self) -> str:
-        return self.path.name
+        return self.prefix.split("/")[-2]
+
+    @property
+    def dataset(self) -> str:
+        return self.prefix.split("/")[-4]
+
+    @property
+    def backbone(self) -> str:
+        return self.prefix.split("/")[-3]
+
+    @property
+    def url(self) -> str:
+        """The partition's folder as messages name it (a local path, or an s3:// URL)."""
+        return self.backend.url(self.prefix.rstrip("/"))
 
     @property
     def meta(self) -> dict:
         """meta.json's content ({} if absent or unreadable)."""
-        try:
-            return json.loads((self.path / "meta.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return self._read_json("meta.json", {})
 
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
-    def write_meta(self, meta: dict) -> None:
-        _atomic_write(self.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    def mtime(self) -> float:
+        """When meta.json was last written (0.0 when it is gone)."""
+        try:
+            return self.backend.mtime(self.prefix + "meta.json")
+        except FileNotFoundError:
+            return 0.0
 
-    def part_files(self) -> list[Path]:
-        return sorted(self.path.glob("part-*.parquet"))
+    def write_meta(self, meta: dict) -> None:
+        self.backend.put(self.prefix + "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+
+    def part_files(self) -> list[str]:
+        """The keys of the part files, sorted (read them with ``read_part``)."""
+        return [k for k in self.backend.list(self.prefix) if _PART.fullmatch(k[len(self.prefix):])]
+
+    def read_part(self, key: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """One part file as a table: from local disk (an object store's copy is fetched once per node).
+        Raises OSError or pyarrow.ArrowException when it cannot be read."""
+        with self.backend.open_copy(key) as f:
+            return pq.read_table(f, columns=columns, schema=schema)
 
     def done_ids(self) -> set[str]:
         """Video ids already written to part files."""
         ids: set[str] = set()
-        for f in self.part_files():
-            ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+        for key in self.part_files():
+            ids.update(self.read_part(key, columns=["video_id"]).column("video_id").to_pylist())
         return ids
 
     def failures(self) -> list[dict]:
         """The recorded failures: [{"video_id", "path", "reason"}]."""
-        try:
-            return json.loads((self.path / "failures.json").read_text())
-        except (OSError, ValueError):
-            return []
+        return self._read_json("failures.json", [])
 
     def add_failures(self, failures: Iterable[dict]) -> None:
         """Append failures (a video already listed keeps its first reason)."""
@@ -249,10 +289,11 @@ class Partition:
         old = self.failures()
         seen = {f["video_id"] for f in old}
         merged = old + [f for f in new if f["video_id"] not in seen]
-        _atomic_write(self.path / "failures.json", json.dumps(merged, indent=1).encode())
+        self.backend.put(self.prefix + "failures.json", json.dumps(merged, indent=1).encode())
 
-    def write_rows(self, rows: list[dict]) -> Path | None:
-        """Write rows (dicts with ROW_SCHEMA's columns, ``emb`` an (S, D) array) as a new part file."""
+    def write_rows(self, rows: list[dict]) -> str | None:
+        """Write rows (dicts with ROW_SCHEMA's columns, ``emb`` an (S, D) array) as a new part file;
+        return its key."""
         if not rows:
             return None
         columns = {name: [] for name in ROW_SCHEMA.names}
@@ -263,29 +304,41 @@ class Partition:
                     value = np.asarray(value, dtype=np.float32).reshape(-1)
                 columns[name].append(value)
         table = pa.table(columns, schema=ROW_SCHEMA)
-        n = len(self.part_files())
-        final = self.path / f"part-{n:05d}-{uuid.uuid4().hex[:6]}.parquet"
-        atomic_write(final, lambda f: pq.write_table(table, f))
-        return final
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        key = f"{self.prefix}part-{len(self.part_files()):05d}-{uuid.uuid4().hex[:6]}.parquet"
+        self.backend.put(key, sink.getvalue().to_pybytes())  # one atomic put: whole or absent
+        return key
 
     def read_table(self) -> pa.Table:
         """Every part file as one table (ROW_SCHEMA), sorted by video id."""
-        files = self.part_files()
-        if not files:
+        keys = self.part_files()
+        if not keys:
             return ROW_SCHEMA.empty_table()
-        table = pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files]).sort_by("video_id")
+        table = pa.concat_tables([self.read_part(k, schema=ROW_SCHEMA) for k in keys]).sort_by("video_id")
         # two writers racing on one partition could both write a video: keep one row per id
         ids = table.column("video_id").to_pylist()
         first = [i for i, vid in enumerate(ids) if i == 0 or vid != ids[i - 1]]
         return table if len(first) == len(ids) else table.take(first)
 
+    def _read_json(self, name: str, default: Any) -> Any:
+        try:
+            return json.loads(self.backend.read(self.prefix + name))
+        except (OSError, ValueError):
+            return default
+
 
 # ---- reading ------------------------------------------------------------------------------
 
 
-def _partitions(cache: Path, dataset: str | None = None, backbone: str | None = None) -> list[Partition]:
-    pattern = f"{dataset or '*'}/{backbone or '*'}/*/meta.json"
-    return [Partition(p.parent) for p in sorted(cache.glob(pattern))]
+def _partitions(backend: Backend, dataset: str | None = None, backbone: str | None = None) -> list[Partition]:
+    """The partitions that have a meta.json, in key order (one listing of the cache, or of a dataset's)."""
+    parts = []
+    for key in backend.list(f"{CACHE}/{dataset}/" if dataset else f"{CACHE}/"):
+        names = key.split("/")
+        if len(names) == 5 and names[4] == "meta.json" and backbone in (None, names[2]):
+            parts.append(Partition(backend, "/".join(names[:4])))
+    return parts
 
 
 def matches_dataset(meta: dict, dataset: Any) -> bool:
@@ -302,11 +355,11 @@ def partition_problem(part: "Partition", dataset: Any = None) -> str:
     Every part file must read, and the videos it holds plus its recorded failures must cover
     the dataset's videos (with ``dataset``) or the count meta.json promises."""
     ids: set[str] = set()
-    for f in part.part_files():
+    for key in part.part_files():
         try:
-            ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+            ids.update(part.read_part(key, columns=["video_id"]).column("video_id").to_pylist())
         except (OSError, pa.ArrowException) as exc:
-            return f"part file {f.name} is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+            return f"part file {key.rsplit('/', 1)[-1]} is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
     failed = {f.get("video_id") for f in part.failures()}
     if dataset is not None:
         missing = {v.id for v in dataset.videos} - ids - failed
@@ -318,39 +371,40 @@ def partition_problem(part: "Partition", dataset: Any = None) -> str:
     return ""
 
 
-def set_aside(part: "Partition", home: Home | str | os.PathLike | None) -> list[Path]:
-    """Move a partition's unreadable part files to ``<home>/quarantine/cache/...`` (never deleted);
-    return where they went. The videos they held are then extracted again."""
+def set_aside(part: "Partition") -> list[str]:
+    """Copy a partition's unreadable part files to ``quarantine/<their key>`` in the same home, then
+    remove them from the partition (never deleted before the copy is written); return where they
+    went (paths or URLs). The videos they held are then extracted again."""
     moved = []
-    for f in part.part_files():
+    for key in part.part_files():
         try:
-            pq.read_metadata(f)
+            with part.backend.open_copy(key) as f:
+                pq.read_metadata(f)
             continue
         except (OSError, pa.ArrowException):
             pass
-        root = (home if isinstance(home, Home) else resolve_home(home)).root
-        target = root / "quarantine" / "cache" / part.path.parent.parent.name / part.path.parent.name / part.key
-        target.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target / f.name)  # a move of a damaged file to quarantine, not a write (tests/test_storage.py)
-        moved.append(target / f.name)
+        target = f"quarantine/{key}"
+        part.backend.put(target, part.backend.read(key))  # no rename on an object store: copy, then delete
+        part.backend.delete(key)
+        moved.append(part.backend.url(target))
     return moved
 
 
 def list_cached(home: Home | str | os.PathLike | None, dataset_name: str | None = None) -> list[dict]:
     """One dict per partition: dataset, backbone, key, weights, videos, failures, complete (and path, finished_at)."""
     out = []
-    for part in _partitions(_cache_root(home), dataset_name):
+    for part in _partitions(_backend(home), dataset_name):
         meta = part.meta
         out.append({
-            "dataset": meta.get("dataset", part.path.parent.parent.name),
-            "backbone": meta.get("backbone", part.path.parent.name),
+            "dataset": meta.get("dataset", part.dataset),
+            "backbone": meta.get("backbone", part.backbone),
             "key": part.key,
             "weights": meta.get("weights"),
             "videos": meta.get("videos_ok", len(part.done_ids())),
             "failures": meta.get("videos_failed", len(part.failures())),
             "complete": bool(meta.get("complete")),
             "finished_at": meta.get("finished_at"),
-            "path": str(part.path),
+            "path": part.url,
         })
     return out
 
@@ -367,28 +421,32 @@ def latest_partition(home: Home | str | os.PathLike | None, dataset_name: str, b
     With ``dataset`` (a lab.datasets.Dataset) only a partition extracted from that dataset's
     manifest and video files counts (checked by content, not by folder name), and it must still
     hold every video it promises; otherwise FeaturesNotFound says which, in one line."""
-    cache = _cache_root(home)
-    done = [p for p in _partitions(cache, dataset_name, backbone) if p.complete]
+    metas = {p: p.meta for p in _partitions(_backend(home), dataset_name, backbone)}  # each read once
+    done = [p for p, meta in metas.items() if meta.get("complete")]
+
+    def newest(parts: list[Partition]) -> Partition:
+        return max(parts, key=lambda p: (metas[p].get("finished_at") or "", p.mtime()))
+
     if done and dataset is not None:
-        same = [p for p in done if matches_dataset(p.meta, dataset)]
+        same = [p for p in done if matches_dataset(metas[p], dataset)]
         if not same:
             raise FeaturesNotFound(
-                f"the feature cache {cache / dataset_name / backbone} was extracted from another dataset named "
+                f"the feature cache {cache_url(home, dataset_name, backbone)} was extracted from another dataset named "
                 f"{dataset_name!r} (its manifest or video files differ from {dataset.root}); "
                 f"run `crashsearch extract --dataset {dataset.root} --backbone {backbone}`")
-        best = max(same, key=lambda p: (p.meta.get("finished_at", ""), p.path.stat().st_mtime))
+        best = newest(same)
         problem = partition_problem(best, dataset)
         if problem:
-            raise FeaturesNotFound(f"the feature cache {best.path} is damaged: {problem}; "
+            raise FeaturesNotFound(f"the feature cache {best.url} is damaged: {problem}; "
                                    f"`crashsearch extract --dataset {dataset.root} --backbone {backbone}` repairs it")
         return best
     if not done:
         found = sorted({c["backbone"] for c in list_cached(home, dataset_name) if c["complete"]})
         raise FeaturesNotFound(
-            f"no complete feature cache for dataset {dataset_name!r} and backbone {backbone!r} under {cache} "
+            f"no complete feature cache for dataset {dataset_name!r} and backbone {backbone!r} under {cache_url(home)} "
             f"(complete for this dataset: {', '.join(found) or 'none'}); "
             f"run `crashsearch extract --dataset <dir> --backbone {backbone}`")
-    return max(done, key=lambda p: (p.meta.get("finished_at", ""), p.path.stat().st_mtime))
+    return newest(done)
 
 
 def load_features(home: Home | str | os.PathLike | None, dataset_name: str, backbone: str,
@@ -409,7 +467,7 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
     lengths = np.diff(flat.offsets.to_numpy()) if n else np.zeros(0, dtype=np.int64)
     if n and not np.all(lengths == n_steps * dim):
         bad = table.column("video_id")[int(np.flatnonzero(lengths != n_steps * dim)[0])].as_py()
-        raise UserError(f"{part.path}: video {bad} has an embedding of the wrong size (expected {n_steps}x{dim})")
+        raise UserError(f"{part.url}: video {bad} has an embedding of the wrong size (expected {n_steps}x{dim})")
     values = flat.flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=np.float32)
     x = torch.from_numpy(np.array(values, dtype=np.float32).reshape(n, n_steps, dim))  # (N, S, D), a writable copy
     y = torch.as_tensor(table.column("label").to_numpy(zero_copy_only=False).astype(np.float32))
@@ -420,6 +478,6 @@ def load_features(home: Home | str | os.PathLike | None, dataset_name: str, back
         dataset=dataset_name, backbone=backbone, x=x, y=y,
         split=np.asarray(table.column("split").to_pylist(), dtype=str),
         t_rel=t_rel, video_ids=table.column("video_id").to_pylist(), step_hz=spec.step_hz,
-        weights=weights_id(meta), meta={**meta, "path": str(part.path)}, real_s=real_s,
+        weights=weights_id(meta), meta={**meta, "path": part.url}, real_s=real_s,
     )
     return fs.to(device)

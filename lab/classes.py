@@ -7,7 +7,6 @@ one line when a split lacks a class; ``campaign`` runs the same check on the cac
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -59,18 +58,16 @@ def check_cached(home, dataset: str, backbones: Sequence[str]) -> dict[str, dict
     for backbone in backbones:
         part = latest_partition(home, dataset, backbone)
         counts = partition_counts(part)
-        check_counts(counts, f"{dataset}/{backbone} features ({os.path.basename(part.path)})")
+        check_counts(counts, f"{dataset}/{backbone} features ({part.key})")
         out[backbone] = counts
     return out
 
 
 def partition_counts(part) -> dict[str, tuple[int, int]]:
     """``split_counts`` of a cache partition's videos (``lab.cache.Partition``), reading two columns only."""
-    import pyarrow.parquet as pq
-
     seen, splits, labels = set(), [], []
-    for f in part.part_files():
-        table = pq.read_table(f, columns=["video_id", "split", "label"])
+    for key in part.part_files():
+        table = part.read_part(key, columns=["video_id", "split", "label"])
         for vid, split, label in zip(*(table.column(c).to_pylist() for c in ("video_id", "split", "label"))):
             if vid not in seen:  # a video written twice by racing writers counts once
                 seen.add(vid)

@@ -373,9 +373,9 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     meta = part.meta
     problem = partition_problem(part, ds) if meta.get("complete") else ""
     if problem:  # not a hit: repair it by extracting what is missing
-        moved = set_aside(part, home)
-        log(f"cache damaged: {part.path}: {problem}; extracting the missing videos"
-            + (f" ({len(moved)} unreadable part file(s) moved to {moved[0].parent})" if moved else ""))
+        moved = set_aside(part)
+        log(f"cache damaged: {part.url}: {problem}; extracting the missing videos"
+            + (f" ({len(moved)} unreadable part file(s) moved to {moved[0].rsplit('/', 1)[0]})" if moved else ""))
         meta = {**meta, "complete": False}
     if meta.get("complete"):
         return _hit(summary, part, meta, log)
@@ -407,7 +407,7 @@ def extract_dataset(dataset: str | Path | Dataset, backbone: str | Backbone, hom
     weights_note = " (RANDOM weights)" if bb.weights_id == "random" else ""
     log(f"extracted {bb.name}{weights_note} features for {ds.name}: {summary['videos_ok']} videos ok, "
         f"{len(failed)} failed; {stats.clips} clips in {stats.seconds:.1f} s ({stats.clips_per_s:.1f} clips/s) "
-        f"-> {part.path}")
+        f"-> {part.url}")
     return _with_class_check(summary, part, log)
 
 
@@ -441,7 +441,7 @@ def _partition(ds: Dataset, bb: Backbone, home, history_s: float | None, step_hz
     fingerprint = videos_fingerprint(ds.videos)
     key = partition_key(ds.manifest_hash(), bb.name, bb.weights_id, spec, code, fingerprint)
     part = Partition.open(home if isinstance(home, Home) else resolve_home(home), ds.name, bb.name, key)
-    summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": str(part.path),
+    summary = {"dataset": ds.name, "backbone": bb.name, "weights": bb.weights_id, "key": key, "path": part.url,
                "videos": len(ds.videos), "dim": bb.dim, "n_steps": spec.n_steps}
     return spec, code, fingerprint, key, part, summary
 
@@ -456,9 +456,7 @@ def _hit(summary: dict, part: Partition, meta: dict, log: Callable[[str], None])
 
 def _short_clips(part: Partition, spec: ExtractSpec) -> int:
     """How many videos of the partition have less real history than the spec's full history."""
-    import pyarrow.parquet as pq
-
-    real = [r for f in part.part_files() for r in pq.read_table(f, columns=["real_s"]).column("real_s").to_pylist()]
+    real = [r for k in part.part_files() for r in part.read_part(k, columns=["real_s"]).column("real_s").to_pylist()]
     return sum(1 for r in real if r is not None and r + 1e-6 < spec.history_s)
 
 

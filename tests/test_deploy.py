@@ -516,7 +516,8 @@ def test_a_distributed_campaign_trains_on_both_workers_and_records_each_experime
 
 @pytest.mark.slow
 def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, lab, s3_server, monkeypatch):
-    """Each worker's home is the same s3:// URL: the rows reach the campaign through the bucket only."""
+    """Each worker's home is the same s3:// URL: the features reach the workers and the rows reach the
+    campaign through the bucket only."""
     from crashsearch.tasks.extract import extract_dataset
 
     _, ds, space_path, _ = lab
@@ -524,7 +525,7 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
         monkeypatch.setenv(key, value)
     url = f"s3://{s3_server.make_bucket()}/home"
     home = resolve_home(url)
-    extract_dataset(ds, "pixels", home=home, progress=False, log=lambda *_: None)  # the nodes' local feature cache
+    extract_dataset(ds, "pixels", home=home, progress=False, log=lambda *_: None)  # the bucket's feature cache
     args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", url, "--dataset", str(ds.root),
             "--campaign", "dist-s3", "--budget", "10", "--round-size", "5", "--seeds", "2", "--space", space_path,
             "--distributed", "train-batch/gpu", "--max-in-flight", "2", "--dispatch-timeout", "300", "--max-group", "3"]
@@ -537,6 +538,8 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
     worker_of = {_pid(r.infrastructure_pid): r.labels.get("prefect.worker.name") for r in runs}
     assert {worker_of.get(_pid(w)) for w in df["worker"]} == {"w1", "w2"}
     assert not (home.root / "campaigns" / "dist-s3" / "log").exists()  # no row went through a local folder
+    assert not (home.root / "cache").exists()  # nor a feature: the workers read the bucket's partition
+    assert any(k.endswith("/meta.json") for k in Store(home).backend.list(f"cache/{ds.name}/pixels/"))
     assert not any(k.endswith("lease.json") for k in Store(home).backend.list("campaigns/dist-s3/"))
 
 

@@ -244,7 +244,7 @@ def test_partition_writes_are_atomic_and_duplicates_are_read_once(tmp_path):
     part.write_rows([row, {**row, "video_id": "b", "label": 0, "event_time": None}])  # a racing writer's duplicate
     assert part.read_table().column("video_id").to_pylist() == ["a", "b"]
     assert part.done_ids() == {"a", "b"}
-    assert not list(part.path.glob(".*tmp")), "no temporary files are left behind"
+    assert not list(Path(part.url).glob(".*tmp")), "no temporary files are left behind"
     part.add_failures([{"video_id": "c", "path": "/x/c.mp4", "reason": "empty file (0 bytes)"}])
     part.add_failures([{"video_id": "c", "path": "/x/c.mp4", "reason": "another reason"}])
     assert part.failures() == [{"video_id": "c", "path": "/x/c.mp4", "reason": "empty file (0 bytes)"}]

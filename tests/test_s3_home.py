@@ -44,7 +44,7 @@ fixed:
 @pytest.fixture
 def s3_lab(s3_home, synth_dataset, tmp_path, monkeypatch):
     """(s3 home URL, Home, dataset, space path): the dataset's pixels features extracted into the
-    home's local scratch folder (a fresh one under tmp_path)."""
+    home (on the bucket; its local scratch folder is a fresh one under tmp_path)."""
     from crashsearch.lab.settings import resolve_home
     from crashsearch.tasks.extract import extract_dataset
 

@@ -828,13 +828,13 @@ def test_a_damaged_cache_is_named_and_extract_repairs_it(lab_home, tmp_path):
     home = resolve_home(tmp_path / "home")
     shutil.copytree(source.root / "cache", home.root / "cache")
     part = latest_partition(home, ds.name, "pixels")
-    files = part.part_files()
+    files = [home.root / key for key in part.part_files()]  # a folder home: the keys are paths under it
     table = pq.read_table(files[0])
     splits = table.column("split").to_pylist()
     drop = [i for i, split in enumerate(splits) if split == "train"][:2]  # two train videos lost: classes stay
     keep = table.take([i for i in range(table.num_rows) if i not in drop])
     pq.write_table(keep, files[0])
-    n_total = sum(pq.read_metadata(f).num_rows for f in part.part_files())
+    n_total = sum(pq.read_metadata(f).num_rows for f in files)
     with pytest.raises(FeaturesNotFound, match="is damaged: .* videos are missing"):
         run_campaign(home, ds.root, "dmg", budget=2, round_size=2, space_path=space, seeds=1, policies=["random"])
     lines: list[str] = []

@@ -288,7 +288,6 @@ PACKAGE = ["lab", "tasks", "flows", "analysis", "agents", "models", "api.py", "_
 # Renames that are not a file written in place, each named with why:
 RENAME_EXCEPTIONS = {
     ("flows/champion.py", "nightly_champion"): "swaps a whole package folder (two folder renames)",
-    ("lab/cache.py", "set_aside"): "moves a damaged part file to quarantine: a move, not a write",
 }
 
 

@@ -18,6 +18,7 @@ def run(args) -> int:
 
     from crashsearch.flows.demo import DEMO_VIDEOS, demo_flow_fn
     from crashsearch.flows.runtime import quiet_prefect
+    from crashsearch.lab.cache import cache_url
 
     home = args.home_dir
     print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "
@@ -27,7 +28,7 @@ def run(args) -> int:
         result = flow(name="demo", log_prints=True)(demo_flow_fn)(str(home.root), videos, args.budget, args.tiny)
     print(f"\nhome:        {result['home']}")
     print(f"history:     {home.campaigns}/demo-day/log/*.parquet")
-    print(f"cache:       {home.cache}")
+    print(f"cache:       {cache_url(home.root)}")  # the home the demo ran on
     print(f"report:      {result['report'].get('report_dir')}/report.md (and report.html)")
     exe = shell_command()
     print(f"query it:    {exe} query \"SELECT encoder, max(val_ap) FROM experiments GROUP BY 1 ORDER BY 2 DESC\" --home {home.root}")

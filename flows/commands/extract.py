@@ -1,7 +1,6 @@
 """``crashsearch extract``: run the extract flow (flows/extract.py) unless the features are cached."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,8 @@ def run(args) -> int:
     from crashsearch.models.backbones import WeightsUnavailable, check_weights, list_backbones
     from crashsearch.tasks.extract import find_cached
 
-    home = args.home_dir.root if isinstance(args.home_dir, Home) else args.home_dir
+    # an object-store home by its URL: its scratch folder is not where the features go
+    home = args.home_dir.location if isinstance(args.home_dir, Home) else args.home_dir
     # argument errors fail here, before a Prefect server starts for nothing
     if args.backbone not in list_backbones():
         print(f"extract: unknown backbone {args.backbone!r}; registered: {', '.join(list_backbones())}", file=sys.stderr)
@@ -50,7 +50,7 @@ def run(args) -> int:
         print(f"extract: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     if summary["videos_ok"] == 0:
-        print(f"extract: no video of {summary['dataset']} could be extracted; see {os.path.join(summary['path'], 'failures.json')}",
+        print(f"extract: no video of {summary['dataset']} could be extracted; see {summary['path']}/failures.json",
               file=sys.stderr)
         return 1
     if summary.get("class_problem"):  # the features are cached, but no campaign can use them
