@@ -57,8 +57,12 @@ def scratch_base() -> Path:
 
 
 LOG_PART = re.compile(r"/campaigns/[^/]+/log/part-[^/]*\.parquet$")  # written once, never changed
+# Every object written once under a unique name and never changed: log parts, feature part files,
+# kept heads. A listing's ETag and size for them stay true, so reads skip the HEAD.
+WRITTEN_ONCE = re.compile(r"(/campaigns/[^/]+/log/part-[^/]*\.parquet|/cache/[^/]+/[^/]+/[^/]+/part-[^/]*\.parquet"
+                          r"|/campaigns/[^/]+/models/[^/]+\.safetensors)$")
 CACHE_MB = 2048
-_LISTED: dict[str, dict] = {}  # bucket/key of a log part -> what the last listing said (ETag, size, time)
+_LISTED: dict[str, dict] = {}  # bucket/key of a WRITTEN_ONCE object -> what the last listing said (ETag, size, time)
 
 
 class ObjectCache:
@@ -255,7 +259,7 @@ class S3Backend:
                 if key and not key.endswith("/"):
                     keys.append(key)
                     path = f"{self.bucket}/{item['Key']}"
-                    if LOG_PART.search("/" + path):  # immutable: what the listing says stays true
+                    if WRITTEN_ONCE.search("/" + path):  # immutable: what the listing says stays true
                         _LISTED[path] = {"name": path, "type": "file", "size": item["Size"], "ETag": item["ETag"],
                                          "LastModified": item["LastModified"], "Key": path, "Size": item["Size"]}
             token = page.get("NextContinuationToken")
