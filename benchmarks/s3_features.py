@@ -9,8 +9,8 @@ that the machine's load falls on all alike, ``--repeat`` times:
 * ``local folder``: ``load_features`` from the folder home (part files opened in place);
 * ``S3 cold``: the node's object cache emptied first, so every part file is fetched from the bucket
   into it (a GPU node's first load of a partition);
-* ``S3 warm``: loaded again, the part files read from the local copies (the HEAD per part that
-  names its ETag and the listing still go to the server).
+* ``S3 warm``: loaded again, the part files read from the local copies (the listing, whose ETags
+  name the copies, and the small meta.json and failures.json reads still go to the server).
 
 The S3 server is moto in server mode on 127.0.0.1 (tests/s3_server.py): the figures are the
 client's cost over the S3 API, not a network's; a real bucket adds its bandwidth to the cold load.
