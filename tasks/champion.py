@@ -273,22 +273,23 @@ def _plain(value: Any) -> Any:
 # ---- a package on an object store (the nightly champion of an s3:// home) -------------------
 
 CARD_JSON = "card.json"
+PACKAGE_FILES = (MODEL_JSON, STATE_FILE, ONNX_FILE, "card.md", CARD_JSON)  # a package's files (card last); nothing else is touched
 FETCH_TRIES = 3
 
 
 def publish_package(folder: Path, backend: Any, prefix: str) -> None:
-    """Put the package in ``folder`` under ``prefix`` of a home's backend, with no rename: its card.json
+    """Put the package in ``folder`` under ``prefix`` of a backend ("": its root), with no rename: its card.json
     is deleted first and put last, so a card.json there means the files beside it are its package (a
     reader checks that it did not change while it read them: ``fetch_package``). A crash half-way
     leaves no card: the next nightly writes the package again."""
+    at = f"{prefix.strip('/')}/" if prefix.strip("/") else ""  # "": the backend's root is the package
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CARD_JSON)
-    backend.delete(f"{prefix}/{CARD_JSON}")
+    backend.delete(at + CARD_JSON)
     for name in names:
-        backend.put(f"{prefix}/{name}", (folder / name).read_bytes())
-    for key in backend.list(f"{prefix}/"):  # the old package's file the new one lacks (an ONNX it could not export)
-        if key[len(prefix) + 1:] not in names:
-            backend.delete(key)
-    backend.put(f"{prefix}/{CARD_JSON}", (folder / CARD_JSON).read_bytes())
+        backend.put(at + name, (folder / name).read_bytes())
+    for name in set(PACKAGE_FILES) - set(names) - {CARD_JSON}:  # the old package's ONNX the new one could not export
+        backend.delete(at + name)
+    backend.put(at + CARD_JSON, (folder / CARD_JSON).read_bytes())
 
 
 def fetch_package(url: str) -> Path:
@@ -312,9 +313,13 @@ def fetch_package(url: str) -> Path:
         local = scratch_base() / "packages" / hashlib.sha256(url.encode() + card).hexdigest()[:16]
         if (local / CARD_JSON).is_file():
             return local
+        files = {}
+        for name in PACKAGE_FILES[:-1]:  # by name, no listing: the URL may be a bucket's root
+            try:
+                files[name] = backend.read(name)
+            except FileNotFoundError:  # head.onnx of an encoder that does not export
+                pass
         try:
-            names = [k for k in backend.list("") if k != CARD_JSON and "/" not in k and not k.startswith(".")]
-            files = {name: backend.read(name) for name in names}  # a package is flat: nothing else is its
             same = backend.read(CARD_JSON) == card  # unchanged: the files read are this card's package
         except FileNotFoundError:  # a new package is being published
             same = False

@@ -239,6 +239,15 @@ def test_kept_heads_live_on_the_bucket_and_any_machine_packages_the_champion_and
     assert card["package_run"]["evaluated"]["val_ap"] == pytest.approx(card["package_run"]["recorded"]["val_ap"],
                                                                         abs=1e-5)
 
+    # or published straight to object storage, outside the home (inside it is the nightly's place)
+    published_at = url.rsplit("/", 1)[0] + "/detectors/c-s3"
+    assert cli(["champion", "--home", url, "--campaign", "c-s3", "--out", published_at]) == 0
+    assert json.loads(backend_for(published_at).read("card.json"))["cell_id"] == card["cell_id"]
+    capsys.readouterr()
+    assert cli(["champion", "--home", url, "--campaign", "c-s3", "--out", f"{url}/pkg"]) == 2
+    err = capsys.readouterr().err
+    assert "inside the home" in err and len(err.strip().splitlines()) == 1, err
+
     # the nightly package goes to the bucket, card.json last, where every node finds it
     card_md = nightly_champion(other, "c-s3")
     assert card_md == f"{url}/campaigns/c-s3/champion/card.md"
@@ -252,6 +261,8 @@ def test_kept_heads_live_on_the_bucket_and_any_machine_packages_the_champion_and
     assert cli(["predict", "--model", f"{url}/campaigns/c-s3/champion", str(ds.videos[0].path), "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert 0.0 <= row["max_risk"] <= 1.0
+    assert cli(["predict", "--model", published_at, str(ds.videos[0].path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == [row]  # the same model: the same risk
     capsys.readouterr()
     assert cli(["predict", "--model", f"{url}/campaigns/nope/champion", str(ds.videos[0].path)]) == 2
     err = capsys.readouterr().err
@@ -322,3 +333,45 @@ def test_status_on_another_machine_lists_a_distributed_campaigns_batches_in_flig
     assert cli(["status", "--home", s3_home]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("dist "))
     assert line.split()[5] == "0", line
+
+
+def _package(folder: Path, tag: str, onnx: bool = True) -> Path:
+    """A package folder whose every file says which package it belongs to (publish and fetch parse nothing)."""
+    folder.mkdir(parents=True)
+    for name in ("model.json", "head.safetensors", "card.md", "card.json") + (("head.onnx",) if onnx else ()):
+        (folder / name).write_text(f"{tag} {name}")
+    return folder
+
+
+def test_a_package_published_on_the_bucket_is_read_whole_while_a_new_one_replaces_it(s3_home, tmp_path, monkeypatch):
+    """No rename on an object store: the card goes first and comes last, and a reader that saw the card
+    change while it read the files reads again, so it never mixes two packages' files."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.storage_s3 import S3Backend
+    from crashsearch.tasks.champion import fetch_package, publish_package
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    url = f"{s3_home}/models/detector"
+    backend = backend_for(url)
+    backend.put("model.json", b"a crash half-way: no card")
+    with pytest.raises(UserError, match="holds no model package"):
+        fetch_package(url)
+    publish_package(_package(tmp_path / "a", "A"), backend, "")
+    real_read, replaced = S3Backend.read, []
+
+    def read(self, key):  # package B is published while the reader is between its files
+        data = real_read(self, key)
+        if key == "head.safetensors" and not replaced:
+            replaced.append(key)
+            publish_package(_package(tmp_path / "b", "B", onnx=False), backend, "")
+        return data
+
+    monkeypatch.setattr(S3Backend, "read", read)
+    local = fetch_package(url)
+    assert replaced
+    assert {p.name: p.read_text() for p in local.iterdir()} == {
+        n: f"B {n}" for n in ("model.json", "head.safetensors", "card.md", "card.json")}  # B whole, A's ONNX gone
+    assert not backend.exists("head.onnx")
+    assert fetch_package(url) == local  # the same card: the local copy
+    assert backend.list("") == ["card.json", "card.md", "head.safetensors", "model.json"]
