@@ -103,6 +103,7 @@ class DistributedExecutor:
         self._published: dict[int, list[_Dispatch]] = {}  # each running ``run`` call's dispatches
         self._lock = threading.Lock()  # run() is called from several trainer threads: counters and the file
         self._warned_publish = False
+        self._written: list[dict] | None = None  # the runs inflight.json holds now (None: no file)
         self.dispatches = 0  # flow runs created, re-dispatches included
         self.redispatches = 0
         self.workers: dict[str, int] = {}  # Prefect worker name -> batches it finished
@@ -270,14 +271,18 @@ class DistributedExecutor:
         key = self._inflight_key()
         if not self._published:
             self.store.backend.delete(key)
+            self._written = None
             return
         dispatches = [d for ds in self._published.values() for d in ds]
+        runs = [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state, "worker": d.worker,
+                 "attempt": d.attempt, "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]
+        if runs == self._written:  # each poll asks; an object store would take a PUT every poll_s for nothing
+            return
         doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
                "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
-                         "worker": d.worker, "attempt": d.attempt,
-                         "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
+               "runs": runs}
         self.store.backend.put(key, json.dumps(doc, indent=1).encode())
+        self._written = runs
 
 
 def check_deployment(deployment_name: str) -> None:

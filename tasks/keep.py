@@ -20,6 +20,7 @@ later collection, so concurrent workers on a shared home never delete each other
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -66,8 +67,8 @@ def head_key(campaign: str, experiment_id: str) -> str:
 
 def head_keys(backend: Backend, campaign: str) -> list[str]:
     """The keys of a campaign's kept heads, sorted."""
-    return [k for k in backend.list(models_prefix(campaign)) if k.endswith(SUFFIX) and "/" not in
-            k[len(models_prefix(campaign)):]]
+    prefix = models_prefix(campaign)
+    return [k for k in backend.list(prefix) if k.endswith(SUFFIX) and "/" not in k[len(prefix):]]
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,11 @@ def _read_head(backend: Backend, key: str) -> KeptHead | None:
         with backend.open_copy(key) as f:
             meta = read_meta(f, backend.url(key))
         return KeptHead(key, str(meta["experiment_id"]), int(meta["cell_id"]), int(meta["seed"]), meta, backend)
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except OSError as exc:
+        if exc.errno == errno.EHOSTUNREACH:  # the object store is out of reach: not a damaged head
+            raise
+        return None
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
