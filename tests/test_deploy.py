@@ -537,7 +537,12 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
     worker_of = {_pid(r.infrastructure_pid): r.labels.get("prefect.worker.name") for r in runs}
     assert {worker_of.get(_pid(w)) for w in df["worker"]} == {"w1", "w2"}
     assert not (home.root / "campaigns" / "dist-s3" / "log").exists()  # no row went through a local folder
-    assert not any(k.endswith("lease.json") for k in Store(home).backend.list("campaigns/dist-s3/"))
+    keys = Store(home).backend.list("campaigns/dist-s3/")
+    assert not any(k.endswith("lease.json") for k in keys)
+    # the workers kept the leaders' heads on the bucket, where `champion` on any machine finds them
+    assert any(k.startswith("campaigns/dist-s3/models/") for k in keys), keys
+    assert not (home.root / "campaigns" / "dist-s3" / "models").exists()
+    assert "campaigns/dist-s3/inflight.json" not in keys  # listed on the bucket while batches ran; gone at the end
 
 
 @pytest.mark.slow
