@@ -309,6 +309,9 @@ def test_status_on_another_machine_lists_a_distributed_campaigns_batches_in_flig
     from crashsearch.tasks.record import Job, make_row
 
     monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    backend_for(s3_home).put("campaigns/empty/diagnoses.jsonl", b"")  # a home, with no campaign to show
+    assert cli(["status", "--home", s3_home]) == 0
+    assert capsys.readouterr().out.strip() == f"no campaigns under {s3_home}"  # not the scratch folder's path
     home = resolve_home(s3_home)
     space = Space.from_dict({"name": "s", "groups": {"arch": {"backbone": ["pixels"], "encoder": ["gru"], "size": ["small"]},
                                                      "train": {"lr": [0.001, 0.01, 0.1]}}})
