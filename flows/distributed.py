@@ -17,9 +17,10 @@ anyway (see lab/store.py and docs/deploying.md). After ``max_attempts`` dispatch
 remaining jobs are recorded as failed rows (error class ``DispatchFailed``) so the campaign
 goes on.
 
-While batches are in flight, ``<home>/campaigns/<id>/inflight.json`` lists them (written
-atomically; removed when the last ``run`` returns). The pipeline calls ``run`` from several
-trainer threads at once, one batch each: the file lists the batches of every call.
+While batches are in flight, ``campaigns/<id>/inflight.json`` in the home lists them (one atomic
+put through the home's backend, so on the bucket of an s3:// home; removed when the last ``run``
+returns). The pipeline calls ``run`` from several trainer threads at once, one batch each: the
+file lists the batches of every call.
 ``crashsearch status`` reads it.
 """
 from __future__ import annotations
@@ -33,16 +34,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Iterator
 from uuid import UUID
 
 import pandas as pd
 
-from crashsearch.lab._io import atomic_write
 from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.lock import reraise_interrupt
+from crashsearch.lab.logfiles import campaign_key
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -103,6 +103,7 @@ class DistributedExecutor:
         self._published: dict[int, list[_Dispatch]] = {}  # each running ``run`` call's dispatches
         self._lock = threading.Lock()  # run() is called from several trainer threads: counters and the file
         self._warned_publish = False
+        self._written: list[dict] | None = None  # the runs inflight.json holds now (None: no file)
         self.dispatches = 0  # flow runs created, re-dispatches included
         self.redispatches = 0
         self.workers: dict[str, int] = {}  # Prefect worker name -> batches it finished
@@ -246,8 +247,8 @@ class DistributedExecutor:
         RecordOnceStore(self.home).append(self.campaign, rows, self.space)  # a late worker may have won meanwhile
 
     # ---- inflight.json --------------------------------------------------------------------------
-    def _inflight_path(self) -> Path:
-        return self.home.campaign(self.campaign) / INFLIGHT_FILE
+    def _inflight_key(self) -> str:
+        return campaign_key(self.campaign, INFLIGHT_FILE)  # in the home's backend: status on any machine reads it
 
     def _publish(self, call: int, inflight: dict[UUID, _Dispatch] | None) -> None:
         """Record one ``run`` call's in-flight dispatches (None: the call ended) and rewrite the
@@ -263,21 +264,25 @@ class DistributedExecutor:
             except OSError as exc:
                 if not self._warned_publish:
                     self._warned_publish = True
-                    self.log(f"cannot write {self._inflight_path()}: {one_line(exc)} (status will not list batches "
+                    self.log(f"cannot write {self.store.backend.url(self._inflight_key())}: {one_line(exc)} (status will not list batches "
                              f"in flight; training goes on)")
 
     def _write_published(self) -> None:
-        path = self._inflight_path()
+        key = self._inflight_key()
         if not self._published:
-            path.unlink(missing_ok=True)
+            self.store.backend.delete(key)
+            self._written = None
             return
         dispatches = [d for ds in self._published.values() for d in ds]
+        runs = [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state, "worker": d.worker,
+                 "attempt": d.attempt, "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]
+        if runs == self._written:  # each poll asks; an object store would take a PUT every poll_s for nothing
+            return
         doc = {"campaign": self.campaign, "deployment": self.deployment_name, "host": socket.gethostname(),
                "pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "runs": [{"flow_run_id": str(d.run_id), "flow_run_name": d.run_name, "state": d.state,
-                         "worker": d.worker, "attempt": d.attempt,
-                         "experiment_ids": [j.experiment_id for j in d.jobs]} for d in dispatches]}
-        atomic_write(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
+               "runs": runs}
+        self.store.backend.put(key, json.dumps(doc, indent=1).encode())
+        self._written = runs
 
 
 def check_deployment(deployment_name: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from crashsearch.lab.lock import campaign_liveness
 from crashsearch.lab.bounds import skip_entry
+from crashsearch.lab.logfiles import campaign_key
 from crashsearch.lab.settings import Home
 from crashsearch.lab.store import Store
 
@@ -37,9 +38,10 @@ FROM experiments GROUP BY campaign
 
 def _in_flight(home: Home, campaign: str, store: Store) -> int:
     """Experiments of dispatched batches that the store does not hold yet (0 without inflight.json)."""
-    path = home.campaigns / campaign / INFLIGHT_FILE
+    key = campaign_key(campaign, INFLIGHT_FILE)
+    path = store.backend.url(key)  # through the backend: an object-store home has it on the bucket
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(store.backend.read(key))
     except FileNotFoundError:
         return 0
     except (OSError, ValueError, RecursionError) as exc:  # damaged: not UTF-8, not JSON, nested beyond reason

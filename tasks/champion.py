@@ -29,10 +29,12 @@ import pandas as pd
 import torch
 
 from crashsearch.lab.errors import UserError
-from crashsearch.lab._io import atomic_write, publish, read_json, temp_beside
+from crashsearch.lab._io import atomic_write, publish, temp_beside
+from crashsearch.lab.campaign_space import campaign_space
 from crashsearch.lab.console import echo
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.leaderboard import OK_STATUSES, interval, leaderboard
+from crashsearch.lab.logfiles import campaign_key, read_object
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
@@ -63,7 +65,8 @@ def write_champion(home: Home, campaign: str, out: str | Path, cell_id: int | No
 
     store = Store(home)
     store.require_campaign(campaign)
-    info = read_json(home.campaigns / campaign / "campaign.json") or {}
+    # through the store's backend: an object-store home has them on the bucket, not in this machine's scratch
+    info = read_object(store.backend, campaign_key(campaign, "campaign.json")) or {}
     rows, scope = _scoped_rows(home, store, campaign)
     board = leaderboard(rows, k=None)
     if board.empty:
@@ -75,7 +78,7 @@ def write_champion(home: Home, campaign: str, out: str | Path, cell_id: int | No
     ranked = board.set_index("cell_id").loc[int(cell_id)]
     runs = rows[(rows["cell_id"] == int(cell_id)) & rows["status"].isin(OK_STATUSES)]
     runs = runs.sort_values(["val_ap", "experiment_id"], ascending=[False, True])
-    space = Space.load(info.get("space_path"))
+    space, _ = campaign_space(home, campaign)  # its kept copy: the file it named may be on another machine
     cell = space.cell(int(cell_id))
     dataset = load_dataset(info.get("dataset_path") or rows.iloc[0]["dataset"])
     features = load_features(home, dataset.name, cell["backbone"], dataset=dataset)
@@ -265,6 +268,73 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return str(value)
+
+
+# ---- a package on an object store (the nightly champion of an s3:// home) -------------------
+
+CARD_JSON = "card.json"
+PACKAGE_FILES = (MODEL_JSON, STATE_FILE, ONNX_FILE, "card.md", CARD_JSON)  # a package's files (card last); nothing else is touched
+FETCH_TRIES = 3
+
+
+def publish_package(folder: Path, backend: Any, prefix: str) -> None:
+    """Put the package in ``folder`` under ``prefix`` of a backend ("": its root), with no rename: its card.json
+    is deleted first and put last, so a card.json there means the files beside it are its package (a
+    reader checks that it did not change while it read them: ``fetch_package``). A crash half-way
+    leaves no card: the next nightly writes the package again."""
+    at = f"{prefix.strip('/')}/" if prefix.strip("/") else ""  # "": the backend's root is the package
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CARD_JSON)
+    backend.delete(at + CARD_JSON)
+    for name in names:
+        backend.put(at + name, (folder / name).read_bytes())
+    for name in set(PACKAGE_FILES) - set(names) - {CARD_JSON}:  # the old package's ONNX the new one could not export
+        backend.delete(at + name)
+    backend.put(at + CARD_JSON, (folder / CARD_JSON).read_bytes())
+
+
+def fetch_package(url: str) -> Path:
+    """The package published at ``url`` (``s3://bucket/home/campaigns/<id>/champion``) as a local folder:
+    a copy in the scratch folder, one per card, so a package read once is not read again. Raises
+    UserError (one line) when no package is there, or it changed during each of FETCH_TRIES reads."""
+    import hashlib
+    import shutil
+    import uuid
+
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.storage_s3 import scratch_base
+
+    backend = backend_for(url.rstrip("/"))
+    for _ in range(FETCH_TRIES):
+        try:
+            card = backend.read(CARD_JSON)
+        except FileNotFoundError:
+            raise UserError(f"{url} holds no model package (no {CARD_JSON}: none was published, or one is being "
+                            f"written; try again)") from None
+        local = scratch_base() / "packages" / hashlib.sha256(url.encode() + card).hexdigest()[:16]
+        if (local / CARD_JSON).is_file():
+            return local
+        files = {}
+        for name in PACKAGE_FILES[:-1]:  # by name, no listing: the URL may be a bucket's root
+            try:
+                files[name] = backend.read(name)
+            except FileNotFoundError:  # head.onnx of an encoder that does not export
+                pass
+        try:
+            same = backend.read(CARD_JSON) == card  # unchanged: the files read are this card's package
+        except FileNotFoundError:  # a new package is being published
+            same = False
+        if not same:
+            continue
+        temp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
+        temp.mkdir(parents=True)
+        for name, data in {**files, CARD_JSON: card}.items():
+            (temp / name).write_bytes(data)
+        try:
+            temp.rename(local)  # whole or not at all; a concurrent fetch may have put the same copy first
+        except OSError:
+            shutil.rmtree(temp, ignore_errors=True)
+        return local
+    raise UserError(f"the package at {url} changed while it was read, {FETCH_TRIES} times; try again")
 
 
 # ---- the card -----------------------------------------------------------------------------

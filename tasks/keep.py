@@ -2,31 +2,36 @@
 
 After a batch is recorded, each trained model's head is saved if its cell is among the campaign's
 top ``keep`` cells by mean validation AP (lab.leaderboard's ranking, over every recorded run, so the
-same cells as the leaderboard), one file per experiment::
+same cells as the leaderboard), one object per experiment in the home (lab/storage.py)::
 
-    <home>/campaigns/<id>/models/<experiment id>.safetensors
+    campaigns/<id>/models/<experiment id>.safetensors
 
-A file holds one model's own state dict (its slice of a vectorised group, never the stack) and, as
-safetensors metadata, the cell, seed, code version and metrics of its run. It is written atomically
-(lab._io.atomic_write), after the batch's rows are in the store. Then the folder is collected: a file
-whose experiment the store knows and whose cell is no longer in the top ``keep`` is removed. A file
-of an experiment the store does not show yet (another worker's batch, read before it landed) is left
-for a later collection, so concurrent workers on a shared home never delete each other's leaders.
+A local home has it as a file under its folder; an object-store home (s3://) on the bucket, so the
+champion can be packaged on any machine. An object holds one model's own state dict (its slice of a
+vectorised group, never the stack) and, as safetensors metadata, the cell, seed, code version and
+metrics of its run. It is written with one ``backend.put`` (whole or not at all), after the batch's
+rows are in the store, and never changed after: readers take it through ``backend.open_copy`` (an
+object store's read cache fetches it once). Then the campaign's heads are collected: one whose
+experiment the store knows and whose cell is no longer in the top ``keep`` is deleted. A head of an
+experiment the store does not show yet (another worker's batch, read before it landed) is left for a
+later collection, so concurrent workers on a shared home never delete each other's leaders.
 
 ``keep`` is CampaignConfig.keep_models: a number (10 by default), None for all, 0 for none.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
 
 from crashsearch.lab.errors import UserError
-from crashsearch.lab._io import atomic_write
 from crashsearch.lab.leaderboard import leaderboard
+from crashsearch.lab.logfiles import campaign_key
 from crashsearch.lab.settings import Home
+from crashsearch.lab.storage import Backend, backend_for
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 MODELS_DIR = "models"
 SUFFIX = ".safetensors"
 FORMAT = "crashsearch-head/1"
+MAX_HEADER = 100_000_000  # bytes: safetensors' own limit on its JSON header
 
 
 def parse_keep(text: str | int | None) -> int | None:
@@ -49,68 +55,104 @@ def parse_keep(text: str | int | None) -> int | None:
     return value
 
 
-def models_dir(home: Home, campaign: str) -> Path:
-    return home.campaigns / campaign / MODELS_DIR
+def models_prefix(campaign: str) -> str:
+    """The key prefix of a campaign's kept heads (``campaigns/<id>/models/``)."""
+    return campaign_key(campaign, MODELS_DIR) + "/"
+
+
+def head_key(campaign: str, experiment_id: str) -> str:
+    """The key of one experiment's kept head."""
+    return f"{models_prefix(campaign)}{experiment_id}{SUFFIX}"
+
+
+def head_keys(backend: Backend, campaign: str) -> list[str]:
+    """The keys of a campaign's kept heads, sorted."""
+    prefix = models_prefix(campaign)
+    return [k for k in backend.list(prefix) if k.endswith(SUFFIX) and "/" not in k[len(prefix):]]
 
 
 @dataclass(frozen=True)
 class KeptHead:
-    """One kept head file and what its metadata says."""
+    """One kept head and what its metadata says; ``key`` in the home's ``backend``."""
 
-    path: Path
+    key: str
     experiment_id: str
     cell_id: int
     seed: int
     meta: dict[str, Any]
+    backend: Backend = field(repr=False, compare=False)
+
+    @property
+    def location(self) -> str:
+        """Where it is, for people: a local path or an s3:// URL."""
+        return self.backend.url(self.key)
 
     def state(self) -> "dict[str, torch.Tensor]":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        return load_file(str(self.path))
+        with self.backend.open_copy(self.key) as f:
+            return load(f.read())
 
 
-def save_head(folder: Path, experiment_id: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write one head's state dict with its metadata (JSON values) atomically; returns the path."""
+def save_head(backend: Backend, campaign: str, experiment_id: str, state: Mapping[str, torch.Tensor],
+              meta: Mapping[str, Any]) -> str:
+    """Write one head's state dict with its metadata (JSON values) in one put; returns its key."""
     from safetensors.torch import save
 
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # own storage: no shared views
     header = {"format": FORMAT, **{k: json.dumps(v, default=str) for k, v in meta.items()}}
-    data = save(tensors, metadata=header)
-    path = folder / f"{experiment_id}{SUFFIX}"
-    atomic_write(path, lambda f: f.write(data))
-    return path
+    key = head_key(campaign, experiment_id)
+    backend.put(key, save(tensors, metadata=header))
+    return key
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """The metadata of a kept head file (values decoded from JSON). Raises OSError/ValueError if unreadable."""
-    from safetensors import safe_open
+def read_meta(f: BinaryIO, where: str = "the file") -> dict[str, Any]:
+    """The metadata of a kept head opened as ``f`` (values decoded from JSON), from the safetensors
+    header alone (8 bytes little-endian length, then JSON). Raises ValueError if it is not a head."""
+    raw = f.read(8)
+    size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if not 0 < size <= MAX_HEADER:
+        raise UserError(f"{where} is not a safetensors file")
+    header = json.loads(f.read(size))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{where} is not a crashsearch head file")
+    return {k: json.loads(v) for k, v in meta.items() if k != "format"}
 
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-    if raw.get("format") != FORMAT:
-        raise UserError(f"{path} is not a crashsearch head file")
-    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+
+def _read_head(backend: Backend, key: str) -> KeptHead | None:
+    """The head at ``key``; None when it is gone (collected meanwhile) or is no head."""
+    try:
+        with backend.open_copy(key) as f:
+            meta = read_meta(f, backend.url(key))
+        return KeptHead(key, str(meta["experiment_id"]), int(meta["cell_id"]), int(meta["seed"]), meta, backend)
+    except OSError as exc:
+        if exc.errno == errno.EHOSTUNREACH:  # the object store is out of reach: not a damaged head
+            raise
+        return None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
 
 
-def kept_heads(home: Home, campaign: str) -> list[KeptHead]:
-    """Every readable kept head of a campaign (an unreadable file is skipped: it is not a head)."""
-    out = []
-    folder = models_dir(home, campaign)
-    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
-        try:
-            meta = read_meta(path)
-        except (OSError, ValueError, RuntimeError):
-            continue
-        out.append(KeptHead(path, str(meta["experiment_id"]), int(meta["cell_id"]), int(meta["seed"]), meta))
-    return out
+def kept_heads(home: Home, campaign: str, backend: Backend | None = None) -> list[KeptHead]:
+    """Every readable kept head of a campaign (an unreadable object is skipped: it is not a head)."""
+    backend = backend or backend_for(home.location)
+    heads = (_read_head(backend, key) for key in head_keys(backend, campaign))
+    return [h for h in heads if h is not None]
 
 
 def disk_use(home: Home, campaign: str) -> tuple[int, int]:
-    """(kept head files, bytes) of a campaign."""
-    folder = models_dir(home, campaign)
-    files = list(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
-    return len(files), sum(f.stat().st_size for f in files if f.exists())
+    """(kept heads, bytes) of a campaign."""
+    backend = backend_for(home.location)
+    count = size = 0
+    for key in head_keys(backend, campaign):
+        try:
+            with backend.open_copy(key) as f:
+                size += os.fstat(f.fileno()).st_size
+            count += 1
+        except FileNotFoundError:  # collected since the listing
+            continue
+    return count, size
 
 
 def top_cells(rows: Any, keep: int | None) -> set[int]:
@@ -139,7 +181,7 @@ class Keeper:
 
     def keep_batch(self, rows: list[dict], results: Iterable[Any], meta: Mapping[str, Any]) -> None:
         """Save the heads of a recorded batch whose cells are in the top ``keep``, then collect the
-        folder. ``rows`` and ``results`` are run_batch's, in the same order; ``meta`` goes into every
+        campaign's heads. ``rows`` and ``results`` are run_batch's, in the same order; ``meta`` goes into every
         file's metadata (dataset, weights, ...)."""
         if self.keep == 0:
             return
@@ -153,7 +195,7 @@ class Keeper:
                 new = pd.DataFrame([{k: r.get(k) for k in HISTORY_COLUMNS} for r in rows], columns=HISTORY_COLUMNS)
                 new = new[~new["experiment_id"].isin(self._history["experiment_id"])]
                 self._history = pd.concat([self._history, new], ignore_index=True) if len(self._history) else new
-            _save_and_collect(self.store.home, self.campaign, self._history, rows, results, meta, self.keep)
+            _save_and_collect(self.store.backend, self.campaign, self._history, rows, results, meta, self.keep)
 
 
 def keep_batch(store: Any, campaign: str, rows: list[dict], results: Iterable[Any], meta: Mapping[str, Any],
@@ -162,31 +204,33 @@ def keep_batch(store: Any, campaign: str, rows: list[dict], results: Iterable[An
     Keeper(store, campaign, keep).keep_batch(rows, results, meta)
 
 
-def _save_and_collect(home: Home, campaign: str, history: Any, rows: list[dict], results: Iterable[Any],
+def _save_and_collect(backend: Backend, campaign: str, history: Any, rows: list[dict], results: Iterable[Any],
                       meta: Mapping[str, Any], keep: int | None) -> None:
     top = top_cells(history, keep)
-    folder = models_dir(home, campaign)
     for row, result in zip(rows, results):
         state = getattr(result, "state", None)
         if state is None or int(row["cell_id"]) not in top or row["status"] not in ("ok", "healed"):
             continue
-        save_head(folder, row["experiment_id"], state, {
+        save_head(backend, campaign, row["experiment_id"], state, {
             **meta, "experiment_id": row["experiment_id"], "campaign": campaign, "cell_id": int(row["cell_id"]),
             "cell": result.cell.to_dict(), "seed": int(row["seed"]), "code_version": row["code_version"],
             "val_ap": row.get("val_ap"), "test_ap": row.get("test_ap")
         })
-    collect(home, campaign, history, keep)
+    collect(backend, campaign, history, keep)
 
 
-def collect(home: Home, campaign: str, history: Any, keep: int | None) -> list[Path]:
-    """Remove the kept heads whose experiment ``history`` holds and whose cell left the top ``keep``.
+def collect(backend: Backend, campaign: str, history: Any, keep: int | None) -> list[str]:
+    """Delete the kept heads whose experiment ``history`` holds and whose cell left the top ``keep``.
 
-    Returns the removed paths. A file of an experiment ``history`` does not hold is left alone."""
+    Returns the deleted keys. A head of an experiment ``history`` does not hold is left alone. The
+    experiment id is the key's name, so a collection costs one listing, no read of a head."""
     top = top_cells(history, keep)
-    known = set(history["experiment_id"]) if len(history) else set()
+    cells = dict(zip(history["experiment_id"], history["cell_id"])) if len(history) else {}
+    prefix = models_prefix(campaign)
     removed = []
-    for head in kept_heads(home, campaign):
-        if head.experiment_id in known and head.cell_id not in top:
-            head.path.unlink(missing_ok=True)
-            removed.append(head.path)
+    for key in head_keys(backend, campaign):
+        cell = cells.get(key[len(prefix):-len(SUFFIX)])
+        if cell is not None and int(cell) not in top:
+            backend.delete(key)
+            removed.append(key)
     return removed

@@ -24,6 +24,7 @@ import torch
 
 from crashsearch.lab._io import atomic_write
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.storage import is_url
 from crashsearch.lab.cache import ExtractSpec
 from crashsearch.lab.datasets import DatasetError, VideoItem, load_dataset
 from crashsearch.tasks.detector import Detector
@@ -195,12 +196,17 @@ class PredictRun:
 
 def predict(model_dir: str | Path, paths: Iterable[str | Path], plots: str | Path | None = None,
             device: str = "auto", log: Callable[[str], None] | None = None, progress: bool = True) -> PredictRun:
-    """Predict every video of ``paths`` with the package in ``model_dir``; returns the predictions
-    and one line per video that could not be predicted. Raises ValueError for a bad package."""
+    """Predict every video of ``paths`` with the package in ``model_dir`` (a folder, or the URL of one
+    published on an object store); returns the predictions and one line per video that could not be
+    predicted. Raises ValueError for a bad package."""
     from crashsearch.lab.console import echo, progress_bar
     from crashsearch.tasks.extract import VideoFailure, _quiet_decord
 
     log = log or echo
+    if is_url(model_dir):  # the nightly champion published on an object-store home
+        from crashsearch.tasks.champion import fetch_package
+
+        model_dir = fetch_package(str(model_dir))
     detector = Detector.load(model_dir)
     items = gather_videos(paths, log)
     backbone = backbone_for(detector, device)

@@ -11,7 +11,7 @@ from crashsearch.lab.settings import resolve_home
 from crashsearch.lab.store import Store
 from crashsearch.models.registry import create_head
 from crashsearch.tasks.evaluate import evaluate_heads
-from crashsearch.tasks.keep import collect, kept_heads, parse_keep, save_head, top_cells
+from crashsearch.tasks.keep import collect, disk_use, kept_heads, parse_keep, save_head, top_cells
 
 TINY_SPACE = """
 name: tiny-champion
@@ -91,17 +91,36 @@ def test_a_campaign_keeps_one_model_slice_per_leader_and_reproduces_its_metrics(
 
 def test_collect_removes_the_cells_that_left_the_top_k_and_leaves_unknown_runs(tmp_path):
     home = resolve_home(tmp_path / "home")
-    folder = home.campaign("c") / "models"
+    backend = Store(home).backend
     state = {"w": torch.zeros(2)}
     for eid, cell in (("e1", 1), ("e2", 2), ("e3", 3), ("e9", 9)):
-        save_head(folder, eid, state, {"experiment_id": eid, "cell_id": cell, "seed": 0, "cell": {}})
+        save_head(backend, "c", eid, state, {"experiment_id": eid, "cell_id": cell, "seed": 0, "cell": {}})
+    # a local home keeps them where it always did
+    assert sorted(p.name for p in (home.campaigns / "c" / "models").iterdir()) == [
+        f"e{i}.safetensors" for i in (1, 2, 3, 9)]
     history = pd.DataFrame({"experiment_id": ["e1", "e2", "e3", "e4"], "cell_id": [1, 2, 3, 4],
                             "status": ["ok"] * 4, "val_ap": [0.9, 0.5, 0.7, 0.8]})
-    removed = collect(home, "c", history, keep=2)  # top 2: cells 1 (0.9) and 4 (0.8)
-    assert sorted(p.name for p in removed) == ["e2.safetensors", "e3.safetensors"]
+    removed = collect(backend, "c", history, keep=2)  # top 2: cells 1 (0.9) and 4 (0.8)
+    assert removed == ["campaigns/c/models/e2.safetensors", "campaigns/c/models/e3.safetensors"]
     # e9's experiment is not in the history read (another worker's batch, not landed yet): kept
     assert sorted(k.experiment_id for k in kept_heads(home, "c")) == ["e1", "e9"]
-    assert collect(home, "c", history, keep=None) == []  # all: nothing goes
+    assert collect(backend, "c", history, keep=None) == []  # all: nothing goes
+    assert disk_use(home, "c") == (2, sum(p.stat().st_size for p in (home.campaigns / "c" / "models").iterdir()))
+
+
+def test_a_file_that_is_not_a_head_is_skipped_not_fatal(tmp_path):
+    home = resolve_home(tmp_path / "home")
+    backend = Store(home).backend
+    save_head(backend, "c", "e1", {"w": torch.ones(3)}, {"experiment_id": "e1", "cell_id": 1, "seed": 4, "cell": {}})
+    backend.put("campaigns/c/models/junk.safetensors", b"\xff" * 8 + b"not a header")
+    backend.put("campaigns/c/models/short.safetensors", b"abc")
+    from safetensors.torch import save
+
+    backend.put("campaigns/c/models/other.safetensors", save({"w": torch.ones(1)}, metadata={"format": "another"}))
+    (head,) = kept_heads(home, "c")
+    assert (head.experiment_id, head.cell_id, head.seed) == ("e1", 1, 4)
+    assert head.location == str(home.campaigns / "c" / "models" / "e1.safetensors")
+    assert torch.equal(head.state()["w"], torch.ones(3))
 
 
 @pytest.fixture(scope="module")

@@ -534,6 +534,11 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
     assert "Traceback" not in out
     df = Store(home).experiments("dist-s3")
     assert len(df) == 10 and df["experiment_id"].is_unique and (df["status"] == "ok").all()
+    keys = Store(home).backend.list("campaigns/dist-s3/")
+    # the workers kept the leaders' heads on the bucket, where `champion` on any machine finds them
+    assert any(k.startswith("campaigns/dist-s3/models/") for k in keys), keys
+    assert not (home.root / "campaigns" / "dist-s3" / "models").exists()
+    assert "campaigns/dist-s3/inflight.json" not in keys  # listed on the bucket while batches ran; gone at the end
     runs = [r for r in _train_runs(cluster, "dist-s3") if r.state.is_completed()]
     worker_of = {_pid(r.infrastructure_pid): r.labels.get("prefect.worker.name") for r in runs}
     assert {worker_of.get(_pid(w)) for w in df["worker"]} == {"w1", "w2"}

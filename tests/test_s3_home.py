@@ -185,3 +185,196 @@ def _ids(url: str) -> set[str]:
     from crashsearch.lab.store import Store
 
     return set(Store(resolve_home(url, create=False)).experiments("c-s3")["experiment_id"])
+
+
+# ---- kept heads, the champion and in-flight batches on the bucket: any machine of the pool sees them ----
+# "Another machine" is another CRASHSEARCH_SCRATCH: the home's local scratch folder is then a fresh one.
+
+
+def _second_machine(monkeypatch, tmp_path, name: str, url: str, ds=None):
+    """The home as a machine that did not run the campaign sees it (its own scratch folder); with ``ds``,
+    the dataset's features extracted there too (a no-op when the first machine's are on the bucket)."""
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.tasks.extract import extract_dataset
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / name))
+    home = resolve_home(url)
+    if ds is not None:
+        extract_dataset(ds, "pixels", home=home, progress=False, log=lambda *_: None)
+    return home
+
+
+@pytest.mark.slow
+def test_kept_heads_live_on_the_bucket_and_any_machine_packages_the_champion_and_predicts(s3_lab, tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Before: the heads went to the scratch folder of the machine that trained them, so `champion` on
+    another machine retrained the leader (or failed on a changed code version), and the nightly package
+    stayed on one node."""
+    from crashsearch.flows.champion import nightly_champion
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.store import Store
+    from crashsearch.tasks.keep import kept_heads, top_cells
+
+    url, home, ds, space = s3_lab
+    assert cli(_campaign_args(url, ds, space, budget=8) + ["--keep-models", "1"]) == 0
+    backend = backend_for(url)
+    heads = [k for k in backend.list("campaigns/c-s3/models/") if k.endswith(".safetensors")]
+    assert heads, backend.list("campaigns/c-s3/")
+    assert not (home.root / "campaigns" / "c-s3" / "models").exists()  # nothing in the scratch folder
+    df = Store(home).experiments("c-s3")
+    # collected on the bucket as the leaders changed: only the runs of the top cell are left
+    kept = kept_heads(home, "c-s3")
+    assert {k.cell_id for k in kept} <= top_cells(df, 1) and len(kept) == len(heads)
+    assert {k.location for k in kept} == {f"{url}/{key}" for key in heads}
+
+    other = _second_machine(monkeypatch, tmp_path, "scratch-2", url, ds)
+    assert other.root != home.root
+    pkg = tmp_path / "pkg"
+    capsys.readouterr()
+    assert cli(["champion", "--home", url, "--campaign", "c-s3", "--out", str(pkg)]) == 0
+    card = json.loads((pkg / "card.json").read_text())
+    assert card["package_run"]["origin"] == "kept"  # the bucket's head, not a retrained one
+    assert card["package_run"]["experiment_id"] in {k.experiment_id for k in kept}
+    assert card["package_run"]["evaluated"]["val_ap"] == pytest.approx(card["package_run"]["recorded"]["val_ap"],
+                                                                        abs=1e-5)
+
+    # or published straight to object storage, outside the home (inside it is the nightly's place)
+    published_at = url.rsplit("/", 1)[0] + "/detectors/c-s3"
+    assert cli(["champion", "--home", url, "--campaign", "c-s3", "--out", published_at]) == 0
+    assert json.loads(backend_for(published_at).read("card.json"))["cell_id"] == card["cell_id"]
+    capsys.readouterr()
+    assert cli(["champion", "--home", url, "--campaign", "c-s3", "--out", f"{url}/pkg"]) == 2
+    err = capsys.readouterr().err
+    assert "inside the home" in err and len(err.strip().splitlines()) == 1, err
+
+    # the nightly package goes to the bucket, card.json last, where every node finds it
+    card_md = nightly_champion(other, "c-s3")
+    assert card_md == f"{url}/campaigns/c-s3/champion/card.md"
+    published = set(backend.list("campaigns/c-s3/champion/"))
+    assert {f"campaigns/c-s3/champion/{n}" for n in ("card.json", "card.md", "model.json", "head.safetensors")} <= published
+    assert json.loads(backend.read("campaigns/c-s3/champion/card.json"))["cell_id"] == card["cell_id"]
+    assert nightly_champion(other, "c-s3") == card_md and "unchanged" in capsys.readouterr().out
+
+    _second_machine(monkeypatch, tmp_path, "scratch-3", url)  # a serving node: no features, no campaign
+    out = tmp_path / "pred.json"
+    assert cli(["predict", "--model", f"{url}/campaigns/c-s3/champion", str(ds.videos[0].path), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert 0.0 <= row["max_risk"] <= 1.0
+    assert cli(["predict", "--model", published_at, str(ds.videos[0].path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == [row]  # the same model: the same risk
+    capsys.readouterr()
+    assert cli(["predict", "--model", f"{url}/campaigns/nope/champion", str(ds.videos[0].path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no model package" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_collect_deletes_the_heads_on_the_bucket_whose_cell_left_the_top(s3_home, tmp_path, monkeypatch):
+    import pandas as pd
+    import torch
+
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
+    from crashsearch.tasks.keep import collect, disk_use, kept_heads, save_head
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    home = resolve_home(s3_home)
+    backend = Store(home).backend
+    for eid, cell in (("e1", 1), ("e2", 2), ("e9", 9)):
+        save_head(backend, "c", eid, {"w": torch.full((2,), float(cell))},
+                  {"experiment_id": eid, "cell_id": cell, "seed": 0, "cell": {}})
+    assert backend.list("campaigns/c/models/") == [f"campaigns/c/models/e{i}.safetensors" for i in (1, 2, 9)]
+    assert not (home.root / "campaigns" / "c" / "models").exists()
+    assert disk_use(home, "c")[0] == 3
+    history = pd.DataFrame({"experiment_id": ["e1", "e2"], "cell_id": [1, 2], "status": ["ok", "ok"],
+                            "val_ap": [0.6, 0.9]})  # cell 2 now leads; e9 is another worker's, not landed yet
+    assert collect(backend, "c", history, keep=1) == ["campaigns/c/models/e1.safetensors"]
+    assert backend.list("campaigns/c/models/") == ["campaigns/c/models/e2.safetensors", "campaigns/c/models/e9.safetensors"]
+    other = _second_machine(monkeypatch, tmp_path, "scratch-2", s3_home)
+    heads = {k.experiment_id: k for k in kept_heads(other, "c")}
+    assert sorted(heads) == ["e2", "e9"] and torch.equal(heads["e2"].state()["w"], torch.full((2,), 2.0))
+
+
+def test_status_on_another_machine_lists_a_distributed_campaigns_batches_in_flight(s3_home, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Before: inflight.json went to the dispatching machine's scratch folder; `status` elsewhere said 0."""
+    import uuid
+
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.flows.distributed import DistributedExecutor, _Dispatch
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.store import Store
+    from crashsearch.tasks.record import Job, make_row
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    backend_for(s3_home).put("campaigns/empty/diagnoses.jsonl", b"")  # a home, with no campaign to show
+    assert cli(["status", "--home", s3_home]) == 0
+    assert capsys.readouterr().out.strip() == f"no campaigns under {s3_home}"  # not the scratch folder's path
+    home = resolve_home(s3_home)
+    space = Space.from_dict({"name": "s", "groups": {"arch": {"backbone": ["pixels"], "encoder": ["gru"], "size": ["small"]},
+                                                     "train": {"lr": [0.001, 0.01, 0.1]}}})
+    jobs = [Job(space.cell(i), seed=1) for i in range(3)]
+    store = Store(home)
+    store.append("dist", [make_row(jobs[0], campaign="dist", dataset="d", space=space, code_version="v", status="ok",
+                                   metrics={"val_ap": 0.7})], space)
+    store.write_campaign("dist", {"status": "running", "pid": 1, "host": "gpu-node-7", "budget": 8, "dataset": "d"})
+    ex = DistributedExecutor("train-batch/gpu", home, "dist", space, "d", log=lambda m: None)
+    d = _Dispatch(jobs, jobs, uuid.uuid4(), "run-a", 1, 0.0)
+    ex._publish(1, {d.run_id: d})
+    assert backend_for(s3_home).exists("campaigns/dist/inflight.json")
+
+    _second_machine(monkeypatch, tmp_path, "scratch-2", s3_home)
+    capsys.readouterr()
+    assert cli(["status", "--home", s3_home]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("dist "))
+    assert "running (on gpu-node-7)" in line and "1/8" in line, line
+    assert line.split()[5] == "2", line  # in flight: the two jobs not recorded yet
+    ex._publish(1, None)  # the last call ended: the file goes
+    assert not backend_for(s3_home).exists("campaigns/dist/inflight.json")
+    assert cli(["status", "--home", s3_home]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("dist "))
+    assert line.split()[5] == "0", line
+
+
+def _package(folder: Path, tag: str, onnx: bool = True) -> Path:
+    """A package folder whose every file says which package it belongs to (publish and fetch parse nothing)."""
+    folder.mkdir(parents=True)
+    for name in ("model.json", "head.safetensors", "card.md", "card.json") + (("head.onnx",) if onnx else ()):
+        (folder / name).write_text(f"{tag} {name}")
+    return folder
+
+
+def test_a_package_published_on_the_bucket_is_read_whole_while_a_new_one_replaces_it(s3_home, tmp_path, monkeypatch):
+    """No rename on an object store: the card goes first and comes last, and a reader that saw the card
+    change while it read the files reads again, so it never mixes two packages' files."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.storage_s3 import S3Backend
+    from crashsearch.tasks.champion import fetch_package, publish_package
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    url = f"{s3_home}/models/detector"
+    backend = backend_for(url)
+    backend.put("model.json", b"a crash half-way: no card")
+    with pytest.raises(UserError, match="holds no model package"):
+        fetch_package(url)
+    publish_package(_package(tmp_path / "a", "A"), backend, "")
+    real_read, replaced = S3Backend.read, []
+
+    def read(self, key):  # package B is published while the reader is between its files
+        data = real_read(self, key)
+        if key == "head.safetensors" and not replaced:
+            replaced.append(key)
+            publish_package(_package(tmp_path / "b", "B", onnx=False), backend, "")
+        return data
+
+    monkeypatch.setattr(S3Backend, "read", read)
+    local = fetch_package(url)
+    assert replaced
+    assert {p.name: p.read_text() for p in local.iterdir()} == {
+        n: f"B {n}" for n in ("model.json", "head.safetensors", "card.md", "card.json")}  # B whole, A's ONNX gone
+    assert not backend.exists("head.onnx")
+    assert fetch_package(url) == local  # the same card: the local copy
+    assert backend.list("") == ["card.json", "card.md", "head.safetensors", "model.json"]

@@ -213,3 +213,27 @@ def test_a_full_disk_for_inflight_json_is_said_once_and_stops_nothing(home, monk
         ex._publish(1, {d.run_id: d})  # no exception
     ex._publish(1, None)
     assert len(said) == 1 and "No space left on device" in said[0] and "training goes on" in said[0]
+
+
+def test_inflight_json_is_written_when_its_batches_change_not_at_every_poll(home, monkeypatch):
+    """Every poll (2 s) rewrote the file: on an object-store home, a PUT per poll and trainer thread."""
+    import uuid
+
+    from crashsearch.flows.distributed import DistributedExecutor, _Dispatch
+
+    ex = DistributedExecutor("train-batch/gpu", home, "dist", SPACE, "d", poll_s=0.01, log=lambda m: None)
+    puts: list[str] = []
+    real_put = ex.store.backend.put
+    monkeypatch.setattr(ex.store.backend, "put", lambda key, data: (puts.append(key), real_put(key, data)))
+    batch = [Job(SPACE.cell(0), seed=1)]
+    d = _Dispatch(batch, batch, uuid.uuid4(), "run-a", 1, 0.0)
+    for _ in range(3):
+        ex._publish(1, {d.run_id: d})
+    assert len(puts) == 1
+    d.state, d.worker = "RUNNING", "w1"  # a worker took it: status may show that
+    ex._publish(1, {d.run_id: d})
+    assert len(puts) == 2 and json.loads((home.campaigns / "dist" / "inflight.json").read_text())["runs"][0]["worker"] == "w1"
+    ex._publish(1, None)
+    assert not (home.campaigns / "dist" / "inflight.json").exists()
+    ex._publish(2, {d.run_id: d})  # a new call after the file went: written again
+    assert len(puts) == 3 and (home.campaigns / "dist" / "inflight.json").exists()

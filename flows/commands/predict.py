@@ -9,7 +9,8 @@ from crashsearch.lab.errors import UserError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="a package folder written by `crashsearch champion`")
+    p.add_argument("--model", required=True, help="a package folder written by `crashsearch champion`, or the "
+                   "s3://.../campaigns/<id>/champion URL of the nightly package of an s3:// home")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders of videos, or a dataset manifest")
     p.add_argument("--out", default=None, help="write the results to FILE.csv or FILE.json (default: print)")
     p.add_argument("--plots", default=None, metavar="DIR", help="one PNG per video: risk over time, threshold, event")

@@ -12,7 +12,7 @@ def run(args) -> int:
 
     rows = status.campaign_status(args.home_dir)
     if not rows:
-        print(f"no campaigns under {args.home_dir.root}")
+        print(f"no campaigns under {args.home_dir.location}")  # an s3 home: its URL, not the scratch
         return 0
     print(status.format_status(rows))
     return 0
