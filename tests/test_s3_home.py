@@ -185,3 +185,66 @@ def _ids(url: str) -> set[str]:
     from crashsearch.lab.store import Store
 
     return set(Store(resolve_home(url, create=False)).experiments("c-s3")["experiment_id"])
+
+
+# ---- benchmark reads an s3 home ------------------------------------------------------------------------------
+BENCH_SPACE = """
+name: bench-s3
+groups:
+  arch:
+    backbone: [alpha, beta]
+    encoder: [gru, tcn, zipformer]
+  loss:
+    loss: [bce, focal_2.0]
+  train:
+    lr: [0.0003, 0.001, 0.003, 0.01]
+"""
+
+
+def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, monkeypatch, capsys):
+    """An imported history on the bucket is benchmarked with nothing of it local: no space file, an empty
+    scratch folder. A campaign it lacks is named with the home's URL; an --out URL is refused in one line."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.chdir(tmp_path)
+    space_file = tmp_path / "bench.yaml"
+    space_file.write_text(BENCH_SPACE)
+    space = Space.load(space_file)
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(40):
+        cell = space.cell(int(rng.integers(space.full_size)))
+        ap = 0.6 + 0.2 * (cell["encoder"] == "zipformer") + rng.normal(0, 0.01)
+        rows.append({**cell.values, "val_ap": float(np.clip(ap, 0, 1)), "seed": i})
+    pd.DataFrame(rows).to_csv(tmp_path / "log.csv", index=False)
+    assert cli(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file), "--home", s3_home]) == 0
+    space_file.unlink()
+    home = resolve_home(s3_home)
+    shutil.rmtree(home.root)  # another node: nothing local, the history and its space come from the bucket
+    capsys.readouterr()
+    args = ["benchmark", "--home", s3_home, "--campaign", "ext", "--policies", "random", "--budget", "8",
+            "--repeats", "2", "--workers", "1"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "random: best at N=8" in out, out
+    written = Path(out.strip().splitlines()[-1].removeprefix("wrote "))
+    assert written.parent.parent == resolve_home(s3_home).root / "benchmarks"  # outputs: the scratch folder
+    doc = json.loads((written.parent / "benchmark.json").read_text())
+    assert doc["budget"] == 8 and doc["repeats"] == 2 and list(doc["policies"]) == ["random"]
+
+    assert cli(["benchmark", "--home", s3_home, "--campaign", "nope", "--budget", "8", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"has no experiments under {s3_home} (campaigns: ext)"), err  # was: the scratch path
+    url_out = f"{s3_home}/benchmarks/x"
+    assert cli(args + ["--out", url_out]) == 2  # was: a local folder named "s3:" in the working directory
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a URL" in err, err
+    assert not (tmp_path / "s3:").exists()
