@@ -188,43 +188,19 @@ def _ids(url: str) -> set[str]:
 
 
 # ---- benchmark reads an s3 home ------------------------------------------------------------------------------
-BENCH_SPACE = """
-name: bench-s3
-groups:
-  arch:
-    backbone: [alpha, beta]
-    encoder: [gru, tcn, zipformer]
-  loss:
-    loss: [bce, focal_2.0]
-  train:
-    lr: [0.0003, 0.001, 0.003, 0.01]
-"""
-
-
 def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, monkeypatch, capsys):
     """An imported history on the bucket is benchmarked with nothing of it local: no space file, an empty
     scratch folder. A campaign it lacks is named with the home's URL; an --out URL is refused in one line."""
     import shutil
 
-    import numpy as np
-    import pandas as pd
-
     from crashsearch.flows.cli import main as cli
     from crashsearch.lab.settings import resolve_home
-    from crashsearch.lab.space import Space
+    from tests.test_benchmark import external_log
 
     monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
     monkeypatch.chdir(tmp_path)
-    space_file = tmp_path / "bench.yaml"
-    space_file.write_text(BENCH_SPACE)
-    space = Space.load(space_file)
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(40):
-        cell = space.cell(int(rng.integers(space.full_size)))
-        ap = 0.6 + 0.2 * (cell["encoder"] == "zipformer") + rng.normal(0, 0.01)
-        rows.append({**cell.values, "val_ap": float(np.clip(ap, 0, 1)), "seed": i})
-    pd.DataFrame(rows).to_csv(tmp_path / "log.csv", index=False)
+    external_log(tmp_path, n=40)
+    space_file = tmp_path / "external.yaml"
     assert cli(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file), "--home", s3_home]) == 0
     space_file.unlink()
     home = resolve_home(s3_home)
