@@ -36,12 +36,11 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from datetime import datetime, timezone
 from typing import Protocol
 
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.lock import CampaignBusy, describe, pid_alive
+from crashsearch.lab.lock import CampaignBusy, Reentrant, describe, pid_alive
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.storage import Backend
 
@@ -49,8 +48,6 @@ log = logging.getLogger(__name__)
 
 LEASE_FILE = "lease.json"
 LEASE_SECONDS = 60.0  # a crashed writer keeps its campaign at most this long
-_HELD: "weakref.WeakValueDictionary[str, ObjectLease]" = weakref.WeakValueDictionary()
-_GUARD = threading.Lock()
 
 
 class LeaseLost(UserError):
@@ -88,7 +85,7 @@ def lease_seconds() -> float:
     return value
 
 
-class ObjectLease:
+class ObjectLease(Reentrant):
     """``CampaignLock``'s interface on an object-store home: ``acquire()`` returns self,
     ``release()`` gives it up, ``with ObjectLease(backend, "c1"):`` does both, re-entrant within one
     process. ``previous`` is the stale holder taken over (or None). Raises CampaignBusy when a live
@@ -102,8 +99,6 @@ class ObjectLease:
         self.tag: str | None = None
         self.holder: dict = {}
         self.previous: dict | None = None
-        self.depth = 0
-        self.outer: ObjectLease | None = None
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,21 +116,31 @@ class ObjectLease:
                        "expires": now + self.ttl, "ttl": self.ttl, "token": self.holder.get("token") or uuid.uuid4().hex}
         return (json.dumps(self.holder) + "\n").encode()
 
-    def acquire(self) -> "ObjectLease":
-        with _GUARD:
-            held = _HELD.get(self.path)
-            if held is not None and held.tag is not None:  # this process holds it: re-enter
-                held.depth += 1
-                self.outer = held
-                return held
-            tag = self.backend.create_tagged(self.key, self._record())
-            if tag is None:
-                tag = self._take_over()
-            self.tag, self.depth = tag, 1
-            _HELD[self.path] = self
+    # the re-entrant acquire() and release() of lab/lock.Reentrant, over these
+    def _key(self) -> str:
+        return self.path
+
+    def _holds(self) -> bool:
+        return self.tag is not None
+
+    def _take(self) -> None:
+        tag = self.backend.create_tagged(self.key, self._record())
+        self.tag = tag if tag is not None else self._take_over()
+
+    def _taken(self) -> None:
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.campaign}", daemon=True)
         self._thread.start()
-        return self
+
+    def _free(self) -> None:
+        self._stop.set()
+        with self._write:
+            tag, self.tag = self.tag, None
+            if not self.lost.is_set():
+                self._give_up(tag)
+
+    def _freed(self) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def _take_over(self) -> str:
         """Take a stale (expired, released, or dead-on-this-host) lease; CampaignBusy if it is live."""
@@ -190,27 +195,6 @@ class ObjectLease:
             raise LeaseLost(f"campaign {self.campaign}: this run's lease was taken over by another writer; "
                             "it stopped writing (see the lease's holder)")
 
-    def release(self) -> None:
-        """Give the lease up (the last of nested acquires does); a no-op when not held."""
-        if self.outer is not None:
-            outer, self.outer = self.outer, None
-            outer.release()
-            return
-        with _GUARD:
-            if self.tag is None:
-                return
-            self.depth -= 1
-            if self.depth > 0:
-                return
-            _HELD.pop(self.path, None)
-            self._stop.set()
-            with self._write:
-                tag, self.tag = self.tag, None
-                if not self.lost.is_set():
-                    self._give_up(tag)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
     def _give_up(self, tag: str) -> None:
         try:
             done = self.backend.delete_if(self.key, tag)
@@ -221,20 +205,6 @@ class ObjectLease:
         except Exception as exc:  # it expires by itself: the next writer waits at most ttl
             log.warning("campaign %s: could not release the lease (%s); it expires within %g s",
                         self.campaign, str(exc)[:200], self.ttl)
-
-    def __enter__(self) -> "ObjectLease":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        try:
-            if self.tag is not None:
-                self.depth = 1
-                self.release()
-        except Exception:
-            pass
 
 
 def _parse(data: bytes) -> dict:
@@ -281,6 +251,6 @@ def check_lease(home, campaign: str) -> None:
     home or a lease not held here): the store calls it before it writes."""
     if not getattr(home, "url", None):
         return
-    held = _HELD.get(f"{home.url}/campaigns/{campaign}/{LEASE_FILE}")
-    if held is not None:
+    held = Reentrant.held(f"{home.url}/campaigns/{campaign}/{LEASE_FILE}")
+    if isinstance(held, ObjectLease):
         held.check()
