@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LEASE_FILE = "lease.json"
 LEASE_SECONDS = 60.0  # a crashed writer keeps its campaign at most this long
+MAX_LEASE_SECONDS = 86400.0  # longer, and a crashed writer's campaign waits a day (inf broke the renewal thread)
 
 
 class LeaseLost(UserError):
@@ -80,8 +81,8 @@ def lease_seconds() -> float:
         value = float(raw)
     except ValueError:
         raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r} is not a number of seconds") from None
-    if not value >= 1:
-        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r}: a lease lasts at least 1 second")
+    if not 1 <= value <= MAX_LEASE_SECONDS:
+        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r}: a lease lasts from 1 to {MAX_LEASE_SECONDS:.0f} seconds")
     return value
 
 

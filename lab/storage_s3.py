@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import threading
@@ -127,6 +128,8 @@ def _cache() -> ObjectCache:
         mb = float(raw)
     except ValueError:
         raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r} is not a number of megabytes") from None
+    if not (0 <= mb and math.isfinite(mb)):  # nan and inf passed float() and failed later, as internal errors
+        raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r}: the read cache's cap is a number of megabytes, 0 or more")
     return ObjectCache(scratch_base() / "objects", int(mb * 2 ** 20))
 
 
@@ -198,6 +201,9 @@ class S3Backend:
                             f"(credentials come from AWS_*): {shown}")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
+        if any(part in ("", ".", "..") for part in self.prefix.split("/")) and self.prefix:
+            # S3 keeps them literally ("home/../x" is not "x"), but a client that reads the catalog's URLs may not
+            raise UserError(f"an S3 home URL's prefix has no empty, '.' or '..' parts: s3://{self.bucket}/{self.prefix}")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.fs = s3_filesystem()
 
@@ -231,9 +237,16 @@ class S3Backend:
                 raise UserError(f"the bucket {self.bucket} does not exist (home {self.root}): create it, or check "
                                 f"the URL and AWS_ENDPOINT_URL") from None
             raise
+        except PermissionError as exc:  # 403: credentials wrong or expired, or the bucket's policy (no secret in it)
+            raise OSError(errno.EACCES, f"the S3 store refused access ({_code(exc) or 'AccessDenied'}); check the "
+                          f"credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE) "
+                          f"and the bucket's policy", f"s3://{self.bucket}/{kwargs.get('Key') or kwargs.get('Prefix', '')}") from exc
         except (OSError, ValueError):
             raise
         except Exception as exc:  # botocore's connection and timeout errors: the network, not the code
+            if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                raise UserError(f"no AWS credentials for the home {self.root}: set AWS_ACCESS_KEY_ID and "
+                                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (an instance role serves too)") from None
             if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
                 where = _endpoint() or "AWS"
                 raise OSError(errno.EHOSTUNREACH, f"cannot reach the S3 endpoint {where} ({type(exc).__name__}); "

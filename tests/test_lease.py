@@ -166,3 +166,18 @@ def test_the_store_refuses_a_write_from_a_run_whose_lease_was_taken_over(s3_home
     finally:
         lease.release()
     assert list(store.experiments("c1")["experiment_id"]) == ["e1"]  # nothing written after the loss
+
+
+# ---- hostile settings ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw", ["0", "0.5", "-3", "abc", "nan", "inf", "1e12"])
+def test_a_lease_length_outside_one_second_to_a_day_is_refused_in_one_line(monkeypatch, raw):
+    """inf and 1e12 passed (a lease that never ends; inf crashed the renewal thread with a traceback)."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.lease import MAX_LEASE_SECONDS, lease_seconds
+
+    monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", raw)
+    with pytest.raises(UserError, match="CRASHSEARCH_LEASE_SECONDS") as err:
+        lease_seconds()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", str(MAX_LEASE_SECONDS))
+    assert lease_seconds() == MAX_LEASE_SECONDS

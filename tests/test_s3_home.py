@@ -224,3 +224,51 @@ def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a URL" in err, err
     assert not (tmp_path / "s3:").exists()
+
+
+# ---- hostile: credentials and settings as a user meets them -----------------------------------------------------
+def _cli_alone(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own (its s3fs client built from ``env``, not this process's)."""
+    return subprocess.run([sys.executable, "-c", WRITER] + args, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_wrong_or_missing_credentials_are_one_line_that_names_no_secret(s3_home, tmp_path, monkeypatch):
+    """A store that checks keys (moto with authentication on) refuses a key it does not know: that was an
+    internal error with a traceback file; no credentials at all read as an unreachable endpoint."""
+    import os
+
+    from tests.s3_server import S3Server
+
+    env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / "scratch")}
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # moto checks every request's key from the first
+    strict = S3Server().start()
+    try:
+        proc = _cli_alone(["status", "--home", "s3://any-bucket/home"], {**env, "AWS_ENDPOINT_URL": strict.endpoint})
+    finally:
+        strict.stop()
+    line = _one_line(proc)
+    assert "refused access (InvalidAccessKeyId)" in line and "AWS_ACCESS_KEY_ID" in line, line
+    assert TEST_SECRET not in proc.stderr + proc.stdout
+
+    bare = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in ("AWS_ENDPOINT_URL", "AWS_REGION")}
+    bare |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+             "AWS_EC2_METADATA_DISABLED": "true", "HOME": str(tmp_path)}
+    line = _one_line(_cli_alone(["status", "--home", s3_home], bare))
+    assert line == f"status: no AWS credentials for the home {s3_home}: set AWS_ACCESS_KEY_ID and " \
+                   "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (an instance role serves too)", line
+
+
+def test_a_bad_read_cache_cap_is_one_line_from_the_cli(s3_home, tmp_path):
+    """CRASHSEARCH_OBJECT_CACHE_MB=nan was an internal error (exit 70) with a traceback file."""
+    import os
+
+    env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / "scratch"), "CRASHSEARCH_OBJECT_CACHE_MB": "nan"}
+    line = _one_line(_cli_alone(["leaderboard", "--home", s3_home], env))
+    assert line.startswith("leaderboard: CRASHSEARCH_OBJECT_CACHE_MB='nan'"), line

@@ -174,3 +174,39 @@ def test_an_object_read_through_open_copy_is_fetched_once_per_etag(backend, monk
     with backend.open_copy(key) as f:  # fetched again, not a FileNotFoundError
         assert f.read() == b"rewritten"
     assert len(fetched) == 3
+
+
+# ---- hostile URLs and settings -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["s3://bucket-x/../x", "s3://bucket-x/home/../x", "s3://bucket-x/./home",
+                                 "s3://bucket-x/a//b"])
+def test_a_home_url_with_dot_or_empty_parts_is_refused_in_one_line(s3_home, url):
+    """S3 keeps "home/../x" literally (a third prefix, neither home nor x); they were accepted."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.settings import resolve_home
+
+    with pytest.raises(UserError, match=r"no empty, '\.' or '\.\.' parts") as err:
+        resolve_home(url, create=False)
+    assert "\n" not in str(err.value)
+
+
+def test_one_home_however_its_url_is_spelled(s3_home):
+    from crashsearch.lab.settings import resolve_home
+
+    bucket, prefix = s3_home.removeprefix("s3://").split("/", 1)
+    homes = {resolve_home(url, create=False) for url in (s3_home, s3_home + "/", f"S3://{bucket}/{prefix}",
+                                                          f"s3://{bucket}//{prefix}/")}
+    assert len(homes) == 1 and homes.pop().url == s3_home
+
+
+@pytest.mark.parametrize("raw", ["-5", "nan", "inf", "abc"])
+def test_a_bad_read_cache_cap_is_refused_in_one_line(monkeypatch, raw):
+    """-5 passed (every copy trimmed at once); nan and inf were internal errors with a traceback file."""
+    from crashsearch.lab import storage_s3
+    from crashsearch.lab.errors import UserError
+
+    monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", raw)
+    with pytest.raises(UserError, match="CRASHSEARCH_OBJECT_CACHE_MB") as err:
+        storage_s3._cache()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", "0")  # no cache beyond the copy being read: allowed
+    assert storage_s3._cache().cap == 0
