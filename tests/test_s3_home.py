@@ -272,3 +272,38 @@ def test_a_bad_read_cache_cap_is_one_line_from_the_cli(s3_home, tmp_path):
     env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / "scratch"), "CRASHSEARCH_OBJECT_CACHE_MB": "nan"}
     line = _one_line(_cli_alone(["leaderboard", "--home", s3_home], env))
     assert line.startswith("leaderboard: CRASHSEARCH_OBJECT_CACHE_MB='nan'"), line
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_an_s3_campaign_releases_the_lease_and_keeps_what_it_recorded(s3_lab):
+    """As a user meets it: Ctrl-C mid-run ends it in one line (exit 130), the lease is given back at once (the
+    next run need not wait for it to expire), campaign.json says interrupted and every experiment the run
+    reported as recorded is on the bucket."""
+    import re
+
+    from crashsearch.lab.storage import backend_for
+
+    url, home, ds, space = s3_lab
+    bigger = Path(space).with_name("bigger.yaml")  # 144 cells of 20 epochs: still running when interrupted
+    bigger.write_text(SPACE.replace("lr: [0.001, 0.003, 0.01]", "lr: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]")
+                      .replace("batch_size: [16, 32]", "batch_size: [8, 16, 32]").replace("epochs: 2", "epochs: 20"))
+    backend = backend_for(url)
+    run = subprocess.Popen([sys.executable, "-c", WRITER] + _campaign_args(url, ds, str(bigger), budget=144),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not backend.list("campaigns/c-s3/log/") and time.time() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert run.poll() is None, "the campaign ended before it could be interrupted"
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; finished experiments are kept" and "Traceback" not in err, err
+    assert not backend.exists("campaigns/c-s3/lease.json")  # given back, not left to expire
+    assert json.loads(backend.read("campaigns/c-s3/campaign.json"))["status"] == "interrupted"
+    reported = int(re.search(r"\((\d+)/144 recorded", out).group(1))
+    assert 0 < reported < 144 and len(_ids(url)) == reported
