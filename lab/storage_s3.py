@@ -186,6 +186,9 @@ def _code(exc: BaseException) -> str:
 
 
 _REFUSED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+# what the S3 client accepts as a bucket (botocore's check: legacy names with capitals and underscores included);
+# anything else it refused as a ParamValidationError, which read as an unreachable endpoint
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
 class S3Backend:
@@ -199,9 +202,12 @@ class S3Backend:
             shown = f"s3://{parsed.netloc.rpartition('@')[2]}{parsed.path}"  # never echo a secret back
             raise UserError(f"an S3 home URL is s3://bucket/prefix, with no credentials or options "
                             f"(credentials come from AWS_*): {shown}")
+        if not BUCKET_NAME.fullmatch(parsed.netloc):
+            raise UserError(f"not an S3 bucket name: {parsed.netloc!r} in {url} (letters, digits, '.', '-' and '_'; "
+                            f"no port: the endpoint comes from AWS_ENDPOINT_URL)")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        if any(part in ("", ".", "..") for part in self.prefix.split("/")) and self.prefix:
+        if self.prefix and any(part in ("", ".", "..") for part in self.prefix.split("/")):
             # S3 keeps them literally ("home/../x" is not "x"), but a client that reads the catalog's URLs may not
             raise UserError(f"an S3 home URL's prefix has no empty, '.' or '..' parts: s3://{self.bucket}/{self.prefix}")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")

@@ -210,3 +210,13 @@ def test_a_bad_read_cache_cap_is_refused_in_one_line(monkeypatch, raw):
     assert "\n" not in str(err.value)
     monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", "0")  # no cache beyond the copy being read: allowed
     assert storage_s3._cache().cap == 0
+
+
+@pytest.mark.parametrize("bucket", ["bucket!x", "bucket-x:9000", "bucket x"])
+def test_a_url_whose_bucket_the_client_would_refuse_is_one_line_not_an_unreachable_endpoint(s3_home, bucket):
+    """The client's ParamValidationError read "cannot reach the S3 endpoint ... check the network"."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.settings import resolve_home
+
+    with pytest.raises(UserError, match=f"not an S3 bucket name: '{bucket}'"):
+        resolve_home(f"s3://{bucket}/home", create=False)
