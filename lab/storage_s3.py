@@ -80,7 +80,11 @@ class ObjectCache:
             return local
         except FileNotFoundError:
             pass
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a FileNotFoundError here read as the object missing on the store (internal error)
+            raise UserError(f"cannot create the local read cache {self.folder} ({exc.strerror or exc}); set "
+                            f"CRASHSEARCH_SCRATCH to a folder this user can write") from None
         temp = temp_beside(local)
         try:
             fs.get_file(path, str(temp))  # FileNotFoundError when a compaction removed it: callers list again

@@ -220,3 +220,21 @@ def test_a_url_whose_bucket_the_client_would_refuse_is_one_line_not_an_unreachab
 
     with pytest.raises(UserError, match=f"not an S3 bucket name: '{bucket}'"):
         resolve_home(f"s3://{bucket}/home", create=False)
+
+
+def test_a_read_cache_that_cannot_be_created_is_named_not_taken_for_a_missing_object(backend, monkeypatch):
+    """CRASHSEARCH_SCRATCH=/proc/nope: the cache's mkdir failed with ENOENT, which the read reported as the log
+    part missing on the store (``status`` and ``query`` ended in an internal error naming the object)."""
+    from pathlib import Path
+
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.storage_s3 import ObjectCache
+
+    table = pa.table({"x": [1]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    backend.put("campaigns/c1/log/part-1.parquet", sink.getvalue())
+    backend.list("campaigns/c1/log/")
+    monkeypatch.setattr(backend.fs, "object_cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
+    with pytest.raises(UserError, match="cannot create the local read cache /proc/nope/objects .*CRASHSEARCH_SCRATCH"):
+        backend.read("campaigns/c1/log/part-1.parquet")
