@@ -14,7 +14,8 @@ one-writer guarantee of lab/lock.py is built from conditional writes:
 * **A dead holder.** A holder that dies stops renewing; once the lease's ``expires`` has passed,
   the next writer takes it over by a conditional overwrite on the ETag it read, so of several
   writers that find the same stale lease exactly one wins. On the dead holder's own host the wait
-  is skipped: a holder whose pid no longer runs there is dead now (as a flock would be freed).
+  is skipped: a holder whose pid no longer runs there is dead now (as a flock would be freed). A damaged
+  lease (not JSON, or an expiry that is not a time at most MAX_LEASE_SECONDS ahead) is taken over at once.
 * **Giving it up.** ``release()`` deletes the object only if it is still ours (a conditional
   delete on our ETag where the store offers one; otherwise it first overwrites it, conditionally,
   with a released marker, which any writer takes over at once, and then deletes it: a writer that
@@ -217,11 +218,15 @@ def _parse(data: bytes) -> dict:
 
 
 def _stale(holder: dict) -> bool:
-    """Whether a lease may be taken: released, expired, unreadable, or its holder dead on this host."""
+    """Whether a lease may be taken: released, expired, unreadable (an expiry no writer sets included), or its
+    holder dead on this host."""
     if not holder or holder.get("released"):
         return True
     expires = holder.get("expires")
-    if not isinstance(expires, (int, float)) or time.time() > expires:
+    now = time.time()
+    # no writer sets an expiry beyond MAX_LEASE_SECONDS ahead: nan, inf or 1e300 is a damaged lease (it was an
+    # internal error, and one far ahead would have kept the campaign for ever)
+    if not isinstance(expires, (int, float)) or not now <= expires <= now + 2 * MAX_LEASE_SECONDS:
         return True
     pid = holder.get("pid")
     if holder.get("host") == socket.gethostname() and isinstance(pid, int) and 0 < pid < 2 ** 31:
@@ -230,9 +235,10 @@ def _stale(holder: dict) -> bool:
 
 
 def _when(expires) -> str:
-    if not isinstance(expires, (int, float)):
+    try:
+        return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
         return "?"
-    return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
 
 
 def campaign_lock(home, campaign: str):

@@ -181,3 +181,20 @@ def test_a_lease_length_outside_one_second_to_a_day_is_refused_in_one_line(monke
     assert "\n" not in str(err.value)
     monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", str(MAX_LEASE_SECONDS))
     assert lease_seconds() == MAX_LEASE_SECONDS
+
+
+@pytest.mark.parametrize("expires", ["1e300", "NaN", "Infinity", "1e12"])
+def test_a_lease_whose_expiry_no_writer_sets_is_damaged_and_taken_over(backend, expires):
+    """An expiry of nan, inf or 1e300 was an internal error (a timestamp out of range); one far ahead (1e12, the
+    year 33658) kept the campaign for ever. Any expiry beyond the longest lease is damage, taken over at once."""
+    from crashsearch.lab.lease import ObjectLease
+    from crashsearch.lab.lock import CampaignBusy
+
+    text = '{"host": "gpu-node-7", "pid": 4242, "since": "2026-12-06T00:00:00+00:00", "expires": %s}' % expires
+    backend.put("campaigns/c1/lease.json", text.encode())
+    with ObjectLease(backend, "c1", ttl=30) as lease:
+        assert lease.previous["host"] == "gpu-node-7"
+        assert _lease(backend)["pid"] == os.getpid()
+    _foreign(backend, expires_in=3600)  # a live lease of an hour still holds
+    with pytest.raises(CampaignBusy, match="gpu-node-7"):
+        ObjectLease(backend, "c1", ttl=30).acquire()
