@@ -49,6 +49,21 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _check_endpoint(url: str) -> None:
+    """Raise UserError (one line) unless the endpoint is an http(s) URL: the client's ValueError for one
+    it cannot parse ("Invalid endpoint", "Invalid IPv6 URL") was an internal error."""
+    name = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = url.rpartition("@")[2]  # never echo a secret back
+        raise UserError(f"{name}={shown!r} is not an http(s) URL of an S3 endpoint (e.g. http://127.0.0.1:9000)")
+
+
 def scratch_base() -> Path:
     """Where the local scratch folders of object-store homes live: ``$CRASHSEARCH_SCRATCH``, else
     ``~/.cache/crashsearch/homes`` (``$XDG_CACHE_HOME`` honoured). Each home has ``<base>/<hash of its
@@ -172,6 +187,7 @@ def s3_filesystem():
         if fs is None:
             kwargs = {}
             if _endpoint():  # botocore reads AWS_ENDPOINT_URL too; named here for older botocore
+                _check_endpoint(_endpoint())
                 kwargs["endpoint_url"] = _endpoint()
             fs = cls(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
             fs.object_cache = _cache()

@@ -238,3 +238,16 @@ def test_a_read_cache_that_cannot_be_created_is_named_not_taken_for_a_missing_ob
     monkeypatch.setattr(backend.fs, "object_cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
     with pytest.raises(UserError, match="cannot create the local read cache /proc/nope/objects .*CRASHSEARCH_SCRATCH"):
         backend.read("campaigns/c1/log/part-1.parquet")
+
+
+@pytest.mark.parametrize("endpoint", ["notaurl", "http://[::1", "http://127.0.0.1:abc", "ftp://host"])
+def test_an_endpoint_url_the_client_cannot_use_is_one_line(monkeypatch, endpoint):
+    """"notaurl" and "http://[::1" were internal errors (the client's ValueError); ftp:// read as unreachable."""
+    from crashsearch.lab import storage_s3
+    from crashsearch.lab.errors import UserError
+
+    monkeypatch.setattr(storage_s3, "_FS", {})  # a fresh client, built from this environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with pytest.raises(UserError, match="AWS_ENDPOINT_URL=.* is not an http"):
+        storage_s3.s3_filesystem()
