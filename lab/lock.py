@@ -157,11 +157,11 @@ class CampaignLock(Reentrant):
         self.previous: dict | None = None  # the holder named in the file when we took it (a dead one)
 
     def acquire(self) -> "CampaignLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self.path.parent)) from None
         while True:
+            try:  # again after _Stale: the releasing run may have removed the folder too
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self.path.parent)) from None
             try:
                 return super().acquire()
             except _Stale:  # a releasing run removed the file we opened and locked: take the new one
