@@ -189,8 +189,8 @@ def _ids(url: str) -> set[str]:
 
 # ---- benchmark reads an s3 home ------------------------------------------------------------------------------
 def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, monkeypatch, capsys):
-    """An imported history on the bucket is benchmarked with nothing of it local: no space file, an empty
-    scratch folder. A campaign it lacks is named with the home's URL; an --out URL is refused in one line."""
+    """An imported history on the bucket is benchmarked with no space file and the home's scratch folder
+    removed (another node). A campaign it lacks is named with the home's URL; an --out URL is refused in one line."""
     import shutil
 
     from crashsearch.flows.cli import main as cli
@@ -204,7 +204,7 @@ def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, m
     assert cli(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file), "--home", s3_home]) == 0
     space_file.unlink()
     home = resolve_home(s3_home)
-    shutil.rmtree(home.root)  # another node: nothing local, the history and its space come from the bucket
+    shutil.rmtree(home.root)  # another node: the history and its space come from the bucket
     capsys.readouterr()
     args = ["benchmark", "--home", s3_home, "--campaign", "ext", "--policies", "random", "--budget", "8",
             "--repeats", "2", "--workers", "1"]
