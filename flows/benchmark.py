@@ -4,7 +4,9 @@ Loads a campaign's rows from the store (its own history, or an imported log), ru
 with ``tasks.benchmark.run_benchmark`` and writes ``benchmark.json``, ``benchmark.md``,
 ``best_at_n.png`` and ``runs.csv`` (every experiment of every run) to ``--out`` (default
 ``<home>/benchmarks/<campaign>-<UTC timestamp>/``). See ``analysis.policy_benchmark`` for the
-JSON shape.
+JSON shape. An object-store home (``s3://...``) is read through the storage seam (the rows, the
+campaign's kept space); the outputs, files a person opens, go to its local scratch folder
+(``Home.root``), as ``analyze``'s report does.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def load_history(home: Home, campaign: str, space: Space) -> pd.DataFrame:
     rows = store.experiments(campaign)
     if rows.empty:
         known = ", ".join(sorted(c["id"] for c in store.campaigns() if not parse_baseline(c["id"]))) or "none"
-        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+        raise UserError(f"campaign {campaign!r} has no experiments under {home.location} (campaigns: {known})")
     names = set(rows["space"].dropna().astype(str)) if "space" in rows.columns else set()
     if names and names != {space.name}:
         raise UserError(f"campaign {campaign!r} was recorded in space {', '.join(sorted(names))}, not {space.name!r}: "

@@ -14,7 +14,8 @@ one-writer guarantee of lab/lock.py is built from conditional writes:
 * **A dead holder.** A holder that dies stops renewing; once the lease's ``expires`` has passed,
   the next writer takes it over by a conditional overwrite on the ETag it read, so of several
   writers that find the same stale lease exactly one wins. On the dead holder's own host the wait
-  is skipped: a holder whose pid no longer runs there is dead now (as a flock would be freed).
+  is skipped: a holder whose pid no longer runs there is dead now (as a flock would be freed). A damaged
+  lease (not JSON, or an expiry that is not a time at most MAX_LEASE_SECONDS ahead) is taken over at once.
 * **Giving it up.** ``release()`` deletes the object only if it is still ours (a conditional
   delete on our ETag where the store offers one; otherwise it first overwrites it, conditionally,
   with a released marker, which any writer takes over at once, and then deletes it: a writer that
@@ -36,12 +37,11 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from datetime import datetime, timezone
 from typing import Protocol
 
 from crashsearch.lab.errors import UserError
-from crashsearch.lab.lock import CampaignBusy, describe, pid_alive
+from crashsearch.lab.lock import CampaignBusy, Reentrant, describe, pid_alive
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.storage import Backend
 
@@ -49,8 +49,7 @@ log = logging.getLogger(__name__)
 
 LEASE_FILE = "lease.json"
 LEASE_SECONDS = 60.0  # a crashed writer keeps its campaign at most this long
-_HELD: "weakref.WeakValueDictionary[str, ObjectLease]" = weakref.WeakValueDictionary()
-_GUARD = threading.Lock()
+MAX_LEASE_SECONDS = 86400.0  # longer, and a crashed writer's campaign waits a day (inf broke the renewal thread)
 
 
 class LeaseLost(UserError):
@@ -83,12 +82,12 @@ def lease_seconds() -> float:
         value = float(raw)
     except ValueError:
         raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r} is not a number of seconds") from None
-    if not value >= 1:
-        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r}: a lease lasts at least 1 second")
+    if not 1 <= value <= MAX_LEASE_SECONDS:
+        raise UserError(f"CRASHSEARCH_LEASE_SECONDS={raw!r}: a lease lasts from 1 to {MAX_LEASE_SECONDS:.0f} seconds")
     return value
 
 
-class ObjectLease:
+class ObjectLease(Reentrant):
     """``CampaignLock``'s interface on an object-store home: ``acquire()`` returns self,
     ``release()`` gives it up, ``with ObjectLease(backend, "c1"):`` does both, re-entrant within one
     process. ``previous`` is the stale holder taken over (or None). Raises CampaignBusy when a live
@@ -102,8 +101,6 @@ class ObjectLease:
         self.tag: str | None = None
         self.holder: dict = {}
         self.previous: dict | None = None
-        self.depth = 0
-        self.outer: ObjectLease | None = None
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,21 +118,31 @@ class ObjectLease:
                        "expires": now + self.ttl, "ttl": self.ttl, "token": self.holder.get("token") or uuid.uuid4().hex}
         return (json.dumps(self.holder) + "\n").encode()
 
-    def acquire(self) -> "ObjectLease":
-        with _GUARD:
-            held = _HELD.get(self.path)
-            if held is not None and held.tag is not None:  # this process holds it: re-enter
-                held.depth += 1
-                self.outer = held
-                return held
-            tag = self.backend.create_tagged(self.key, self._record())
-            if tag is None:
-                tag = self._take_over()
-            self.tag, self.depth = tag, 1
-            _HELD[self.path] = self
+    # the re-entrant acquire() and release() of lab/lock.Reentrant, over these
+    def _key(self) -> str:
+        return self.path
+
+    def _holds(self) -> bool:
+        return self.tag is not None
+
+    def _take(self) -> None:
+        tag = self.backend.create_tagged(self.key, self._record())
+        self.tag = tag if tag is not None else self._take_over()
+
+    def _taken(self) -> None:
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.campaign}", daemon=True)
         self._thread.start()
-        return self
+
+    def _free(self) -> None:
+        self._stop.set()
+        with self._write:
+            tag, self.tag = self.tag, None
+            if not self.lost.is_set():
+                self._give_up(tag)
+
+    def _freed(self) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def _take_over(self) -> str:
         """Take a stale (expired, released, or dead-on-this-host) lease; CampaignBusy if it is live."""
@@ -190,27 +197,6 @@ class ObjectLease:
             raise LeaseLost(f"campaign {self.campaign}: this run's lease was taken over by another writer; "
                             "it stopped writing (see the lease's holder)")
 
-    def release(self) -> None:
-        """Give the lease up (the last of nested acquires does); a no-op when not held."""
-        if self.outer is not None:
-            outer, self.outer = self.outer, None
-            outer.release()
-            return
-        with _GUARD:
-            if self.tag is None:
-                return
-            self.depth -= 1
-            if self.depth > 0:
-                return
-            _HELD.pop(self.path, None)
-            self._stop.set()
-            with self._write:
-                tag, self.tag = self.tag, None
-                if not self.lost.is_set():
-                    self._give_up(tag)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
     def _give_up(self, tag: str) -> None:
         try:
             done = self.backend.delete_if(self.key, tag)
@@ -222,20 +208,6 @@ class ObjectLease:
             log.warning("campaign %s: could not release the lease (%s); it expires within %g s",
                         self.campaign, str(exc)[:200], self.ttl)
 
-    def __enter__(self) -> "ObjectLease":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        try:
-            if self.tag is not None:
-                self.depth = 1
-                self.release()
-        except Exception:
-            pass
-
 
 def _parse(data: bytes) -> dict:
     try:
@@ -246,11 +218,15 @@ def _parse(data: bytes) -> dict:
 
 
 def _stale(holder: dict) -> bool:
-    """Whether a lease may be taken: released, expired, unreadable, or its holder dead on this host."""
+    """Whether a lease may be taken: released, expired, unreadable (an expiry no writer sets included), or its
+    holder dead on this host."""
     if not holder or holder.get("released"):
         return True
     expires = holder.get("expires")
-    if not isinstance(expires, (int, float)) or time.time() > expires:
+    now = time.time()
+    # no writer sets an expiry beyond MAX_LEASE_SECONDS ahead: nan, inf or 1e300 is a damaged lease (it was an
+    # internal error, and one far ahead would have kept the campaign for ever)
+    if not isinstance(expires, (int, float)) or not now <= expires <= now + 2 * MAX_LEASE_SECONDS:
         return True
     pid = holder.get("pid")
     if holder.get("host") == socket.gethostname() and isinstance(pid, int) and 0 < pid < 2 ** 31:
@@ -259,9 +235,10 @@ def _stale(holder: dict) -> bool:
 
 
 def _when(expires) -> str:
-    if not isinstance(expires, (int, float)):
+    try:
+        return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
         return "?"
-    return datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
 
 
 def campaign_lock(home, campaign: str):
@@ -281,6 +258,6 @@ def check_lease(home, campaign: str) -> None:
     home or a lease not held here): the store calls it before it writes."""
     if not getattr(home, "url", None):
         return
-    held = _HELD.get(f"{home.url}/campaigns/{campaign}/{LEASE_FILE}")
-    if held is not None:
+    held = Reentrant.held(f"{home.url}/campaigns/{campaign}/{LEASE_FILE}")
+    if isinstance(held, ObjectLease):
         held.check()

@@ -7,7 +7,8 @@ the node), so the lock of a dead process is simply free: the next run takes it a
 the holder's name; two runs racing for a free lock cannot both get it. On shared storage
 (NFS v4) ``flock`` is a lock on the server, so distributed orchestrators on different hosts
 exclude each other too. Locks are re-entrant within one process (the CLI takes the lock before
-it starts the flow, and the flow takes it again). Taking a lock also removes the temp files that
+it starts the flow, and the flow takes it again): ``Reentrant`` keeps that count, for this lock and
+for the object-store lease of lab/lease.py. Taking a lock also removes the temp files that
 interrupted writes left in the campaign's folder (``clean_temp_files``).
 
 ``ending_status(exc)`` is the status a campaign.json gets when a run stops by ``exc``:
@@ -38,9 +39,6 @@ from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 
 LOCK_FILE = "lock"
-# lock path -> the lock this process holds; weak, so a lock whose run died in its set-up is freed with it
-_HELD: "weakref.WeakValueDictionary[str, CampaignLock]" = weakref.WeakValueDictionary()
-_GUARD = threading.Lock()
 
 
 class CampaignBusy(UserError):
@@ -55,7 +53,97 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every ``finally`` runs and the run ends as interrupted."""
 
 
-class CampaignLock:
+# what this process holds, by its key (a lock file's path, a lease's URL) -> the holding lock; weak, so a
+# lock whose run died in its set-up is freed with it
+_HELD: "weakref.WeakValueDictionary[str, Reentrant]" = weakref.WeakValueDictionary()
+_GUARD = threading.Lock()
+
+
+class Reentrant:
+    """The re-entrant bookkeeping of a one-writer lock, shared by ``CampaignLock`` (flock) and
+    lab/lease.ObjectLease (an object-store lease): a process that holds a key and acquires it again
+    gets the same lock back with its depth counted; only the last ``release()`` gives it up.
+
+    A subclass says what it holds and how: ``_key()`` (the key it is held under in this process),
+    ``_holds()``, ``_take()`` (take it or raise; called under the process-wide guard) and ``_free()``
+    (give it up, under the guard); ``_taken()`` and ``_freed()`` run after, outside the guard.
+    """
+
+    depth: int = 0
+    outer: "Reentrant | None" = None  # the lock this process already held, when re-entered
+    _held_key: str = ""
+
+    def _key(self) -> str:
+        raise NotImplementedError
+
+    def _holds(self) -> bool:
+        raise NotImplementedError
+
+    def _take(self) -> None:
+        raise NotImplementedError
+
+    def _free(self) -> None:
+        raise NotImplementedError
+
+    def _taken(self) -> None:
+        """Hook: after the first acquire, outside the guard."""
+
+    def _freed(self) -> None:
+        """Hook: after the last release, outside the guard."""
+
+    def acquire(self):
+        """Take the lock (or re-enter the one this process holds) and return the holding lock."""
+        with _GUARD:
+            key = self._key()
+            held = _HELD.get(key)
+            if held is not None and held._holds():  # this process holds it already: re-enter
+                held.depth += 1
+                self.outer = held  # our release() releases it once
+                return held
+            self._take()
+            self.depth, self._held_key = 1, key
+            _HELD[key] = self
+        self._taken()
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (the last of nested acquires does); a no-op when not held."""
+        if self.outer is not None:
+            outer, self.outer = self.outer, None
+            outer.release()
+            return
+        with _GUARD:
+            if not self._holds():
+                return
+            self.depth -= 1
+            if self.depth > 0:
+                return
+            _HELD.pop(self._held_key, None)
+            self._free()
+        self._freed()
+
+    @staticmethod
+    def held(key: str) -> "Reentrant | None":
+        """The lock this process holds under ``key``, or None."""
+        lock = _HELD.get(key)
+        return lock if lock is not None and lock._holds() else None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a run whose set-up failed must not keep the campaign
+        try:
+            if self._holds():
+                self.depth = 1
+                self.release()
+        except Exception:
+            pass
+
+
+class CampaignLock(Reentrant):
     """The exclusive right to write one campaign. ``acquire()`` returns self; ``release()`` frees it.
 
     Use as ``with CampaignLock(home_root, "c1"):``. Raises CampaignBusy when another live
@@ -66,96 +154,67 @@ class CampaignLock:
         self.campaign = check_campaign_id(campaign)
         self.path = Path(home_root) / "campaigns" / campaign / LOCK_FILE
         self.fd: int | None = None
-        self.depth = 0
         self.previous: dict | None = None  # the holder named in the file when we took it (a dead one)
-        self.outer: CampaignLock | None = None  # the lock this process already held, when re-entered
 
     def acquire(self) -> "CampaignLock":
         while True:
+            try:  # again after _Stale: the releasing run may have removed the folder too
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self.path.parent)) from None
             try:
-                return self._acquire_once()
+                return super().acquire()
             except _Stale:  # a releasing run removed the file we opened and locked: take the new one
                 continue
 
-    def _acquire_once(self) -> "CampaignLock":
+    def _key(self) -> str:
+        return str(self.path.parent.resolve() / LOCK_FILE)
+
+    def _holds(self) -> bool:
+        return self.fd is not None
+
+    def _take(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self.path.parent)) from None
-        key = str(self.path.parent.resolve() / LOCK_FILE)
-        with _GUARD:
-            held = _HELD.get(key)
-            if held is not None and held.fd is not None:  # this process holds it already: re-enter
-                held.depth += 1
-                self.outer = held  # our release() releases it once
-                return held
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise CampaignBusy(f"campaign {self.campaign} is already being run by {describe(read_holder(self.path))}; "
-                                   "wait for it to finish or stop that process (one writer per campaign)") from None
-            except OSError:
-                os.close(fd)
-                raise
-            if _unlinked(fd, self.path):
-                os.close(fd)
-                raise _Stale
-            self.previous = read_holder(self.path)
-            holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                      "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            data = (json.dumps(holder) + "\n").encode()
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
-            except OSError as exc:  # a full disk: name the file
-                os.close(fd)
-                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
-            self.fd, self.depth, self.key = fd, 1, key
-            _HELD[key] = self
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CampaignBusy(f"campaign {self.campaign} is already being run by {describe(read_holder(self.path))}; "
+                               "wait for it to finish or stop that process (one writer per campaign)") from None
+        except OSError:
+            os.close(fd)
+            raise
+        if _unlinked(fd, self.path):
+            os.close(fd)
+            raise _Stale
+        self.previous = read_holder(self.path)
+        holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        data = (json.dumps(holder) + "\n").encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError as exc:  # a full disk: name the file
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+        self.fd = fd
+
+    def _taken(self) -> None:
         clean_temp_files(self.path.parent)
-        return self
 
-    def release(self) -> None:
-        """Give the lock up (the last of nested acquires does); a no-op when not held."""
-        if self.outer is not None:
-            outer, self.outer = self.outer, None
-            outer.release()
-            return
-        with _GUARD:
-            if self.fd is None:
-                return
-            self.depth -= 1
-            if self.depth > 0:
-                return
-            _HELD.pop(self.key, None)
-            fd, self.fd = self.fd, None
-            try:
-                os.ftruncate(fd, 0)  # nobody holds it: the file names no one
-            except OSError:
-                pass
-            if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
-                # nothing was written (no campaign.json, no log): leave no ghost campaign behind. Unlinked
-                # while still locked; a run that opened this file meanwhile sees it unlinked and retries.
-                self.path.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.path.parent.rmdir()
-            os.close(fd)  # closing drops the flock
-
-    def __enter__(self) -> "CampaignLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:  # a run whose set-up failed must not keep the campaign
+    def _free(self) -> None:
+        fd, self.fd = self.fd, None
         try:
-            if self.fd is not None:
-                self.depth = 1
-                self.release()
-        except Exception:
+            os.ftruncate(fd, 0)  # nobody holds it: the file names no one
+        except OSError:
             pass
+        if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            # nothing was written (no campaign.json, no log): leave no ghost campaign behind. Unlinked
+            # while still locked; a run that opened this file meanwhile sees it unlinked and retries.
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
+        os.close(fd)  # closing drops the flock
 
 
 def _unlinked(fd: int, path: Path) -> bool:

@@ -110,12 +110,15 @@ def _url_home(url: str, create: bool) -> Home:
 def check_output_path(home: Home, out: str | os.PathLike, flag: str = "--out",
                       allowed: tuple[str, ...] = OUTPUT_FOLDERS) -> Path:
     """Return ``out`` as a Path; raise UserError (one line) when it lies inside the home other than
-    under one of the ``allowed`` folders (default OUTPUT_FOLDERS; a synthetic dataset: datasets/).
+    under one of the ``allowed`` folders (default OUTPUT_FOLDERS; a synthetic dataset: datasets/), or
+    when it is a URL (outputs are local files).
 
     Links are resolved first, so a symlink into the log is refused too (a hard link cannot be seen
     from its path: writers rename a temp file over the target, which leaves the other name's file
     alone). The allowed folders are taken literally: a link named reports/ that points into
     campaigns/ does not make campaigns/ writable."""
+    if "://" in str(out):  # a URL would become a local folder named "s3:" in the working directory
+        raise UserError(f"{flag} {out}: outputs are written to a local folder, not a URL; give a local path")
     root = Path(os.path.realpath(home.root))
     target = Path(os.path.realpath(out))
     if target != root and root not in target.parents:

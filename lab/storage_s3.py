@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import threading
@@ -46,6 +47,21 @@ _FS: dict[int, object] = {}  # one s3fs filesystem per process (a forked child b
 
 def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _check_endpoint(url: str) -> None:
+    """Raise UserError (one line) unless the endpoint is an http(s) URL: the client's ValueError for one
+    it cannot parse ("Invalid endpoint", "Invalid IPv6 URL") was an internal error."""
+    name = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = url.rpartition("@")[2]  # never echo a secret back
+        raise UserError(f"{name}={shown!r} is not an http(s) URL of an S3 endpoint (e.g. http://127.0.0.1:9000)")
 
 
 def scratch_base() -> Path:
@@ -83,7 +99,11 @@ class ObjectCache:
             return local
         except FileNotFoundError:
             pass
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a FileNotFoundError here read as the object missing on the store (internal error)
+            raise UserError(f"cannot create the local read cache {self.folder} ({exc.strerror or exc}); set "
+                            f"CRASHSEARCH_SCRATCH to a folder this user can write") from None
         temp = temp_beside(local)
         try:
             fs.get_file(path, str(temp))  # FileNotFoundError when a compaction removed it: callers list again
@@ -131,6 +151,8 @@ def _cache() -> ObjectCache:
         mb = float(raw)
     except ValueError:
         raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r} is not a number of megabytes") from None
+    if not (0 <= mb and math.isfinite(mb)):  # nan and inf passed float() and failed later, as internal errors
+        raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r}: the read cache's cap is a number of megabytes, 0 or more")
     return ObjectCache(scratch_base() / "objects", int(mb * 2 ** 20))
 
 
@@ -169,6 +191,7 @@ def s3_filesystem():
         if fs is None:
             kwargs = {}
             if _endpoint():  # botocore reads AWS_ENDPOINT_URL too; named here for older botocore
+                _check_endpoint(_endpoint())
                 kwargs["endpoint_url"] = _endpoint()
             fs = cls(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
             fs.object_cache = _cache()
@@ -187,6 +210,9 @@ def _code(exc: BaseException) -> str:
 
 
 _REFUSED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+# what the S3 client accepts as a bucket (botocore's check: legacy names with capitals and underscores included);
+# anything else it refused as a ParamValidationError, which read as an unreachable endpoint
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
 class S3Backend:
@@ -200,8 +226,14 @@ class S3Backend:
             shown = f"s3://{parsed.netloc.rpartition('@')[2]}{parsed.path}"  # never echo a secret back
             raise UserError(f"an S3 home URL is s3://bucket/prefix, with no credentials or options "
                             f"(credentials come from AWS_*): {shown}")
+        if not BUCKET_NAME.fullmatch(parsed.netloc):
+            raise UserError(f"not an S3 bucket name: {parsed.netloc!r} in {url} (letters, digits, '.', '-' and '_'; "
+                            f"no port: the endpoint comes from AWS_ENDPOINT_URL)")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
+        if self.prefix and any(part in ("", ".", "..") for part in self.prefix.split("/")):
+            # S3 keeps them literally ("home/../x" is not "x"), but a client that reads the catalog's URLs may not
+            raise UserError(f"an S3 home URL's prefix has no empty, '.' or '..' parts: s3://{self.bucket}/{self.prefix}")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.fs = s3_filesystem()
 
@@ -235,9 +267,16 @@ class S3Backend:
                 raise UserError(f"the bucket {self.bucket} does not exist (home {self.root}): create it, or check "
                                 f"the URL and AWS_ENDPOINT_URL") from None
             raise
+        except PermissionError as exc:  # 403: credentials wrong or expired, or the bucket's policy (no secret in it)
+            raise OSError(errno.EACCES, f"the S3 store refused access ({_code(exc) or 'AccessDenied'}); check the "
+                          f"credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE) "
+                          f"and the bucket's policy", f"s3://{self.bucket}/{kwargs.get('Key') or kwargs.get('Prefix', '')}") from exc
         except (OSError, ValueError):
             raise
         except Exception as exc:  # botocore's connection and timeout errors: the network, not the code
+            if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                raise UserError(f"no AWS credentials for the home {self.root}: set AWS_ACCESS_KEY_ID and "
+                                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (an instance role serves too)") from None
             if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
                 where = _endpoint() or "AWS"
                 raise OSError(errno.EHOSTUNREACH, f"cannot reach the S3 endpoint {where} ({type(exc).__name__}); "

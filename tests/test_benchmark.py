@@ -207,17 +207,25 @@ def test_evolution_and_tpe_speedups_leave_proposals_unchanged():
                 cols[k].append(v)
 
 
-def test_an_imported_external_history_with_its_own_space(tmp_path, capsys):
-    space_file = tmp_path / "external.yaml"
+def external_log(folder, n: int = 150, seed: int = 1) -> Space:
+    """An external history to import: ``folder``/external.yaml (SMALL_SPACE) and ``folder``/log.csv,
+    ``n`` rows in which zipformer and lr 0.001 stand out; returns the space."""
+    space_file = folder / "external.yaml"
     space_file.write_text(SMALL_SPACE)
     space = Space.load(space_file)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     rows = []
-    for i in range(150):
+    for i in range(n):
         c = space.cell(int(rng.integers(space.full_size)))
         ap = 0.6 + 0.2 * (c["encoder"] == "zipformer") + 0.05 * (c["lr"] == 0.001) + rng.normal(0, 0.01)
         rows.append({**c.values, "val_ap": float(np.clip(ap, 0, 1)), "seed": i})
-    pd.DataFrame(rows).to_csv(tmp_path / "log.csv", index=False)
+    pd.DataFrame(rows).to_csv(folder / "log.csv", index=False)
+    return space
+
+
+def test_an_imported_external_history_with_its_own_space(tmp_path, capsys):
+    space = external_log(tmp_path)
+    space_file = tmp_path / "external.yaml"
     home = resolve_home(tmp_path / "home")
     assert cli_main(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file),
                      "--home", str(home.root)]) == 0

@@ -166,3 +166,71 @@ def test_the_store_refuses_a_write_from_a_run_whose_lease_was_taken_over(s3_home
     finally:
         lease.release()
     assert list(store.experiments("c1")["experiment_id"]) == ["e1"]  # nothing written after the loss
+
+
+# ---- hostile settings ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw", ["0", "0.5", "-3", "abc", "nan", "inf", "1e12"])
+def test_a_lease_length_outside_one_second_to_a_day_is_refused_in_one_line(monkeypatch, raw):
+    """inf and 1e12 passed (a lease that never ends; inf crashed the renewal thread with a traceback)."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.lease import MAX_LEASE_SECONDS, lease_seconds
+
+    monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", raw)
+    with pytest.raises(UserError, match="CRASHSEARCH_LEASE_SECONDS") as err:
+        lease_seconds()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("CRASHSEARCH_LEASE_SECONDS", str(MAX_LEASE_SECONDS))
+    assert lease_seconds() == MAX_LEASE_SECONDS
+
+
+@pytest.mark.parametrize("expires", ["1e300", "NaN", "Infinity", "1e12"])
+def test_a_lease_whose_expiry_no_writer_sets_is_damaged_and_taken_over(backend, expires):
+    """An expiry of nan, inf or 1e300 was an internal error (a timestamp out of range); one far ahead (1e12, the
+    year 33658) kept the campaign for ever. Any expiry beyond the longest lease is damage, taken over at once."""
+    from crashsearch.lab.lease import ObjectLease
+    from crashsearch.lab.lock import CampaignBusy
+
+    text = '{"host": "gpu-node-7", "pid": 4242, "since": "2026-12-06T00:00:00+00:00", "expires": %s}' % expires
+    backend.put("campaigns/c1/lease.json", text.encode())
+    with ObjectLease(backend, "c1", ttl=30) as lease:
+        assert lease.previous["host"] == "gpu-node-7"
+        assert _lease(backend)["pid"] == os.getpid()
+    _foreign(backend, expires_in=3600)  # a live lease of an hour still holds
+    with pytest.raises(CampaignBusy, match="gpu-node-7"):
+        ObjectLease(backend, "c1", ttl=30).acquire()
+
+
+# ---- one re-entrant base (lab/lock.Reentrant) under both locks -------------------------------------------------
+def test_a_lock_file_removed_with_its_folder_by_a_releasing_run_is_taken_again(tmp_path, monkeypatch):
+    """The race CampaignLock retries: the file it opened was unlinked (and the empty campaign's folder removed)
+    by a run that released it meanwhile. The retry makes the folder again (the shared base must keep that)."""
+    import shutil
+
+    from crashsearch.lab import lock as lock_module
+
+    real = lock_module._unlinked
+    calls = []
+
+    def releasing_run_meanwhile(fd, path):
+        calls.append(path)
+        if len(calls) == 1:
+            shutil.rmtree(path.parent)  # what release() does to a campaign that wrote nothing
+            return True
+        return real(fd, path)
+
+    monkeypatch.setattr(lock_module, "_unlinked", releasing_run_meanwhile)
+    with lock_module.CampaignLock(tmp_path, "c1") as lock:
+        assert len(calls) == 2 and lock.path.is_file() and lock.depth == 1
+        with lock_module.CampaignLock(tmp_path, "c1") as again:
+            assert again is lock and lock.depth == 2
+    assert not (tmp_path / "campaigns" / "c1").exists()  # nothing written: no ghost campaign
+
+
+def test_both_locks_share_one_reentrant_base_and_keep_their_own_keys(tmp_path, backend):
+    from crashsearch.lab.lease import ObjectLease
+    from crashsearch.lab.lock import CampaignLock, Reentrant
+
+    with CampaignLock(tmp_path, "c1") as local, ObjectLease(backend, "c1", ttl=30) as lease:
+        assert Reentrant.held(lease.path) is lease and Reentrant.held(str(local.path.resolve())) is local
+        assert isinstance(local, Reentrant) and isinstance(lease, Reentrant)
+    assert Reentrant.held(lease.path) is None and Reentrant.held(str(local.path.resolve())) is None

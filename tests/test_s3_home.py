@@ -378,3 +378,124 @@ def test_a_package_published_on_the_bucket_is_read_whole_while_a_new_one_replace
     assert not backend.exists("head.onnx")
     assert fetch_package(url) == local  # the same card: the local copy
     assert backend.list("") == ["card.json", "card.md", "head.safetensors", "model.json"]
+
+# ---- benchmark reads an s3 home ------------------------------------------------------------------------------
+def test_benchmark_reads_an_s3_homes_history_and_kept_space(s3_home, tmp_path, monkeypatch, capsys):
+    """An imported history on the bucket is benchmarked with no space file and the home's scratch folder
+    removed (another node). A campaign it lacks is named with the home's URL; an --out URL is refused in one line."""
+    import shutil
+
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.settings import resolve_home
+    from tests.test_benchmark import external_log
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.chdir(tmp_path)
+    external_log(tmp_path, n=40)
+    space_file = tmp_path / "external.yaml"
+    assert cli(["import", str(tmp_path / "log.csv"), "--campaign", "ext", "--space", str(space_file), "--home", s3_home]) == 0
+    space_file.unlink()
+    home = resolve_home(s3_home)
+    shutil.rmtree(home.root)  # another node: the history and its space come from the bucket
+    capsys.readouterr()
+    args = ["benchmark", "--home", s3_home, "--campaign", "ext", "--policies", "random", "--budget", "8",
+            "--repeats", "2", "--workers", "1"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "random: best at N=8" in out, out
+    written = Path(out.strip().splitlines()[-1].removeprefix("wrote "))
+    assert written.parent.parent == resolve_home(s3_home).root / "benchmarks"  # outputs: the scratch folder
+    doc = json.loads((written.parent / "benchmark.json").read_text())
+    assert doc["budget"] == 8 and doc["repeats"] == 2 and list(doc["policies"]) == ["random"]
+
+    assert cli(["benchmark", "--home", s3_home, "--campaign", "nope", "--budget", "8", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"has no experiments under {s3_home} (campaigns: ext)"), err  # was: the scratch path
+    url_out = f"{s3_home}/benchmarks/x"
+    assert cli(args + ["--out", url_out]) == 2  # was: a local folder named "s3:" in the working directory
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a URL" in err, err
+    assert not (tmp_path / "s3:").exists()
+
+
+# ---- hostile: credentials and settings as a user meets them -----------------------------------------------------
+def _cli_alone(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own (its s3fs client built from ``env``, not this process's)."""
+    return subprocess.run([sys.executable, "-c", WRITER] + args, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_wrong_or_missing_credentials_are_one_line_that_names_no_secret(s3_home, tmp_path, monkeypatch):
+    """A store that checks keys (moto with authentication on) refuses a key it does not know: that was an
+    internal error with a traceback file; no credentials at all read as an unreachable endpoint."""
+    import os
+
+    from tests.s3_server import S3Server
+
+    env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / "scratch")}
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # moto checks every request's key from the first
+    strict = S3Server().start()
+    try:
+        proc = _cli_alone(["status", "--home", "s3://any-bucket/home"], {**env, "AWS_ENDPOINT_URL": strict.endpoint})
+    finally:
+        strict.stop()
+    line = _one_line(proc)
+    assert "refused access (InvalidAccessKeyId)" in line and "AWS_ACCESS_KEY_ID" in line, line
+    assert TEST_SECRET not in proc.stderr + proc.stdout
+
+    bare = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in ("AWS_ENDPOINT_URL", "AWS_REGION")}
+    bare |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+             "AWS_EC2_METADATA_DISABLED": "true", "HOME": str(tmp_path)}
+    line = _one_line(_cli_alone(["status", "--home", s3_home], bare))
+    assert line == f"status: no AWS credentials for the home {s3_home}: set AWS_ACCESS_KEY_ID and " \
+                   "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (an instance role serves too)", line
+
+
+def test_a_bad_read_cache_cap_is_one_line_from_the_cli(s3_home, tmp_path):
+    """CRASHSEARCH_OBJECT_CACHE_MB=nan was an internal error (exit 70) with a traceback file."""
+    import os
+
+    env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / "scratch"), "CRASHSEARCH_OBJECT_CACHE_MB": "nan"}
+    line = _one_line(_cli_alone(["leaderboard", "--home", s3_home], env))
+    assert line.startswith("leaderboard: CRASHSEARCH_OBJECT_CACHE_MB='nan'"), line
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_an_s3_campaign_releases_the_lease_and_keeps_what_it_recorded(s3_lab):
+    """As a user meets it: Ctrl-C mid-run ends it in one line (exit 130), the lease is given back at once (the
+    next run need not wait for it to expire), campaign.json says interrupted and every experiment the run
+    reported as recorded is on the bucket."""
+    import re
+
+    from crashsearch.lab.storage import backend_for
+
+    url, home, ds, space = s3_lab
+    bigger = Path(space).with_name("bigger.yaml")  # 144 cells of 20 epochs: still running when interrupted
+    bigger.write_text(SPACE.replace("lr: [0.001, 0.003, 0.01]", "lr: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]")
+                      .replace("batch_size: [16, 32]", "batch_size: [8, 16, 32]").replace("epochs: 2", "epochs: 20"))
+    backend = backend_for(url)
+    run = subprocess.Popen([sys.executable, "-c", WRITER] + _campaign_args(url, ds, str(bigger), budget=144),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not backend.list("campaigns/c-s3/log/") and time.time() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert run.poll() is None, "the campaign ended before it could be interrupted"
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; finished experiments are kept" and "Traceback" not in err, err
+    assert not backend.exists("campaigns/c-s3/lease.json")  # given back, not left to expire
+    assert json.loads(backend.read("campaigns/c-s3/campaign.json"))["status"] == "interrupted"
+    reported = int(re.search(r"\((\d+)/144 recorded", out).group(1))
+    assert 0 < reported < 144 and len(_ids(url)) == reported

@@ -181,3 +181,80 @@ def test_an_object_read_through_open_copy_is_fetched_once_per_etag(backend, monk
     with backend.open_copy(key) as f:  # fetched again, not a FileNotFoundError
         assert f.read() == b"rewritten"
     assert len(fetched) == 3
+
+
+# ---- hostile URLs and settings -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["s3://bucket-x/../x", "s3://bucket-x/home/../x", "s3://bucket-x/./home",
+                                 "s3://bucket-x/a//b"])
+def test_a_home_url_with_dot_or_empty_parts_is_refused_in_one_line(s3_home, url):
+    """S3 keeps "home/../x" literally (a third prefix, neither home nor x); they were accepted."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.settings import resolve_home
+
+    with pytest.raises(UserError, match=r"no empty, '\.' or '\.\.' parts") as err:
+        resolve_home(url, create=False)
+    assert "\n" not in str(err.value)
+
+
+def test_one_home_however_its_url_is_spelled(s3_home):
+    from crashsearch.lab.settings import resolve_home
+
+    bucket, prefix = s3_home.removeprefix("s3://").split("/", 1)
+    homes = {resolve_home(url, create=False) for url in (s3_home, s3_home + "/", f"S3://{bucket}/{prefix}",
+                                                          f"s3://{bucket}//{prefix}/")}
+    assert len(homes) == 1 and homes.pop().url == s3_home
+
+
+@pytest.mark.parametrize("raw", ["-5", "nan", "inf", "abc"])
+def test_a_bad_read_cache_cap_is_refused_in_one_line(monkeypatch, raw):
+    """-5 passed (every copy trimmed at once); nan and inf were internal errors with a traceback file."""
+    from crashsearch.lab import storage_s3
+    from crashsearch.lab.errors import UserError
+
+    monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", raw)
+    with pytest.raises(UserError, match="CRASHSEARCH_OBJECT_CACHE_MB") as err:
+        storage_s3._cache()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", "0")  # no cache beyond the copy being read: allowed
+    assert storage_s3._cache().cap == 0
+
+
+@pytest.mark.parametrize("bucket", ["bucket!x", "bucket-x:9000", "bucket x"])
+def test_a_url_whose_bucket_the_client_would_refuse_is_one_line_not_an_unreachable_endpoint(s3_home, bucket):
+    """The client's ParamValidationError read "cannot reach the S3 endpoint ... check the network"."""
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.settings import resolve_home
+
+    with pytest.raises(UserError, match=f"not an S3 bucket name: '{bucket}'"):
+        resolve_home(f"s3://{bucket}/home", create=False)
+
+
+def test_a_read_cache_that_cannot_be_created_is_named_not_taken_for_a_missing_object(backend, monkeypatch):
+    """CRASHSEARCH_SCRATCH=/proc/nope: the cache's mkdir failed with ENOENT, which the read reported as the log
+    part missing on the store (``status`` and ``query`` ended in an internal error naming the object)."""
+    from pathlib import Path
+
+    from crashsearch.lab.errors import UserError
+    from crashsearch.lab.storage_s3 import ObjectCache
+
+    table = pa.table({"x": [1]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    backend.put("campaigns/c1/log/part-1.parquet", sink.getvalue())
+    backend.list("campaigns/c1/log/")
+    monkeypatch.setattr(backend.fs, "object_cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
+    with pytest.raises(UserError, match="cannot create the local read cache /proc/nope/objects .*CRASHSEARCH_SCRATCH"):
+        backend.read("campaigns/c1/log/part-1.parquet")
+
+
+@pytest.mark.parametrize("endpoint", ["notaurl", "http://[::1", "http://127.0.0.1:abc", "ftp://host"])
+def test_an_endpoint_url_the_client_cannot_use_is_one_line(monkeypatch, endpoint):
+    """"notaurl" and "http://[::1" were internal errors (the client's ValueError); ftp:// read as unreachable."""
+    from crashsearch.lab import storage_s3
+    from crashsearch.lab.errors import UserError
+
+    monkeypatch.setattr(storage_s3, "_FS", {})  # a fresh client, built from this environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with pytest.raises(UserError, match="AWS_ENDPOINT_URL=.* is not an http"):
+        storage_s3.s3_filesystem()

@@ -12,7 +12,8 @@ def add_arguments(p) -> None:
     p.add_argument("--objective", choices=["surrogate", "table"], default="surrogate",
                    help="surrogate: a model fitted to the ok rows answers any cell; table: recorded cells only, misses count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default: <home>/benchmarks/<campaign>-<timestamp>)")
+    p.add_argument("--out", default=None, help="output folder (default: <home>/benchmarks/<campaign>-<timestamp>; for "
+                                                "an s3:// home, in its local scratch folder)")
     p.add_argument("--space", default=None, help="the history's space YAML (default: the one the campaign's run or "
                                                  "import kept, else the collision space)")
     p.add_argument("--workers", type=int, default=None, help="processes for the offline policies (default: 2 or the cores)")
