@@ -288,6 +288,7 @@ PACKAGE = ["lab", "tasks", "flows", "analysis", "agents", "models", "api.py", "_
 # Renames that are not a file written in place, each named with why:
 RENAME_EXCEPTIONS = {
     ("flows/champion.py", "nightly_champion"): "swaps a whole package folder (two folder renames)",
+    ("tasks/champion.py", "fetch_package"): "publishes a whole fetched package folder (one folder rename)",
 }
 
 
