@@ -218,6 +218,7 @@ def test_kept_heads_live_on_the_bucket_and_any_machine_packages_the_champion_and
 
     url, home, ds, space = s3_lab
     assert cli(_campaign_args(url, ds, space, budget=8) + ["--keep-models", "1"]) == 0
+    assert f"under {url}/campaigns/c-s3/models" in capsys.readouterr().out  # the summary names the bucket
     backend = backend_for(url)
     heads = [k for k in backend.list("campaigns/c-s3/models/") if k.endswith(".safetensors")]
     assert heads, backend.list("campaigns/c-s3/")

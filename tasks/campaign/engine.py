@@ -152,7 +152,7 @@ class Campaign:
 
     def _write_summary(self, stopped: str) -> CampaignSummary:
         notes = [self.validation_note] if self.validation_note else []
-        summary = build_summary(self.ctx, campaign=self.campaign, dataset=self.dataset.name, home=self.home.root,
+        summary = build_summary(self.ctx, campaign=self.campaign, dataset=self.dataset.name, home=self.home.location,
                                 stopped=stopped, stats=self.stats, stop_line=self.stop_line, notes=notes,
                                 weights=self.weights, kept=disk_use(self.home, self.campaign))
         self.store.backend.put(campaign_key(self.campaign, "summary.txt"), (summary.format() + "\n").encode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -21,7 +20,7 @@ class CampaignSummary:
 
     campaign: str
     dataset: str
-    home: Path
+    home: str  # the home's location: its folder, or the URL of an object-store home
     recorded: int  # experiments in the log for this campaign (all runs so far)
     new: int  # experiments this run added
     budget: int
@@ -71,7 +70,7 @@ class CampaignSummary:
                              f"busier, at the price of staler proposals")
         if self.kept[0]:
             lines.append(f"kept weights: {self.kept[0]} heads, {self.kept[1] / 2**20:.2f} MiB under "
-                         f"{self.home / 'campaigns' / self.campaign / 'models'}")
+                         f"{self.home.rstrip('/')}/campaigns/{self.campaign}/models")
         for line in self.unavailable:
             lines.append(f"unavailable: {line}")
         for line in self.notes:
@@ -95,7 +94,7 @@ class CampaignSummary:
         return "\n".join(lines)
 
 
-def build_summary(ctx: RunContext, *, campaign: str, dataset: str, home: Path, stopped: str, stats: dict,
+def build_summary(ctx: RunContext, *, campaign: str, dataset: str, home: str, stopped: str, stats: dict,
                   stop_line: str, notes: list[str], weights: dict[str, str], kept: tuple[int, int]) -> CampaignSummary:
     """What the run did, from its parts: ``stats`` are the pipeline's (empty in turns mode), ``notes``
     the run's warnings (the policies short of their share are added here)."""
