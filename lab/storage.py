@@ -64,6 +64,9 @@ class Backend(Protocol):
     def mtime(self, key: str) -> float:
         """Last-modified time of ``key`` (seconds since the epoch); FileNotFoundError if absent."""
 
+    def size(self, key: str) -> int:
+        """The size of ``key`` in bytes, without reading it; FileNotFoundError if absent."""
+
     def url(self, key: str) -> str:
         """The path or URL DuckDB reads ``key`` by (a local path, or s3://bucket/prefix/key)."""
 
@@ -136,6 +139,9 @@ class LocalBackend:
 
     def mtime(self, key: str) -> float:
         return self._path(key).stat().st_mtime
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
 
     def url(self, key: str) -> str:
         return str(self._path(key))

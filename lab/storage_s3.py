@@ -400,6 +400,15 @@ class S3Backend:
             return False
         return True
 
+    def size(self, key: str) -> int:
+        listed = _LISTED.get(self._path(key))
+        if listed is not None:  # written once: its size cannot change
+            return int(listed["size"])
+        try:
+            return int(self._call("head_object", Key=self._key(key))["ContentLength"])
+        except FileNotFoundError:
+            raise FileNotFoundError(self.url(key)) from None
+
     def mtime(self, key: str) -> float:
         listed = _LISTED.get(self._path(key))
         if listed is not None:  # a log part: its time cannot change

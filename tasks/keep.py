@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
@@ -147,8 +146,7 @@ def disk_use(home: Home, campaign: str) -> tuple[int, int]:
     count = size = 0
     for key in head_keys(backend, campaign):
         try:
-            with backend.open_copy(key) as f:
-                size += os.fstat(f.fileno()).st_size
+            size += backend.size(key)  # from the listing on an object store: no head is read
             count += 1
         except FileNotFoundError:  # collected since the listing
             continue

@@ -119,6 +119,7 @@ def test_put_read_list_exists_mtime_delete(backend):
     assert backend.read("campaigns/b/log/part-1.parquet") == b"one"
     assert backend.exists("other/x") and not backend.exists("other/y")
     assert backend.mtime("other/x") > 0
+    assert backend.size("other/x") == 1 and backend.size("campaigns/b/log/part-2.parquet") == 3
     backend.put("other/x", b"replaced")
     assert backend.read("other/x") == b"replaced"
     backend.delete("other/x")
@@ -128,6 +129,8 @@ def test_put_read_list_exists_mtime_delete(backend):
         backend.read("other/x")
     with pytest.raises(FileNotFoundError):
         backend.mtime("other/x")
+    with pytest.raises(FileNotFoundError):
+        backend.size("other/x")
 
 
 def test_open_copy_reads_an_object_from_local_disk(backend):
