@@ -500,3 +500,12 @@ def test_ctrl_c_during_an_s3_campaign_releases_the_lease_and_keeps_what_it_recor
     assert json.loads(backend.read("campaigns/c-s3/campaign.json"))["status"] == "interrupted"
     reported = int(re.search(r"\((\d+)/144 recorded", out).group(1))
     assert 0 < reported < 144 and len(_ids(url)) == reported
+
+
+def test_the_demo_on_an_s3_home_is_refused_in_one_line(s3_home, tmp_path, capsys):
+    """It ran in the home's scratch folder as if it were a local home, and said so nowhere."""
+    from crashsearch.flows.cli import main as cli
+
+    assert cli(["demo", "--home", s3_home, "--tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"the demo runs in a local folder, not on {s3_home}" in err, err

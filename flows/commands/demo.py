@@ -19,8 +19,12 @@ def run(args) -> int:
     from crashsearch.flows.demo import DEMO_VIDEOS, demo_flow_fn
     from crashsearch.flows.runtime import quiet_prefect
     from crashsearch.lab.cache import cache_url
+    from crashsearch.lab.errors import UserError
 
     home = args.home_dir
+    if home.url:  # it generates videos and runs in one local folder; an s3 home ran in the scratch folder unsaid
+        raise UserError(f"the demo runs in a local folder, not on {home.url}: pass --home DIR (then "
+                        f"`crashsearch campaign --home {home.url} ...` runs on the bucket)")
     print("crashsearch demo: no GPU, no API keys, no downloads. Backbone weights are RANDOM (offline), "
           "so absolute AP says little about real V-JEPA 2 features.", flush=True)
     with quiet_prefect():
