@@ -8,12 +8,14 @@ Layout under the home (``--home DIR``, else ``$CRASHSEARCH_HOME``, else ``./cras
     reports/, benchmarks/     what users ask commands to write (query --out, benchmark): the only
                               folders of the home a user-named output may go to
 
-A home may also be a URL, ``s3://bucket/prefix`` (lab/storage_s3.py): its history (campaigns/:
-the log, campaign.json and the other campaign files, the lease) lives there, read and written
-through the storage seam. What must be local (Prefect's state of local runs, the logs of internal
-errors, DuckDB's and the feature cache's files, reports) goes to a local scratch folder for that
-URL, ``Home.root``: ``$CRASHSEARCH_SCRATCH/<hash of the URL>``, default
-``~/.cache/crashsearch/homes/<hash>`` (``$XDG_CACHE_HOME`` honoured).
+A home may also be a URL, ``s3://bucket/prefix`` (lab/storage_s3.py): everything other machines
+read lives there (campaigns/ with the log, the campaign files, the lease, kept heads and the
+champion; cache/; bugfix_events.jsonl; quarantine/), read and written through the storage seam.
+What is this machine's own (Prefect's state of local runs, the logs of internal errors, the reports
+and outputs commands write for the user) goes to a local scratch folder for that URL,
+``Home.root``: ``$CRASHSEARCH_SCRATCH/<hash of the URL>``, default
+``~/.cache/crashsearch/homes/<hash>`` (``$XDG_CACHE_HOME`` honoured); the read cache of objects
+fetched from the bucket is ``<scratch base>/objects``.
 """
 from __future__ import annotations
 
