@@ -76,9 +76,12 @@ def _jobs(space: Space, cell_ids: list[int]) -> list[Job]:
 
 
 def _raw_rows(home, campaign: str) -> pd.DataFrame:
-    """Every row in the campaign's log files, duplicates included (what the view hides)."""
-    files = Store(home).log_files(campaign)
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
+    """Every row in the campaign's log objects, duplicates included (what the view hides); a local or s3 home."""
+    import pyarrow as pa
+
+    store = Store(home)
+    tables = [pq.read_table(pa.BufferReader(store.backend.read(k))).to_pandas() for k in store.log_keys(campaign)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 # ---- the train-batch body, no Prefect --------------------------------------------------------
@@ -372,8 +375,17 @@ class Cluster:
             yield client
 
     def start_worker(self, name: str, pool: str = "gpu") -> subprocess.Popen:
+        """A worker node with a scratch folder of its own (an s3:// home shares nothing else between nodes)."""
+        env = {**self.client_env, "CRASHSEARCH_SCRATCH": str(self.root / f"scratch-{name}")}
         return self.spawn(name, [PREFECT, "worker", "start", "--pool", pool, "--name", name, "--limit", "1",
-                                 "--type", "process"], self.client_env)
+                                 "--type", "process"], env)
+
+    def wait_for_workers(self, names: set[str], pool: str = "gpu", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while not names <= {w.name for w in client.read_workers_for_work_pool(pool) if w.status.value == "ONLINE"}:
+                assert time.monotonic() < deadline, f"workers did not register: {[self.log(n) for n in names]}"
+                time.sleep(0.5)
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL a worker, its process group and its flow-run children (which run in their own sessions)."""
@@ -424,11 +436,7 @@ def cluster(tmp_path_factory, s3_server):
         assert c.deploy.returncode == 0, c.deploy.stdout[-3000:] + c.deploy.stderr[-3000:]
         for name in ("w1", "w2"):
             c.start_worker(name)
-        deadline = time.monotonic() + 60
-        with c.client() as client:
-            while {w.name for w in client.read_workers_for_work_pool("gpu")} < {"w1", "w2"}:
-                assert time.monotonic() < deadline, f"workers did not register: {c.log('w1')} {c.log('w2')}"
-                time.sleep(0.5)
+        c.wait_for_workers({"w1", "w2"})
         yield c
     finally:
         c.close()
@@ -436,8 +444,8 @@ def cluster(tmp_path_factory, s3_server):
 
 def _campaign_cli(c: Cluster, lab, campaign: str, budget: int, round_size: int, timeout_s: int,
                   extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    home, ds, space_path, _ = lab
-    args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", str(home.root), "--dataset", str(ds.root),
+    home, ds, space_path, _ = lab  # home: a Home, or the URL of an s3:// home
+    args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", str(getattr(home, "root", home)), "--dataset", str(ds.root),
             "--campaign", campaign, "--budget", str(budget), "--round-size", str(round_size), "--seeds", "2",
             "--space", space_path, "--distributed", "train-batch/gpu", "--max-in-flight", "2",
             "--dispatch-timeout", str(timeout_s), *extra]
@@ -514,18 +522,26 @@ def test_a_distributed_campaign_trains_on_both_workers_and_records_each_experime
     assert df["worker"].nunique() == len(runs)  # one flow-run process per batch, each on one worker
 
 
-@pytest.mark.slow
-def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, lab, s3_server, monkeypatch):
-    """Each worker's home is the same s3:// URL: the features reach the workers and the rows reach the
-    campaign through the bucket only."""
+@pytest.fixture
+def s3_deploy_home(cluster, lab, s3_server, monkeypatch):
+    """(URL, Home) of a fresh s3:// home whose feature cache (on the bucket) holds the lab dataset's
+    pixels features; this process reads it with the campaign client's scratch folder."""
     from crashsearch.tasks.extract import extract_dataset
 
-    _, ds, space_path, _ = lab
     for key, value in {**s3_server.env(), "CRASHSEARCH_SCRATCH": cluster.env["CRASHSEARCH_SCRATCH"]}.items():
         monkeypatch.setenv(key, value)
     url = f"s3://{s3_server.make_bucket()}/home"
     home = resolve_home(url)
-    extract_dataset(ds, "pixels", home=home, progress=False, log=lambda *_: None)  # the bucket's feature cache
+    extract_dataset(lab[1], "pixels", home=home, progress=False, log=lambda *_: None)  # the bucket's feature cache
+    return url, home
+
+
+@pytest.mark.slow
+def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, lab, s3_deploy_home):
+    """Each worker's home is the same s3:// URL and each has its own scratch folder: the features reach
+    the workers and the rows reach the campaign through the bucket only."""
+    _, ds, space_path, _ = lab
+    url, home = s3_deploy_home
     args = [sys.executable, "-m", "crashsearch.flows.cli", "campaign", "--home", url, "--dataset", str(ds.root),
             "--campaign", "dist-s3", "--budget", "10", "--round-size", "5", "--seeds", "2", "--space", space_path,
             "--distributed", "train-batch/gpu", "--max-in-flight", "2", "--dispatch-timeout", "300", "--max-group", "3"]
@@ -543,7 +559,10 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
     worker_of = {_pid(r.infrastructure_pid): r.labels.get("prefect.worker.name") for r in runs}
     assert {worker_of.get(_pid(w)) for w in df["worker"]} == {"w1", "w2"}
     assert not (home.root / "campaigns" / "dist-s3" / "log").exists()  # no row went through a local folder
-    assert not (home.root / "cache").exists()  # nor a feature: the workers read the bucket's partition
+    assert not (home.root / "cache").exists()  # nor a feature: the workers read the bucket's partition ...
+    for worker in ("w1", "w2"):  # ... once each, into the read cache of their own scratch folder
+        assert list((cluster.root / f"scratch-{worker}" / "objects").glob("*.parquet")), worker
+        assert not list((cluster.root / f"scratch-{worker}").glob("*/cache"))
     assert any(k.endswith("/meta.json") for k in Store(home).backend.list(f"cache/{ds.name}/pixels/"))
     assert not any(k.endswith("lease.json") for k in Store(home).backend.list("campaigns/dist-s3/"))
 
@@ -594,23 +613,35 @@ def test_ctrl_c_to_a_distributed_campaign_cancels_its_runs_instead_of_waiting_fo
 
 
 @pytest.mark.slow
-def test_a_killed_workers_batch_is_redispatched_and_the_history_is_complete(cluster, lab):
-    home = lab[0]
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_a_killed_workers_batch_is_redispatched_and_the_history_is_complete(cluster, lab, where, request):
+    home, campaign = lab[0], f"dist-kill-{where}"
+    if where == "s3":  # the home on the bucket, each worker with its own scratch folder
+        url, home = request.getfixturevalue("s3_deploy_home")
+        lab = (url, *lab[1:])
+    try:
+        _killed_worker_run(cluster, lab, home, campaign)
+    finally:
+        cluster.start_worker("w1")  # the node comes back for the tests after this one
+        cluster.wait_for_workers({"w1", "w2"})
+
+
+def _killed_worker_run(cluster, lab, home, campaign: str) -> None:
     # groups of at most 2: the first 4 cells go out as two batches at once, one per worker (each takes
     # one run at a time), so w1 surely gets one; with one group w2 could train everything alone
-    proc = _campaign_cli(cluster, lab, "dist-kill", budget=8, round_size=4, timeout_s=12, extra=("--max-group", "2"))
+    proc = _campaign_cli(cluster, lab, campaign, budget=8, round_size=4, timeout_s=12, extra=("--max-group", "2"))
     deadline, victim = time.monotonic() + 120, None
     while victim is None:  # w1 has taken a batch and is starting it
-        assert time.monotonic() < deadline and proc.poll() is None, cluster.log("campaign-dist-kill")
-        for run in _train_runs(cluster, "dist-kill"):
+        assert time.monotonic() < deadline and proc.poll() is None, cluster.log(f"campaign-{campaign}")
+        for run in _train_runs(cluster, campaign):
             if run.labels.get("prefect.worker.name") == "w1" and run.state.type.value in ("PENDING", "RUNNING"):
                 victim = run
         time.sleep(0.2)
     killed = cluster.kill_node("w1")
-    out = _finish(cluster, proc, "campaign-dist-kill", timeout=240)
+    out = _finish(cluster, proc, f"campaign-{campaign}", timeout=240)
 
     assert "re-dispatching" in out and "Traceback" not in out
-    df = Store(home).experiments("dist-kill")
+    df = Store(home).experiments(campaign)
     assert len(df) == 8 and df["experiment_id"].is_unique and (df["status"] == "ok").all()
     lost_ids = {j["experiment_id"] for j in victim.parameters["jobs"]}
     assert lost_ids <= set(df["experiment_id"])  # the killed batch was trained again ...
@@ -618,4 +649,4 @@ def test_a_killed_workers_batch_is_redispatched_and_the_history_is_complete(clus
     assert not {_pid(w) for w in redone["worker"]} & set(killed)  # ... by another process
     with cluster.client() as client:
         assert not client.read_flow_run(victim.id).state.is_completed()  # it really died mid-run
-    assert len(_raw_rows(home, "dist-kill")) == 8  # the late writer, if any, skipped its rows
+    assert len(_raw_rows(home, campaign)) == 8  # the late writer, if any, skipped its rows
