@@ -35,7 +35,7 @@ import re
 import threading
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 from urllib.parse import urlparse
 
 from crashsearch.lab._io import publish, temp_beside
@@ -91,14 +91,30 @@ class ObjectCache:
     def path(self, fs, path: str, etag: str) -> Path:
         """The local copy of ``bucket/key`` at ``etag``, downloaded first if missing (streamed to a
         temp file beside it, then published whole: a big feature part never sits in memory)."""
-        tag = etag.strip('"').replace("/", "_")
-        name = f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}{PurePosixPath(path).suffix}"
-        local = self.folder / name
+        local = self._local(path, etag)
         try:
             os.utime(local)  # recently used: trimmed last
             return local
         except FileNotFoundError:
             pass
+        # FileNotFoundError when a compaction removed it: callers list again
+        self._publish(local, lambda temp: fs.get_file(path, str(temp)))
+        return local
+
+    def keep(self, path: str, etag: str, data: bytes) -> None:
+        """Seed the cache with an object this process just wrote, so reading it back costs no GET. Best
+        effort: a cache that cannot be written is named when something is read through it."""
+        try:
+            self._publish(self._local(path, etag), lambda temp: temp.write_bytes(data))
+        except (OSError, UserError):
+            pass
+
+    def _local(self, path: str, etag: str) -> Path:
+        tag = etag.strip('"').replace("/", "_")
+        return self.folder / f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}{PurePosixPath(path).suffix}"
+
+    def _publish(self, local: Path, write: Callable[[Path], object]) -> None:
+        """``write(temp)`` a hidden temp file beside ``local``, then publish it as ``local`` and trim."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a FileNotFoundError here read as the object missing on the store (internal error)
@@ -106,13 +122,12 @@ class ObjectCache:
                             f"CRASHSEARCH_SCRATCH to a folder this user can write") from None
         temp = temp_beside(local)
         try:
-            fs.get_file(path, str(temp))  # FileNotFoundError when a compaction removed it: callers list again
+            write(temp)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         publish(temp, local)
         self._trim(keep=local)
-        return local
 
     def open(self, fs, path: str, etag: str | None = None) -> BinaryIO:
         """``bucket/key`` opened from its local copy at ``etag`` (a HEAD asks for the ETag when not given)."""
@@ -347,7 +362,10 @@ class S3Backend:
         return _read_body(self.fs, response["Body"]), response["ETag"]
 
     def put(self, key: str, data: bytes) -> None:
-        self._call("put_object", Key=self._key(key), Body=bytes(data))
+        etag = self._call("put_object", Key=self._key(key), Body=bytes(data))["ETag"]
+        path = self._path(key)
+        if self.fs.object_cache is not None and WRITTEN_ONCE.search("/" + path):  # the writer reads it back next
+            self.fs.object_cache.keep(path, etag, data)
 
     def create(self, key: str, data: bytes) -> bool:
         return self.create_tagged(key, data) is not None

@@ -143,7 +143,11 @@ def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(b
 
 def test_an_object_read_through_open_copy_is_fetched_once_per_etag(backend, monkeypatch):
     key = "cache/ds/pixels/k/part-00000-a.parquet"
-    backend.put(key, b"features")
+
+    def put_elsewhere(data: bytes) -> None:  # another node's write: no copy in this node's cache
+        backend.fs.call_s3("put_object", Bucket=backend.bucket, Key=backend._key(key), Body=data)
+
+    put_elsewhere(b"features")
     fetched = []
     real_get = backend.fs.get_file  # an instance attribute: fsspec mirrors its async methods per instance
 
@@ -156,9 +160,13 @@ def test_an_object_read_through_open_copy_is_fetched_once_per_etag(backend, monk
         with backend.open_copy(key) as f:
             assert f.read() == b"features"
     assert len(fetched) == 1  # read from the bucket once, then from local disk
-    backend.put(key, b"rewritten")  # a new ETag is a new copy, never the stale one
+    put_elsewhere(b"rewritten")  # a new ETag is a new copy, never the stale one
     with backend.open_copy(key) as f:
         assert f.read() == b"rewritten"
+    assert len(fetched) == 2
+    backend.put("cache/ds/pixels/k/part-00001-b.parquet", b"mine")  # what this node writes it reads back
+    with backend.open_copy("cache/ds/pixels/k/part-00001-b.parquet") as f:  # without a GET
+        assert f.read() == b"mine"
     assert len(fetched) == 2
 
     backend.list("cache/")  # a listing's ETag of a part file stays true: the next reads ask no HEAD
