@@ -25,6 +25,7 @@ import duckdb
 import pandas as pd
 
 from crashsearch.lab.errors import UserError
+from crashsearch.lab.logfiles import campaign_key
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home, check_home, resolve_home
 from crashsearch.lab.store import Store, check_read_only
@@ -117,9 +118,6 @@ class LabHome:
     def _known(self, campaign: str) -> str:
         """``campaign`` if the home has it; else ValueError naming the campaigns it has."""
         check_campaign_id(campaign)
-        folder = self.home.root / "campaigns" / campaign
-        if not (folder / "campaign.json").exists() and not self.store.log_files(campaign):
-            known = ", ".join(c["id"] for c in self.store.campaigns()) if (self.home.root / "campaigns").is_dir() else ""
-            known = known or "none"
-            raise UserError(f"no campaign {campaign!r} under {self.home.root} (campaigns: {known})")
+        if not self.store.backend.exists(campaign_key(campaign, "campaign.json")) and not self.store.log_keys(campaign):
+            raise self.store.missing_campaign(campaign)
         return campaign

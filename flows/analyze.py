@@ -40,8 +40,7 @@ def load_inputs(home: Home, campaign: str) -> dict:
     infos = {c["id"]: c for c in store.campaigns()}
     history = store.experiments(campaign)
     if history.empty:
-        known = ", ".join(sorted(i for i in infos if not parse_baseline(i))) or "none"
-        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+        raise store.missing_campaign(campaign, listed=lambda c: not parse_baseline(c))
     require_finished(history, campaign)
     # control arms trained on another dataset or space (before it changed) are kept on disk, not compared
     baseline_ids = [cid for cid in infos if (parsed := parse_baseline(cid)) and parsed[0] == campaign

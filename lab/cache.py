@@ -58,6 +58,7 @@ import torch
 
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.features import FeatureSet
+from crashsearch.lab.quarantine import QUARANTINE, set_aside as quarantine_object
 from crashsearch.lab.settings import Home, resolve_home
 from crashsearch.lab.storage import Backend, backend_for
 
@@ -383,10 +384,7 @@ def set_aside(part: "Partition") -> list[str]:
             continue
         except (OSError, pa.ArrowException):
             pass
-        target = f"quarantine/{key}"
-        part.backend.put(target, part.backend.read(key))  # no rename on an object store: copy, then delete
-        part.backend.delete(key)
-        moved.append(part.backend.url(target))
+        moved.append(quarantine_object(part.backend, key, f"{QUARANTINE}/{key}"))  # no rename: copy, then delete
     return moved
 
 

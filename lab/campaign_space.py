@@ -27,7 +27,7 @@ from crashsearch.lab.logfiles import campaign_key, read_object
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.rows import check_campaign_id
 from crashsearch.lab.settings import Home
-from crashsearch.lab.space import DEFAULT_SPACE, Space
+from crashsearch.lab.space import DEFAULT_SPACE, Space, SpaceError
 from crashsearch.lab.storage import backend_for
 
 SPACE_FILE = "space.yaml"
@@ -92,6 +92,13 @@ def kept_space(home: Home, campaign: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _shown(home: Home, campaign: str, path: Path) -> str:
+    """How a message names ``path``: the kept copy of an object-store home by its URL on the bucket."""
+    if home.url and Path(path) == _folder(home, campaign) / SPACE_FILE:
+        return backend_for(home.url).url(campaign_key(campaign, SPACE_FILE))
+    return str(path)
+
+
 def campaign_space(home: Home, campaign: str, requested: str | Path | None = None,
                    log: Callable[[str], None] | None = None) -> tuple[Space, Path | None]:
     """The space (full, unrestricted) a run, import or benchmark of ``campaign`` uses, and its file
@@ -100,30 +107,38 @@ def campaign_space(home: Home, campaign: str, requested: str | Path | None = Non
     campaign has no recorded space."""
     info = read_object(backend_for(home.location), campaign_key(campaign, "campaign.json")) or {}
     named = info.get("space_path")
+    own = kept_space(home, campaign)
     if requested:
         path: Path | None = Path(requested)
-    elif kept_space(home, campaign):
-        path = kept_space(home, campaign)
+    elif own:
+        path = own
     elif named and Path(named).is_file():
         path = Path(named)
     else:
         path = None
-    space = Space.load(path)
-    check_space(info, campaign, space, path or "the default space", kept_space(home, campaign))
+    try:
+        space = Space.load(path)
+    except SpaceError as exc:  # a damaged kept copy of an object-store home: named by its URL, not its scratch copy
+        if own is None or path != own or not home.url:
+            raise
+        raise SpaceError(str(exc).replace(str(own), _shown(home, campaign, own))) from None
+    check_space(info, campaign, space, _shown(home, campaign, path) if path else "the default space",
+                _shown(home, campaign, own) if own else None)
     if info and not info.get("space_digest") and log is not None:
         log(f"campaign {campaign!r} was created before spaces were recorded: its cell ids cannot be checked "
             f"against {path or 'the default space'}; recording that space as the campaign's from now on")
     return space, path
 
 
-def check_space(info: dict, campaign: str, space: Space, where: str | Path = "this space", own: Path | None = None) -> None:
+def check_space(info: dict, campaign: str, space: Space, where: str | Path = "this space",
+                own: str | Path | None = None) -> None:
     """Raise SpaceMismatch when campaign.json ``info`` recorded another space than ``space`` (the one
     line names what changed and what to do); a campaign with no recorded digest passes."""
     digest = info.get("space_digest")
     if not digest or digest == space_digest(space):
         return
     what = describe_change(info["space_axes"], space) if info.get("space_axes") else "another space"
-    hint = (f"leave out --space to use the campaign's own copy ({own})" if own and Path(where) != own
+    hint = (f"leave out --space to use the campaign's own copy ({own})" if own and str(Path(where)) != str(Path(own))
             else "pass the campaign's own space file")
     raise SpaceMismatch(f"campaign {campaign!r} was recorded in space {info.get('space')!r} (digest {digest}); "
                         f"{where} differs: {what}. Its cell ids would mean other cells: {hint}, "

@@ -6,11 +6,13 @@ file at all (it lacks the experiment columns). Readers already leave such files 
 them (lab/store.py); ``check`` reads every file in full and lists them. ``--repair`` first copies
 the rows that are still readable (whole row groups) into a new log file, then moves the damaged
 file to ``<home>/quarantine/<campaign>/``, where it can be inspected or restored by hand. Hidden
-temp files of writes that were interrupted (older than STALE_TEMP_SECONDS) are moved there too.
+temp files of writes that were interrupted (older than STALE_TEMP_SECONDS; a local home's only,
+an object store's PUTs leave none) are moved there too. Everything goes through the store's
+backend (lab/storage.py), so an s3:// home is checked on the bucket and its damage named by URL;
+a move is a copy, then a delete (lab/quarantine.py): an object store has no rename.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +20,28 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crashsearch.lab.errors import UserError
+from crashsearch.lab.logfiles import LOG_COLUMNS, footer, log_prefix, source
+from crashsearch.lab.quarantine import QUARANTINE, set_aside
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id
-from crashsearch.lab.store import LOG_DIR, Store, damage
+from crashsearch.lab.storage import Backend, LocalBackend
+from crashsearch.lab.store import Store
 
-QUARANTINE = "quarantine"
 STALE_TEMP_SECONDS = 600  # a temp file this old has no live writer (writes take seconds)
 
 
 @dataclass
 class Finding:
-    """One damaged file: where, what is wrong, and (after a repair) what became of it."""
+    """One damaged file: its key, where it is (path or URL), what is wrong, and (after a repair)
+    what became of it."""
 
-    path: Path
+    key: str
+    where: str
     problem: str
     readable_rows: int = 0
-    moved_to: Path | None = None
+    moved_to: str | None = None
 
     def line(self) -> str:
-        text = f"damaged: {self.path} ({self.problem})"
+        text = f"damaged: {self.where} ({self.problem})"
         if self.moved_to is not None:
             text += f"; moved to {self.moved_to}, {self.readable_rows} readable rows kept in the log"
         return text
@@ -49,22 +54,26 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
 
 
-def read_problem(path: Path) -> str:
-    """What is wrong with a log file ("" if every row reads), reading it in full."""
-    problem = damage(path)
+def read_problem(backend: Backend, key: str) -> str:
+    """What is wrong with a log file ("" if every row reads), reading it in full.
+
+    Raises FileNotFoundError when it is gone (a compaction removed it)."""
+    problem = footer(backend, key)[0]
     if problem:
         return problem
     try:
-        pq.read_table(path)
+        pq.read_table(source(backend, key))
+    except FileNotFoundError:
+        raise
     except (OSError, pa.ArrowException) as exc:
         return f"unreadable Parquet ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
     return ""
 
 
-def readable_rows(path: Path) -> pa.Table | None:
+def readable_rows(backend: Backend, key: str) -> pa.Table | None:
     """The row groups of a damaged file that still read and carry the log's columns, or None."""
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(source(backend, key))
     except (OSError, pa.ArrowException):
         return None
     tables = []
@@ -73,7 +82,7 @@ def readable_rows(path: Path) -> pa.Table | None:
             tables.append(parquet.read_row_group(index))
         except (OSError, pa.ArrowException):
             continue
-    tables = [t for t in tables if {"experiment_id", "campaign", "cell_id", "status"} <= set(t.column_names)]
+    tables = [t for t in tables if LOG_COLUMNS <= set(t.column_names)]
     if not tables:
         return None
     try:
@@ -85,46 +94,56 @@ def readable_rows(path: Path) -> pa.Table | None:
 def check(store: Store, campaign: str | None = None, repair: bool = False) -> CheckReport:
     """Read every log file of one campaign (or all) in full; with ``repair``, salvage and quarantine.
 
-    Never deletes a file. Raises ValueError for a bad or unknown campaign id."""
-    root = store.home.root / "campaigns"
+    Never deletes a file before its copy is in the quarantine. Raises ValueError for a bad campaign
+    id, UserError for one the home does not have."""
     if campaign is not None:
         check_campaign_id(campaign)
-        if not (root / campaign).is_dir():
-            raise UserError(f"no campaign {campaign!r} under {store.home.root}")
+        store.require_campaign(campaign)
         names = [campaign]
     else:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and CAMPAIGN_ID.match(p.name)) if root.is_dir() else []
+        names = [c for c in store.backend.folders("campaigns/") if CAMPAIGN_ID.match(c)]
     report = CheckReport(campaigns=len(names))
     for name in names:
-        folder = root / name / LOG_DIR
-        files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-        report.files += len(files)
-        for path in files:
-            problem = read_problem(path)
+        keys = store.log_keys(name)
+        report.files += len(keys)
+        findings = []
+        for key in keys:
+            try:
+                problem = read_problem(store.backend, key)
+            except FileNotFoundError:  # compacted away meanwhile: its rows are in the merged file
+                continue
             if problem:
-                report.findings.append(Finding(path, problem))
-        now = time.time()
-        for temp in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
-            if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                report.findings.append(Finding(temp, "temp file of an interrupted write"))
+                findings.append(Finding(key, store.backend.url(key), problem))
+        findings += [Finding(key, store.backend.url(key), "temp file of an interrupted write")
+                     for key in _stale_temps(store.backend, log_prefix(name))]
         if repair:
-            for finding in [f for f in report.findings if f.path.parent == folder]:
+            for finding in findings:
                 _repair(store, name, finding)
+        report.findings += findings
     return report
 
 
+def _stale_temps(backend: Backend, prefix: str) -> list[str]:
+    """The keys of a local log folder's hidden temp files older than STALE_TEMP_SECONDS (listings hide them)."""
+    if not isinstance(backend, LocalBackend):
+        return []
+    folder = Path(backend.url(prefix.rstrip("/")))
+    now, keys = time.time(), []
+    for temp in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        try:
+            if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                keys.append(prefix + temp.name)
+        except FileNotFoundError:  # its writer finished or a sweep removed it
+            pass
+    return keys
+
+
 def _repair(store: Store, campaign: str, finding: Finding) -> None:
-    if finding.path.name.endswith(".parquet"):
-        table = readable_rows(finding.path)
+    if finding.key.endswith(".parquet"):
+        table = readable_rows(store.backend, finding.key)
         if table is not None and table.num_rows:
             # rows already in other files show once: the view deduplicates by experiment_id
             store._write(campaign, table)
             finding.readable_rows = table.num_rows
-    target_dir = store.home.root / QUARANTINE / campaign
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / finding.path.name.lstrip(".")
-    if target.exists():
-        target = target_dir / f"{target.stem}-{int(time.time())}{target.suffix}"
-    shutil.move(finding.path, target)  # a rename on one file system: nothing is ever deleted
-    finding.moved_to = target
-
+    name = finding.key.rsplit("/", 1)[-1].lstrip(".")
+    finding.moved_to = set_aside(store.backend, finding.key, f"{QUARANTINE}/{campaign}/{name}")

@@ -135,7 +135,7 @@ def export(store: Store, campaign: str, out: str | Path) -> Path:
     for attempt in range(READ_RETRIES):
         gens = store.generations(campaign)
         if not gens.live:
-            raise UserError(f"campaign {campaign!r} has no experiments under {store.home.root}")
+            raise store.missing_campaign(campaign)
         try:
             table = store._merged(gens)
             break

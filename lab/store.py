@@ -67,14 +67,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crashsearch.lab.logfiles import (  # noqa: F401 - damage read as store's too (lab/check.py)
-    LOG_KEY, Generations, campaign_key, damage, footer, location, log_prefix, log_sql, read_object, source, warn_damaged)
+from crashsearch.lab.logfiles import (
+    LOG_KEY, Generations, campaign_key, footer, location, log_prefix, log_sql, read_object, source, warn_damaged)
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.campaign_info import check_info, readable_info
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id, clean_row, clean_table
 from crashsearch.lab.schema import BASE_COLUMNS, experiment_schema
 from crashsearch.lab.settings import Home
 from crashsearch.lab.storage import Backend, attach, backend_for
+from crashsearch.lab.quarantine import QUARANTINE, keep_copy
 from crashsearch.lab.space import Space
 from crashsearch.lab.lease import check_lease
 from crashsearch.lab.lock import campaign_liveness, reraise_interrupt
@@ -244,11 +245,32 @@ class Store:
         """
         check_info(info)
         key = campaign_key(campaign, "campaign.json")
-        current = read_object(self.backend, key) or {}
+        current = self._current_campaign(campaign, key)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         merged = {**current, **info, "id": campaign,
                   "created_at": current.get("created_at") or info.get("created_at") or now, "updated_at": now}
         self.backend.put(key, (json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def _current_campaign(self, campaign: str, key: str) -> dict:
+        """The campaign.json ``write_campaign`` merges into ({} if none). One that does not parse is
+        not lost: its bytes are kept under quarantine/<campaign>/ first, and a warning says where."""
+        try:
+            raw = self.backend.read(key)
+        except FileNotFoundError:
+            return {}
+        except OSError:  # unreadable (not a regular file, ...): read_object names it
+            return read_object(self.backend, key) or {}
+        try:
+            current = json.loads(raw.decode("utf-8"))  # as every reader of it (lab/_io.json_object)
+            if isinstance(current, dict):
+                return current
+            problem = f"a JSON {type(current).__name__}, not an object"
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+            problem = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        kept = keep_copy(self.backend, raw, f"{QUARANTINE}/{campaign}/campaign.json")
+        log.warning("%s is damaged (%s): its bytes are kept at %s and a new one is written",
+                    self.backend.url(key), problem, kept)
+        return {}
 
     def campaigns(self) -> list[dict]:
         """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
@@ -262,12 +284,20 @@ class Store:
             out.append({**clean, "id": campaign})
         return out
 
-    def require_campaign(self, campaign: str) -> None:
-        """Raise ValueError (one line naming the known ones) when this home has no campaign ``campaign``."""
-        known = [c["id"] for c in self.campaigns()]
-        if campaign not in known:
-            raise UserError(f"campaign {campaign!r} has no experiments under {self.home.root} "
-                             f"(campaigns: {', '.join(known) or 'none'})")
+    def require_campaign(self, campaign: str, experiments: bool = False) -> None:
+        """Raise ``missing_campaign`` (a UserError) when this home has no campaign ``campaign`` (no
+        folder); with ``experiments``, also when it has no log file."""
+        found = self.log_keys(campaign) if experiments else campaign in self.backend.folders("campaigns/")
+        if not found:
+            raise self.missing_campaign(campaign)
+
+    def missing_campaign(self, campaign: str, listed: Callable[[str], bool] | None = None) -> UserError:
+        """The one-line error for a campaign this home has no experiments of: it names the home by its
+        location (an object-store home's URL, not its scratch folder) and the campaigns it has (those
+        ``listed`` accepts)."""
+        known = [c for c in self.backend.folders("campaigns/") if CAMPAIGN_ID.match(c) and (listed is None or listed(c))]
+        return UserError(f"campaign {campaign!r} has no experiments under {self.home.location} "
+                         f"(campaigns: {', '.join(known) or 'none'})")
 
     # ---- reading ----------------------------------------------------------------------------
     def connect(self, follow: bool = False) -> duckdb.DuckDBPyConnection:
@@ -433,7 +463,7 @@ class Store:
         if sweep is not None:
             sweep(prefix, STALE_TEMP_SECONDS)
         if LOG_DIR not in self.backend.folders(prefix.removesuffix(f"{LOG_DIR}/")):
-            raise UserError(f"campaign {campaign!r} has no log under {self.home.root}")
+            raise UserError(f"campaign {campaign!r} has no log under {self.home.location}")
         gens = self.generations(campaign)
         inputs = Generations(gens.bases, gens.recent, []) if full else Generations([], gens.recent, [])
         merged, rows = 0, 0

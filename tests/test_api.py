@@ -78,7 +78,7 @@ def test_mistakes_get_one_clear_line(home, tmp_path):
     lab = cs.open_home(home.root)
     for call in (lambda: lab.history("nigth-1"), lambda: lab.leaderboard("nigth-1"), lambda: lab.numbers("nigth-1"),
                  lambda: lab.analyze("nigth-1")):
-        with pytest.raises(ValueError, match=r"no campaign 'nigth-1' .*\(campaigns: night-1, other\)"):
+        with pytest.raises(ValueError, match=r"campaign 'nigth-1' has no experiments under .*\(campaigns: night-1, other\)"):
             call()
     with pytest.raises(ValueError, match="read-only"):
         lab.sql("DROP VIEW experiments")
@@ -98,6 +98,6 @@ def test_an_empty_home_has_empty_typed_history_and_reading_creates_nothing(tmp_p
     frame = lab.history_df()
     assert frame.empty and "val_ap" in frame.columns
     assert lab.campaigns().empty and lab.leaderboard().empty
-    with pytest.raises(ValueError, match=r"no campaign 'x' .*\(campaigns: none\)"):
+    with pytest.raises(ValueError, match=r"campaign 'x' has no experiments under .*\(campaigns: none\)"):
         lab.history("x")
     assert list((tmp_path / "empty").iterdir()) == []

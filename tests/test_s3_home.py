@@ -509,3 +509,114 @@ def test_the_demo_on_an_s3_home_is_refused_in_one_line(s3_home, tmp_path, capsys
     assert cli(["demo", "--home", s3_home, "--tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"the demo runs in a local folder, not on {s3_home}" in err, err
+
+# ---- check, messages and a damaged campaign.json on an s3 home ------------------------------------------------
+def _small_history(s3_home: str, tmp_path, monkeypatch):
+    """(Home, Store, space): campaigns c1 (4 rows) and c2 (3 rows) on the bucket, written by the store."""
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+    from tests.test_safety import rows
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    space = Space.from_dict({"name": "s", "groups": {"arch": {"backbone": ["pixels"], "encoder": ["gru", "tcn"]},
+                                                     "train": {"lr": [0.001, 0.003, 0.01, 0.1]}}})
+    home = resolve_home(s3_home)
+    store = Store(home)
+    store.append("c1", rows(space, 4), space)
+    store.write_campaign("c1", {"dataset": "synth-day", "status": "finished"})
+    store.append("c2", rows(space, 3, prefix="f"), space)
+    return home, store, space
+
+
+def _damaged_part(store, campaign: str) -> bytes:
+    """A log file of two row groups whose second one is corrupt: its first row group still reads."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = store.experiments(campaign).head(4)
+    table = pa.Table.from_pandas(table.assign(experiment_id="x" + table["experiment_id"]), preserve_index=False)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=2, compression="none")
+    data = bytearray(sink.getvalue())
+    start = pq.read_metadata(io.BytesIO(bytes(data))).row_group(1).column(0).data_page_offset
+    data[start:start + 64] = b"\xff" * 64
+    return bytes(data)
+
+
+def test_check_finds_damage_on_the_bucket_names_it_by_url_and_repair_keeps_it_in_quarantine_there(
+        s3_home, tmp_path, monkeypatch, capsys):
+    """Before: check globbed the scratch folder and said "checked 0 log files ... no damage" while a damaged
+    part sat on the bucket; --campaign named the scratch folder; --repair moved nothing."""
+    from crashsearch.flows.cli import main as cli
+
+    home, store, _ = _small_history(s3_home, tmp_path, monkeypatch)
+    damaged = _damaged_part(store, "c1")
+    log = "campaigns/c1/log/"
+    store.backend.put(log + "part-20250102T000000.000000Z-damaged.parquet", damaged)
+    store.backend.put(log + "part-20250103T000000.000000Z-garbage.parquet", b"garbage")
+    capsys.readouterr()
+    assert cli(["check", "--home", s3_home]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: {s3_home}/{log}part-20250102T000000.000000Z-damaged.parquet (" in out, out
+    assert f"damaged: {s3_home}/{log}part-20250103T000000.000000Z-garbage.parquet (" in out, out
+    assert "checked 4 log files in 2 campaigns: 2 damaged" in out and str(home.root) not in out, out
+
+    assert cli(["check", "--home", s3_home, "--campaign", "c1", "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"moved to {s3_home}/quarantine/c1/part-20250102T000000.000000Z-damaged.parquet, 2 readable rows" in out
+    assert f"moved to {s3_home}/quarantine/c1/part-20250103T000000.000000Z-garbage.parquet, 0 readable rows" in out
+    assert store.backend.read("quarantine/c1/part-20250102T000000.000000Z-damaged.parquet") == damaged  # kept whole
+    assert store.backend.read("quarantine/c1/part-20250103T000000.000000Z-garbage.parquet") == b"garbage"
+    assert not [k for k in store.log_keys("c1") if "damaged" in k or "garbage" in k]
+    assert not (home.root / "quarantine").exists()  # on the bucket, not in the scratch folder
+    ids = set(store.experiments("c1")["experiment_id"])
+    assert len(ids) == 6 and {"xe0", "xe1"} <= ids  # its own rows, and the readable row group's
+    assert len(store.experiments("c2")) == 3
+    assert cli(["check", "--home", s3_home]) == 0
+    assert "no damage" in capsys.readouterr().out
+
+    assert cli(["check", "--home", s3_home, "--campaign", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert f"under {s3_home} (campaigns: c1, c2)" in err and str(home.root) not in err, err
+
+
+def test_messages_on_an_s3_home_name_its_url_not_the_scratch_folder(s3_home, tmp_path, monkeypatch, capsys):
+    """Before: a missing campaign for analyze, leaderboard, export, compact and the notebook API, and a damaged
+    kept space.yaml, were named under the local scratch folder, a path that means nothing on the bucket."""
+    import crashsearch as cs
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.campaign_space import campaign_space
+    from crashsearch.lab.space import SpaceError
+    from crashsearch.lab.storage import backend_for
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    backend_for(s3_home).put("campaigns/empty/diagnoses.jsonl", b"")  # a home, with no campaign to show
+    assert cli(["status", "--home", s3_home]) == 0
+    assert capsys.readouterr().out.strip() == f"no campaigns under {s3_home}"
+    home, store, _ = _small_history(s3_home, tmp_path, monkeypatch)
+    scratch = str(home.root)
+    for args in (["analyze", "--campaign", "nope"], ["leaderboard", "--campaign", "nope"],
+                 ["export", "--campaign", "nope", "--out", str(tmp_path / "o.parquet")],
+                 ["compact", "--campaign", "nope"], ["bugfix", "--list", "--campaign", "nope"]):
+        assert cli([*args, "--home", s3_home]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and s3_home in err and scratch not in err, (args, err)
+    with pytest.raises(ValueError, match=rf"campaign 'nope' has no experiments under {s3_home} \(campaigns: c1, c2, empty\)"):
+        cs.open_home(s3_home).history("nope")
+
+    store.backend.put("campaigns/c1/space.yaml", b"groups: [unclosed")
+    with pytest.raises(SpaceError) as caught:
+        campaign_space(home, "c1")
+    assert str(caught.value).startswith(f"{s3_home}/campaigns/c1/space.yaml: ") and scratch not in str(caught.value)
+
+
+def test_a_damaged_campaign_json_on_the_bucket_is_kept_in_quarantine_there(s3_home, tmp_path, monkeypatch):
+    """Before: the next write_campaign read it as missing and put a new one over it."""
+    home, store, _ = _small_history(s3_home, tmp_path, monkeypatch)
+    store.backend.put("campaigns/c1/campaign.json", b'{"id": "c1", "stat')
+    store.write_campaign("c1", {"status": "running"})
+    assert store.backend.read("quarantine/c1/campaign.json") == b'{"id": "c1", "stat'
+    assert json.loads(store.backend.read("campaigns/c1/campaign.json"))["status"] == "running"

@@ -555,3 +555,30 @@ def test_cli_import_reports_bad_rows(home, space, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "2 new rows" in captured.out
     assert "line 3" in captured.err and "-4" in captured.err
+
+
+# ---- a damaged campaign.json is kept before a new one replaces it ------------------------------------
+
+@pytest.mark.parametrize("damaged", [b'{"id": "c1", "budget": 4', b"[1, 2]", b"\xff\xfe not utf-8"])
+def test_a_campaign_json_that_does_not_parse_is_copied_to_quarantine_before_it_is_overwritten(home, damaged, caplog):
+    """Before: the next run of the campaign read it as missing and wrote a new one over it, its bytes lost."""
+    import logging
+
+    store = Store(home)
+    store.write_campaign("c1", {"dataset": "synth-day", "status": "finished"})
+    info = home.root / "campaigns" / "c1" / "campaign.json"
+    info.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING, logger="crashsearch"):
+        store.write_campaign("c1", {"status": "running"})
+    kept = home.root / "quarantine" / "c1" / "campaign.json"
+    assert kept.read_bytes() == damaged
+    assert json.loads(info.read_text())["status"] == "running"
+    lines = [r.getMessage() for r in caplog.records if "campaign.json" in r.getMessage()]
+    assert len(lines) == 1 and str(info) in lines[0] and str(kept) in lines[0] and "\n" not in lines[0], lines
+    info.write_bytes(b"{damaged again")  # a second damage is kept beside the first, which stays as it was
+    store.write_campaign("c1", {"status": "finished"})
+    copies = sorted((home.root / "quarantine" / "c1").iterdir())
+    assert len(copies) == 2 and kept.read_bytes() == damaged
+    assert {p.read_bytes() for p in copies} == {damaged, b"{damaged again"}
+    store.write_campaign("c1", {"status": "running"})  # a readable one is merged, nothing kept
+    assert len(list((home.root / "quarantine" / "c1").iterdir())) == 2

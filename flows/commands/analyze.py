@@ -22,9 +22,7 @@ def run(args) -> int:
 
     try:
         # a wrong id fails here in one line, before a Prefect server starts
-        if not Store(args.home_dir).log_files(args.campaign):
-            known = ", ".join(c["id"] for c in Store(args.home_dir).campaigns()) or "none"
-            raise UserError(f"campaign {args.campaign!r} has no experiments under {args.home_dir.root} (campaigns: {known})")
+        Store(args.home_dir).require_campaign(args.campaign, experiments=True)
         analyze.require_finished(Store(args.home_dir).experiments(args.campaign), args.campaign)
         if getattr(args, "control_arms", None):
             _control_arms(args)

@@ -116,9 +116,8 @@ def _check_scope(home, campaign: str | None, version: str | None) -> None:
     from crashsearch.lab.store import Store
 
     store = Store(home)
-    if campaign is not None and not store.log_files(campaign):
-        known = ", ".join(c["id"] for c in store.campaigns()) or "none"
-        raise UserError(f"campaign {campaign!r} has no experiments under {home.root} (campaigns: {known})")
+    if campaign is not None:
+        store.require_campaign(campaign, experiments=True)
     if version:
         sql = "SELECT DISTINCT code_version FROM experiments" + (" WHERE campaign = $c" if campaign else "")
         try:
