@@ -34,8 +34,7 @@ def load_history(home: Home, campaign: str, space: Space) -> pd.DataFrame:
     store = Store(home)
     rows = store.experiments(campaign)
     if rows.empty:
-        known = ", ".join(sorted(c["id"] for c in store.campaigns() if not parse_baseline(c["id"]))) or "none"
-        raise UserError(f"campaign {campaign!r} has no experiments under {home.location} (campaigns: {known})")
+        raise store.missing_campaign(campaign, listed=lambda c: not parse_baseline(c))  # control arms left out
     names = set(rows["space"].dropna().astype(str)) if "space" in rows.columns else set()
     if names and names != {space.name}:
         raise UserError(f"campaign {campaign!r} was recorded in space {', '.join(sorted(names))}, not {space.name!r}: "
