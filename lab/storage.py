@@ -12,11 +12,14 @@ guarantees every backend gives, and the store relies on:
   it did. Two writers racing for one key: exactly one wins (O_EXCL locally; If-None-Match: * on
   object stores). Locks and leases build on it.
 * ``append`` adds one line to a text object (a JSON-lines log such as bugfix_events.jsonl or
-  diagnoses.jsonl): of concurrent appenders, from any number of processes and machines, every
-  line lands whole, none lost, none interleaved with another. Local files: one write() on an
-  O_APPEND descriptor, fsynced. Object stores: read the object with its ETag, put it back with the
-  line under If-Match (If-None-Match: * when absent), and on a lost race read and try again.
-  A line after a last line without its newline starts on a new line.
+  diagnoses.jsonl): of concurrent appenders every line lands whole, none lost, none interleaved
+  with another, and the lines already there are kept. Object stores: read the object with its
+  ETag, put it back with the line under If-Match (If-None-Match: * when absent), and on a lost
+  race read and try again; this holds across machines. Local files: one write() on an O_APPEND
+  descriptor, fsynced; this holds across the processes of one machine (NFS does not make O_APPEND
+  atomic across its clients), and a power cut during it can at worst leave that last line short
+  (readers of these logs skip a bad line). A line after a last line without its newline (a hand
+  edit, a torn line) starts on a new line.
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
   temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
   under a prefix (a campaign is a folder of ``campaigns/``), without listing every object below.
