@@ -40,6 +40,10 @@ def read_events(home: Home, backend: Backend | None = None) -> tuple[list[dict],
     written by hand or by an older version, never stops the analysis of a home."""
     backend = backend if backend is not None else backend_for(home.location)
     path = backend.url(EVENTS_FILE)  # named with a bad line
+    stray = home.root / EVENTS_FILE
+    if home.url and stray.is_file():  # declared on this machine by a version that wrote the log to its scratch folder
+        skip_entry(stray, "this machine's bug-fix log", f"an older crashsearch wrote it here, where no other machine "
+                   f"reads it; the home's log is {path}: declare its events again with crashsearch bugfix")
     try:
         text = backend.read(EVENTS_FILE).decode("utf-8", errors="replace")
     except FileNotFoundError:

@@ -637,3 +637,21 @@ def test_two_machines_declaring_bug_fixes_at_once_on_an_s3_home_lose_none(s3_hom
     assert sorted(notes) == sorted(f"{n} fix {i}" for n in "ab" for i in range(12))
     lines = backend_for(s3_home).read("bugfix_events.jsonl").decode().split("\n")
     assert len(lines) == 25 and lines[-1] == "" and all(json.loads(line) for line in lines[:-1])
+
+
+def test_a_bugfix_log_an_older_version_left_in_the_scratch_folder_is_named_not_silently_dropped(s3_home, tmp_path,
+                                                                                               monkeypatch, caplog):
+    import logging
+
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.versions import bugfix_events, declare_bugfix
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    home = resolve_home(s3_home)
+    (home.root / "bugfix_events.jsonl").write_text('{"id": "old", "note": "x", "declared_at": "2026-01-01T00:00:00Z"}\n')
+    event = declare_bugfix(home, "on the bucket")
+    with caplog.at_level(logging.WARNING):
+        assert [e["id"] for e in bugfix_events(home)] == [event["id"]]
+    said = [r.getMessage() for r in caplog.records if "bugfix_events.jsonl" in r.getMessage()]
+    assert len(said) == 1 and str(home.root / "bugfix_events.jsonl") in said[0], said
+    assert f"the home's log is {s3_home}/bugfix_events.jsonl" in said[0] and "declare its events again" in said[0]
