@@ -16,9 +16,10 @@ guarantees every backend gives, and the store relies on:
   with another, and the lines already there are kept. Object stores: read the object with its
   ETag, put it back with the line under If-Match (If-None-Match: * when absent), and on a lost
   race read and try again; this holds across machines. Local files: one write() on an O_APPEND
-  descriptor, fsynced; this holds across the processes of one machine (NFS does not make O_APPEND
-  atomic across its clients), and a power cut during it can at worst leave that last line short
-  (readers of these logs skip a bad line). A line after a last line without its newline (a hand
+  descriptor (under an flock, which keeps the missing-newline check below true), fsynced; this
+  holds across the processes of one machine (NFS does not make O_APPEND atomic across its
+  clients), and a power cut during it can at worst leave that last line short (readers of these
+  logs skip a bad line). A line after a last line without its newline (a hand
   edit, a torn line) starts on a new line.
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
   temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
@@ -34,6 +35,7 @@ guarantees every backend gives, and the store relies on:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import time
 import uuid
@@ -150,12 +152,18 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline (a hand edit)
-                data = b"\n" + data
             # one write() on an O_APPEND descriptor: the kernel places it at the end whole, so
-            # concurrent appenders' lines never interleave and none overwrites another
-            written = os.write(fd, data)
+            # concurrent appenders' lines never interleave and none overwrites another. The lock
+            # only keeps the last-byte check true: a write crossing a page boundary grows the size
+            # page by page, and a check between two pages read a line's middle as a missing newline
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline (a hand edit)
+                    data = b"\n" + data
+                written = os.write(fd, data)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             if written != len(data):  # a full disk mid-line: say so rather than leave it silently short
                 raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes appended", str(path))
             os.fsync(fd)
