@@ -392,9 +392,10 @@ class S3Backend:
             new = old + data
             if (self.create_tagged(key, new) if tag is None else self.replace(key, new, tag)) is not None:
                 return
-            # another appender got there first: read its line too, after a jittered wait so that
-            # the losers of one race do not all meet again at the next
-            time.sleep(random.uniform(0.5, 1.5) * min(1.0, self.APPEND_BACKOFF * 2 ** attempt))
+            if attempt < self.APPEND_TRIES - 1:
+                # another appender got there first: read its line too, after a jittered wait so that
+                # the losers of one race do not all meet again at the next
+                time.sleep(random.uniform(0.5, 1.5) * min(1.0, self.APPEND_BACKOFF * 2 ** attempt))
         raise OSError(errno.EAGAIN, f"could not append a line after {self.APPEND_TRIES} tries: other writers kept "
                       f"changing it", self.url(key))
 

@@ -5,11 +5,11 @@ sources under models/, tasks/ and lab/ (so an uncommitted edit is a new version 
 is found and fixed, ``crashsearch bugfix --note "..."`` declares a bug-fix event; the events live
 in ``<home>/bugfix_events.jsonl``, one JSON object per line, appended through the home's storage
 backend (``Backend.append``: one O_APPEND write in a folder, a conditional PUT on a bucket), so
-concurrent declarations, from any machine of a pool, all land and never interleave. The log is append-only: ``bugfix --remove ID``
-appends a removal (``{"removes": ID}``) and readers leave that event out. ``segment`` splits a
-history at the events by time (a row belongs to the segment of the last event declared before it
-finished), and the analysis reports the full history beside ``post_bugfix`` (the rows after the
-latest event).
+concurrent declarations, from any machine of a pool, all land and never interleave. The log is
+append-only: ``bugfix --remove ID`` appends a removal (``{"removes": ID}``) and readers leave that
+event out. ``segment`` splits a history at the events by time (a row belongs to the segment of the
+last event declared before it finished), and the analysis reports the full history beside
+``post_bugfix`` (the rows after the latest event).
 """
 from __future__ import annotations
 
