@@ -100,3 +100,13 @@ def json_object(raw: bytes, where: object) -> dict | None:
         log.warning("%s is unreadable (%s); treated as missing", where, str(exc)[:120])
         return None
     return data if isinstance(data, dict) else None
+
+
+def one_line(line: bytes | str) -> bytes:
+    """``line`` as the bytes ``Backend.append`` adds: UTF-8, ending in one newline. Raises ValueError
+    for a newline inside it."""
+    data = line.encode() if isinstance(line, str) else bytes(line)
+    data = data[:-1] if data.endswith(b"\n") else data
+    if b"\n" in data:
+        raise ValueError("a line to append has a newline inside it (it would land as two lines)")
+    return data + b"\n"

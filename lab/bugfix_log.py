@@ -2,7 +2,9 @@
 
 The store (its ``bugfix_events`` view), lab/versions.py (declaring, segmenting) and the
 ``bugfix`` command (flows/commands/bugfix.py) need the events; reading them here keeps the store
-from importing versions.py. Writing stays in versions.py.
+from importing versions.py. Writing stays in versions.py. The log is read and appended through the
+home's storage backend (lab/storage.py): on an s3:// home it is an object on the bucket, so every
+machine of a pool sees the same events.
 """
 from __future__ import annotations
 
@@ -13,30 +15,37 @@ import pandas as pd
 from crashsearch.lab.bounds import check_time, skip_entry
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.settings import Home
+from crashsearch.lab.storage import Backend, backend_for
 
 EVENTS_FILE = "bugfix_events.jsonl"
 
 
-def bugfix_events(home: Home, campaign: str | None = None) -> list[dict]:
+def bugfix_events(home: Home, campaign: str | None = None, backend: Backend | None = None) -> list[dict]:
     """The declared events not removed (``bugfix --remove`` appends a removal line), oldest first; a line no reader accepts is named once and skipped.
 
-    With ``campaign``, only the events that concern it (global ones and its own).
+    With ``campaign``, only the events that concern it (global ones and its own). ``backend``: the
+    home's (default ``backend_for(home.location)``).
     """
-    events, removals = read_events(home)
+    events, removals = read_events(home, backend)
     gone = {r["removes"] for r in removals}
     events = [e for e in events if e["id"] not in gone]
     return events if campaign is None else events_for(events, campaign)
 
 
-def read_events(home: Home) -> tuple[list[dict], list[dict]]:
+def read_events(home: Home, backend: Backend | None = None) -> tuple[list[dict], list[dict]]:
     """(events, removals) in bugfix_events.jsonl, each oldest first, removed events included.
 
     A line that is not an event or a removal within lab.bounds' domains (a time pandas cannot hold,
     no declared_at, not JSON) is left out and named once (lab.bounds.skip_entry): one bad line,
     written by hand or by an older version, never stops the analysis of a home."""
-    path = home.root / EVENTS_FILE
+    backend = backend if backend is not None else backend_for(home.location)
+    path = backend.url(EVENTS_FILE)  # named with a bad line
+    stray = home.root / EVENTS_FILE
+    if home.url and stray.is_file():  # declared on this machine by a version that wrote the log to its scratch folder
+        skip_entry(stray, "this machine's bug-fix log", f"an older crashsearch wrote it here, where no other machine "
+                   f"reads it; the home's log is {path}: declare its events again with crashsearch bugfix")
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = backend.read(EVENTS_FILE).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return [], []
     events, removals = [], []
@@ -54,6 +63,11 @@ def read_events(home: Home) -> tuple[list[dict], list[dict]]:
             continue
         (removals if "removes" in parsed else events).append(parsed)
     return sorted(events, key=lambda e: e["declared_at"]), sorted(removals, key=lambda e: e["declared_at"])
+
+
+def events_location(home: Home) -> str:
+    """Where the home's log is, for people: its local path, or its URL on the bucket."""
+    return backend_for(home.location).url(EVENTS_FILE)
 
 
 def _parse_entry(entry: dict) -> dict:

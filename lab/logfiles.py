@@ -55,16 +55,9 @@ def campaign_key(campaign: str, name: str) -> str:
 
 
 def append_line(backend: Backend, key: str, line: str) -> None:
-    """Add one line to a text object (diagnoses.jsonl): read it, put it whole with the line, so a
-    crash leaves the old lines or them and this one, never half a line. Safe for one writer (a
-    campaign's files have one: its lock); the object is small."""
-    try:
-        old = backend.read(key)
-    except FileNotFoundError:
-        old = b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    backend.put(key, old + line.rstrip("\n").encode() + b"\n")
+    """Add one line to a text object (diagnoses.jsonl) with ``backend.append`` (lab/storage.py): the
+    old lines are kept, and concurrent writers' lines all land whole."""
+    backend.append(key, line)
 
 
 def read_object(backend: Backend, key: str) -> dict | None:

@@ -11,6 +11,16 @@ guarantees every backend gives, and the store relies on:
 * ``create`` is a conditional create: it writes only if the key does not exist, and says whether
   it did. Two writers racing for one key: exactly one wins (O_EXCL locally; If-None-Match: * on
   object stores). Locks and leases build on it.
+* ``append`` adds one line to a text object (a JSON-lines log such as bugfix_events.jsonl or
+  diagnoses.jsonl): of concurrent appenders every line lands whole, none lost, none interleaved
+  with another, and the lines already there are kept. Object stores: read the object with its
+  ETag, put it back with the line under If-Match (If-None-Match: * when absent), and on a lost
+  race read and try again; this holds across machines. Local files: one write() on an O_APPEND
+  descriptor (under an flock, which keeps the missing-newline check below true), fsynced; this
+  holds across the processes of one machine (NFS does not make O_APPEND atomic across its
+  clients), and a power cut during it can at worst leave that last line short (readers of these
+  logs skip a bad line). A line after a last line without its newline (a hand
+  edit, a torn line) starts on a new line.
 * ``list`` returns the keys under a prefix, sorted; it never lists a half-written object (local
   temp files are hidden names, which ``list`` leaves out). ``folders`` names the folders directly
   under a prefix (a campaign is a folder of ``campaigns/``), without listing every object below.
@@ -25,13 +35,14 @@ guarantees every backend gives, and the store relies on:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from crashsearch.lab._io import atomic_write, fsync_dir
+from crashsearch.lab._io import atomic_write, fsync_dir, one_line
 from crashsearch.lab.errors import UserError
 
 
@@ -54,6 +65,11 @@ class Backend(Protocol):
 
     def create(self, key: str, data: bytes) -> bool:
         """Write ``data`` to ``key`` only if it does not exist; True if this call created it."""
+
+    def append(self, key: str, line: bytes | str) -> None:
+        """Add ``line`` (one line; its newline is added) to the text object ``key``, creating it if
+        absent; concurrent appends all land whole (module docstring). Raises ValueError for a line
+        with a newline inside, OSError when the line could not be added."""
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
@@ -130,6 +146,32 @@ class LocalBackend:
             temp.unlink(missing_ok=True)
         fsync_dir(path.parent)
         return True
+
+    def append(self, key: str, line: bytes | str) -> None:
+        data = one_line(line)
+        path = self._path(key)
+        if path.exists() and not path.is_file():  # opening a FIFO for writing would wait for a reader forever
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            # one write() on an O_APPEND descriptor: the kernel places it at the end whole, so
+            # concurrent appenders' lines never interleave and none overwrites another. The lock
+            # only keeps the last-byte check true: a write crossing a page boundary grows the size
+            # page by page, and a check between two pages read a line's middle as a missing newline
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline (a hand edit)
+                    data = b"\n" + data
+                written = os.write(fd, data)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if written != len(data):  # a full disk mid-line: say so rather than leave it silently short
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes appended", str(path))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -9,6 +9,11 @@ on a connection with ``con.register_filesystem``). What the seam's guarantees be
 * ``create`` is a PutObject with ``If-None-Match: *``: of two writers racing, S3 lets one win
   (412 Precondition Failed, or 409 for a concurrent one, for the other). ``replace`` is the
   same with ``If-Match: <etag>``; the lease of lab/lease.py is built on these two.
+* ``append`` reads the object and its ETag, then puts it back with the line under ``If-Match``
+  (``If-None-Match: *`` when absent): a concurrent append makes the PUT fail, and the line is
+  read and tried again, up to ``APPEND_TRIES`` times with a short jittered backoff. No line is
+  lost or interleaved; each append costs a GET and a PUT of the whole object (the logs appended
+  to are small: bug-fix events, diagnoses).
 * ``list`` lists the keys under a prefix (S3 listings are strongly consistent); there are no temp
   objects, since nothing is renamed.
 
@@ -31,14 +36,16 @@ import errno
 import hashlib
 import math
 import os
+import random
 import re
 import threading
+import time
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 from urllib.parse import urlparse
 
-from crashsearch.lab._io import publish, temp_beside
+from crashsearch.lab._io import one_line, publish, temp_beside
 from crashsearch.lab.errors import UserError
 
 _FS_LOCK = threading.Lock()
@@ -233,6 +240,9 @@ BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 class S3Backend:
     """A home under ``s3://bucket/prefix``. Keys are relative to the prefix."""
 
+    APPEND_TRIES = 25  # conditional PUTs per append before giving up: each lost race means another append landed
+    APPEND_BACKOFF = 0.02  # seconds: the first retry's mean wait, doubling per try up to one second
+
     def __init__(self, url: str):
         parsed = urlparse(str(url))
         if parsed.scheme != "s3" or not parsed.netloc:
@@ -387,6 +397,25 @@ class S3Backend:
             if "IfMatch" in condition and isinstance(exc, FileNotFoundError):  # gone: not ours any more
                 return None
             raise
+
+    def append(self, key: str, line: bytes | str) -> None:
+        data = one_line(line)
+        for attempt in range(self.APPEND_TRIES):
+            try:
+                old, tag = self.read_tagged(key)
+            except FileNotFoundError:
+                old, tag = b"", None
+            if old and not old.endswith(b"\n"):  # a last line without its newline (a hand edit)
+                old += b"\n"
+            new = old + data
+            if (self.create_tagged(key, new) if tag is None else self.replace(key, new, tag)) is not None:
+                return
+            if attempt < self.APPEND_TRIES - 1:
+                # another appender got there first: read its line too, after a jittered wait so that
+                # the losers of one race do not all meet again at the next
+                time.sleep(random.uniform(0.5, 1.5) * min(1.0, self.APPEND_BACKOFF * 2 ** attempt))
+        raise OSError(errno.EAGAIN, f"could not append a line after {self.APPEND_TRIES} tries: other writers kept "
+                      f"changing it", self.url(key))
 
     def delete(self, key: str) -> None:
         _LISTED.pop(self._path(key), None)

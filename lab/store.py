@@ -329,7 +329,7 @@ class Store:
                 time.sleep(0.05 * (attempt + 1))
         con.register("_campaigns", _campaigns_table(self.campaigns()))
         con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
-        con.register("_bugfix_events", _events_table(bugfix_events(self.home)))
+        con.register("_bugfix_events", _events_table(bugfix_events(self.home, backend=self.backend)))
         con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
         lock_to_campaigns(con, self.backend.url("campaigns") if self.home.url else self.home.campaigns)
         return con

@@ -3,12 +3,13 @@
 Every experiment row records ``code_version()``: the git short commit plus a hash of the Python
 sources under models/, tasks/ and lab/ (so an uncommitted edit is a new version too). When a bug
 is found and fixed, ``crashsearch bugfix --note "..."`` declares a bug-fix event; the events live
-in ``<home>/bugfix_events.jsonl``, one JSON object per line, appended with a single O_APPEND
-write so concurrent declarations never interleave. The log is append-only: ``bugfix --remove ID``
-appends a removal (``{"removes": ID}``) and readers leave that event out. ``segment`` splits a
-history at the events by time (a row belongs to the segment of the last event declared before it
-finished), and the analysis reports the full history beside ``post_bugfix`` (the rows after the
-latest event).
+in ``<home>/bugfix_events.jsonl``, one JSON object per line, appended through the home's storage
+backend (``Backend.append``: one O_APPEND write in a folder, a conditional PUT on a bucket), so
+concurrent declarations, from any machine of a pool, all land and never interleave. The log is
+append-only: ``bugfix --remove ID`` appends a removal (``{"removes": ID}``) and readers leave that
+event out. ``segment`` splits a history at the events by time (a row belongs to the segment of the
+last event declared before it finished), and the analysis reports the full history beside
+``post_bugfix`` (the rows after the latest event).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import uuid
 from datetime import datetime, timezone
@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from crashsearch.lab.bugfix_log import (EVENTS_FILE, as_utc as _as_utc, bugfix_events, events_for,  # noqa: F401 (re-exported)
-                                        read_events)  # noqa: F401
+                                        events_location, read_events)  # noqa: F401
 from crashsearch.lab.errors import UserError
 from crashsearch.lab.bounds import check_time
 from crashsearch.lab.settings import Home
+from crashsearch.lab.storage import backend_for
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def remove_bugfix(home: Home, event_id: str, note: str | None = None) -> dict:
         raise UserError(f"bug-fix event {event_id!r} is already removed")
     if not any(e["id"] == event_id for e in events):
         known = ", ".join(e["id"] for e in events) or "none"
-        raise UserError(f"no bug-fix event {event_id!r} under {home.root} (events: {known})")
+        raise UserError(f"no bug-fix event {event_id!r} under {home.location} (events: {known})")
     removal = {"id": uuid.uuid4().hex[:12], "removes": event_id, "note": " ".join(str(note or "").split()) or None,
                "declared_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
     _append_line(home, removal)
@@ -147,15 +148,9 @@ def remove_bugfix(home: Home, event_id: str, note: str | None = None) -> dict:
 
 
 def _append_line(home: Home, entry: dict) -> None:
-    line = (json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n").encode()
-    home.root.mkdir(parents=True, exist_ok=True)
-    # One write() on an O_APPEND descriptor: concurrent writers' lines never interleave.
-    fd = os.open(home.root / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # the home's backend: on an s3:// home the log is on the bucket, where every machine reads it
+    # (Home.root is then this machine's scratch folder); concurrent appends all land whole
+    backend_for(home.location).append(EVENTS_FILE, json.dumps(entry, ensure_ascii=False, allow_nan=False))
 
 
 def describe_event(event: dict) -> str:

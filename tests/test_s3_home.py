@@ -620,3 +620,158 @@ def test_a_damaged_campaign_json_on_the_bucket_is_kept_in_quarantine_there(s3_ho
     store.write_campaign("c1", {"status": "running"})
     assert store.backend.read("quarantine/c1/campaign.json") == b'{"id": "c1", "stat'
     assert json.loads(store.backend.read("campaigns/c1/campaign.json"))["status"] == "running"
+
+# ---- the bug-fix log on the bucket: a fix declared on one machine splits the history on every machine -----------
+# Before: bugfix_events.jsonl went to the declaring machine's scratch folder (Home.root), so analyze, the store's
+# bugfix_events view and `bugfix --list` on any other machine saw no event and reported the full history as the
+# post-bugfix scope, silently; lab/catalog.py's view named <url>/bugfix_events.jsonl, where nothing was written.
+
+def _history_around_a_fix(home, campaign: str = "c-fix"):
+    """10 rows finished two hours ago, 10 half an hour ago (two arch groups, APs that differ by group);
+    returns the time between them (a fix declared --at it splits them 10 / 10)."""
+    from datetime import datetime, timedelta, timezone
+
+    from crashsearch.lab.space import Space
+    from crashsearch.lab.store import Store
+    from crashsearch.tasks.record import Job, make_row
+
+    space = Space.from_dict({"name": "fix", "groups": {
+        "arch": {"backbone": ["pixels"], "encoder": ["meanpool_mlp", "gru"], "size": ["small"]},
+        "train": {"lr": [0.0001, 0.0003, 0.001, 0.003, 0.01]}}})
+    now = datetime.now(timezone.utc)
+    rows = []
+    for half, finished in enumerate((now - timedelta(hours=2), now - timedelta(minutes=30))):
+        for i in range(space.size):
+            cell = space.cell(i)
+            ap = (0.8 if cell.values["encoder"] == "gru" else 0.6) + 0.01 * i + 0.05 * half
+            rows.append(make_row(Job(cell, seed=half), campaign=campaign, dataset="d", space=space,
+                                 code_version=f"v{half}", status="ok", metrics={"val_ap": ap},
+                                 started_at=finished - timedelta(minutes=1), finished_at=finished + timedelta(seconds=i)))
+    Store(home).append(campaign, rows, space)
+    return now - timedelta(hours=1)
+
+
+@pytest.mark.slow
+def test_a_bugfix_declared_on_one_machine_splits_the_history_on_another(s3_home, tmp_path, monkeypatch, capsys):
+    from crashsearch.flows.analyze import analyze
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
+    from crashsearch.lab.versions import bugfix_events, post_bugfix
+
+    machine_a = _second_machine(monkeypatch, tmp_path, "scratch-a", s3_home)
+    fix_at = _history_around_a_fix(machine_a)
+    assert cli(["bugfix", "--home", s3_home, "--note", "focal loss ignored gamma", "--at", fix_at.isoformat()]) == 0
+    event_id = capsys.readouterr().out.split("declared bug-fix event ", 1)[1].split(":", 1)[0]
+    assert not (machine_a.root / "bugfix_events.jsonl").exists()  # on the bucket, not in this machine's scratch
+
+    machine_b = _second_machine(monkeypatch, tmp_path, "scratch-b", s3_home)
+    assert machine_b.root != machine_a.root
+    assert cli(["bugfix", "--list", "--home", s3_home]) == 0
+    listed = capsys.readouterr().out
+    assert event_id in listed and "focal loss ignored gamma" in listed, listed
+    assert cli(["query", "SELECT id, note FROM bugfix_events", "--home", s3_home]) == 0
+    assert event_id in capsys.readouterr().out
+    # the post-bugfix scope, as the analysis computes it: the 10 rows after the fix, not all 20
+    events = bugfix_events(machine_b, "c-fix")
+    assert [e["id"] for e in events] == [event_id]
+    history = Store(machine_b).experiments("c-fix")
+    assert len(history) == 20 and len(post_bugfix(history, events)) == 10
+    assert cli(["analyze", "--campaign", "c-fix", "--home", s3_home]) == 0
+    numbers = json.loads((machine_b.campaign("c-fix") / "report" / "numbers.json").read_text())
+    assert numbers["headline"]["bugfix_events"] == [event_id] and numbers["headline"]["n_arch"] == 10
+    assert numbers["headline"]["scope"]["eta2_arch"] == "post-bugfix"
+    assert numbers["anova"]["post_bugfix"]["arch_group"]["n"] == 10 and numbers["anova"]["full"]["arch_group"]["n"] == 20
+
+    # a client of the catalog (history.duckdb) sees the same event on the bucket
+    out = tmp_path / "history.duckdb"
+    assert cli(["catalog", "--home", s3_home, "--out", str(out)]) == 0
+    con = duckdb.connect(str(out), read_only=True)
+    from crashsearch.lab.storage import backend_for
+
+    backend_for(s3_home).attach(con)
+    assert con.execute("SELECT id FROM bugfix_events").fetchall() == [(event_id,)]
+    con.close()
+
+    # withdrawn on machine B: machine A's analysis no longer splits at it
+    capsys.readouterr()
+    assert cli(["bugfix", "--home", s3_home, "--remove", event_id, "--note", "wrong time"]) == 0
+    assert f"in {s3_home}/bugfix_events.jsonl" in capsys.readouterr().out  # the log's place, not a scratch path
+    _second_machine(monkeypatch, tmp_path, "scratch-a", s3_home)
+    assert bugfix_events(resolve_home(s3_home), "c-fix") == []
+    assert cli(["bugfix", "--list", "--home", s3_home]) == 0
+    listed = capsys.readouterr().out
+    assert f"{event_id}  removed" in listed and "wrong time" in listed, listed
+    numbers = analyze("c-fix", machine_a)["numbers"]  # the analyze flow's work, without Prefect
+    assert numbers["headline"]["bugfix_events"] == [] and numbers["anova"]["post_bugfix"] is None
+    assert numbers["headline"]["scope"]["eta2_arch"] == "full history" and numbers["headline"]["n_arch"] == 20
+
+
+DECLARER = """
+import sys
+import time
+from pathlib import Path
+from crashsearch.lab.settings import resolve_home
+from crashsearch.lab.versions import declare_bugfix
+
+url, name, ready, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+home = resolve_home(url)
+ready.touch()
+while not go.exists():  # both machines start declaring together
+    time.sleep(0.002)
+for i in range(12):
+    declare_bugfix(home, f"{name} fix {i}", version="v1")
+"""
+
+
+def test_two_machines_declaring_bug_fixes_at_once_on_an_s3_home_lose_none(s3_home, tmp_path, monkeypatch):
+    """Two processes, each its own scratch folder (two machines), append to the bucket's log at once."""
+    import os
+
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.storage import backend_for
+    from crashsearch.lab.versions import bugfix_events
+
+    backend_for(s3_home).put("campaigns/c/campaign.json", b"{}")
+    go = tmp_path / "go"
+    procs = []
+    for name in ("a", "b"):
+        env = {**os.environ, "CRASHSEARCH_SCRATCH": str(tmp_path / f"scratch-{name}")}
+        procs.append(subprocess.Popen([sys.executable, "-c", DECLARER, s3_home, name, str(tmp_path / f"ready-{name}"),
+                                       str(go)], env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while not all((tmp_path / f"ready-{n}").exists() for n in "ab") and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+            time.sleep(0.05)
+        go.touch()
+        for p in procs:
+            assert p.wait(timeout=120) == 0, p.stderr.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch-c"))  # a third machine reads them
+    notes = [e["note"] for e in bugfix_events(resolve_home(s3_home))]
+    assert sorted(notes) == sorted(f"{n} fix {i}" for n in "ab" for i in range(12))
+    lines = backend_for(s3_home).read("bugfix_events.jsonl").decode().split("\n")
+    assert len(lines) == 25 and lines[-1] == "" and all(json.loads(line) for line in lines[:-1])
+
+
+def test_a_bugfix_log_an_older_version_left_in_the_scratch_folder_is_named_not_silently_dropped(s3_home, tmp_path,
+                                                                                               monkeypatch, caplog):
+    import logging
+
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.versions import bugfix_events, declare_bugfix
+
+    monkeypatch.setenv("CRASHSEARCH_SCRATCH", str(tmp_path / "scratch"))
+    home = resolve_home(s3_home)
+    (home.root / "bugfix_events.jsonl").write_text('{"id": "old", "note": "x", "declared_at": "2026-01-01T00:00:00Z"}\n')
+    event = declare_bugfix(home, "on the bucket")
+    with caplog.at_level(logging.WARNING):
+        assert [e["id"] for e in bugfix_events(home)] == [event["id"]]
+    said = [r.getMessage() for r in caplog.records if "bugfix_events.jsonl" in r.getMessage()]
+    assert len(said) == 1 and str(home.root / "bugfix_events.jsonl") in said[0], said
+    assert f"the home's log is {s3_home}/bugfix_events.jsonl" in said[0] and "declare its events again" in said[0]

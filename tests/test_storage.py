@@ -190,6 +190,102 @@ def test_create_is_exclusive_under_a_race(backend):
     assert backend.create("c/lease", b"late") is False and backend.read("c/lease") == f"writer {won[0]}".encode()
 
 
+def test_append_keeps_every_line_in_order(backend):
+    backend.append("c/events.jsonl", '{"a": 1}')
+    backend.append("c/events.jsonl", b'{"b": 2}\n')
+    assert backend.read("c/events.jsonl") == b'{"a": 1}\n{"b": 2}\n'
+    backend.put("c/hand.jsonl", b'{"a": 1}')  # a last line without its newline (a hand edit)
+    backend.append("c/hand.jsonl", '{"b": "\u00e9"}')
+    assert backend.read("c/hand.jsonl").decode() == '{"a": 1}\n{"b": "\u00e9"}\n'
+    with pytest.raises(ValueError, match="newline inside"):
+        backend.append("c/events.jsonl", "two\nlines")
+    assert backend.read("c/events.jsonl") == b'{"a": 1}\n{"b": 2}\n'
+    with pytest.raises(ValueError):
+        backend.append("../outside", "x")
+
+
+APPENDERS = 6
+APPENDS_EACH = {"local": 40, "s3": 5}  # each s3 append is a GET and a PUT of the whole object
+
+
+def _line(i: int, j: int) -> str:
+    """Writer i's line j: lengths up to 3 kB, so that local writes cross page boundaries."""
+    return f"writer {i} line {j} " + "x" * (200 + (i * 997 + j * 1709) % 2800)
+
+
+def test_concurrent_appends_lose_no_line_and_interleave_none(case, backend, monkeypatch):
+    """Appenders racing on one object (threads here; processes and machines alike, the guarantee is the
+    store's): every line lands whole. On S3 the races are real conditional PUTs refused by the server."""
+    refused = []
+    if case.name == "s3":
+        real = type(backend).replace
+
+        def replace(self, key, data, tag):  # counts the races lost, so the test knows they happened
+            out = real(self, key, data, tag)
+            if out is None:
+                refused.append(key)
+            return out
+
+        monkeypatch.setattr(type(backend), "replace", replace)
+    backend.append("c/events.jsonl", "first")
+    barrier = threading.Barrier(APPENDERS)
+    errors = []
+
+    def appender(i: int) -> None:
+        barrier.wait()
+        try:
+            for j in range(APPENDS_EACH[case.name]):
+                backend.append("c/events.jsonl", _line(i, j))
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=appender, args=(i,)) for i in range(APPENDERS)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    lines = backend.read("c/events.jsonl").decode().split("\n")
+    assert lines[0] == "first" and lines[-1] == ""
+    expected = [_line(i, j) for i in range(APPENDERS) for j in range(APPENDS_EACH[case.name])]
+    assert sorted(lines[1:-1]) == sorted(expected)  # none lost, none twice, none torn, no blank line
+    for i in range(APPENDERS):  # each writer's lines in the order it appended them
+        mine = [ln for ln in lines if ln.startswith(f"writer {i} ")]
+        assert mine == [_line(i, j) for j in range(APPENDS_EACH[case.name])]
+    if case.name == "s3":
+        assert refused, "no append lost a race: the test raced nothing"
+
+
+def test_an_s3_append_that_keeps_losing_its_race_fails_naming_the_key(request, monkeypatch):
+    backend = S3Case().make(None, request)
+    backend.append("c/events.jsonl", "first")
+    monkeypatch.setattr(S3Backend, "APPEND_TRIES", 3)
+    monkeypatch.setattr(S3Backend, "APPEND_BACKOFF", 0.0)
+    real_read, tries = S3Backend.read_tagged, []
+
+    def read_tagged(self, key):  # another writer appends between each read and its conditional PUT
+        data, tag = real_read(self, key)
+        tries.append(key)
+        self.put(key, data + f"other {len(tries)}\n".encode())
+        return data, tag
+
+    monkeypatch.setattr(S3Backend, "read_tagged", read_tagged)
+    with pytest.raises(OSError, match="could not append a line after 3 tries") as raised:
+        backend.append("c/events.jsonl", "mine")
+    assert raised.value.filename == backend.url("c/events.jsonl") and len(tries) == 3
+    monkeypatch.setattr(S3Backend, "read_tagged", real_read)
+    assert real_read(backend, "c/events.jsonl")[0] == b"first\nother 1\nother 2\nother 3\n"  # theirs kept, not ours
+
+
+def test_a_local_append_to_a_fifo_fails_at_once(tmp_path):
+    import os
+
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "events.jsonl")  # opening it for writing would wait for a reader forever
+    with pytest.raises(OSError, match="not a regular file"):
+        LocalBackend(tmp_path).append("c/events.jsonl", "x")
+
+
 def test_duckdb_reads_an_object_by_its_url(case, backend):
     import io
 
@@ -207,7 +303,8 @@ def test_duckdb_reads_an_object_by_its_url(case, backend):
 @pytest.mark.parametrize("key", ["/etc/passwd", "../outside", "campaigns/../../outside", "a/../../b"])
 def test_bad_keys_are_refused(backend, key):
     for call in (lambda: backend.put(key, b"x"), lambda: backend.create(key, b"x"), lambda: backend.read(key),
-                 lambda: backend.delete(key), lambda: backend.exists(key), lambda: backend.url(key)):
+                 lambda: backend.delete(key), lambda: backend.exists(key), lambda: backend.url(key),
+                 lambda: backend.append(key, "x")):
         with pytest.raises(ValueError):
             call()
 

@@ -73,7 +73,7 @@ def _list(home, args) -> int:
 
 def _remove(home, args) -> int:
     """``crashsearch bugfix --remove EVENT_ID [--note WHY]``: record the event's removal."""
-    from crashsearch.lab.versions import EVENTS_FILE, remove_bugfix
+    from crashsearch.lab.versions import events_location, remove_bugfix
 
     clash = [flag for flag, name in (("--version", "version"), ("--at", "at"), ("--campaign", "campaign"),
                                      ("--list", "list")) if getattr(args, name, None)]
@@ -85,7 +85,7 @@ def _remove(home, args) -> int:
     except (ValueError, OSError) as exc:
         print(f"bugfix: {exc}", file=sys.stderr)
         return 2
-    print(f"removed bug-fix event {removal['removes']} (recorded as {removal['id']} in {home.root / EVENTS_FILE}); "
+    print(f"removed bug-fix event {removal['removes']} (recorded as {removal['id']} in {events_location(home)}); "
           "analysis no longer splits the history at it")
     return 0
 
