@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from crashsearch.lab._io import json_object
 from crashsearch.lab.logsql import LOG_DIR, REPLACES_KEY, experiments_sql
 from crashsearch.lab.rows import check_campaign_id
-from crashsearch.lab.storage import Backend, LocalBackend, is_url
+from crashsearch.lab.storage import Backend, is_url
 
 log = logging.getLogger("crashsearch.lab.store")  # its warnings read as the store's, as before
 
@@ -116,13 +116,6 @@ def footer(backend: Backend, key: str) -> tuple[str, bytes]:
             problem, replaces = f"unreadable Parquet ({(str(exc).splitlines() or [type(exc).__name__])[0]})", b"[]"
         _FOOTERS[ident] = (problem, replaces)
     return _FOOTERS[ident]
-
-
-def damage(path: Path) -> str:
-    """What is wrong with a local log file's footer and schema, in a few words; "" when it is readable.
-
-    Raises FileNotFoundError when the file is gone."""
-    return footer(LocalBackend(path.parent), path.name)[0]
 
 
 def warn_damaged(where: str | Path, problem: str) -> None:
