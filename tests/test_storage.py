@@ -101,6 +101,15 @@ def backend(case, tmp_path, request):
     return case.make(tmp_path) if isinstance(case, LocalCase) else case.make(tmp_path, request)
 
 
+def _in_threads(target, n: int) -> None:
+    """Run ``target(i)`` for i < n, each in a thread of its own, all at once; wait for every one."""
+    workers = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 # ---- the contract ----------------------------------------------------------------------------------
 
 def test_a_backend_is_the_protocol(backend):
@@ -179,11 +188,7 @@ def test_create_is_exclusive_under_a_race(backend):
         if backend.create("c/lease", f"writer {i}".encode()):
             won.append(i)
 
-    workers = [threading.Thread(target=racer, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _in_threads(racer, threads)
     assert len(won) == 1
     assert backend.read("c/lease") == f"writer {won[0]}".encode()  # whole, and the winner's
     assert backend.list("c/") == ["c/lease"]  # the losers left nothing behind
@@ -239,11 +244,7 @@ def test_concurrent_appends_lose_no_line_and_interleave_none(case, backend, monk
         except Exception as exc:  # noqa: BLE001  (reported below)
             errors.append(exc)
 
-    workers = [threading.Thread(target=appender, args=(i,)) for i in range(APPENDERS)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _in_threads(appender, APPENDERS)
     assert errors == []
     lines = backend.read("c/events.jsonl").decode().split("\n")
     assert lines[0] == "first" and lines[-1] == ""
