@@ -429,9 +429,9 @@ def test_append_merges_recent_files_without_touching_the_base(store, space, monk
 READER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from crashsearch.lab.settings import Home
+    from crashsearch.lab.settings import resolve_home
     from crashsearch.lab.store import Store
-    store = Store(Home(Path(sys.argv[1])))
+    store = Store(resolve_home(sys.argv[1], create=False))  # a folder or an s3:// URL
     stop, deadline = Path(sys.argv[2]), time.time() + float(sys.argv[3])
     counts, errors = [], []
     while time.time() < deadline and (not stop.exists() or len(counts) < 3):
@@ -447,7 +447,7 @@ READER = textwrap.dedent("""
 
 
 def _start_reader(home: Home, stop: Path, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", READER, str(home.root), str(stop), str(seconds)],
+    return subprocess.Popen([sys.executable, "-c", READER, home.location, str(stop), str(seconds)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -490,7 +490,14 @@ def test_reader_process_queries_while_a_writer_process_appends(store, space, hom
 
 
 @pytest.mark.slow
-def test_compaction_beside_a_concurrent_reader(store, space, home, tmp_path):
+@pytest.mark.parametrize("where", ["folder", pytest.param("s3", marks=pytest.mark.slow)])
+def test_compaction_beside_a_concurrent_reader(where, space, tmp_path, request):
+    """A reader in another process never sees a row twice or a row vanish while the writer appends
+    and compacts; on an s3:// home too, where compaction is a PUT and deletes, never a rename."""
+    from crashsearch.lab.settings import resolve_home
+
+    home = resolve_home(request.getfixturevalue("s3_home") if where == "s3" else tmp_path / "home")
+    store = Store(home)
     for batch in range(20):
         store.append("c1", make_rows(space, 5, seed=batch, start=batch * 5), space)
     stop = tmp_path / "stop"
@@ -512,7 +519,7 @@ def test_compaction_beside_a_concurrent_reader(store, space, home, tmp_path):
     counts = [n for n, _ in result["counts"]]
     assert counts == sorted(counts), "a reader saw rows disappear"
     assert len(store.experiments("c1")) == total == 220
-    assert len(store.log_files("c1")) == 1
+    assert len(store.log_keys("c1")) == 1
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
