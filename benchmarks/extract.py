@@ -165,7 +165,7 @@ def model_rate(backbone, batch_size: int, seconds: float) -> float:
 def pipeline_rate(ds: Dataset, backbone, spec: ExtractSpec, workers: int, batch_size: int) -> dict:
     """Run the real extraction into a throw-away partition; returns its stats."""
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
-        part = Partition(Path(tmp))
+        part = Partition.open(tmp, ds.name, backbone.name, "bench")
         stats = extract_videos(ds.videos, backbone, spec, part, workers=workers, batch_size=batch_size, progress=False)
     return stats.to_dict()
 

@@ -237,11 +237,10 @@ _REFUSED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
-class S3Backend:
-    """A home under ``s3://bucket/prefix``. Keys are relative to the prefix."""
-
-    APPEND_TRIES = 25  # conditional PUTs per append before giving up: each lost race means another append landed
-    APPEND_BACKOFF = 0.02  # seconds: the first retry's mean wait, doubling per try up to one second
+class S3Location:
+    """Where a home under ``s3://bucket/prefix`` is, and how a request for one of its keys is made: the
+    URL checked, keys mapped under the prefix, and the client's errors turned into the project's (a
+    missing bucket, refused credentials and an unreachable endpoint are the user's setup, one line)."""
 
     def __init__(self, url: str):
         parsed = urlparse(str(url))
@@ -308,6 +307,13 @@ class S3Backend:
                               f"check AWS_ENDPOINT_URL and the network",
                               f"s3://{self.bucket}/{kwargs.get('Key', '')}") from exc
             raise
+
+class S3Backend(S3Location):
+    """A home under ``s3://bucket/prefix``: lab/storage.Backend over S3 requests (module docstring).
+    Keys are relative to the prefix."""
+
+    APPEND_TRIES = 25  # conditional PUTs per append before giving up: each lost race means another append landed
+    APPEND_BACKOFF = 0.02  # seconds: the first retry's mean wait, doubling per try up to one second
 
     # ---- the Backend protocol ---------------------------------------------------------------------------
     def list(self, prefix: str) -> list[str]:

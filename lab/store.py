@@ -121,12 +121,6 @@ class Store:
         self.backend = backend if backend is not None else backend_for(home.location)  # the storage seam
 
     # ---- layout -----------------------------------------------------------------------------
-    def log_dir(self, campaign: str) -> Path:
-        """``<home>/campaigns/<id>/log/`` (created if missing), for a local home. Raises ValueError on a bad id."""
-        path = self.home.campaign(check_campaign_id(campaign)) / LOG_DIR
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def log_keys(self, campaign: str | None = None) -> list[str]:
         """The storage keys of every log file of one campaign (or all), replaced ones included; sorted."""
         prefix = log_prefix(campaign) if campaign is not None else "campaigns/"
@@ -245,32 +239,11 @@ class Store:
         """
         check_info(info)
         key = campaign_key(campaign, "campaign.json")
-        current = self._current_campaign(campaign, key)
+        current = _current_campaign(self.backend, campaign, key)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         merged = {**current, **info, "id": campaign,
                   "created_at": current.get("created_at") or info.get("created_at") or now, "updated_at": now}
         self.backend.put(key, (json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-    def _current_campaign(self, campaign: str, key: str) -> dict:
-        """The campaign.json ``write_campaign`` merges into ({} if none). One that does not parse is
-        not lost: its bytes are kept under quarantine/<campaign>/ first, and a warning says where."""
-        try:
-            raw = self.backend.read(key)
-        except FileNotFoundError:
-            return {}
-        except OSError:  # unreadable (not a regular file, ...): read_object names it
-            return read_object(self.backend, key) or {}
-        try:
-            current = json.loads(raw.decode("utf-8"))  # as every reader of it (lab/_io.json_object)
-            if isinstance(current, dict):
-                return current
-            problem = f"a JSON {type(current).__name__}, not an object"
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
-            problem = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        kept = keep_copy(self.backend, raw, f"{QUARANTINE}/{campaign}/campaign.json")
-        log.warning("%s is damaged (%s): its bytes are kept at %s and a new one is written",
-                    self.backend.url(key), problem, kept)
-        return {}
 
     def campaigns(self) -> list[dict]:
         """One dict per campaign folder: its campaign.json, or just ``{"id": ...}`` if it has none."""
@@ -490,6 +463,28 @@ class Store:
         finally:
             con.close()
         return table.select(schema.names).cast(schema)
+
+
+def _current_campaign(backend: Backend, campaign: str, key: str) -> dict:
+    """The campaign.json ``write_campaign`` merges into ({} if none). One that does not parse is
+    not lost: its bytes are kept under quarantine/<campaign>/ first, and a warning says where."""
+    try:
+        raw = backend.read(key)
+    except FileNotFoundError:
+        return {}
+    except OSError:  # unreadable (not a regular file, ...): read_object names it
+        return read_object(backend, key) or {}
+    try:
+        current = json.loads(raw.decode("utf-8"))  # as every reader of it (lab/_io.json_object)
+        if isinstance(current, dict):
+            return current
+        problem = f"a JSON {type(current).__name__}, not an object"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json parses
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    kept = keep_copy(backend, raw, f"{QUARANTINE}/{campaign}/campaign.json")
+    log.warning("%s is damaged (%s): its bytes are kept at %s and a new one is written",
+                backend.url(key), problem, kept)
+    return {}
 
 
 def _minor_compact_if_many(store: Store, campaign: str) -> None:

@@ -19,7 +19,7 @@ from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
 from crashsearch.lab.versions import declare_bugfix
-from test_store import make_rows
+from test_store import log_dir, make_rows
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWS = ("experiments", "campaigns", "bugfix_events")
@@ -112,7 +112,7 @@ def test_a_damaged_file_is_named_and_check_repair_clears_it(home, space, capsys)
 
     store = Store(home)
     store.append("c1", make_rows(space, 3), space)
-    damaged = store.log_dir("c1") / "part-20990101T000000.000000Z-dead.parquet"
+    damaged = log_dir(store, "c1") / "part-20990101T000000.000000Z-dead.parquet"
     damaged.write_bytes(b"PAR1 not parquet")
     con = read_only(home)
     with pytest.raises(duckdb.Error, match=damaged.name):

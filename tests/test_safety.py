@@ -28,6 +28,7 @@ from crashsearch.flows.cli import main as cli
 from crashsearch.lab.settings import Home
 from crashsearch.lab.space import Space
 from crashsearch.lab.store import Store
+from test_store import log_dir
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -523,7 +524,7 @@ def test_a_garbage_file_in_one_campaign_leaves_the_others_working(store, space, 
     store.append("good", rows(space, 5), space)
     store.append("bad", rows(space, 3, prefix="b"), space)
     store.append("bad", rows(space, 2, seed=1, prefix="c"), space)
-    garbage = store.log_dir("bad") / "part-20250101T000000.000000Z-garbage.parquet"
+    garbage = log_dir(store, "bad") / "part-20250101T000000.000000Z-garbage.parquet"
     garbage.write_bytes(b"this is not parquet" * 10)
     assert len(store.experiments("good")) == 5
     assert len(store.experiments("bad")) == 5  # its readable files still read
@@ -550,7 +551,7 @@ def test_check_lists_and_repair_quarantines_without_deleting(store, space, home)
     store.append("c1", rows(space, 4), space)
     table = pq.read_table(store.log_files("c1")[0])
     # a file whose second row group is corrupt: its first row group's rows are still readable
-    damaged = store.log_dir("c1") / "part-20250102T000000.000000Z-damaged.parquet"
+    damaged = log_dir(store, "c1") / "part-20250102T000000.000000Z-damaged.parquet"
     extra = pa.Table.from_pylist([{**r, "experiment_id": "x" + r["experiment_id"]} for r in table.to_pylist()],
                                  schema=table.schema)
     pq.write_table(extra, damaged, row_group_size=2, compression="none")
@@ -559,7 +560,7 @@ def test_check_lists_and_repair_quarantines_without_deleting(store, space, home)
     start = meta.row_group(1).column(0).data_page_offset
     data[start:start + 64] = b"\xff" * 64
     damaged.write_bytes(bytes(data))
-    garbage = store.log_dir("c1") / "part-20250103T000000.000000Z-garbage.parquet"
+    garbage = log_dir(store, "c1") / "part-20250103T000000.000000Z-garbage.parquet"
     garbage.write_bytes(b"garbage")
     listed = run_cli("check", "--home", str(home.root))
     assert listed.returncode == 1
