@@ -92,7 +92,7 @@ def main() -> None:
                 os.environ.update(server.env())
                 url = f"s3://{server.make_bucket()}/home"
                 fill(resolve_home(url), args.videos, args.dim, args.per_part)
-                objects = backend_for(url).fs.object_cache.folder
+                objects = backend_for(url).cache.folder
                 times.update({"S3 (moto, 127.0.0.1), cold": [], "S3 (moto, 127.0.0.1), warm": []})
             for _ in range(args.repeat):
                 times["local folder"].append(timed_load(local, args.videos))

@@ -79,18 +79,18 @@ def location(backend: Backend, key: str) -> Path:
 
 
 def log_sql(backend: Backend, gens: Generations, dedup: bool = True) -> str:
-    """``experiments_sql`` over these files, named by the URLs DuckDB reads them by; ``dedup=False``:
-    every live row before the dedup."""
+    """``experiments_sql`` over these files, named by the local paths DuckDB reads them by (an object
+    store's copies: ``Backend.local_path``); ``dedup=False``: every live row before the dedup. Raises
+    FileNotFoundError when a compaction removed a file since the listing."""
     def urls(keys: list[PurePosixPath]) -> list[str]:
-        return [backend.url(str(k)) for k in keys]
+        return [backend.local_path(str(k)) for k in keys]
 
     return experiments_sql(urls(gens.bases), urls(gens.recent)) if dedup else experiments_sql(urls(gens.live), [])
 
 
 def source(backend: Backend, key: str) -> Any:
-    """What pyarrow reads ``key`` from: the local path (it reads only the footer), or the bytes."""
-    url = backend.url(key)
-    return url if not is_url(url) else pa.BufferReader(backend.read(key))
+    """What pyarrow reads ``key`` from: a local path (it reads only the footer; an object store's copy)."""
+    return backend.local_path(key)
 
 
 _FOOTERS: dict[tuple[str, float], tuple[str, bytes]] = {}  # (url, mtime) -> (problem, replaces): read once

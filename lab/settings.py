@@ -19,7 +19,6 @@ fetched from the bucket is ``<scratch base>/objects``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +96,10 @@ def resolve_home(home: str | os.PathLike | None = None, create: bool = True) -> 
 def _url_home(url: str, create: bool) -> Home:
     """An object-store home: the URL checked (a backend exists for it) and its local scratch folder."""
     from crashsearch.lab.storage import backend_for  # loads the object store's client
-    from crashsearch.lab.storage_s3 import scratch_base
+    from crashsearch.lab.storage_s3 import scratch_folder
 
     url = backend_for(url).root  # one spelling per home: s3://bucket/prefix
-    root = scratch_base() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    root = scratch_folder(url)
     if create:
         try:
             root.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,13 @@ class Backend(Protocol):
         """The size of ``key`` in bytes, without reading it; FileNotFoundError if absent."""
 
     def url(self, key: str) -> str:
-        """The path or URL DuckDB reads ``key`` by (a local path, or s3://bucket/prefix/key)."""
+        """Where ``key`` is, for people and for clients of the store's URLs (a local path, or
+        s3://bucket/prefix/key)."""
+
+    def local_path(self, key: str) -> str:
+        """A local file DuckDB reads ``key`` by, with its own file system: the file itself, or an object
+        store's copy in the home's read cache (fetched first if missing). For objects never changed
+        after their write (log parts); FileNotFoundError if absent."""
 
     def open_copy(self, key: str) -> BinaryIO:
         """``key`` opened for reading from local disk: the file itself for a local home; for an object
@@ -186,6 +192,9 @@ class LocalBackend:
         return self._path(key).stat().st_size
 
     def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def local_path(self, key: str) -> str:
         return str(self._path(key))
 
     def open_copy(self, key: str) -> BinaryIO:

@@ -17,13 +17,16 @@ on a connection with ``con.register_filesystem``). What the seam's guarantees be
 * ``list`` lists the keys under a prefix (S3 listings are strongly consistent); there are no temp
   objects, since nothing is renamed.
 
-Reads of log parts, feature part files and kept heads are cached on local disk (``ObjectCache``;
-``open_copy`` for the latter two): each is written once under a unique name and never changed, so
-a copy named by its ETag stays true, and a GPU node reads each once. DuckDB's reads and the
-footer reads then touch the network once per part and process tree, not once per query; the
-listing's ETags and sizes answer the lookups that would each cost a HEAD. The cache lives in
-``<scratch base>/objects`` (``scratch_base``) and is capped at
-``$CRASHSEARCH_OBJECT_CACHE_MB`` (default 2048 MB), the least recently used copies going first.
+Log parts, feature part files and kept heads are read through a local cache (``ObjectCache``,
+``open_copy``, ``local_path``): each is written once under a unique name and never changed, so a
+copy named by its ETag stays true, and a node fetches each once (what it PUTs itself is kept at
+once). DuckDB reads the log parts' local copies by path, with its own file system: reading them
+through the registered s3fs filesystem now and then handed the Parquet reader wrong bytes ("don't
+know what type", "Payload value bigger than allowed") in a query over many parts. The listing's
+ETags and sizes answer the lookups that would each cost a HEAD. The cache is the home's,
+``<its scratch folder>/objects`` (so a query's sandbox can allow it and nothing of another home),
+capped at ``$CRASHSEARCH_OBJECT_CACHE_MB`` (default 2048 MB), the least recently used copies going
+first (never one used in the last minute).
 
 Credentials, region and endpoint come only from the standard environment and AWS config
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL or
@@ -85,6 +88,7 @@ LOG_PART = re.compile(r"/campaigns/[^/]+/log/part-[^/]*\.parquet$")  # written o
 WRITTEN_ONCE = re.compile(r"(/campaigns/[^/]+/log/part-[^/]*\.parquet|/cache/[^/]+/[^/]+/[^/]+/part-[^/]*\.parquet"
                           r"|/campaigns/[^/]+/models/[^/]+\.safetensors)$")
 CACHE_MB = 2048
+IN_USE_SECONDS = 60  # a copy used this recently is not trimmed: DuckDB reads copies by path, after the fetch
 _LISTED: dict[str, dict] = {}  # bucket/key of a WRITTEN_ONCE object -> what the last listing said (ETag, size, time)
 
 
@@ -155,10 +159,10 @@ class ObjectCache:
                     st = entry.stat()
                     files.append((st.st_mtime, st.st_size, entry.path))
             total = sum(size for _, size, _ in files)
-            for _, size, path in sorted(files):
+            for mtime, size, path in sorted(files):
                 if total <= self.cap:
                     break
-                if path == str(keep):
+                if path == str(keep) or time.time() - mtime < IN_USE_SECONDS:  # a query may be about to read it
                     continue
                 try:
                     os.unlink(path)
@@ -167,7 +171,13 @@ class ObjectCache:
                     pass
 
 
-def _cache() -> ObjectCache:
+def scratch_folder(root: str) -> Path:
+    """The local scratch folder of the home at ``root`` (its one spelling, ``s3://bucket/prefix``)."""
+    return scratch_base() / hashlib.sha256(root.encode()).hexdigest()[:16]
+
+
+def _cache(root: str) -> ObjectCache:
+    """The read cache of the home at ``root``: ``<its scratch folder>/objects``, capped as set."""
     raw = os.environ.get("CRASHSEARCH_OBJECT_CACHE_MB") or str(CACHE_MB)
     try:
         mb = float(raw)
@@ -175,16 +185,14 @@ def _cache() -> ObjectCache:
         raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r} is not a number of megabytes") from None
     if not (0 <= mb and math.isfinite(mb)):  # nan and inf passed float() and failed later, as internal errors
         raise UserError(f"CRASHSEARCH_OBJECT_CACHE_MB={raw!r}: the read cache's cap is a number of megabytes, 0 or more")
-    return ObjectCache(scratch_base() / "objects", int(mb * 2 ** 20))
+    return ObjectCache(scratch_folder(root) / "objects", int(mb * 2 ** 20))
 
 
 def _filesystem_class():
     import s3fs
 
     class CachedS3FileSystem(s3fs.S3FileSystem):
-        """s3fs, but a log part is read from its local copy, and its details from the last listing."""
-
-        object_cache: ObjectCache | None = None
+        """s3fs, but a written-once object's details come from the last listing (no HEAD)."""
 
         async def _info(self, path, *args, **kwargs):
             listed = _LISTED.get(self._strip_protocol(path))
@@ -192,18 +200,12 @@ def _filesystem_class():
                 return dict(listed)
             return await super()._info(path, *args, **kwargs)
 
-        def _open(self, path, mode="rb", **kwargs):
-            path = self._strip_protocol(path)
-            if mode == "rb" and self.object_cache is not None and LOG_PART.search("/" + path):
-                return self.object_cache.open(self, path, self.info(path)["ETag"])
-            return super()._open(path, mode, **kwargs)
-
     return CachedS3FileSystem
 
 
 def s3_filesystem():
     """The process's s3fs filesystem, configured from the environment; listings are never cached
-    (another worker's new log file must show at the next listing); log parts are (module docstring)."""
+    (another worker's new log file must show at the next listing)."""
     try:
         cls = _filesystem_class()
     except ImportError:  # a runtime dependency; only a broken install lacks it
@@ -216,7 +218,6 @@ def s3_filesystem():
                 _check_endpoint(_endpoint())
                 kwargs["endpoint_url"] = _endpoint()
             fs = cls(use_listings_cache=False, skip_instance_cache=True, client_kwargs=kwargs)
-            fs.object_cache = _cache()
             _FS[os.getpid()] = fs
         return fs
 
@@ -260,6 +261,7 @@ class S3Location:
             raise UserError(f"an S3 home URL's prefix has no empty, '.' or '..' parts: s3://{self.bucket}/{self.prefix}")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.fs = s3_filesystem()
+        self.cache = _cache(self.root)
 
     # ---- keys -------------------------------------------------------------------------------
     def _key(self, key: str) -> str:
@@ -350,21 +352,25 @@ class S3Backend(S3Location):
                 return sorted(n for n in names if n)
 
     def read(self, key: str) -> bytes:
-        path = self._path(key)
-        if self.fs.object_cache is not None and LOG_PART.search("/" + path):
-            try:
-                with self.fs.open(path, "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                _LISTED.pop(path, None)
-                raise FileNotFoundError(self.url(key)) from None
+        if WRITTEN_ONCE.search("/" + self._path(key)):
+            with self.open_copy(key) as f:
+                return f.read()
         return self.read_tagged(key)[0]
 
     def open_copy(self, key: str) -> BinaryIO:
-        """``key`` from the local read cache (fetched once per ETag; a HEAD each call asks for it)."""
+        """``key`` from the home's read cache (fetched once per ETag; the last listing's ETag, else a HEAD)."""
         path = self._path(key)
         try:
-            return self.fs.object_cache.open(self.fs, path, (_LISTED.get(path) or {}).get("ETag"))
+            return self.cache.open(self.fs, path, (_LISTED.get(path) or {}).get("ETag"))
+        except FileNotFoundError:
+            _LISTED.pop(path, None)
+            raise FileNotFoundError(self.url(key)) from None
+
+    def local_path(self, key: str) -> str:
+        """The path of ``key``'s copy in the home's read cache (fetched first if missing), for DuckDB."""
+        path = self._path(key)
+        try:
+            return str(self.cache.path(self.fs, path, (_LISTED.get(path) or {}).get("ETag") or self.fs.info(path)["ETag"]))
         except FileNotFoundError:
             _LISTED.pop(path, None)
             raise FileNotFoundError(self.url(key)) from None
@@ -380,8 +386,8 @@ class S3Backend(S3Location):
     def put(self, key: str, data: bytes) -> None:
         etag = self._call("put_object", Key=self._key(key), Body=bytes(data))["ETag"]
         path = self._path(key)
-        if self.fs.object_cache is not None and WRITTEN_ONCE.search("/" + path):  # the writer reads it back next
-            self.fs.object_cache.keep(path, etag, data)
+        if WRITTEN_ONCE.search("/" + path):  # the writer reads it back next
+            self.cache.keep(path, etag, data)
 
     def create(self, key: str, data: bytes) -> bool:
         return self.create_tagged(key, data) is not None

@@ -96,11 +96,14 @@ DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensio
                  "allow_community_extensions": False}
 
 
-def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path | str) -> None:
+def lock_to_campaigns(con: duckdb.DuckDBPyConnection, campaigns: Path | str, *copies: Path) -> None:
     """Let ``con`` read files under ``campaigns`` only, for good: a query over the views cannot read
     /etc/passwd or the cache with read_csv, read_text or glob (DuckDB's allowed_directories).
-    ``campaigns`` is a folder or the URL of an object-store home's campaigns/ (s3://bucket/p/campaigns)."""
-    folders = {str(campaigns)} if "://" in str(campaigns) else {str(campaigns), os.path.realpath(campaigns)}
+    ``campaigns`` is a folder or the URL of an object-store home's campaigns/ (s3://bucket/p/campaigns);
+    ``copies``: the home's local read cache of an object-store home, which holds the log's copies."""
+    folders = set()
+    for folder in (campaigns, *copies):
+        folders |= {str(folder)} if "://" in str(folder) else {str(folder), os.path.realpath(folder)}
     listed = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in sorted(folders))
     # DuckDB also allows its spill folder (default: .tmp under the working directory, whatever is
     # in it): no spill folder, so a query reads the home only and writes nowhere
@@ -287,7 +290,10 @@ class Store:
         for attempt in range(READ_RETRIES):
             try:
                 gens = self.generations()
-                if follow and gens.live and not gens.damaged and not any(ch in self.home.location for ch in "*?[]{}"):
+                # following globs is for a folder home: on an object store DuckDB reads the listed
+                # parts' local copies (lab/storage_s3.py: its reads through s3fs were not reliable)
+                if follow and not self.home.url and gens.live and not gens.damaged and \
+                        not any(ch in self.home.location for ch in "*?[]{}"):
                     experiments = view_sql(self.home.url or self.home.root.resolve())["experiments"]
                 else:
                     experiments = log_sql(self.backend, gens)
@@ -304,7 +310,9 @@ class Store:
         con.execute("CREATE VIEW campaigns AS SELECT * FROM _campaigns")
         con.register("_bugfix_events", _events_table(bugfix_events(self.home, backend=self.backend)))
         con.execute("CREATE VIEW bugfix_events AS SELECT * FROM _bugfix_events")
-        lock_to_campaigns(con, self.backend.url("campaigns") if self.home.url else self.home.campaigns)
+        cache = getattr(self.backend, "cache", None)  # an object store's read cache: the local copies of the log
+        lock_to_campaigns(con, self.home.campaigns if not self.home.url else self.backend.url("campaigns"),
+                          *([cache.folder] if cache is not None else []))
         return con
 
     def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pd.DataFrame:

@@ -115,14 +115,15 @@ def test_no_secret_reaches_the_home(backend, s3_home):
     assert TEST_SECRET not in repr(backend.__dict__) and TEST_SECRET not in s3_home
 
 
-def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(backend, tmp_path):
+def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(backend, tmp_path, monkeypatch):
+    from crashsearch.lab import storage_s3
     from crashsearch.lab.storage_s3 import ObjectCache
 
     key = "campaigns/c1/log/part-1.parquet"
     backend.put(key, b"first")
     backend.list("campaigns/")
     assert backend.read(key) == b"first"
-    cache = backend.fs.object_cache
+    cache = backend.cache
     copies = sorted(cache.folder.glob("*.parquet"))
     assert any(p.read_bytes() == b"first" for p in copies)
     backend.put(key, b"second, damaged in place")  # a new ETag: the old copy is not served
@@ -136,6 +137,10 @@ def test_log_parts_are_read_once_into_a_capped_local_cache_named_by_their_etag(b
     for i in range(3):
         backend.put(f"campaigns/c1/log/part-{i}.parquet", b"x" * 6)
         small.path(backend.fs, backend._path(f"campaigns/c1/log/part-{i}.parquet"), f'"tag{i}"')
+    # over the cap, but each copy was used within the minute: a query may be about to read it by path
+    assert len(list((tmp_path / "objects").glob("*.parquet"))) == 3
+    monkeypatch.setattr(storage_s3, "IN_USE_SECONDS", 0)
+    small.path(backend.fs, backend._path("campaigns/c1/log/part-0.parquet"), '"tag9"')
     assert [p.stat().st_size for p in (tmp_path / "objects").glob("*.parquet")] == [6]  # the newest only
     tiny = ObjectCache(tmp_path / "tiny", cap_bytes=1)  # smaller than one object: it is still read
     assert tiny.path(backend.fs, backend._path("campaigns/c1/log/part-0.parquet"), '"tag0"').read_bytes() == b"x" * 6
@@ -176,7 +181,7 @@ def test_an_object_read_through_open_copy_is_fetched_once_per_etag(backend, monk
     monkeypatch.undo()
     monkeypatch.setattr(backend.fs, "get_file", counted_get)
 
-    cache = backend.fs.object_cache
+    cache = backend.cache
     real_path = type(cache).path
 
     def trimmed_at_once(self, fs, path, etag):  # another process trims the copy before it is opened
@@ -221,10 +226,10 @@ def test_a_bad_read_cache_cap_is_refused_in_one_line(monkeypatch, raw):
 
     monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", raw)
     with pytest.raises(UserError, match="CRASHSEARCH_OBJECT_CACHE_MB") as err:
-        storage_s3._cache()
+        storage_s3._cache("s3://bucket/home")
     assert "\n" not in str(err.value)
     monkeypatch.setenv("CRASHSEARCH_OBJECT_CACHE_MB", "0")  # no cache beyond the copy being read: allowed
-    assert storage_s3._cache().cap == 0
+    assert storage_s3._cache("s3://bucket/home").cap == 0
 
 
 @pytest.mark.parametrize("bucket", ["bucket!x", "bucket-x:9000", "bucket x"])
@@ -250,7 +255,7 @@ def test_a_read_cache_that_cannot_be_created_is_named_not_taken_for_a_missing_ob
     pq.write_table(table, sink)
     backend.put("campaigns/c1/log/part-1.parquet", sink.getvalue())
     backend.list("campaigns/c1/log/")
-    monkeypatch.setattr(backend.fs, "object_cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
+    monkeypatch.setattr(backend, "cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
     with pytest.raises(UserError, match="cannot create the local read cache /proc/nope/objects .*CRASHSEARCH_SCRATCH"):
         backend.read("campaigns/c1/log/part-1.parquet")
 
