@@ -15,7 +15,7 @@ What is this machine's own (Prefect's state of local runs, the logs of internal 
 and outputs commands write for the user) goes to a local scratch folder for that URL,
 ``Home.root``: ``$CRASHSEARCH_SCRATCH/<hash of the URL>``, default
 ``~/.cache/crashsearch/homes/<hash>`` (``$XDG_CACHE_HOME`` honoured); the read cache of objects
-fetched from the bucket is ``<scratch base>/objects``.
+fetched from the bucket is its ``objects/``.
 """
 from __future__ import annotations
 
