@@ -195,7 +195,11 @@ class LocalBackend:
         return str(self._path(key))
 
     def local_path(self, key: str) -> str:
-        return str(self._path(key))
+        path = self._path(key)
+        if not path.is_file():  # gone (a compaction removed it), or a FIFO that would block its reader
+            raise (OSError(errno.EINVAL, "not a regular file", str(path)) if path.exists()
+                   else FileNotFoundError(errno.ENOENT, "No such file", str(path)))
+        return str(path)
 
     def open_copy(self, key: str) -> BinaryIO:
         path = self._path(key)

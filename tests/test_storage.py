@@ -150,6 +150,9 @@ def test_open_copy_reads_an_object_from_local_disk(backend):
         assert f.read() == b"features"
     with pytest.raises(FileNotFoundError):
         backend.open_copy("cache/ds/pixels/k/part-00001-b.parquet")
+    assert Path(backend.local_path("cache/ds/pixels/k/part-00000-a.parquet")).read_bytes() == b"features"
+    with pytest.raises(FileNotFoundError):
+        backend.local_path("cache/ds/pixels/k/part-00001-b.parquet")
 
 
 def test_folders_are_the_names_directly_under_a_prefix(backend):
