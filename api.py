@@ -59,8 +59,8 @@ class LabHome:
 
     # ---- the history ----------------------------------------------------------------------------
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """A new in-memory DuckDB connection with the views (the store's, following the log;
-        lab/store.py): it sees the home as it is now (files damaged since, campaigns' liveness)."""
+        """A new in-memory DuckDB connection with the views (the store's, following the log of a folder
+        home; lab/store.py): it sees the home as it is now (files damaged since, campaigns' liveness)."""
         self._con = self.store.connect(follow=True)  # earlier relations keep their own connection
         return self._con
 
