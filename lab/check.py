@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crashsearch.lab.logfiles import LOG_COLUMNS, footer, log_prefix, source
+from crashsearch.lab.logfiles import LOG_COLUMNS, footer, log_prefix, read_local
 from crashsearch.lab.quarantine import QUARANTINE, set_aside
 from crashsearch.lab.rows import CAMPAIGN_ID, check_campaign_id
 from crashsearch.lab.storage import Backend, LocalBackend
@@ -62,7 +62,7 @@ def read_problem(backend: Backend, key: str) -> str:
     if problem:
         return problem
     try:
-        pq.read_table(source(backend, key))
+        read_local(backend, key, pq.read_table)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
@@ -73,7 +73,7 @@ def read_problem(backend: Backend, key: str) -> str:
 def readable_rows(backend: Backend, key: str) -> pa.Table | None:
     """The row groups of a damaged file that still read and carry the log's columns, or None."""
     try:
-        parquet = pq.ParquetFile(source(backend, key))
+        parquet = read_local(backend, key, pq.ParquetFile)
     except (OSError, pa.ArrowException):
         return None
     tables = []

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -93,6 +93,22 @@ def source(backend: Backend, key: str) -> Any:
     return backend.local_path(key)
 
 
+def read_local(backend: Backend, key: str, read: Callable[[Any], Any]) -> Any:
+    """``read(source(backend, key))``; when that fails on an object store's local copy, the copy is
+    fetched again and read once more, so damage to this disk's copy is never taken for the object's
+    (check --repair would quarantine a sound object). Raises what ``read`` raises."""
+    try:
+        return read(source(backend, key))
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException):
+        forget = getattr(backend, "forget_copy", None)
+        if forget is None:
+            raise
+        forget(key)
+        return read(source(backend, key))
+
+
 _FOOTERS: dict[tuple[str, float], tuple[str, bytes]] = {}  # (url, mtime) -> (problem, replaces): read once
 _WARNED: set[str] = set()
 
@@ -105,7 +121,7 @@ def footer(backend: Backend, key: str) -> tuple[str, bytes]:
     ident = (backend.url(key), backend.mtime(key))  # a file rewritten in place (damage) has a new mtime
     if ident not in _FOOTERS:
         try:
-            meta = pq.read_metadata(source(backend, key))
+            meta = read_local(backend, key, pq.read_metadata)
             names = meta.schema.to_arrow_schema().names
             problem = "" if LOG_COLUMNS <= set(names) else \
                 "not a log file: it lacks the experiment_id, campaign, cell_id or status column"

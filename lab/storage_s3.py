@@ -120,6 +120,11 @@ class ObjectCache:
         except (OSError, UserError):
             pass
 
+    def forget(self, path: str) -> None:
+        """Remove every copy of ``bucket/key``, whatever its ETag."""
+        for copy in self.folder.glob(f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-*"):
+            copy.unlink(missing_ok=True)
+
     def _local(self, path: str, etag: str) -> Path:
         tag = etag.strip('"').replace("/", "_")
         return self.folder / f"{hashlib.sha256(path.encode()).hexdigest()[:24]}-{tag}{PurePosixPath(path).suffix}"
@@ -352,10 +357,14 @@ class S3Backend(S3Location):
                 return sorted(n for n in names if n)
 
     def read(self, key: str) -> bytes:
-        if WRITTEN_ONCE.search("/" + self._path(key)):
-            with self.open_copy(key) as f:
-                return f.read()
+        """The object's bytes from the bucket itself, never a local copy: what is quarantined, copied or
+        judged is the object, not this disk's copy of it."""
         return self.read_tagged(key)[0]
+
+    def forget_copy(self, key: str) -> None:
+        """Remove this node's copies of ``key`` from the read cache: the next read fetches it again (a
+        copy damaged on this disk is not the object's damage). Not part of the protocol."""
+        self.cache.forget(self._path(key))
 
     def open_copy(self, key: str) -> BinaryIO:
         """``key`` from the home's read cache (fetched once per ETag; the last listing's ETag, else a HEAD)."""

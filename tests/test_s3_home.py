@@ -828,3 +828,27 @@ def test_leaderboards_over_a_large_s3_history_all_read_right(s3_home, space):
     for _ in range(30):
         assert len(store.leaderboard(k=10)) == 10
     assert store.query("SELECT count(*) AS n FROM experiments")["n"][0] == 40_400
+
+
+def test_a_copy_damaged_on_this_disk_is_fetched_again_not_taken_for_damage_on_the_bucket(s3_home, space, capsys):
+    """The views left a sound part out as damaged when its local copy was, and `check --repair` then
+    quarantined the object on the bucket from the damaged copy's bytes and deleted the original."""
+    from pathlib import Path
+
+    from crashsearch.flows.cli import main as cli
+    from crashsearch.lab.settings import resolve_home
+    from crashsearch.lab.store import Store
+
+    store = Store(resolve_home(s3_home))
+    _history(store, space, rows=100, appends=2)
+    keys = store.log_keys("c1")
+    sound = {k: store.backend.read(k) for k in keys}
+    for key in keys:  # this disk's copies go bad (a full disk's torn write, a stray edit)
+        Path(store.backend.local_path(key)).write_bytes(b"garbage")
+    assert len(store.experiments("c1")) == 120  # fetched again, nothing left out
+    for key in keys:
+        Path(store.backend.local_path(key)).write_bytes(b"garbage")
+    assert cli(["check", "--home", s3_home, "--repair"]) == 0
+    assert "no damage" in capsys.readouterr().out
+    assert {k: store.backend.read(k) for k in store.log_keys("c1")} == sound  # the bucket untouched
+    assert not store.backend.list("quarantine/")

@@ -257,7 +257,7 @@ def test_a_read_cache_that_cannot_be_created_is_named_not_taken_for_a_missing_ob
     backend.list("campaigns/c1/log/")
     monkeypatch.setattr(backend, "cache", ObjectCache(Path("/proc/nope/objects"), 2 ** 20))
     with pytest.raises(UserError, match="cannot create the local read cache /proc/nope/objects .*CRASHSEARCH_SCRATCH"):
-        backend.read("campaigns/c1/log/part-1.parquet")
+        backend.local_path("campaigns/c1/log/part-1.parquet")
 
 
 @pytest.mark.parametrize("endpoint", ["notaurl", "http://[::1", "http://127.0.0.1:abc", "ftp://host"])
