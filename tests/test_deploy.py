@@ -561,7 +561,7 @@ def test_a_distributed_campaign_on_an_s3_home_shares_only_the_bucket(cluster, la
     assert not (home.root / "campaigns" / "dist-s3" / "log").exists()  # no row went through a local folder
     assert not (home.root / "cache").exists()  # nor a feature: the workers read the bucket's partition ...
     for worker in ("w1", "w2"):  # ... once each, into the read cache of their own scratch folder
-        assert list((cluster.root / f"scratch-{worker}" / "objects").glob("*.parquet")), worker
+        assert list((cluster.root / f"scratch-{worker}").glob("*/objects/*.parquet")), worker  # <home's scratch>/objects
         assert not list((cluster.root / f"scratch-{worker}").glob("*/cache"))
     assert any(k.endswith("/meta.json") for k in Store(home).backend.list(f"cache/{ds.name}/pixels/"))
     assert not any(k.endswith("lease.json") for k in Store(home).backend.list("campaigns/dist-s3/"))
