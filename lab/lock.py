@@ -286,6 +286,19 @@ def reraise_interrupt(exc: BaseException) -> None:
         raise KeyboardInterrupt("a signal arrived during a DuckDB query") from exc
 
 
+def interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C, SIGTERM or Prefect cancellation (TerminationSignal) that was unwinding when ``exc``
+    was raised, if any (torch's vmap, stopped half-way by one, raises "INTERNAL ASSERT FAILED" as it
+    unwinds: that error is the signal's, no failure of the work)."""
+    seen, cause = set(), exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, KeyboardInterrupt) or type(cause).__name__ == "TerminationSignal":
+            return cause
+        cause = cause.__context__
+    return None
+
+
 def raise_on_sigterm() -> None:
     """Make SIGTERM raise ``Terminated`` in the main thread (a no-op elsewhere), so cleanup runs."""
     if threading.current_thread() is not threading.main_thread():

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from crashsearch.lab.lock import interrupt_behind
 from crashsearch.lab.features import FeatureSet
 from crashsearch.lab.space import Cell, Space
 from crashsearch.models.losses import binary_focal_loss, loss_for
@@ -197,6 +198,9 @@ def _run_group(cells: list[Cell], seeds: list[int], features: FeatureSet,
     except TrainingError as exc:  # a problem of the whole group (shape, features): every cell gets it
         return [type(exc)(c, exc.message, error_class=exc.error_class, traceback=exc.traceback) for c in cells]
     except Exception as exc:  # noqa: BLE001 - any failure becomes a row, never a crashed campaign
+        signal = interrupt_behind(exc)  # an error raised while a Ctrl-C or a cancellation unwound is no cell's failure
+        if signal is not None:
+            raise signal
         if not _is_oom(exc):
             tb = traceback.format_exc()
             return [TrainingError(c, f"{type(exc).__name__}: {exc}", error_class=type(exc).__name__, traceback=tb)

@@ -950,3 +950,31 @@ def test_a_query_reads_no_file_outside_the_campaigns(store, space, home, tmp_pat
         with pytest.raises(duckdb.Error):
             store.query(sql)
     assert len(store.query("SELECT * FROM experiments")) == 2  # the views still read the log
+
+
+def test_an_error_raised_while_a_cancellation_unwinds_training_is_the_cancellation_not_failed_rows(monkeypatch):
+    """A distributed campaign's Ctrl-C cancels its workers' runs; a SIGTERM that landed inside torch's
+    vmap unwound into RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED"), and the batch
+    was recorded as two failed rows of a bogus error (test_deploy's Ctrl-C test, now and then)."""
+    from crashsearch.lab.lock import Terminated
+    from crashsearch.tasks import train
+
+    def cancelled_mid_vmap(*args, **kwargs):
+        try:
+            raise Terminated("signal 15")
+        except Terminated:
+            raise RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED")
+
+    monkeypatch.setattr(train, "_train_group", cancelled_mid_vmap)
+    with pytest.raises(Terminated):
+        train._run_group([{"batch_size": 32}], [0], None, None)
+
+    def a_real_failure(*args, **kwargs):  # an error of its own stays a failed row
+        try:
+            raise ValueError("handled inside")
+        except ValueError:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(train, "_train_group", a_real_failure)
+    (error,) = train._run_group([{"batch_size": 32}], [0], None, None)
+    assert error.error_class == "RuntimeError"
