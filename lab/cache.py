@@ -32,7 +32,7 @@ Row schema of the part files:
 Contract: every file is written with one ``Backend.put`` (a folder home: lab/_io.atomic_write, a
 hidden temp name, fsynced, then renamed into place; an object store: one PUT), so a reader or a
 crash never sees half a file. A part file is never modified after its write, so it is read through
-``Backend.open_copy``: a folder home opens the file itself, an object-store home reads its copy in
+``Backend.local_path``: a folder home reads the file itself, an object-store home reads its copy in
 the node's size-capped local read cache, fetched once per node (lab/storage_s3.py). A damaged part
 file is copied to ``quarantine/`` and then removed, never deleted (``set_aside``). A partition is
 complete when meta.json says so, which happens after every video of the manifest is either in a
@@ -268,8 +268,9 @@ class Partition:
     def read_part(self, key: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         """One part file as a table: from local disk (an object store's copy is fetched once per node).
         Raises OSError or pyarrow.ArrowException when it cannot be read."""
-        with self.backend.open_copy(key) as f:
-            return pq.read_table(f, columns=columns, schema=schema)
+        # by path, not a Python file object: Arrow's reader threads calling back into Python could
+        # abort the interpreter at exit ("terminate called without an active exception")
+        return pq.read_table(self.backend.local_path(key), columns=columns, schema=schema)
 
     def done_ids(self) -> set[str]:
         """Video ids already written to part files."""
@@ -379,8 +380,7 @@ def set_aside(part: "Partition") -> list[str]:
     moved = []
     for key in part.part_files():
         try:
-            with part.backend.open_copy(key) as f:
-                pq.read_metadata(f)
+            pq.read_metadata(part.backend.local_path(key))
             continue
         except (OSError, pa.ArrowException):
             pass
